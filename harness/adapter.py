@@ -1,0 +1,290 @@
+"""The contract between the scenarios and a fine-tuning framework.
+
+A framework plugs into ft-harness by providing one class that satisfies :class:`FrameworkAdapter`.
+Scenarios only ever talk to that class: they describe a run with a :class:`RunSpec` (what a user
+would type), call :meth:`FrameworkAdapter.train`, and then judge *the files on disk* with the
+oracles in :mod:`harness.oracles`. The adapter's :class:`RunResult` only says where things are.
+
+Adapters are selected with ``--ft-adapter module:Class`` (or the ``FT_HARNESS_ADAPTER`` environment
+variable, or an entry-point name in the ``ft_harness.adapters`` group). Options given with
+``--ft-adapter-option key=value`` are passed to the constructor as keyword arguments (strings).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .errors import AdapterLoadError
+
+__all__ = [
+    "CAPABILITIES",
+    "Source",
+    "ResolvedArgs",
+    "LoraSpec",
+    "RunSpec",
+    "RunResult",
+    "FrameworkAdapter",
+    "load_adapter",
+    "ADAPTER_ENTRY_POINT_GROUP",
+]
+
+#: Every capability a scenario may require. An adapter declares the subset it supports.
+CAPABILITIES = frozenset(
+    {
+        "args",  # resolve_args(): layered argument resolution is observable
+        "sft",  # supervised fine-tuning
+        "grpo",  # GRPO reinforcement learning
+        "full",  # full-parameter training
+        "lora",  # LoRA training
+        "resume",  # resume from checkpoint-N
+        "quant-nf4",  # bitsandbytes 4-bit base
+        "quant-int8",  # bitsandbytes 8-bit base
+        "quanto-int8",  # optimum-quanto int8 base
+        "quanto-int4",  # optimum-quanto int4 base
+        "best-checkpoint",  # eval/save cadence, save_total_limit, metric for best
+        "distributed",  # world_size > 1
+        "gpu",  # device="cuda"
+    }
+)
+
+ADAPTER_ENTRY_POINT_GROUP = "ft_harness.adapters"
+
+SourceKind = Literal["cli", "checkpoint", "adapter", "model", "default"]
+#: Layer priority, highest first. The CLI always wins.
+SOURCE_PRIORITY: tuple[SourceKind, ...] = ("cli", "checkpoint", "adapter", "model", "default")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a resolved argument came from: a layer kind and, for files, the file's path."""
+
+    kind: SourceKind
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.path}" if self.path is not None else self.kind
+
+
+@dataclass(frozen=True)
+class ResolvedArgs:
+    """The outcome of argument resolution.
+
+    ``values`` maps each argument to its effective value, ``sources`` maps the same keys to the
+    :class:`Source` that supplied it, ``warnings`` holds one human-readable line per CLI value that
+    overrode a different saved value (naming key, both values and both sources).
+    """
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, Source]
+    warnings: tuple[str, ...] = ()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def source_of(self, key: str) -> Source:
+        return self.sources[key]
+
+    def describe(self) -> list[str]:
+        """One line per non-default argument with its source: the seed's "source-labelled logging"."""
+        return [
+            f"{key} = {self.values[key]!r}  [{self.sources[key]}]"
+            for key in sorted(self.values)
+            if self.sources[key].kind != "default"
+        ]
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA hyper-parameters. ``target_modules`` may be ``"all-linear"`` or a tuple of names."""
+
+    r: int = 4
+    alpha: float = 8.0
+    dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+Method = Literal["sft", "grpo"]
+TrainType = Literal["full", "lora"]
+Quantization = Literal["nf4", "int8", "quanto-int8", "quanto-int4"]
+
+# RunSpec fields that are part of the *command line* (None = not typed by the user).
+_CLI_FIELDS = (
+    "method",
+    "train_type",
+    "quantization",
+    "max_steps",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "eval_steps",
+    "save_steps",
+    "save_total_limit",
+    "save_on_best",
+    "metric",
+    "greater_is_better",
+    "seed",
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run, described as a user would launch it.
+
+    Every command-line field left as ``None`` means "not given on the command line": the adapter
+    resolves it the way its framework does (saved ``args.json`` files, then defaults). ``cli`` holds
+    any further command-line keys (e.g. ``{"load_args": False}``); a key may not be given both as a
+    field and in ``cli``. ``options`` are adapter-specific switches that are not training arguments.
+    """
+
+    model_dir: Path
+    output_dir: Path
+    dataset_dir: Path
+    method: Method | None = None
+    train_type: TrainType | None = None
+    quantization: Quantization | None = None
+    lora: LoraSpec | None = None
+    max_steps: int | None = None
+    learning_rate: float | None = None
+    per_device_train_batch_size: int | None = None
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    save_total_limit: int | None = None
+    save_on_best: bool | None = None
+    metric: str | None = None
+    greater_is_better: bool | None = None
+    resume_from: Path | None = None
+    seed: int | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+    world_size: int = 1
+    cli: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("model_dir", "output_dir", "dataset_dir", "resume_from"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        both = set(self.cli) & {f for f in _CLI_FIELDS if getattr(self, f) is not None}
+        if both:
+            raise ValueError(f"RunSpec: {sorted(both)} given both as a field and in cli")
+
+    def cli_args(self) -> dict[str, Any]:
+        """The command line as a flat dict: typed fields that are set, LoRA settings, then ``cli``."""
+        args = {name: getattr(self, name) for name in _CLI_FIELDS if getattr(self, name) is not None}
+        if self.lora is not None:
+            tm = self.lora.target_modules
+            args.update(
+                lora_rank=self.lora.r,
+                lora_alpha=self.lora.alpha,
+                lora_dropout=self.lora.dropout,
+                target_modules=tm if isinstance(tm, str) else list(tm),
+            )
+        args.update(self.cli)
+        return args
+
+    def replace(self, **changes: Any) -> "RunSpec":
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a finished run left its files. Oracles read the files, not these claims."""
+
+    output_dir: Path
+    checkpoints: tuple[Path, ...]
+    final_dir: Path
+    log_history: tuple[Mapping[str, Any], ...]
+    resolved: ResolvedArgs | None = None
+
+    def checkpoint(self, step: int) -> Path:
+        for ckpt in self.checkpoints:
+            if ckpt.name == f"checkpoint-{step}":
+                return ckpt
+        raise FileNotFoundError(
+            f"no checkpoint-{step} in {self.output_dir} (have: {[c.name for c in self.checkpoints]})"
+        )
+
+
+@runtime_checkable
+class FrameworkAdapter(Protocol):
+    """What a framework implements to be tested by ft-harness.
+
+    * ``name``: short id used in reports.
+    * ``capabilities``: subset of :data:`CAPABILITIES`; scenarios needing others are skipped.
+    * ``known_failures``: optional mapping of scenario test id (or a prefix of it) to a reason or
+      upstream issue URL; those tests run as *strict* xfail.
+    * ``resolve_args(cli, model_dir, resume_dir=None)``: pure and fast; how the framework would
+      resolve the given command line against the saved argument files, with sources and warnings.
+    * ``train(spec)``: run the framework as a user would and return where the files are.
+    """
+
+    name: str
+    capabilities: frozenset[str]
+
+    def resolve_args(
+        self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None
+    ) -> ResolvedArgs: ...
+
+    def train(self, spec: RunSpec) -> RunResult: ...
+
+
+def _import_target(target: str) -> Any:
+    if ":" in target:
+        module_name, _, attr = target.partition(":")
+    else:
+        from importlib.metadata import entry_points
+
+        eps = {ep.name: ep for ep in entry_points(group=ADAPTER_ENTRY_POINT_GROUP)}
+        if target in eps:
+            return eps[target].load()
+        raise AdapterLoadError(
+            f"adapter {target!r} is neither 'module:Class' nor a registered entry point "
+            f"(known: {sorted(eps)})"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AdapterLoadError(f"cannot import adapter module {module_name!r}: {exc}") from exc
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise AdapterLoadError(f"module {module_name!r} has no attribute {attr!r}") from exc
+    return obj
+
+
+def load_adapter(target: str | None = None, options: Mapping[str, str] | None = None) -> FrameworkAdapter:
+    """Instantiate an adapter from ``module:Class`` / entry-point name (default: the reference).
+
+    Raises :class:`AdapterLoadError` with a clear message when the target cannot be imported, is
+    not a class, or does not satisfy :class:`FrameworkAdapter`.
+    """
+    target = target or os.environ.get("FT_HARNESS_ADAPTER") or "reference"
+    cls = _import_target(target)
+    try:
+        adapter = cls(**dict(options or {}))
+    except TypeError as exc:
+        raise AdapterLoadError(f"cannot construct adapter {target!r} with options {dict(options or {})}: {exc}") from exc
+    missing = [a for a in ("name", "capabilities", "resolve_args", "train") if not hasattr(adapter, a)]
+    if missing:
+        raise AdapterLoadError(f"adapter {target!r} does not satisfy FrameworkAdapter: missing {missing}")
+    unknown = set(adapter.capabilities) - CAPABILITIES
+    if unknown:
+        raise AdapterLoadError(
+            f"adapter {target!r} declares unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}"
+        )
+    return adapter
+
+
+def run_spec_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(RunSpec))

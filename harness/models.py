@@ -1,0 +1,180 @@
+"""Tiny models, tokenizers and datasets, built locally and deterministically.
+
+Nothing here touches a hub: the tokenizer is a ``tokenizers`` WordLevel model wrapped in
+``PreTrainedTokenizerFast``; the models are randomly initialised from a fixed seed; the datasets are
+generated from simple counting rules so that a few optimizer steps visibly change the loss.
+
+The datasets are designed for the scenarios:
+
+* ``train.jsonl`` holds *counting-up* sequences (``w3 w4 w5 ...``); ``eval.jsonl`` holds
+  *counting-down* sequences. Early training learns the shared unigram distribution (eval loss falls),
+  later training learns the "+1" bigram that the eval set contradicts (eval loss rises): the best
+  evaluation lands in the middle of a run, not at its end, which is what the best-checkpoint
+  scenario (seed 004) needs.
+* ``prompts.jsonl`` holds short prompts for GRPO (seed 001).
+
+Every file is plain JSON lines so that a real framework's adapter can convert it to its own format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "ARCHITECTURES",
+    "TinyAssets",
+    "build_tokenizer",
+    "build_model",
+    "write_datasets",
+    "build_assets",
+    "VOCAB_WORDS",
+]
+
+#: number of content words ``w0 .. w{N-1}`` in the tiny vocabulary
+VOCAB_WORDS = 48
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
+#: sequence length (in words) of every SFT example; equal lengths mean no padding, so the eval loss
+#: is an exact per-token mean that an oracle can recompute.
+SEQ_WORDS = 11
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
+    "{% else %}<|assistant|> {{ m['content'] }} </s> {% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+ARCHITECTURES = ("llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class TinyAssets:
+    """Where the tiny model and its data live on disk."""
+
+    model_dir: Path
+    dataset_dir: Path
+    arch: str
+    seed: int
+
+
+def build_tokenizer():
+    """A WordLevel tokenizer over ``w0..w47`` plus specials, with a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for i in range(VOCAB_WORDS):
+        vocab[f"w{i}"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _config(arch: str, vocab_size: int, tok):
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        from transformers import Qwen2Config
+
+        return Qwen2Config(**common)
+    raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHITECTURES}")
+
+
+def build_model(model_dir: str | os.PathLike, arch: str = "llama", seed: int = 0) -> Path:
+    """Create and save a tiny causal LM (+ tokenizer + generation config) in ``model_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model_dir = Path(model_dir)
+    tok = build_tokenizer()
+    config = _config(arch, len(tok), tok)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        do_sample=True,
+        max_new_tokens=8,
+    )
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return model_dir
+
+
+#: the datasets use only the first DATA_WORDS words, so learning the unigram distribution lowers the
+#: eval loss quickly before the train-only bigram starts to raise it again.
+DATA_WORDS = 24
+
+
+def _words(start: int, step: int, n: int = SEQ_WORDS) -> str:
+    return " ".join(f"w{(start + step * i) % DATA_WORDS}" for i in range(n))
+
+
+def write_datasets(dataset_dir: str | os.PathLike, n_train: int = 48, n_eval: int = 16) -> Path:
+    """Write ``train.jsonl`` (counting up), ``eval.jsonl`` (counting down) and ``prompts.jsonl``."""
+    dataset_dir = Path(dataset_dir)
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    train = [{"text": _words(i, +1)} for i in range(n_train)]
+    evals = [{"text": _words(7 * i + 3, -1)} for i in range(n_eval)]
+    prompts = [{"prompt": _words(i * 5, +1, 4)} for i in range(8)]
+    for name, rows in (("train", train), ("eval", evals), ("prompts", prompts)):
+        with open(dataset_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+    return dataset_dir
+
+
+def build_assets(root: str | os.PathLike, arch: str = "llama", seed: int = 0) -> TinyAssets:
+    """Model + tokenizer + datasets under ``root`` (``root/model``, ``root/data``)."""
+    root = Path(root)
+    model_dir = build_model(root / "model", arch=arch, seed=seed)
+    dataset_dir = write_datasets(root / "data")
+    return TinyAssets(model_dir=model_dir, dataset_dir=dataset_dir, arch=arch, seed=seed)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON-lines file; errors name the file and line."""
+    from .errors import ConfigError
+
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(path, f"line {lineno}", "a JSON object", line.strip()[:60]) from exc
+    return rows

@@ -1,0 +1,153 @@
+"""Known-bad adapters: each is the reference with exactly one documented bug put back.
+
+They exist to prove the scenarios bite: every scenario must fail on the mutant that reproduces its
+seed (``tests/test_detection.py`` asserts the whole matrix). Select one like any adapter::
+
+    pytest --pyargs scenarios --ft-adapter harness.mutants:ArgsJsonBeatsCli
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .adapter import ResolvedArgs, Source
+from .reference import ReferenceAdapter
+from .reference import args as argres
+from .reference.policy import CheckpointPolicy
+
+log = logging.getLogger("harness.mutants")
+
+__all__ = [
+    "ArgsJsonBeatsCli",
+    "QuantizedResumeReinitLora",
+    "ResumeDropsOptimizerState",
+    "WeightsOnlyIntermediateCheckpoints",
+    "PlainTrainerBestCheckpoint",
+    "RotationDeletesBest",
+    "NonAtomicSave",
+    "UnpicklesCheckpoint",
+    "MUTANTS",
+]
+
+
+class ArgsJsonBeatsCli(ReferenceAdapter):
+    """Seeds 000/001 — ms-swift ``load_args``: the first saved args.json found (checkpoint, adapter or
+    model dir) force-loads its tuner keys over the command line, silently (ms-swift #3168)."""
+
+    name = "mutant:args-json-beats-cli"
+    FORCE_LOAD = ("train_type", "quantization", "lora_rank", "lora_alpha", "target_modules")
+
+    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
+        resolved = super().resolve_args(cli, model_dir, resume_dir)
+        layers = argres.discover_layers(Path(model_dir), Path(resume_dir) if resume_dir else None)
+        if not layers or not resolved.values.get("load_args", True):
+            return resolved
+        source, path = layers[0]
+        saved = argres.read_args_file(path)
+        values, sources = dict(resolved.values), dict(resolved.sources)
+        for key in self.FORCE_LOAD:
+            if saved.get(key) is not None:
+                values[key], sources[key] = saved[key], Source(source.kind, source.path)
+        return ResolvedArgs(values=values, sources=sources, warnings=())
+
+
+class QuantizedResumeReinitLora(ReferenceAdapter):
+    """Seed 002 — loading the LoRA state into a quantised base fails upstream; the run carries on
+    with freshly initialised LoRA weights (what ``--init_lora`` does), silently."""
+
+    name = "mutant:quantized-resume-reinit-lora"
+
+    def load_checkpoint_weights(self, trainer, checkpoint: Path, model) -> None:
+        if self._resolved["quantization"] is not None:
+            log.warning("could not load %s into the quantised base; continuing with fresh LoRA weights", checkpoint)
+            return
+        super().load_checkpoint_weights(trainer, checkpoint, model)
+
+
+class ResumeDropsOptimizerState(ReferenceAdapter):
+    """Issue 6 — resume restores the adapter weights but not optimizer/scheduler state."""
+
+    name = "mutant:resume-drops-optimizer-state"
+
+    def prepare_resume(self, checkpoint: Path) -> Path:
+        copy = Path(tempfile.mkdtemp(prefix="ft-mutant-")) / Path(checkpoint).name
+        shutil.copytree(checkpoint, copy)
+        for name in ("optimizer.pt", "scheduler.pt"):
+            (copy / name).unlink(missing_ok=True)
+        return super().prepare_resume(copy)
+
+
+class WeightsOnlyIntermediateCheckpoints(ReferenceAdapter):
+    """Seed 003 — intermediate checkpoints hold the weights but no config/tokenizer files, so they
+    cannot be used as ``model_name_or_path`` (PEFT #523, LMFlow #104)."""
+
+    name = "mutant:weights-only-intermediate-checkpoints"
+    STRIPPED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "chat_template.jinja", "special_tokens_map.json")
+
+    def finalize_checkpoint(self, directory: Path, final: bool) -> None:
+        super().finalize_checkpoint(directory, final)
+        if not final:
+            for name in self.STRIPPED:
+                (Path(directory) / name).unlink(missing_ok=True)
+
+
+class RotationDeletesBest(ReferenceAdapter):
+    """Seed 004 / transformers #39476, ms-swift #9780 — rotation by ``save_total_limit`` deletes the
+    oldest checkpoints even when one of them is the best."""
+
+    name = "mutant:rotation-deletes-best"
+
+    def rotate_checkpoints(self, output_dir: Path, policy: CheckpointPolicy, best_step: int | None) -> None:
+        super().rotate_checkpoints(output_dir, policy, None)
+
+
+class PlainTrainerBestCheckpoint(RotationDeletesBest):
+    """Seed 004 — plain Trainer behaviour: only save-cadence steps are saved, so a best evaluation
+    between two saves is lost (ms-swift #3314: eval_steps=50, save_steps=200, best at 1050)."""
+
+    name = "mutant:plain-trainer-best-checkpoint"
+
+    def checkpoint_policy(self, values: Mapping[str, Any]) -> CheckpointPolicy:
+        import dataclasses
+
+        return dataclasses.replace(super().checkpoint_policy(values), save_on_best=False)
+
+
+class NonAtomicSave(ReferenceAdapter):
+    """Issue 10 — checkpoints are written in place; a crash mid-save leaves a partial checkpoint-N."""
+
+    name = "mutant:non-atomic-save"
+    atomic_saves = False
+
+
+class UnpicklesCheckpoint(ReferenceAdapter):
+    """Issue 10 — resume loads pickled checkpoint files with ``torch.load(weights_only=False)``."""
+
+    name = "mutant:unpickles-checkpoint"
+
+    def prepare_resume(self, checkpoint: Path) -> Path:
+        import torch
+
+        for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            if (Path(checkpoint) / name).is_file():
+                torch.load(Path(checkpoint) / name, weights_only=False)
+        return checkpoint
+
+
+#: mutant class name -> the scenario modules it must fail (and it must pass all the others)
+MUTANTS: dict[str, tuple[str, ...]] = {
+    "ArgsJsonBeatsCli": ("test_args_precedence", "test_grpo_full_save", "test_full_ft_as_lora_base"),
+    "QuantizedResumeReinitLora": ("test_quantized_lora_resume",),
+    "ResumeDropsOptimizerState": ("test_quantized_lora_resume",),
+    "WeightsOnlyIntermediateCheckpoints": ("test_full_ft_as_lora_base",),
+    "PlainTrainerBestCheckpoint": ("test_best_checkpoint",),
+    "RotationDeletesBest": ("test_best_checkpoint",),
+    "NonAtomicSave": ("test_crash_during_save",),
+    "UnpicklesCheckpoint": ("test_hostile_checkpoint",),
+}

@@ -1,0 +1,400 @@
+"""Oracles: framework-agnostic checks that judge what a run left on disk.
+
+Each oracle reads files (safetensors headers and tensors, config.json, adapter_config.json,
+trainer_state.json), re-loads or re-evaluates where needed, and raises :class:`OracleFailure` (an
+``AssertionError``) whose message names the seed, what was expected and what was found. None of
+them trusts an adapter's own claims about what it did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .reference.io import list_checkpoints, read_safetensors_header
+
+__all__ = [
+    "OracleFailure",
+    "SEEDS",
+    "read_log_history",
+    "losses_by_step",
+    "weights_on_disk",
+    "start_weights",
+    "assert_full_model_saved",
+    "assert_adapter_only_save",
+    "assert_self_contained",
+    "assert_lora_base_is",
+    "assert_resume_equivalent",
+    "assert_best_checkpoint_kept",
+    "dir_fingerprint",
+    "evaluate_checkpoint",
+]
+
+#: seed id -> one-line title used in failure messages and reports
+SEEDS = {
+    "000": "args-precedence: a saved args.json must never beat the command line",
+    "001": "grpo-full-save: a full-parameter run must save the whole model",
+    "002": "quantized-lora-resume: LoRA on a quantised base must resume exactly",
+    "003": "full-ft-as-lora-base: every full fine-tune checkpoint must be a self-contained model",
+    "004": "best-checkpoint: the best evaluated step must be on disk",
+    "crash": "crash-during-save: a killed save must never lose the previous checkpoint",
+    "pickle": "hostile-checkpoint: loading a checkpoint must never unpickle arbitrary code",
+    "dist": "distributed-save: a sharded full-parameter run must save the whole model",
+}
+
+
+class OracleFailure(AssertionError):
+    """A documented failure was observed on disk."""
+
+    def __init__(self, seed: str, message: str):
+        self.seed = seed
+        super().__init__(f"[seed {seed}: {SEEDS.get(seed, seed)}] {message}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"
+
+
+# --------------------------------------------------------------------------- reading
+def _weight_files(directory: Path) -> list[Path]:
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text(encoding="utf-8"))
+        return [directory / name for name in sorted(set(data.get("weight_map", {}).values()))]
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"]
+    return []
+
+
+def _header_and_bytes(directory: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    headers: dict[str, dict[str, Any]] = {}
+    data_bytes = 0
+    for f in _weight_files(directory):
+        headers.update(read_safetensors_header(f))
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+        data_bytes += f.stat().st_size - 8 - n
+    return headers, data_bytes
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _tensor_bytes(meta: Mapping[str, Any]) -> int:
+    return math.prod(meta["shape"]) * _DTYPE_BYTES.get(meta["dtype"], 4)
+
+
+def weights_on_disk(directory: Path) -> dict[str, Any]:
+    """All tensors of a full-model directory (single file or sharded index) via safetensors."""
+    from safetensors.torch import load_file
+
+    out: dict[str, Any] = {}
+    for f in _weight_files(directory):
+        out.update(load_file(str(f)))
+    return out
+
+
+def start_weights(model_dir: Path) -> dict[str, Any]:
+    """The weights a run starting from ``model_dir`` starts with (an adapter dir is merged into its base)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "adapter_config.json").is_file():
+        return weights_on_disk(model_dir)
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"], dtype=torch.float32,
+                                                local_files_only=True)
+    merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
+
+
+def read_log_history(output_dir: Path) -> list[dict[str, Any]]:
+    """The run's log history from trainer_state.json (final output first, else newest checkpoint)."""
+    output_dir = Path(output_dir)
+    candidates = [output_dir / "trainer_state.json"] + [c / "trainer_state.json" for c in
+                                                         reversed(list_checkpoints(output_dir))]
+    for path in candidates:
+        if path.is_file():
+            return list(json.loads(path.read_text(encoding="utf-8")).get("log_history", []))
+    raise FileNotFoundError(f"{output_dir}: no trainer_state.json in the output or any checkpoint")
+
+
+def losses_by_step(history: Iterable[Mapping[str, Any]], key: str = "loss") -> dict[int, float]:
+    return {int(h["step"]): float(h[key]) for h in history if key in h and "step" in h}
+
+
+def dir_fingerprint(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory`` (to prove a base model was left untouched)."""
+    directory = Path(directory)
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- seed 001
+def assert_full_model_saved(directory: Path, reference_dir: Path, start: Mapping[str, Any] | None = None,
+                            *, seed: str = "001") -> None:
+    """``directory`` holds the whole model: every tensor of ``reference_dir`` with its shape, the
+    expected bytes, no adapter files standing in for it, and (given ``start``) trained weights."""
+    directory, name = Path(directory), Path(directory).name
+    expected, _ = _header_and_bytes(reference_dir)
+    ref_cfg = json.loads((Path(reference_dir) / "config.json").read_text(encoding="utf-8"))
+    tied = bool(ref_cfg.get("tie_word_embeddings"))
+    adapter_files = [f for f in ("adapter_config.json", "adapter_model.safetensors") if (directory / f).exists()]
+    found, data_bytes = _header_and_bytes(directory)
+    exp_bytes = sum(_tensor_bytes(m) for m in expected.values())
+    if not found:
+        what = f"only {adapter_files}" if adapter_files else "no model.safetensors"
+        raise OracleFailure(seed, f"{name} holds 0 of {len(expected)} model tensors ({what}, "
+                                  f"{_mb(sum(p.stat().st_size for p in directory.iterdir() if p.is_file()))} on disk "
+                                  f"vs {_mb(exp_bytes)} expected): looks like an adapter-only save")
+    missing = sorted(set(expected) - set(found))
+    if tied:
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing:
+        kept = len(set(expected) & set(found))
+        got = sum(_tensor_bytes(found[k]) for k in found if k in expected)
+        raise OracleFailure(seed, f"{name} holds {kept} of {len(expected)} tensors ({_mb(got)} of {_mb(exp_bytes)}): "
+                                  f"missing e.g. {missing[:3]}; looks like a truncated save (adapter-only or one "
+                                  f"rank's shard)")
+    bad_shapes = [(k, found[k]["shape"], expected[k]["shape"]) for k in expected
+                  if k in found and tuple(found[k]["shape"]) != tuple(expected[k]["shape"])]
+    if bad_shapes:
+        k, got, want = bad_shapes[0]
+        raise OracleFailure(seed, f"{name}: {len(bad_shapes)} tensors have the wrong shape, e.g. {k} is {got}, "
+                                  f"expected {want} (a rank-local shard?)")
+    want_bytes = sum(_tensor_bytes(found[k]) for k in found)
+    if data_bytes != want_bytes:
+        raise OracleFailure(seed, f"{name}: safetensors data is {_mb(data_bytes)} but its tensors need "
+                                  f"{_mb(want_bytes)}: the file is truncated or padded")
+    lora_keys = [k for k in found if "lora_" in k]
+    if adapter_files or lora_keys:
+        raise OracleFailure(seed, f"{name} is a full-parameter checkpoint but also holds adapter files "
+                                  f"{adapter_files or lora_keys[:2]}: loaders will treat it as a LoRA adapter")
+    if start is not None:
+        import torch
+
+        saved = weights_on_disk(directory)
+        matrices = [k for k in expected if k in start and ".layers." in k and k.endswith("proj.weight")]
+        unchanged = [k for k in matrices if torch.equal(saved[k].to(start[k].dtype), start[k])]
+        if unchanged:
+            raise OracleFailure(seed, f"{name}: {len(unchanged)} of {len(matrices)} transformer weight matrices are "
+                                      f"identical to the starting weights (e.g. {unchanged[0]}): they were not trained "
+                                      f"although the run was full-parameter")
+
+
+def assert_adapter_only_save(directory: Path, *, seed: str = "000") -> None:
+    """A LoRA run saved an adapter, and nothing but LoRA tensors."""
+    directory = Path(directory)
+    if not (directory / "adapter_config.json").is_file():
+        found = sorted(p.name for p in directory.iterdir())
+        raise OracleFailure(seed, f"{directory.name}: expected a LoRA adapter (adapter_config.json) because the "
+                                  f"command line said train_type=lora, found {found}: the run trained something else")
+    header = read_safetensors_header(directory / "adapter_model.safetensors")
+    non_lora = sorted(k for k in header if "lora_" not in k)
+    if non_lora or _weight_files(directory):
+        raise OracleFailure(seed, f"{directory.name}: a LoRA run saved non-LoRA weights "
+                                  f"({non_lora[:3] or 'model.safetensors'}): full parameters were trained")
+    if not header:
+        raise OracleFailure(seed, f"{directory.name}: adapter_model.safetensors holds no tensors")
+
+
+# --------------------------------------------------------------------------- seed 003
+REQUIRED_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str = "w1 w2 w3 w4",
+                          seed: str = "003") -> None:
+    """Copy ``directory`` alone to a fresh place and load model + tokenizer from it, offline.
+
+    The loaded weights must equal the files (nothing silently re-initialised) and differ from
+    ``base_dir`` (the fine-tuned weights, not the original base); the tokenizer must round-trip text.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    missing = [f for f in REQUIRED_MODEL_FILES if not (directory / f).is_file()]
+    if not _weight_files(directory):
+        missing.append("model.safetensors")
+    if missing:
+        raise OracleFailure(seed, f"{directory.name} is not a self-contained model: missing {missing}; using it as "
+                                  f"model_name_or_path fails with \"does not appear to have a file named "
+                                  f"{missing[0]}\"")
+    with tempfile.TemporaryDirectory(prefix="ft-harness-alone-") as tmp:
+        alone = Path(tmp) / directory.name
+        shutil.copytree(directory, alone)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(alone), local_files_only=True, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(alone), local_files_only=True)
+        except Exception as exc:  # the framework-agnostic verdict: it does not load on its own
+            raise OracleFailure(seed, f"{directory.name} does not load on its own: {type(exc).__name__}: {exc}") from exc
+        on_disk = weights_on_disk(alone)
+        state = model.state_dict()
+        for key, tensor in on_disk.items():
+            if key in state and not torch.equal(state[key], tensor.to(state[key].dtype)):
+                raise OracleFailure(seed, f"{directory.name}: loaded {key} differs from the file")
+        not_loaded = sorted(set(state) - set(on_disk) - {"lm_head.weight"})
+        if not_loaded:
+            raise OracleFailure(seed, f"{directory.name}: {len(not_loaded)} parameters are not in the files and were "
+                                      f"randomly initialised on load, e.g. {not_loaded[0]}")
+        base = weights_on_disk(base_dir)
+        if all(torch.equal(on_disk[k], base[k]) for k in on_disk if k in base):
+            raise OracleFailure(seed, f"{directory.name}: weights are identical to the original base {base_dir}: "
+                                      f"the fine-tuned weights were not saved")
+        ids = tok(sample_text, add_special_tokens=False)["input_ids"]
+        back = tok.decode(ids)
+        if back.split() != sample_text.split():
+            raise OracleFailure(seed, f"{directory.name}: tokenizer does not round-trip {sample_text!r} (got {back!r})")
+
+
+def assert_lora_base_is(adapter_dir: Path, expected_base: Path, *, seed: str = "003") -> None:
+    """A LoRA output's base (adapter_config.json) holds exactly ``expected_base``'s weights."""
+    import torch
+
+    adapter_dir = Path(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise OracleFailure(seed, f"{adapter_dir.name}: no adapter_config.json, so LoRA training on "
+                                  f"{Path(expected_base).name} did not produce an adapter")
+    base = json.loads(cfg_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise OracleFailure(seed, f"{adapter_dir.name}: adapter_config.json names base {base!r}, which is not a "
+                                  f"directory on disk")
+    got, want = weights_on_disk(Path(base)), weights_on_disk(Path(expected_base))
+    differing = sorted(k for k in want if k not in got or not torch.equal(got[k], want[k]))
+    if differing:
+        raise OracleFailure(seed, f"{adapter_dir.name}: LoRA was trained on {base}, whose weights differ from the "
+                                  f"requested base {expected_base} in {len(differing)} tensors (e.g. {differing[0]}): "
+                                  f"it did not start from the fine-tuned checkpoint")
+
+
+# --------------------------------------------------------------------------- seed 002
+def _adapter_tensors(directory: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    path = Path(directory) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise OracleFailure("002", f"{Path(directory).name}: no adapter_model.safetensors (LoRA weights not saved)")
+    return load_file(str(path))
+
+
+def assert_resume_equivalent(uninterrupted: Path, resumed: Path, resumed_from_step: int, *,
+                             rtol: float = 0.0, atol: float = 0.0, seed: str = "002") -> None:
+    """Run B (resumed from ``checkpoint-k``) must reproduce run A's losses for steps k+1..N and
+    end with the same LoRA tensors. ``rtol``/``atol`` default to exact (CPU runs are bit-identical)."""
+    import torch
+
+    a, b = losses_by_step(read_log_history(uninterrupted)), losses_by_step(read_log_history(resumed))
+    k = resumed_from_step
+    want = {s: v for s, v in a.items() if s > k}
+    if not want:
+        raise OracleFailure(seed, f"uninterrupted run logged no loss after step {k}; nothing to compare")
+    missing = sorted(set(want) - set(b))
+    if missing:
+        raise OracleFailure(seed, f"resumed run logged no loss for steps {missing} (logged steps: {sorted(b)}): it "
+                                  f"did not continue from step {k}")
+    for step in sorted(want):
+        if not math.isclose(b[step], want[step], rel_tol=rtol, abs_tol=atol):
+            raise OracleFailure(seed, f"resumed from checkpoint-{k}: loss at step {step} is {b[step]!r}, the "
+                                      f"uninterrupted run had {want[step]!r} (rtol={rtol}, atol={atol}); resume did "
+                                      f"not restore adapter weights, optimizer, scheduler or data position")
+    ta, tb = _adapter_tensors(uninterrupted), _adapter_tensors(resumed)
+    if set(ta) != set(tb):
+        raise OracleFailure(seed, f"final adapters hold different tensors: {sorted(set(ta) ^ set(tb))[:3]}")
+    for key in sorted(ta):
+        if not torch.allclose(ta[key], tb[key], rtol=rtol, atol=atol):
+            diff = (ta[key].float() - tb[key].float()).abs().max().item()
+            raise OracleFailure(seed, f"final LoRA tensor {key} differs from the uninterrupted run by {diff:.3g}")
+
+
+# --------------------------------------------------------------------------- seed 004
+def _eval_texts(dataset_dir: Path) -> list[str]:
+    from .models import read_jsonl
+
+    return [r["text"] for r in read_jsonl(Path(dataset_dir) / "eval.jsonl")]
+
+
+def evaluate_checkpoint(checkpoint: Path, dataset_dir: Path, metric: str = "eval_loss",
+                        base_dir: Path | None = None) -> float:
+    """Re-evaluate a checkpoint (full model, or LoRA adapter on its base) on ``eval.jsonl``.
+
+    ``eval_loss`` is the per-token mean cross-entropy (all eval examples have equal length, so this
+    equals Trainer's batch-weighted mean); ``eval_accuracy`` is next-token accuracy.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint = Path(checkpoint)
+    if (checkpoint / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        cfg = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
+        base = base_dir or Path(cfg["base_model_name_or_path"])
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True),
+            str(checkpoint))
+        tok_dir = checkpoint if (checkpoint / "tokenizer.json").is_file() else base
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32, local_files_only=True)
+        tok_dir = checkpoint
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    model.eval()
+    ids = torch.tensor([tok(t)["input_ids"] for t in _eval_texts(dataset_dir)])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    pred, target = logits[:, :-1], ids[:, 1:]
+    if metric == "eval_loss":
+        return torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1)).item()
+    if metric == "eval_accuracy":
+        return (pred.argmax(-1) == target).float().mean().item()
+    raise ValueError(f"cannot re-evaluate metric {metric!r} (supported: eval_loss, eval_accuracy)")
+
+
+def assert_best_checkpoint_kept(output_dir: Path, dataset_dir: Path, *, metric: str = "eval_loss",
+                                greater_is_better: bool = False, save_total_limit: int = 0,
+                                rel_tol: float = 1e-4, seed: str = "004") -> int:
+    """The best logged evaluation has a checkpoint on disk that reproduces the metric.
+
+    ``rel_tol`` (1e-4): the re-evaluation runs the same float32 math in one batch instead of
+    Trainer's batches, so only summation order differs. Returns the best step.
+    """
+    from .reference.policy import best_step
+
+    output_dir = Path(output_dir)
+    history = read_log_history(output_dir)
+    metrics = {int(h["step"]): float(h[metric]) for h in history if metric in h}
+    if not metrics:
+        raise OracleFailure(seed, f"{output_dir.name}: no {metric!r} in the logged history; nothing was evaluated")
+    best = best_step(metrics, greater_is_better)
+    on_disk = {int(c.name.split("-")[1]): c for c in list_checkpoints(output_dir)}
+    if best not in on_disk:
+        raise OracleFailure(seed, f"best {metric}={metrics[best]:.6g} was logged at step {best}, but there is no "
+                                  f"checkpoint-{best} on disk (checkpoints: {sorted(on_disk)}): the best model was "
+                                  f"never saved or was rotated away")
+    # the run's final record (older checkpoints may legitimately name a best that was later superseded)
+    final_state = output_dir / "trainer_state.json"
+    if not final_state.is_file() and on_disk:
+        final_state = on_disk[max(on_disk)] / "trainer_state.json"
+    if final_state.is_file():
+        recorded = json.loads(final_state.read_text(encoding="utf-8")).get("best_model_checkpoint")
+        if recorded and not Path(recorded).is_dir():
+            raise OracleFailure(seed, f"{final_state.parent.name}/trainer_state.json names best_model_checkpoint="
+                                      f"{recorded!r}, which does not exist on disk")
+    if save_total_limit and len(on_disk) > save_total_limit + 1:
+        raise OracleFailure(seed, f"{len(on_disk)} checkpoints on disk ({sorted(on_disk)}) with "
+                                  f"save_total_limit={save_total_limit} (at most limit + the best allowed)")
+    value = evaluate_checkpoint(on_disk[best], dataset_dir, metric)
+    if not math.isclose(value, metrics[best], rel_tol=rel_tol, abs_tol=1e-7):
+        raise OracleFailure(seed, f"re-evaluating checkpoint-{best} gives {metric}={value:.6g}, but {metrics[best]:.6g} "
+                                  f"was logged at step {best}: the checkpoint does not hold the best model")
+    return best

@@ -1,0 +1,238 @@
+"""The reference adapter: the correct behaviour for every scenario, on transformers + PEFT + TRL.
+
+It sits behind the same :class:`~harness.adapter.FrameworkAdapter` interface as any framework. The
+known-bad adapters in :mod:`harness.mutants` subclass it and override exactly one hook each, so
+each mutant differs from correct code by the one documented bug.
+
+Hooks (the seams the mutants use): :meth:`resolve_args`, :meth:`load_checkpoint_weights`,
+:meth:`prepare_resume`, :meth:`finalize_checkpoint`, :meth:`rotate_checkpoints`,
+:meth:`checkpoint_policy`, :attr:`atomic_saves`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..adapter import CAPABILITIES, ResolvedArgs, RunResult, RunSpec
+from ..errors import ConfigError, QuantizationMismatchError
+from . import args as argres
+from .io import (atomic_write_text, check_pickled_state, list_checkpoints, read_json, step_of)
+from .policy import CheckpointPolicy
+
+log = logging.getLogger("harness.reference")
+
+__all__ = ["ReferenceAdapter", "ArgsOverrideWarning"]
+
+
+class ArgsOverrideWarning(UserWarning):
+    """A command-line value overrode a different value saved in an args.json."""
+
+
+class ReferenceAdapter:
+    """Correct fine-tuning on transformers Trainer + PEFT + TRL + bitsandbytes / optimum-quanto."""
+
+    name = "reference"
+    capabilities = CAPABILITIES - {"distributed"}
+    known_failures: Mapping[str, str] = {}
+    #: checkpoints are staged in a temporary sibling and renamed into place when complete
+    atomic_saves = True
+
+    def __init__(self, **options: str):
+        unknown = set(options) - {"log_level"}
+        if unknown:
+            raise TypeError(f"unknown reference adapter options {sorted(unknown)} (known: log_level)")
+        if "log_level" in options:
+            log.setLevel(options["log_level"].upper())
+
+    # ------------------------------------------------------------------ arguments
+    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
+        return argres.resolve(cli, Path(model_dir), Path(resume_dir) if resume_dir else None)
+
+    # ------------------------------------------------------------------ hooks
+    def checkpoint_policy(self, values: Mapping[str, Any]) -> CheckpointPolicy:
+        return CheckpointPolicy(max_steps=values["max_steps"], eval_steps=values["eval_steps"],
+                                save_steps=values["save_steps"], save_total_limit=values["save_total_limit"],
+                                save_on_best=values["save_on_best"],
+                                greater_is_better=_greater_is_better(values))
+
+    def rotate_checkpoints(self, output_dir: Path, policy: CheckpointPolicy, best_step: int | None) -> None:
+        ckpts = {step_of(c): c for c in list_checkpoints(output_dir)}
+        for step in policy.to_delete(sorted(ckpts), best_step):
+            shutil.rmtree(ckpts[step])
+            log.info("rotated out %s (save_total_limit=%d, best=%s)", ckpts[step].name, policy.save_total_limit,
+                     best_step)
+
+    def finalize_checkpoint(self, directory: Path, final: bool) -> None:
+        """Complete a saved directory before it is renamed into place: args.json records the run."""
+        argres.write_args_file(directory, self._resolved, {"model_dir": str(self._spec.model_dir)})
+
+    def prepare_resume(self, checkpoint: Path) -> Path:
+        """Vet a checkpoint before resuming from it (pickled state is loaded weights-only)."""
+        check_pickled_state(checkpoint)
+        return checkpoint
+
+    def load_checkpoint_weights(self, trainer, checkpoint: Path, model) -> None:
+        """Resume: LoRA tensors by name (works on every quantised base), full weights as Trainer does."""
+        from .trainer import load_lora_weights_by_name
+
+        if _is_peft(model):
+            n = load_lora_weights_by_name(model, checkpoint)
+            log.info("resumed %d LoRA tensors from %s", n, checkpoint)
+        else:
+            trainer._load_from_checkpoint_default(str(checkpoint), model)
+
+    # ------------------------------------------------------------------ training
+    def train(self, spec: RunSpec) -> RunResult:
+        from .trainer import (PolicyCallback, collate, counting_reward, load_model, load_tokenizer, lora_config,
+                              sft_datasets, trainer_class)
+
+        resolved = self.resolve_args(spec.cli_args(), spec.model_dir, spec.resume_from)
+        values = dict(resolved.values)
+        self._resolved, self._spec = resolved, spec
+        for line in resolved.describe():
+            log.info("argument %s", line)
+        for message in resolved.warnings:
+            log.warning(message)
+            warnings.warn(message, ArgsOverrideWarning, stacklevel=2)
+
+        resume = None
+        if spec.resume_from is not None:
+            resume = self.prepare_resume(Path(spec.resume_from))
+            self._check_resume_quantization(resume, values)
+
+        import torch
+        from transformers import set_seed
+
+        model_dir = Path(spec.model_dir)
+        adapter_dir = model_dir if (model_dir / "adapter_config.json").is_file() else None
+        base_dir = argres._adapter_base(adapter_dir) if adapter_dir else model_dir
+        quant = values["quantization"]
+        if quant is not None and values["train_type"] == "full":
+            raise ConfigError(None, "train_type", "'lora' on a quantised base (full training needs an unquantised base)",
+                              "full")
+        if spec.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("RunSpec.device='cuda' but CUDA is not available")
+
+        set_seed(values["seed"])
+        tok = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else base_dir)
+        model = load_model(base_dir, quant, spec.device)
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=values["train_type"] == "lora")
+            if values["train_type"] == "full":
+                model = model.merge_and_unload()
+        if values["train_type"] == "lora" and not _is_peft(model):
+            from peft import get_peft_model
+
+            torch.manual_seed(values["seed"])
+            model = get_peft_model(model, lora_config(values))
+        elif values["train_type"] == "full":
+            for p in model.parameters():
+                p.requires_grad_(True)
+
+        output_dir = Path(spec.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        policy = self.checkpoint_policy(values)
+        if values["eval_steps"] and (msg := policy.misalignment_warning()):
+            log.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
+        use_bf16 = spec.device == "cuda" and torch.cuda.is_bf16_supported()
+        common = dict(
+            output_dir=str(output_dir), max_steps=values["max_steps"], learning_rate=values["learning_rate"],
+            per_device_train_batch_size=values["per_device_train_batch_size"],
+            gradient_accumulation_steps=values["gradient_accumulation_steps"],
+            lr_scheduler_type=values["lr_scheduler_type"], logging_steps=1, report_to="none",
+            use_cpu=spec.device == "cpu", seed=values["seed"], data_seed=values["seed"], bf16=use_bf16,
+            save_strategy="steps" if values["save_steps"] else "no", save_steps=values["save_steps"] or 500,
+            save_total_limit=None, disable_tqdm=True, dataloader_num_workers=0,
+        )
+        callbacks = [PolicyCallback(policy, values["metric"], output_dir, self)]
+        if values["method"] == "grpo":
+            from datasets import Dataset
+            from trl import GRPOConfig, GRPOTrainer
+
+            from ..models import read_jsonl
+
+            prompts = read_jsonl(Path(spec.dataset_dir) / "prompts.jsonl")
+            cfg = GRPOConfig(**common, num_generations=values["num_generations"],
+                             max_completion_length=values["max_completion_length"], beta=0.0,
+                             eval_strategy="no")
+            cls = trainer_class(GRPOTrainer)
+            trainer = cls(model=model, reward_funcs=counting_reward, args=cfg,
+                          train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in prompts]),
+                          processing_class=tok, callbacks=callbacks)
+        else:
+            from transformers import Trainer, TrainingArguments
+
+            train_ds, eval_ds = sft_datasets(Path(spec.dataset_dir), tok)
+            extra: dict[str, Any] = {}
+            if values["metric"] == "eval_accuracy":
+                from .trainer import accuracy_metrics
+
+                extra["preprocess_logits_for_metrics"], extra["compute_metrics"] = accuracy_metrics()
+            targs = TrainingArguments(**common, eval_strategy="steps" if values["eval_steps"] else "no",
+                                      eval_steps=values["eval_steps"] or None, per_device_eval_batch_size=8)
+            cls = trainer_class(Trainer)
+            trainer = cls(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
+                          data_collator=collate, processing_class=tok, callbacks=callbacks, **extra)
+        trainer.ft_adapter = self
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # no per-step dict printing; logs stay in log_history
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        final = self._save_final(trainer, output_dir)
+        return RunResult(output_dir=output_dir, checkpoints=tuple(list_checkpoints(output_dir)), final_dir=final,
+                         log_history=tuple(trainer.state.log_history), resolved=resolved)
+
+    # ------------------------------------------------------------------ helpers
+    def _save_final(self, trainer, output_dir: Path) -> Path:
+        """Final model, tokenizer, args.json and trainer_state.json into ``output_dir``, file by file atomically."""
+        staging = output_dir / f".staging-final-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            trainer.save_model(str(staging))
+            self.finalize_checkpoint(staging, final=True)
+            for item in staging.iterdir():
+                os.replace(item, output_dir / item.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        import dataclasses
+
+        state = json.dumps(dataclasses.asdict(trainer.state), indent=2, sort_keys=True) + "\n"
+        atomic_write_text(output_dir / "trainer_state.json", state)
+        return output_dir
+
+    def _check_resume_quantization(self, checkpoint: Path, values: Mapping[str, Any]) -> None:
+        args_file = checkpoint / argres.ARGS_FILE
+        if not args_file.is_file():
+            return
+        saved = read_json(args_file).get("quantization")
+        if saved != values["quantization"] and not values["allow_quantization_change"]:
+            raise QuantizationMismatchError(checkpoint, saved, values["quantization"])
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _greater_is_better(values: Mapping[str, Any]) -> bool:
+    if values.get("greater_is_better") is not None:
+        return bool(values["greater_is_better"])
+    return not str(values["metric"]).endswith("loss")
+
+
+def read_run_args(directory: Path) -> dict[str, Any]:
+    """The args.json a run left in ``directory`` (for tests and oracles)."""
+    return json.loads((Path(directory) / argres.ARGS_FILE).read_text(encoding="utf-8"))

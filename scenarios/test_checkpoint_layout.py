@@ -1,0 +1,34 @@
+"""Baseline — a short run leaves the Hugging Face checkpoint layout the other scenarios read.
+
+``checkpoint-N/`` directories at the save cadence, each with ``trainer_state.json`` (log history,
+global step) and safetensors weights; the final output holds the model and ``trainer_state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.reference.io import read_safetensors_header
+
+from ._support import spec
+
+pytestmark = [pytest.mark.requires("sft")]
+
+
+@pytest.mark.parametrize("train_type", [pytest.param("full", marks=pytest.mark.requires("full")),
+                                        pytest.param("lora", marks=pytest.mark.requires("lora"))])
+def test_checkpoint_layout(ft_adapter, tiny_assets, tmp_path, train_type, ft_device):
+    result = ft_adapter.train(spec(tiny_assets, tmp_path / "run", train_type=train_type, max_steps=4, save_steps=2,
+                                   device=ft_device))
+    names = sorted(p.name for p in result.output_dir.iterdir() if p.name.startswith("checkpoint-"))
+    assert names == ["checkpoint-2", "checkpoint-4"], f"expected checkpoints at steps 2 and 4, found {names}"
+    weights = "model.safetensors" if train_type == "full" else "adapter_model.safetensors"
+    for name in names:
+        ckpt = result.output_dir / name
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        assert state["global_step"] == int(name.split("-")[1]), f"{name}/trainer_state.json has the wrong global_step"
+        assert [h["step"] for h in state["log_history"] if "loss" in h], f"{name}: no losses logged"
+        assert read_safetensors_header(ckpt / weights), f"{name}/{weights} holds no tensors"
+    assert (result.final_dir / weights).is_file(), f"final output lacks {weights}"
