@@ -141,6 +141,8 @@ class RunSpec:
     resolves it the way its framework does (saved ``args.json`` files, then defaults). ``cli`` holds
     any further command-line keys (e.g. ``{"load_args": False}``); a key may not be given both as a
     field and in ``cli``. ``options`` are adapter-specific switches that are not training arguments.
+    ``resume_from`` is a checkpoint directory, or ``"latest"``: the newest *complete* checkpoint in
+    ``output_dir`` (what ``resume_from_checkpoint=True`` means in transformers).
     """
 
     model_dir: Path
@@ -159,7 +161,7 @@ class RunSpec:
     save_on_best: bool | None = None
     metric: str | None = None
     greater_is_better: bool | None = None
-    resume_from: Path | None = None
+    resume_from: Path | Literal["latest"] | None = None
     seed: int | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     world_size: int = 1
@@ -169,7 +171,7 @@ class RunSpec:
     def __post_init__(self) -> None:
         for name in ("model_dir", "output_dir", "dataset_dir", "resume_from"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
+            if value is not None and value != "latest" and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
         both = set(self.cli) & {f for f in _CLI_FIELDS if getattr(self, f) is not None}
         if both:

@@ -398,3 +398,30 @@ def assert_best_checkpoint_kept(output_dir: Path, dataset_dir: Path, *, metric: 
         raise OracleFailure(seed, f"re-evaluating checkpoint-{best} gives {metric}={value:.6g}, but {metrics[best]:.6g} "
                                   f"was logged at step {best}: the checkpoint does not hold the best model")
     return best
+
+
+# --------------------------------------------------------------------------- crash / hostile input
+def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: str = "crash") -> list[int]:
+    """Every ``checkpoint-N`` on disk is complete: whole model weights and a readable trainer_state.json.
+
+    A crash may leave no ``checkpoint-N`` or a complete one, never a half-written one under that name
+    (a resume would pick it up). Returns the steps on disk.
+    """
+    steps = []
+    for ckpt in list_checkpoints(output_dir):
+        state_file = ckpt / "trainer_state.json"
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise OracleFailure(seed, f"{ckpt.name} is incomplete: trainer_state.json unreadable ({exc}); a resume "
+                                      f"would pick up a partial checkpoint") from None
+        if state.get("global_step") != int(ckpt.name.split("-")[1]):
+            raise OracleFailure(seed, f"{ckpt.name}/trainer_state.json has global_step={state.get('global_step')!r}")
+        try:
+            assert_full_model_saved(ckpt, reference_dir, seed=seed)
+        except OracleFailure as exc:
+            raise OracleFailure(seed, f"{ckpt.name} is incomplete after a crash: {exc}") from None
+        except Exception as exc:  # unreadable safetensors and the like
+            raise OracleFailure(seed, f"{ckpt.name} is incomplete after a crash: {type(exc).__name__}: {exc}") from None
+        steps.append(int(ckpt.name.split("-")[1]))
+    return steps

@@ -134,6 +134,13 @@ def ft_adapter(request: pytest.FixtureRequest) -> FrameworkAdapter:
 
 
 @pytest.fixture(scope="session")
+def ft_adapter_target(request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
+    """(target, options) of the adapter under test, to re-create it in a subprocess."""
+    target = request.config.getoption("ft_adapter") or os.environ.get("FT_HARNESS_ADAPTER") or "reference"
+    return target, parse_options(request.config.getoption("ft_adapter_option"))
+
+
+@pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory):
     """A tiny Llama (+ tokenizer, generation config) and its datasets, built once per session."""
     from .models import build_assets

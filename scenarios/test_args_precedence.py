@@ -17,12 +17,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from harness.oracles import OracleFailure, assert_adapter_only_save, assert_full_model_saved, start_weights
 
 from ._support import spec
+
+REAL_RUN_PHASES = (Phase.explicit, Phase.generate)  # derandomized, no shrinking: each example is a real run
 
 pytestmark = [pytest.mark.seed("000"), pytest.mark.requires("args")]
 
@@ -115,7 +117,8 @@ LAYER = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, derandomize=True, database=None, phases=REAL_RUN_PHASES,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cli=LAYER, checkpoint=LAYER, model=LAYER)
 def test_priority_property(ft_adapter, cli, checkpoint, model):
     """For any saved/CLI combination: the value comes from the highest layer that sets it, with that source."""

@@ -18,12 +18,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from harness.oracles import assert_best_checkpoint_kept, read_log_history
 
 from ._support import spec
+
+REAL_RUN_PHASES = (Phase.explicit, Phase.generate)  # derandomized, no shrinking: each example is a real run
 
 pytestmark = [pytest.mark.seed("004"), pytest.mark.requires("sft", "full", "best-checkpoint")]
 
@@ -57,7 +59,8 @@ def test_maximised_metric(ft_adapter, tiny_assets, tmp_path, ft_device):
                                 greater_is_better=True, save_total_limit=1)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, derandomize=True, database=None, phases=REAL_RUN_PHASES,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(eval_steps=st.integers(1, 5), save_steps=st.integers(1, 12), limit=st.integers(0, 2),
        max_steps=st.integers(6, 24))
 def test_any_cadence_keeps_best(ft_adapter, tiny_assets, ft_device, eval_steps, save_steps, limit, max_steps):

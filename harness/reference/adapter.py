@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import CAPABILITIES, ResolvedArgs, RunResult, RunSpec
-from ..errors import ConfigError, QuantizationMismatchError
+from ..errors import ConfigError, MissingFileError, QuantizationMismatchError
 from . import args as argres
-from .io import (atomic_write_text, check_pickled_state, list_checkpoints, read_json, step_of)
+from .io import (atomic_write_text, check_pickled_state, latest_checkpoint, list_checkpoints, read_json,
+                 step_of)
 from .policy import CheckpointPolicy
 
 log = logging.getLogger("harness.reference")
@@ -74,7 +75,17 @@ class ReferenceAdapter:
         argres.write_args_file(directory, self._resolved, {"model_dir": str(self._spec.model_dir)})
 
     def prepare_resume(self, checkpoint: Path) -> Path:
-        """Vet a checkpoint before resuming from it (pickled state is loaded weights-only)."""
+        """Vet a checkpoint before resuming from it: trainer_state.json parses and has a step, and
+        pickled state is loadable weights-only (anything else is refused, never executed)."""
+        if not Path(checkpoint).is_dir():
+            raise MissingFileError(Path(checkpoint).parent, Path(checkpoint).name, "resume checkpoint does not exist")
+        state = read_json(Path(checkpoint) / "trainer_state.json")
+        if type(state.get("global_step")) is not int or state["global_step"] < 0:
+            raise ConfigError(Path(checkpoint) / "trainer_state.json", "global_step", "a non-negative integer",
+                              state.get("global_step"))
+        if not isinstance(state.get("log_history", []), list):
+            raise ConfigError(Path(checkpoint) / "trainer_state.json", "log_history", "a list",
+                              state.get("log_history"))
         check_pickled_state(checkpoint)
         return checkpoint
 
@@ -93,6 +104,14 @@ class ReferenceAdapter:
         from .trainer import (PolicyCallback, collate, counting_reward, load_model, load_tokenizer, lora_config,
                               sft_datasets, trainer_class)
 
+        output_dir = Path(spec.output_dir)
+        for stale in output_dir.glob(".staging-*") if output_dir.is_dir() else ():
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed save; never a checkpoint
+        if spec.resume_from == "latest":
+            latest = latest_checkpoint(output_dir)
+            if latest is None:
+                raise MissingFileError(output_dir, "checkpoint-*", "resume_from='latest' but no checkpoint exists")
+            spec = spec.replace(resume_from=latest)
         resolved = self.resolve_args(spec.cli_args(), spec.model_dir, spec.resume_from)
         values = dict(resolved.values)
         self._resolved, self._spec = resolved, spec
@@ -138,7 +157,6 @@ class ReferenceAdapter:
             for p in model.parameters():
                 p.requires_grad_(True)
 
-        output_dir = Path(spec.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         policy = self.checkpoint_policy(values)
         if values["eval_steps"] and (msg := policy.misalignment_warning()):

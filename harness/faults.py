@@ -1,0 +1,129 @@
+"""Fault injection: kill a training run with SIGKILL at a chosen point inside a checkpoint save.
+
+The run happens in a subprocess (``python -m harness.faults``) that re-creates the adapter from its
+target string. Before training starts, every checkpoint writer the ecosystem uses —
+``torch.save`` and safetensors' ``save_file`` / ``save_model`` — is wrapped *wherever it is bound*
+(every module attribute that is the original function is replaced), so the kill point is
+deterministic and adapter-agnostic: the N-th file write that starts after ``checkpoint-{after}``
+exists, either before any byte is written or after half of the file is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["KillPoint", "run_killed", "KILLED"]
+
+KILLED = -signal.SIGKILL
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    after_checkpoint: int  # arm once output_dir/checkpoint-{after_checkpoint} exists
+    nth_write: int  # kill at the n-th checkpoint file write after arming (1-based)
+    partial: bool  # True: write half the file first; False: kill before writing it
+
+    def __str__(self) -> str:
+        return f"write#{self.nth_write}-{'half-written' if self.partial else 'before-write'}"
+
+
+def run_killed(target: str, options: dict[str, str], spec_fields: dict[str, Any], point: KillPoint,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``train`` in a subprocess that SIGKILLs itself at ``point``; returns the finished process."""
+    payload = json.dumps({"target": target, "options": options, "spec": spec_fields, "point": asdict(point)},
+                         default=str)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "harness.faults", payload], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _install(output_dir: Path, point: KillPoint) -> None:
+    import safetensors.torch as st
+    import torch
+
+    state = {"writes": 0}
+
+    def should_kill() -> bool:
+        if not (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
+            return False
+        state["writes"] += 1
+        return state["writes"] == point.nth_write
+
+    def die_after_half(path: Any, write) -> None:
+        tmp = Path(str(path) + ".fault-full")
+        write(tmp)
+        data = tmp.read_bytes()
+        tmp.unlink()
+        with open(path, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    originals = {"torch.save": torch.save, "save_file": st.save_file, "save_model": st.save_model}
+
+    def torch_save(obj, f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)) and should_kill():
+            if point.partial:
+                die_after_half(f, lambda p: originals["torch.save"](obj, p, *args, **kwargs))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return originals["torch.save"](obj, f, *args, **kwargs)
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if should_kill():
+            if point.partial:
+                die_after_half(filename, lambda p: originals["save_file"](tensors, str(p), *args, **kwargs))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return originals["save_file"](tensors, filename, *args, **kwargs)
+
+    def save_model(model, filename, *args, **kwargs):
+        if should_kill():
+            if point.partial:
+                die_after_half(filename, lambda p: originals["save_model"](model, str(p), *args, **kwargs))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return originals["save_model"](model, filename, *args, **kwargs)
+
+    replacements = {id(originals["torch.save"]): torch_save, id(originals["save_file"]): save_file,
+                    id(originals["save_model"]): save_model}
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name, value in list(namespace.items()):
+            if id(value) in replacements and value in originals.values():
+                namespace[name] = replacements[id(value)]
+
+
+def _main(payload: str) -> int:
+    data = json.loads(payload)
+    from .adapter import RunSpec, load_adapter
+
+    adapter = load_adapter(data["target"], data["options"])
+    # import what the adapter trains with, so every alias of the writers exists before patching
+    import transformers.trainer  # noqa: F401
+
+    try:
+        import peft  # noqa: F401
+        import peft.utils.save_and_load  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import harness.reference.trainer  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+    spec = RunSpec(**data["spec"])
+    _install(Path(spec.output_dir), KillPoint(**data["point"]))
+    adapter.train(spec)
+    print("FAULT-NOT-REACHED: the run finished without reaching the kill point", flush=True)
+    return 3
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1]))

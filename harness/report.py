@@ -1,0 +1,225 @@
+"""Run the scenarios against adapters and render a scenario x adapter matrix.
+
+Used by ``ft-harness run`` / ``ft-harness report``. Each adapter's scenarios run in this process
+through ``pytest.main`` (the heavy imports happen once), with a small plugin that records every
+test's outcome, one-line reason, seed and duration.
+
+JSON format (stable; ``"format": "ft-harness-report/1"``)::
+
+    {"format": "ft-harness-report/1",
+     "adapters": [{"target": "harness.mutants:X", "name": "...", "options": {...}, "exit_code": 1,
+                   "duration_s": 12.3}],
+     "scenarios": [{"id": "test_best_checkpoint.py::test_rotation_keeps_best", "seed": "004",
+                    "results": {"<target>": {"outcome": "passed|failed|skipped|error|xfailed|xpassed",
+                                             "reason": "one line", "duration_s": 0.7, "tests": 2}}}]}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from xml.sax.saxutils import escape
+
+import pytest
+
+__all__ = ["TestOutcome", "AdapterRun", "run_adapter", "render", "FORMATS", "aggregate"]
+
+FORMATS = ("text", "md", "json", "junit")
+_SEVERITY = {"error": 5, "failed": 4, "xpassed": 3, "passed": 1, "xfailed": 2, "skipped": 0}
+
+
+@dataclass
+class TestOutcome:
+    nodeid: str
+    scenario: str  # module.py::function (parameters dropped)
+    outcome: str
+    reason: str
+    duration_s: float
+    seed: str | None
+
+
+@dataclass
+class AdapterRun:
+    target: str
+    name: str
+    options: Mapping[str, str]
+    exit_code: int
+    duration_s: float
+    tests: list[TestOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(t.outcome in ("failed", "error", "xpassed") for t in self.tests) or self.exit_code != 0
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    pick = next((ln for ln in lines if ln.startswith("E ")), None)
+    if pick is None:
+        pick = next((ln for ln in reversed(lines) if "Error" in ln or "Failure" in ln), lines[-1] if lines else "")
+    pick = re.sub(r"^E\s+", "", pick)
+    return pick if len(pick) <= limit else pick[: limit - 3] + "..."
+
+
+def _scenario_of(nodeid: str) -> str:
+    path, _, name = nodeid.partition("::")
+    return f"{Path(path).name}::{name.split('[')[0]}"
+
+
+class _Collector:
+    def __init__(self, progress: TextIO | None, label: str):
+        self.tests: dict[str, TestOutcome] = {}
+        self.seeds: dict[str, str | None] = {}
+        self.progress = progress
+        self.label = label
+        self.adapter_name: str | None = None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        for item in items:
+            marker = item.get_closest_marker("seed")
+            self.seeds[item.nodeid] = marker.args[0] if marker and marker.args else None
+        if any("ft_adapter" in getattr(i, "fixturenames", ()) for i in items):
+            from .plugin import get_adapter
+
+            self.adapter_name = get_adapter(config).name
+
+    def pytest_runtest_logreport(self, report):
+        nodeid = report.nodeid
+        prev = self.tests.get(nodeid)
+        if report.when == "call" or report.outcome != "passed":
+            if hasattr(report, "wasxfail"):
+                outcome = "xfailed" if report.skipped else "xpassed"
+                reason = report.wasxfail
+            elif report.skipped:
+                outcome = "skipped"
+                reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+                reason = reason.removeprefix("Skipped: ")
+            elif report.failed:
+                outcome = "failed" if report.when == "call" else "error"
+                reason = _one_line(report.longreprtext)
+            else:
+                outcome, reason = "passed", ""
+            if prev is not None and _SEVERITY[prev.outcome] >= _SEVERITY[outcome]:
+                return
+            self.tests[nodeid] = TestOutcome(nodeid, _scenario_of(nodeid), outcome, reason,
+                                             (prev.duration_s if prev else 0.0) + report.duration,
+                                             self.seeds.get(nodeid))
+        elif prev is not None:
+            prev.duration_s += report.duration
+        if report.when == "teardown" and self.progress is not None and nodeid in self.tests:
+            t = self.tests[nodeid]
+            mark = {"passed": "ok", "failed": "FAIL", "error": "ERROR", "skipped": "skip", "xfailed": "xfail",
+                    "xpassed": "XPASS"}[t.outcome]
+            print(f"[{self.label}] {mark:5} {t.duration_s:6.2f}s {nodeid.split('/')[-1]}", file=self.progress,
+                  flush=True)
+
+
+def run_adapter(target: str | None, options: Mapping[str, str] | None = None, pytest_args: Sequence[str] = (),
+                progress: TextIO | None = sys.stderr) -> AdapterRun:
+    """Run ``pytest --pyargs scenarios`` against one adapter in this process; collect outcomes."""
+    label = target or "reference"
+    collector = _Collector(progress, label)
+    args = ["--pyargs", "scenarios", "-qq", "-p", "no:cacheprovider", "--disable-warnings", "--no-summary"]
+    if target:
+        args += ["--ft-adapter", target]
+    for key, value in (options or {}).items():
+        args += ["--ft-adapter-option", f"{key}={value}"]
+    args += list(pytest_args)
+    start = time.perf_counter()
+    code = pytest.main(args, plugins=[collector])
+    return AdapterRun(target=label, name=collector.adapter_name or label, options=dict(options or {}),
+                      exit_code=int(code), duration_s=time.perf_counter() - start,
+                      tests=list(collector.tests.values()))
+
+
+def aggregate(run: AdapterRun) -> dict[str, dict[str, Any]]:
+    """Per scenario (test function): worst outcome over its parametrisations, with its reason."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in run.tests:
+        cell = out.setdefault(t.scenario, {"outcome": "skipped", "reason": "", "duration_s": 0.0, "tests": 0,
+                                           "seed": t.seed, "_sev": -1})
+        cell["tests"] += 1
+        cell["duration_s"] += t.duration_s
+        sev = _SEVERITY[t.outcome]
+        if sev > cell["_sev"]:
+            cell.update(outcome=t.outcome, reason=t.reason, _sev=sev)
+    for cell in out.values():
+        cell.pop("_sev")
+        cell["duration_s"] = round(cell["duration_s"], 3)
+    return out
+
+
+def _matrix(runs: Sequence[AdapterRun]) -> tuple[list[str], dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
+    cells = {run.target: aggregate(run) for run in runs}
+    scenarios = sorted({s for c in cells.values() for s in c})
+    seeds = {s: next((c[s]["seed"] for c in cells.values() if s in c), None) for s in scenarios}
+    return scenarios, cells, seeds
+
+
+def _cell_text(cell: Mapping[str, Any] | None, with_reason: bool = True) -> str:
+    if cell is None:
+        return "—"
+    word = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "skipped": "skipped", "xfailed": "xfail (known)",
+            "xpassed": "XPASS (known failure fixed?)"}[cell["outcome"]]
+    if with_reason and cell["reason"] and cell["outcome"] != "passed":
+        return f"{word}: {cell['reason']}"
+    return word
+
+
+def render(runs: Sequence[AdapterRun], fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+    scenarios, cells, seeds = _matrix(runs)
+    if fmt == "json":
+        return json.dumps({
+            "format": "ft-harness-report/1",
+            "adapters": [{"target": r.target, "name": r.name, "options": dict(r.options), "exit_code": r.exit_code,
+                          "duration_s": round(r.duration_s, 3)} for r in runs],
+            "scenarios": [{"id": s, "seed": seeds[s],
+                           "results": {r.target: cells[r.target].get(s) for r in runs if s in cells[r.target]}}
+                          for s in scenarios],
+        }, indent=2, sort_keys=True)
+    if fmt == "junit":
+        parts = ['<?xml version="1.0" encoding="utf-8"?>', "<testsuites>"]
+        for r in runs:
+            n_fail = sum(t.outcome in ("failed", "xpassed") for t in r.tests)
+            n_err = sum(t.outcome == "error" for t in r.tests)
+            n_skip = sum(t.outcome in ("skipped", "xfailed") for t in r.tests)
+            parts.append(f'<testsuite name="{escape(r.target)}" tests="{len(r.tests)}" failures="{n_fail}" '
+                         f'errors="{n_err}" skipped="{n_skip}" time="{r.duration_s:.3f}">')
+            for t in r.tests:
+                cls, _, name = t.nodeid.rpartition("::")
+                attrs = f'classname="{escape(Path(cls).name, {chr(34): "&quot;"})}" ' \
+                        f'name="{escape(name, {chr(34): "&quot;"})}" time="{t.duration_s:.3f}"'
+                body = ""
+                msg = escape(t.reason, {chr(34): "&quot;"})
+                if t.outcome in ("failed", "xpassed"):
+                    body = f'<failure message="{msg}"/>'
+                elif t.outcome == "error":
+                    body = f'<error message="{msg}"/>'
+                elif t.outcome in ("skipped", "xfailed"):
+                    body = f'<skipped message="{msg}"/>'
+                parts.append(f"<testcase {attrs}>{body}</testcase>")
+            parts.append("</testsuite>")
+        parts.append("</testsuites>")
+        return "\n".join(parts) + "\n"
+    header = ["scenario", "seed"] + [r.target for r in runs]
+    rows = [[s, seeds[s] or ""] + [_cell_text(cells[r.target].get(s), with_reason=True) for r in runs]
+            for s in scenarios]
+    totals = ["**total time**" if fmt == "md" else "total time", ""] + [f"{r.duration_s:.1f}s" for r in runs]
+    if fmt == "md":
+        esc = [[c.replace("|", "\\|") for c in row] for row in rows]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in esc + [totals]]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(str(row[i])) for row in [header] + rows + [totals]) for i in range(len(header))]
+    widths = [min(w, 90) for w in widths]
+    fmt_row = lambda row: "  ".join(str(c)[:90].ljust(w) for c, w in zip(row, widths))  # noqa: E731
+    return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows + [totals]]) + "\n"

@@ -1,0 +1,55 @@
+"""Security — resuming from a checkpoint must never unpickle arbitrary code.
+
+Checkpoints come from anywhere. ``optimizer.pt``, ``rng_state.pth`` and ``training_args.bin`` are
+pickles; one crafted to create a marker directory when unpickled replaces the real file. Resuming
+must not run it: load with ``torch.load(weights_only=True)`` (or safetensors) and refuse what
+needs more. The marker must not exist afterwards, whatever the adapter did.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from ._support import spec
+
+pytestmark = [pytest.mark.seed("pickle"), pytest.mark.requires("sft", "lora", "resume")]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def clean_run(ft_adapter, tiny_assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    return ft_adapter.train(spec(tiny_assets, out, train_type="lora", max_steps=2, save_steps=2))
+
+
+@pytest.mark.parametrize("poisoned", ["optimizer.pt", "rng_state.pth", "training_args.bin"])
+def test_poisoned_pickle_is_never_executed(ft_adapter, clean_run, tiny_assets, tmp_path, poisoned):
+    import torch
+
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(clean_run.checkpoint(2), ckpt)
+    marker = tmp_path / "PWNED"
+    torch.save({"state": _Payload(marker)}, ckpt / poisoned)
+    error = None
+    try:
+        ft_adapter.train(spec(tiny_assets, tmp_path / "resumed", train_type="lora", max_steps=4, save_steps=2,
+                              resume_from=ckpt))
+    except Exception as exc:  # refusing is a correct outcome
+        error = exc
+    assert not marker.exists(), (
+        f"[pickle] resuming from a checkpoint whose {poisoned} holds a malicious pickle EXECUTED it "
+        f"(marker {marker} was created): the file was loaded without weights_only=True")
+    if error is not None:
+        assert poisoned in str(error), (
+            f"[pickle] the refusal should name the offending file {poisoned!r}, got "
+            f"{type(error).__name__}: {str(error)[:300]}")
