@@ -1,7 +1,8 @@
 """Fault injection: kill a training run with SIGKILL at a chosen point inside a checkpoint save.
 
-The run happens in a subprocess (``python -m harness.faults``) that re-creates the adapter from its
-target string. Before training starts, every checkpoint writer the ecosystem uses —
+The run happens in a forked child of the test process (so torch & co. are not imported again;
+``run_killed_subprocess`` re-creates the adapter in a fresh interpreter instead, for adapters that
+cannot be forked). Before training starts, every checkpoint writer the ecosystem uses —
 ``torch.save`` and safetensors' ``save_file`` / ``save_model`` — is wrapped *wherever it is bound*
 (every module attribute that is the original function is replaced), so the kill point is
 deterministic and adapter-agnostic: the N-th file write that starts after ``checkpoint-{after}``
@@ -34,9 +35,37 @@ class KillPoint:
         return f"write#{self.nth_write}-{'half-written' if self.partial else 'before-write'}"
 
 
-def run_killed(target: str, options: dict[str, str], spec_fields: dict[str, Any], point: KillPoint,
-               timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``train`` in a subprocess that SIGKILLs itself at ``point``; returns the finished process."""
+def run_killed(adapter: Any, spec: Any, point: KillPoint) -> int:
+    """Run ``adapter.train(spec)`` in a forked child that SIGKILLs itself at ``point``.
+
+    Returns the child's status as ``subprocess`` reports it: ``KILLED`` (-9) when the kill point was
+    reached, 3 when training finished without reaching it, 4 when training raised.
+    """
+    import traceback
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child: never return into the caller (pytest) — always _exit
+        code = 4
+        try:
+            import torch
+
+            torch.set_num_threads(1)  # OpenMP pools do not survive fork well; one thread is deterministic
+            _install(Path(spec.output_dir), point)
+            adapter.train(spec)
+            code = 3
+        except BaseException:  # noqa: BLE001 - reported through the exit status
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def run_killed_subprocess(target: str, options: dict[str, str], spec_fields: dict[str, Any], point: KillPoint,
+                          timeout: float = 300) -> subprocess.CompletedProcess:
+    """Like :func:`run_killed` but in a fresh interpreter that re-creates the adapter from its target."""
     payload = json.dumps({"target": target, "options": options, "spec": spec_fields, "point": asdict(point)},
                          default=str)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")

@@ -62,7 +62,7 @@ def test_maximised_metric(ft_adapter, tiny_assets, tmp_path, ft_device):
 @settings(max_examples=8, deadline=None, derandomize=True, database=None, phases=REAL_RUN_PHASES,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(eval_steps=st.integers(1, 5), save_steps=st.integers(1, 12), limit=st.integers(0, 2),
-       max_steps=st.integers(6, 24))
+       max_steps=st.integers(6, 16))
 def test_any_cadence_keeps_best(ft_adapter, tiny_assets, ft_device, eval_steps, save_steps, limit, max_steps):
     with tempfile.TemporaryDirectory() as tmp:
         result = ft_adapter.train(spec(tiny_assets, Path(tmp) / "run", train_type="full", max_steps=max_steps,

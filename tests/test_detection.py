@@ -23,10 +23,12 @@ EXPECTED = {"reference": ()} | {f"harness.mutants:{name}": failing for name, fai
 def _heavy_imports_once():
     # imported here so pytester's sys.modules snapshot keeps them between in-process runs
     import bitsandbytes  # noqa: F401
+    import datasets  # noqa: F401  (pyarrow extension types cannot be registered twice)
     import optimum.quanto  # noqa: F401
     import peft  # noqa: F401
     import torch  # noqa: F401
     import trl  # noqa: F401
+    from trl import GRPOTrainer  # noqa: F401
 
     import harness.reference.trainer  # noqa: F401
 

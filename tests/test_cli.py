@@ -1,0 +1,73 @@
+"""The ft-harness command: help, list, run/report exit codes and the report formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from harness.report import AdapterRun, TestOutcome, aggregate, render
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def test_help_explains_commands():
+    out = _cli("--help").stdout
+    for word in ("run", "report", "list", "--adapter harness.mutants:ArgsJsonBeatsCli", "-- -k"):
+        assert word in out
+    assert "--format {md,json,junit,text}" in _cli("report", "--help").stdout
+
+
+def test_list_shows_scenarios_seeds_capabilities():
+    result = _cli("list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any("test_best_checkpoint.py::test_seed_best_between_saves_is_kept" in ln and " 004 " in ln for ln in lines)
+    assert any("test_quantized_lora_resume.py::test_resume_with_other_quantization_is_refused" in ln
+               and "quant-nf4" in ln for ln in lines)
+
+
+def test_report_json_and_exit_codes(tmp_path):
+    sel = ["--", "-k", "test_never_inherited_keys or test_load_args_false", "-m", "not gpu"]
+    ok = _cli("report", "--format", "json", "-o", str(tmp_path / "r.json"), *sel, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["format"] == "ft-harness-report/1"
+    ids = {s["id"]: s for s in data["scenarios"]}
+    cell = ids["test_args_precedence.py::test_never_inherited_keys"]["results"]["reference"]
+    assert cell["outcome"] == "passed" and ids["test_args_precedence.py::test_never_inherited_keys"]["seed"] == "000"
+    assert "[reference] ok" in ok.stderr  # progress line per test
+    bad = _cli("run", "--adapter", "harness.mutants:ArgsJsonBeatsCli", "--", "-k", "test_cli_train_type_beats",
+               "-m", "not gpu", cwd=tmp_path)
+    assert bad.returncode == 1 and "FAIL: " in bad.stdout and "seed 000" in bad.stdout
+    none = _cli("run", "--", "-k", "no_such_scenario_xyz", cwd=tmp_path)
+    assert none.returncode == 5 and "no scenario was collected" in none.stderr
+
+
+def _runs():
+    a = AdapterRun("reference", "reference", {}, 0, 1.5, [
+        TestOutcome("s/test_x.py::test_a[cpu]", "test_x.py::test_a", "passed", "", 0.5, "004"),
+        TestOutcome("s/test_x.py::test_a[cuda]", "test_x.py::test_a", "skipped", "gpu: needs CUDA", 0.0, "004")])
+    b = AdapterRun("m:Bad", "bad", {}, 1, 2.0, [
+        TestOutcome("s/test_x.py::test_a[cpu]", "test_x.py::test_a", "failed", "[seed 004] no checkpoint | x", 0.7,
+                    "004")])
+    return [a, b]
+
+
+def test_render_formats():
+    runs = _runs()
+    assert aggregate(runs[0])["test_x.py::test_a"]["outcome"] == "passed"
+    md = render(runs, "md")
+    assert "| test_x.py::test_a | 004 | pass | FAIL: [seed 004] no checkpoint \\| x |" in md
+    root = ET.fromstring(render(runs, "junit"))
+    suites = root.findall("testsuite")
+    assert [s.get("failures") for s in suites] == ["0", "1"] and suites[0].get("skipped") == "1"
+    assert "test_x.py::test_a" in render(runs, "text")
+    with pytest.raises(ValueError):
+        render(runs, "html")
