@@ -101,6 +101,19 @@ class ReferenceAdapter:
 
     # ------------------------------------------------------------------ training
     def train(self, spec: RunSpec) -> RunResult:
+        import torch
+
+        threads = torch.get_num_threads()
+        if spec.device == "cpu":
+            # tiny models: one intra-op thread is as fast, identical on every machine, and lets
+            # pytest -n N run N trainings on N cores without oversubscription
+            torch.set_num_threads(1)
+        try:
+            return self._train(spec)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _train(self, spec: RunSpec) -> RunResult:
         from .trainer import (PolicyCallback, collate, counting_reward, load_model, load_tokenizer, lora_config,
                               sft_datasets, trainer_class)
 
@@ -157,6 +170,9 @@ class ReferenceAdapter:
             for p in model.parameters():
                 p.requires_grad_(True)
 
+        if _is_peft(model):
+            # the README model card PEFT renders on every save (a jinja compile) is not part of a checkpoint
+            model.create_or_update_model_card = lambda output_dir: None
         output_dir.mkdir(parents=True, exist_ok=True)
         policy = self.checkpoint_policy(values)
         if values["eval_steps"] and (msg := policy.misalignment_warning()):

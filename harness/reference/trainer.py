@@ -266,6 +266,22 @@ def trainer_class(base):
                 self._ft_staging_root = None
                 shutil.rmtree(staging_root, ignore_errors=True)
 
+        def _inner_training_loop(self, *args, **kwargs):
+            # Trainer starts every loop with accelerator.free_memory(), a full gc.collect() that costs
+            # ~0.3 s per tiny run inside a big test process; nothing is prepared yet, so a reset suffices.
+            acc = self.accelerator
+
+            def reset(*objects):
+                acc._schedulers, acc._optimizers, acc._models, acc._dataloaders = [], [], [], []
+                acc.step = 0
+                return objects
+
+            acc.free_memory = reset
+            try:
+                return super()._inner_training_loop(*args, **kwargs)
+            finally:
+                del acc.free_memory
+
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             self.ft_adapter.load_checkpoint_weights(self, Path(resume_from_checkpoint), model or self.model)
 
