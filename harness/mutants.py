@@ -31,6 +31,7 @@ __all__ = [
     "RotationDeletesBest",
     "NonAtomicSave",
     "UnpicklesCheckpoint",
+    "RankZeroShardSave",
     "MUTANTS",
 ]
 
@@ -140,6 +141,26 @@ class UnpicklesCheckpoint(ReferenceAdapter):
         return checkpoint
 
 
+class RankZeroShardSave(ReferenceAdapter):
+    """Issue 11 / LLaVA #1245 — a sharded (FSDP) full-parameter run saves only rank 0's shard: the
+    dim-0 chunk of every tensor that FSDP2 places on rank 0, instead of the consolidated model."""
+
+    name = "mutant:rank-zero-shard-save"
+
+    def finalize_checkpoint(self, directory: Path, final: bool) -> None:
+        super().finalize_checkpoint(directory, final)
+        from .reference.distributed import world_size
+
+        weights = Path(directory) / "model.safetensors"
+        if world_size() > 1 and weights.is_file():
+            from safetensors.torch import load_file, save_file
+
+            tensors = load_file(str(weights))
+            n = world_size()
+            save_file({k: v.chunk(n, dim=0)[0].contiguous() for k, v in tensors.items()}, str(weights),
+                      metadata={"format": "pt"})
+
+
 #: mutant class name -> the scenario modules it must fail (and it must pass all the others)
 MUTANTS: dict[str, tuple[str, ...]] = {
     # also: a forced saved lora becomes the base of LoRA-on-checkpoint runs, and a forced saved
@@ -154,4 +175,5 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "RotationDeletesBest": ("test_best_checkpoint",),
     "NonAtomicSave": ("test_crash_during_save",),
     "UnpicklesCheckpoint": ("test_hostile_checkpoint",),
+    "RankZeroShardSave": ("test_distributed_save",),
 }

@@ -425,3 +425,21 @@ def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: 
             raise OracleFailure(seed, f"{ckpt.name} is incomplete after a crash: {type(exc).__name__}: {exc}") from None
         steps.append(int(ckpt.name.split("-")[1]))
     return steps
+
+
+# --------------------------------------------------------------------------- distributed
+def assert_same_weights(directory: Path, expected_dir: Path, *, atol: float, seed: str = "dist") -> None:
+    """The full model in ``directory`` equals the one in ``expected_dir`` within ``atol`` (max abs)."""
+    got, want = weights_on_disk(directory), weights_on_disk(expected_dir)
+    if set(got) != set(want):
+        raise OracleFailure(seed, f"{Path(directory).name} holds different tensors than {Path(expected_dir).name}: "
+                                  f"{sorted(set(got) ^ set(want))[:3]}")
+    worst = max(((k, (got[k].float() - want[k].float()).abs().max().item()) for k in want
+                 if got[k].shape == want[k].shape), key=lambda kv: kv[1], default=(None, 0.0))
+    shapes = [k for k in want if got[k].shape != want[k].shape]
+    if shapes:
+        raise OracleFailure(seed, f"{Path(directory).name}: {shapes[0]} has shape {tuple(got[shapes[0]].shape)}, "
+                                  f"expected {tuple(want[shapes[0]].shape)}")
+    if worst[1] > atol:
+        raise OracleFailure(seed, f"{Path(directory).name}: {worst[0]} differs from the single-process run by "
+                                  f"{worst[1]:.3g} (> atol {atol})")

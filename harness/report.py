@@ -75,6 +75,7 @@ def _scenario_of(nodeid: str) -> str:
 class _Collector:
     def __init__(self, progress: TextIO | None, label: str):
         self.tests: dict[str, TestOutcome] = {}
+        self.durations: dict[str, float] = {}
         self.seeds: dict[str, str | None] = {}
         self.progress = progress
         self.label = label
@@ -90,8 +91,18 @@ class _Collector:
 
             self.adapter_name = get_adapter(config).name
 
+    def pytest_collectreport(self, report):
+        if report.failed:  # an unimportable scenario module is an error cell, never a silent gap
+            nodeid = report.nodeid or "<collection>"
+            self.tests[nodeid] = TestOutcome(nodeid, f"{Path(nodeid.split('::')[0]).name}::<collection>", "error",
+                                             _one_line(report.longreprtext), 0.0, None)
+            if self.progress is not None:
+                print(f"[{self.label}] ERROR collecting {nodeid}: {self.tests[nodeid].reason}", file=self.progress,
+                      flush=True)
+
     def pytest_runtest_logreport(self, report):
         nodeid = report.nodeid
+        self.durations[nodeid] = self.durations.get(nodeid, 0.0) + report.duration
         prev = self.tests.get(nodeid)
         if report.when == "call" or report.outcome != "passed":
             if hasattr(report, "wasxfail"):
@@ -108,13 +119,12 @@ class _Collector:
                 outcome, reason = "passed", ""
             if prev is not None and _SEVERITY[prev.outcome] >= _SEVERITY[outcome]:
                 return
-            self.tests[nodeid] = TestOutcome(nodeid, _scenario_of(nodeid), outcome, reason,
-                                             (prev.duration_s if prev else 0.0) + report.duration,
+            self.tests[nodeid] = TestOutcome(nodeid, _scenario_of(nodeid), outcome, reason, 0.0,
                                              self.seeds.get(nodeid))
-        elif prev is not None:
-            prev.duration_s += report.duration
-        if report.when == "teardown" and self.progress is not None and nodeid in self.tests:
+        if report.when == "teardown" and nodeid in self.tests:
             t = self.tests[nodeid]
+            t.duration_s = self.durations[nodeid]  # setup + call + teardown
+        if report.when == "teardown" and self.progress is not None and nodeid in self.tests:
             mark = {"passed": "ok", "failed": "FAIL", "error": "ERROR", "skipped": "skip", "xfailed": "xfail",
                     "xpassed": "XPASS"}[t.outcome]
             print(f"[{self.label}] {mark:5} {t.duration_s:6.2f}s {nodeid.split('/')[-1]}", file=self.progress,

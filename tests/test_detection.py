@@ -3,7 +3,9 @@ reproduce its bug — and on nothing else. Adding a mutant or a scenario is one 
 ``harness.mutants.MUTANTS`` (mutant -> scenario modules it must fail).
 
 Each adapter runs the whole scenario suite in-process through pytester (heavy libraries are imported
-once by the outer session, so only training time is paid per adapter).
+once by the outer session, so only training time is paid per adapter). ``slow``-marked scenarios
+(the 2-process distributed save) run for the reference and for the mutants that must fail them;
+for the other mutants they are deselected to keep the suite fast.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import scenarios
 from harness.mutants import MUTANTS
 
 SCENARIO_MODULES = sorted(p.stem for p in Path(scenarios.__file__).parent.glob("test_*.py"))
+SLOW_MODULES = [p for p in Path(scenarios.__file__).parent.glob("test_*.py") if "pytest.mark.slow" in p.read_text()]
 EXPECTED = {"reference": ()} | {f"harness.mutants:{name}": failing for name, failing in MUTANTS.items()}
 
 
@@ -43,7 +46,9 @@ def test_matrix_names_real_scenarios():
 
 @pytest.mark.parametrize("target", sorted(EXPECTED))
 def test_detection(pytester, target):
-    result = pytester.runpytest_inprocess("--pyargs", "scenarios", "--ft-adapter", target, "-m", "not gpu",
+    slow = [m.stem for m in SLOW_MODULES]
+    marks = "not gpu" if target == "reference" or set(slow) & set(EXPECTED[target]) else "not gpu and not slow"
+    result = pytester.runpytest_inprocess("--pyargs", "scenarios", "--ft-adapter", target, "-m", marks,
                                           "-p", "no:cacheprovider", "-q")
     reports = [r for r in result.reprec.getreports("pytest_runtest_logreport") if r.failed]
     failing = {r.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py") for r in reports}

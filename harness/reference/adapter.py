@@ -40,7 +40,7 @@ class ReferenceAdapter:
     """Correct fine-tuning on transformers Trainer + PEFT + TRL + bitsandbytes / optimum-quanto."""
 
     name = "reference"
-    capabilities = CAPABILITIES - {"distributed"}
+    capabilities = CAPABILITIES
     known_failures: Mapping[str, str] = {}
     #: checkpoints are staged in a temporary sibling and renamed into place when complete
     atomic_saves = True
@@ -101,6 +101,13 @@ class ReferenceAdapter:
 
     # ------------------------------------------------------------------ training
     def train(self, spec: RunSpec) -> RunResult:
+        from . import distributed
+
+        if spec.world_size > 1 and not distributed.is_worker():
+            if spec.train_type != "full" or spec.quantization or (spec.method or "sft") != "sft":
+                raise ConfigError(None, "world_size", "full-parameter SFT without quantisation for world_size > 1",
+                                  spec.world_size)
+            return distributed.launch(self, spec)
         import torch
 
         threads = torch.get_num_threads()
@@ -118,7 +125,9 @@ class ReferenceAdapter:
                               sft_datasets, trainer_class)
 
         output_dir = Path(spec.output_dir)
-        for stale in output_dir.glob(".staging-*") if output_dir.is_dir() else ():
+        from .distributed import is_main_process
+
+        for stale in output_dir.glob(".staging-*") if output_dir.is_dir() and is_main_process() else ():
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed save; never a checkpoint
         if spec.resume_from == "latest":
             latest = latest_checkpoint(output_dir)
@@ -188,6 +197,10 @@ class ReferenceAdapter:
             save_strategy="steps" if values["save_steps"] else "no", save_steps=values["save_steps"] or 500,
             save_total_limit=None, disable_tqdm=True, dataloader_num_workers=0,
         )
+        from . import distributed
+
+        if distributed.is_worker():
+            common.update(distributed.fsdp_arguments())
         callbacks = [PolicyCallback(policy, values["metric"], output_dir, self)]
         if values["method"] == "grpo":
             from datasets import Dataset
@@ -229,15 +242,24 @@ class ReferenceAdapter:
     # ------------------------------------------------------------------ helpers
     def _save_final(self, trainer, output_dir: Path) -> Path:
         """Final model, tokenizer, args.json and trainer_state.json into ``output_dir``, file by file atomically."""
-        staging = output_dir / f".staging-final-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            trainer.save_model(str(staging))
-            self.finalize_checkpoint(staging, final=True)
-            for item in staging.iterdir():
-                os.replace(item, output_dir / item.name)
-        finally:
+        from .distributed import barrier, is_main_process
+
+        staging = output_dir / ".staging-final"
+        if is_main_process():
             shutil.rmtree(staging, ignore_errors=True)
+        barrier()
+        try:
+            trainer.save_model(str(staging))  # collective under FSDP: every rank takes part
+            barrier()
+            if is_main_process():
+                self.finalize_checkpoint(staging, final=True)
+                for item in staging.iterdir():
+                    os.replace(item, output_dir / item.name)
+        finally:
+            if is_main_process():
+                shutil.rmtree(staging, ignore_errors=True)
+        if not is_main_process():
+            return output_dir
         import dataclasses
 
         state = json.dumps(dataclasses.asdict(trainer.state), indent=2, sort_keys=True) + "\n"

@@ -247,24 +247,34 @@ def trainer_class(base):
         def _save_checkpoint(self, model, trial):
             final_root = Path(self.args.output_dir)
             name = f"checkpoint-{self.state.global_step}"
+            from .distributed import barrier, is_main_process
+
             if not self.ft_adapter.atomic_saves:
                 super()._save_checkpoint(model, trial)
-                self.ft_adapter.finalize_checkpoint(final_root / name, final=False)
+                barrier()
+                if is_main_process():
+                    self.ft_adapter.finalize_checkpoint(final_root / name, final=False)
                 return
-            staging_root = final_root / f".staging-{name}-{os.getpid()}"
+
+            # one staging root per step, shared by all ranks (each writes its rng_state_<rank>.pth there)
+            staging_root = final_root / f".staging-{name}"
             self._ft_staging_root = staging_root
             try:
                 super()._save_checkpoint(model, trial)
-                best = self.state.best_model_checkpoint
-                if best and Path(best).is_relative_to(staging_root):
-                    # Trainer resolved the best checkpoint inside the staging root: record its final path
-                    self.state.best_model_checkpoint = str(final_root / Path(best).relative_to(staging_root))
-                    self.state.save_to_json(str(staging_root / name / "trainer_state.json"))
-                self.ft_adapter.finalize_checkpoint(staging_root / name, final=False)
-                atomic_replace_dir(staging_root / name, final_root / name)
+                barrier()
+                if is_main_process():
+                    best = self.state.best_model_checkpoint
+                    if best and Path(best).is_relative_to(staging_root):
+                        # Trainer resolved the best checkpoint inside the staging root: record its final path
+                        self.state.best_model_checkpoint = str(final_root / Path(best).relative_to(staging_root))
+                        self.state.save_to_json(str(staging_root / name / "trainer_state.json"))
+                    self.ft_adapter.finalize_checkpoint(staging_root / name, final=False)
+                    atomic_replace_dir(staging_root / name, final_root / name)
             finally:
                 self._ft_staging_root = None
-                shutil.rmtree(staging_root, ignore_errors=True)
+                if is_main_process():
+                    shutil.rmtree(staging_root, ignore_errors=True)
+            barrier()
 
         def _inner_training_loop(self, *args, **kwargs):
             # Trainer starts every loop with accelerator.free_memory(), a full gc.collect() that costs
