@@ -96,37 +96,26 @@ def _install(output_dir: Path, point: KillPoint) -> None:
             os.fsync(fh.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
 
-    originals = {"torch.save": torch.save, "save_file": st.save_file, "save_model": st.save_model}
+    def wrap(original):
+        """``original(obj, path, ...)`` that dies at the kill point (every writer takes (obj, path))."""
 
-    def torch_save(obj, f, *args, **kwargs):
-        if isinstance(f, (str, os.PathLike)) and should_kill():
-            if point.partial:
-                die_after_half(f, lambda p: originals["torch.save"](obj, p, *args, **kwargs))
-            os.kill(os.getpid(), signal.SIGKILL)
-        return originals["torch.save"](obj, f, *args, **kwargs)
+        def writer(obj, path, *args, **kwargs):
+            if isinstance(path, (str, os.PathLike)) and should_kill():
+                if point.partial:
+                    die_after_half(path, lambda p: original(obj, str(p), *args, **kwargs))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(obj, path, *args, **kwargs)
 
-    def save_file(tensors, filename, *args, **kwargs):
-        if should_kill():
-            if point.partial:
-                die_after_half(filename, lambda p: originals["save_file"](tensors, str(p), *args, **kwargs))
-            os.kill(os.getpid(), signal.SIGKILL)
-        return originals["save_file"](tensors, filename, *args, **kwargs)
+        return writer
 
-    def save_model(model, filename, *args, **kwargs):
-        if should_kill():
-            if point.partial:
-                die_after_half(filename, lambda p: originals["save_model"](model, str(p), *args, **kwargs))
-            os.kill(os.getpid(), signal.SIGKILL)
-        return originals["save_model"](model, filename, *args, **kwargs)
-
-    replacements = {id(originals["torch.save"]): torch_save, id(originals["save_file"]): save_file,
-                    id(originals["save_model"]): save_model}
+    originals = (torch.save, st.save_file, st.save_model)
+    replacements = {id(f): wrap(f) for f in originals}
     for module in list(sys.modules.values()):
         namespace = getattr(module, "__dict__", None)
         if not isinstance(namespace, dict):
             continue
         for name, value in list(namespace.items()):
-            if id(value) in replacements and value in originals.values():
+            if id(value) in replacements and any(value is f for f in originals):
                 namespace[name] = replacements[id(value)]
 
 

@@ -88,8 +88,13 @@ _BOOL = ("save_on_best", "load_args", "allow_quantization_change")
 _OPTIONAL_BOOL = ("greater_is_better",)
 
 
+_SIMPLE = (str, int, bool, type(None))
+
+
 def same_value(a: Any, b: Any) -> bool:
     """Equality that distinguishes ``1``, ``1.0`` and ``True`` (they are different on a command line)."""
+    if type(a) is type(b) and type(a) in _SIMPLE:
+        return a == b
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
@@ -102,17 +107,19 @@ def resolve_layers(layers: Sequence[tuple[Source, Mapping[str, Any]]]) -> Resolv
     sources: dict[str, Source] = {}
     saved: dict[str, tuple[Any, Source]] = {}  # what the saved layers alone would give
     for source, layer in layers:
+        is_saved = source.kind != "cli" and source.kind != "default"
         for key, value in layer.items():
             if value is None:
                 continue
             if key not in values:
                 values[key] = value
                 sources[key] = source
-            if source.kind not in ("cli", "default") and key not in saved:
+            if is_saved and key not in saved:
                 saved[key] = (value, source)
     warnings = []
-    for key in sorted(values):
-        if sources[key].kind == "cli" and key in saved and not same_value(values[key], saved[key][0]):
+    overridden = [k for k in saved if sources[k].kind == "cli"]
+    for key in sorted(overridden) if len(overridden) > 1 else overridden:
+        if not same_value(values[key], saved[key][0]):
             old, old_src = saved[key]
             warnings.append(
                 f"argument {key!r}: command line value {values[key]!r} [cli] overrides saved value "
