@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -286,7 +286,3 @@ def load_adapter(target: str | None = None, options: Mapping[str, str] | None = 
             f"adapter {target!r} declares unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}"
         )
     return adapter
-
-
-def run_spec_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(RunSpec))

@@ -11,7 +11,8 @@ Markers:
   slow                      long-running
 
 Fixtures: ``ft_adapter`` (session), ``ft_device`` ("cpu", plus a gpu-marked "cuda" variant),
-``tiny_assets`` (session: tiny Llama + tokenizer + datasets, built locally), ``ft_workdir``.
+``tiny_assets`` (session: tiny Llama + tokenizer + datasets, built locally), ``ft_adapter_target``
+((target, options), to re-create the adapter in a subprocess).
 
 An adapter's ``known_failures`` (scenario id or prefix -> reason) turns matching tests into strict
 xfails: a known bug keeps CI green, and its fix turns CI red until the entry is removed.
@@ -146,9 +147,3 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory):
     from .models import build_assets
 
     return build_assets(tmp_path_factory.mktemp("tiny-llama"), arch="llama", seed=0)
-
-
-@pytest.fixture
-def ft_workdir(tmp_path: Path) -> Path:
-    """A fresh directory for one test's run outputs."""
-    return tmp_path

@@ -66,7 +66,7 @@ def test_seed_000_story(tmp_path):
         f"argument 'train_type': command line value 'lora' [cli] overrides saved value 'full' "
         f"[model:{tmp_path / 'args.json'}]",)
     lines = resolved.describe()
-    assert f"train_type = 'lora'  [cli]" in lines and any("learning_rate" in ln and "model:" in ln for ln in lines)
+    assert "train_type = 'lora'  [cli]" in lines and any("learning_rate" in ln and "model:" in ln for ln in lines)
 
 
 def test_priority_checkpoint_over_adapter_over_model(tmp_path):

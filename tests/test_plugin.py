@@ -63,12 +63,6 @@ def suite(pytester):
     return pytester
 
 
-def _no_cuda():
-    import torch
-
-    return not torch.cuda.is_available()
-
-
 def test_option_fixture_capabilities_known_failures(suite):
     result = suite.runpytest("--ft-adapter", "dummy_adapter:Dummy", "--ft-adapter-option", "load_args=true",
                              "--ft-adapter-option", "mode=a=b", "-rsxX", "-p", "no:cacheprovider")
@@ -82,7 +76,7 @@ def test_option_fixture_capabilities_known_failures(suite):
     assert outcomes["passed"] == 4  # fixture, options, has_caps, device[cpu]
 
 
-@pytest.mark.skipif("not _no_cuda()")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 def test_gpu_tests_skip_with_reason_and_exit_zero(suite):
     result = suite.runpytest("--ft-adapter", "dummy_adapter:Dummy", "-m", "gpu", "-rs", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*gpu: needs a CUDA device*"])

@@ -287,8 +287,3 @@ def _greater_is_better(values: Mapping[str, Any]) -> bool:
     if values.get("greater_is_better") is not None:
         return bool(values["greater_is_better"])
     return not str(values["metric"]).endswith("loss")
-
-
-def read_run_args(directory: Path) -> dict[str, Any]:
-    """The args.json a run left in ``directory`` (for tests and oracles)."""
-    return json.loads((Path(directory) / argres.ARGS_FILE).read_text(encoding="utf-8"))

@@ -7,7 +7,6 @@ Kept apart from :mod:`harness.reference.adapter` (the orchestration) so that the
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
