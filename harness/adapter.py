@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -30,6 +30,7 @@ __all__ = [
     "RunResult",
     "FrameworkAdapter",
     "load_adapter",
+    "parse_adapter_options",
     "ADAPTER_ENTRY_POINT_GROUP",
 ]
 
@@ -263,6 +264,17 @@ def _import_target(target: str) -> Any:
     except AttributeError as exc:
         raise AdapterLoadError(f"module {module_name!r} has no attribute {attr!r}") from exc
     return obj
+
+
+def parse_adapter_options(pairs: Sequence[str], flag: str = "--ft-adapter-option") -> dict[str, str]:
+    """``["key=value", ...]`` -> ``{"key": "value"}``; a malformed pair is an AdapterLoadError naming ``flag``."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AdapterLoadError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value
+    return options
 
 
 def load_adapter(target: str | None = None, options: Mapping[str, str] | None = None) -> FrameworkAdapter:

@@ -64,13 +64,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _options(pairs: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"ft-harness: --adapter-option expects KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
+    from .adapter import parse_adapter_options
+    from .errors import AdapterLoadError
+
+    try:
+        return parse_adapter_options(pairs, flag="--adapter-option")
+    except AdapterLoadError as exc:
+        raise SystemExit(f"ft-harness: {exc}") from exc
 
 
 def _pytest_args(args: Sequence[str]) -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from .adapter import FrameworkAdapter, load_adapter
+from .adapter import FrameworkAdapter, load_adapter, parse_adapter_options
 
 _ADAPTER_KEY = pytest.StashKey[object]()
 
@@ -52,13 +52,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise pytest.UsageError(f"--ft-adapter-option expects KEY=VALUE, got {pair!r}")
-        options[key.strip()] = value
-    return options
+    from .errors import AdapterLoadError
+
+    try:
+        return parse_adapter_options(pairs)
+    except AdapterLoadError as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 def get_adapter(config: pytest.Config) -> FrameworkAdapter:
