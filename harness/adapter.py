@@ -31,6 +31,7 @@ __all__ = [
     "FrameworkAdapter",
     "load_adapter",
     "parse_adapter_options",
+    "split_adapter_spec",
     "ADAPTER_ENTRY_POINT_GROUP",
 ]
 
@@ -40,6 +41,7 @@ CAPABILITIES = frozenset(
         "args",  # resolve_args(): layered argument resolution is observable
         "sft",  # supervised fine-tuning
         "grpo",  # GRPO reinforcement learning
+        "diffusion",  # LoRA on a diffusion denoiser (method="diffusion"; model_dir holds unet/ and scheduler/)
         "full",  # full-parameter training
         "lora",  # LoRA training
         "resume",  # resume from checkpoint-N
@@ -112,7 +114,7 @@ class LoraSpec:
     target_modules: str | tuple[str, ...] = "all-linear"
 
 
-Method = Literal["sft", "grpo"]
+Method = Literal["sft", "grpo", "diffusion"]
 TrainType = Literal["full", "lora"]
 Quantization = Literal["nf4", "int8", "quanto-int8", "quanto-int4"]
 
@@ -224,7 +226,8 @@ class FrameworkAdapter(Protocol):
     * ``name``: short id used in reports.
     * ``capabilities``: subset of :data:`CAPABILITIES`; scenarios needing others are skipped.
     * ``known_failures``: optional mapping of scenario test id (or a prefix of it) to a reason or
-      upstream issue URL; those tests run as *strict* xfail.
+      upstream issue URL, or to ``(reason, ExceptionClass)``; those tests run as *strict* xfail
+      (with ``raises=ExceptionClass`` when given: another exception is a real failure).
     * ``resolve_args(cli, model_dir, resume_dir=None)``: pure and fast; how the framework would
       resolve the given command line against the saved argument files, with sources and warnings.
     * ``train(spec)``: run the framework as a user would and return where the files are.
@@ -277,6 +280,19 @@ def parse_adapter_options(pairs: Sequence[str], flag: str = "--ft-adapter-option
     return options
 
 
+def split_adapter_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"swift[load_args=true,template=qwen]"`` -> ``("swift", {"load_args": "true", "template": "qwen"})``.
+
+    The bracket form gives options to one adapter of a multi-adapter report; a plain target has none.
+    """
+    spec = spec.strip()
+    if not spec.endswith("]") or "[" not in spec:
+        return spec, {}
+    target, _, inner = spec[:-1].partition("[")
+    pairs = [p for p in inner.split(",") if p.strip()]
+    return target.strip(), parse_adapter_options(pairs, flag=f"--adapter {spec!r}")
+
+
 def load_adapter(target: str | None = None, options: Mapping[str, str] | None = None) -> FrameworkAdapter:
     """Instantiate an adapter from ``module:Class`` / entry-point name (default: the reference).
 
@@ -284,6 +300,8 @@ def load_adapter(target: str | None = None, options: Mapping[str, str] | None = 
     not a class, or does not satisfy :class:`FrameworkAdapter`.
     """
     target = target or os.environ.get("FT_HARNESS_ADAPTER") or "reference"
+    target, own = split_adapter_spec(target)
+    options = {**dict(options or {}), **own}
     cls = _import_target(target)
     try:
         adapter = cls(**dict(options or {}))

@@ -23,6 +23,8 @@ examples:
   ft-harness run -- -k best_checkpoint -x          # anything after -- goes to pytest
   ft-harness report --adapter reference --adapter harness.mutants:RotationDeletesBest \\
                     --format md -o matrix.md
+  ft-harness report --adapter swift --adapter 'swift[load_args=true]' --format json -o swift.json
+  ft-harness report --merge swift.json --merge llamafactory.json --format md
   ft-harness list
 
 An adapter is 'module:Class' (a class satisfying harness.adapter.FrameworkAdapter) or an
@@ -54,9 +56,13 @@ def _parser() -> argparse.ArgumentParser:
                          description="Run the scenarios against each --adapter and write the matrix.",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     rep.add_argument("--adapter", action="append", default=None, metavar="MODULE:CLASS",
-                     help="adapter to include (repeatable; default: reference)")
+                     help="adapter to include (repeatable; default: reference); 'NAME[key=value,...]' gives "
+                          "that adapter its own options")
     rep.add_argument("--format", choices=("md", "json", "junit", "text"), default="md", help="output format")
     rep.add_argument("-o", "--output", default=None, metavar="FILE", help="write the report here (default: stdout)")
+    rep.add_argument("--merge", action="append", default=[], metavar="REPORT.json",
+                     help="include the adapters of a JSON report made elsewhere (e.g. in a framework's tox env); "
+                          "repeatable; with --merge and no --adapter nothing is run")
     common(rep)
 
     sub.add_parser("list", help="list scenarios, their seeds and required capabilities")
@@ -130,7 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 5
         print(render([run], "text"))
         return 1 if run.failed else 0
-    runs = [run_adapter(None if t == "reference" else t, options, extra) for t in (args.adapter or ["reference"])]
+    from .report import load_runs
+
+    merged = []
+    for path in args.merge:
+        try:
+            merged += load_runs(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"ft-harness: cannot merge {path}: {exc}") from exc
+    targets = args.adapter or ([] if merged else ["reference"])
+    runs = [run_adapter(None if t == "reference" else t, options, extra) for t in targets] + merged
     text = render(runs, args.format)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:

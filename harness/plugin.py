@@ -14,8 +14,9 @@ Fixtures: ``ft_adapter`` (session), ``ft_device`` ("cpu", plus a gpu-marked "cud
 ``tiny_assets`` (session: tiny Llama + tokenizer + datasets, built locally), ``ft_adapter_target``
 ((target, options), to re-create the adapter in a subprocess).
 
-An adapter's ``known_failures`` (scenario id or prefix -> reason) turns matching tests into strict
-xfails: a known bug keeps CI green, and its fix turns CI red until the entry is removed.
+An adapter's ``known_failures`` (scenario id or prefix -> reason, or -> (reason, exception class))
+turns matching tests into strict xfails: a known bug keeps CI green, and its fix turns CI red until
+the entry is removed. With an exception class, failing with any other exception is a real failure.
 """
 
 from __future__ import annotations
@@ -116,9 +117,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 reason=f"adapter {adapter.name!r} lacks capability {', '.join(repr(c) for c in missing)}"))
             continue
         sid = scenario_id(item)
-        for key, reason in known.items():
+        for key, entry in known.items():
             if sid == key or sid.startswith(key):
-                item.add_marker(pytest.mark.xfail(strict=True, reason=f"known failure of {adapter.name}: {reason}"))
+                reason, raises = entry if isinstance(entry, tuple) else (entry, None)
+                item.add_marker(pytest.mark.xfail(strict=True, raises=raises,
+                                                  reason=f"known failure of {adapter.name}: {reason}"))
                 break
 
 
@@ -141,8 +144,9 @@ def ft_adapter_target(request: pytest.FixtureRequest) -> tuple[str, dict[str, st
 
 
 @pytest.fixture(scope="session")
-def tiny_assets(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny Llama (+ tokenizer, generation config) and its datasets, built once per session."""
+def tiny_assets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Llama, or the adapter's ``model_arch`` (+ tokenizer, generation config) and its datasets, built once per session."""
     from .models import build_assets
 
-    return build_assets(tmp_path_factory.mktemp("tiny-llama"), arch="llama", seed=0)
+    arch = getattr(get_adapter(request.config), "model_arch", "llama")  # e.g. ms-swift needs a Qwen2
+    return build_assets(tmp_path_factory.mktemp(f"tiny-{arch}"), arch=arch, seed=0)

@@ -8,7 +8,9 @@ JSON format (stable; ``"format": "ft-harness-report/1"``)::
 
     {"format": "ft-harness-report/1",
      "adapters": [{"target": "harness.mutants:X", "name": "...", "options": {...}, "exit_code": 1,
-                   "duration_s": 12.3}],
+                   "duration_s": 12.3, "versions": {"ms-swift": "4.6.0", ...},
+                   "tests": [{"nodeid": ..., "scenario": ..., "outcome": ..., "reason": ...,
+                              "duration_s": ..., "seed": ...}]}],
      "scenarios": [{"id": "test_best_checkpoint.py::test_rotation_keeps_best", "seed": "004",
                     "results": {"<target>": {"outcome": "passed|failed|skipped|error|xfailed|xpassed",
                                              "reason": "one line", "duration_s": 0.7, "tests": 2}}}]}
@@ -16,6 +18,7 @@ JSON format (stable; ``"format": "ft-harness-report/1"``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -28,7 +31,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-__all__ = ["TestOutcome", "AdapterRun", "run_adapter", "render", "FORMATS", "aggregate"]
+__all__ = ["TestOutcome", "AdapterRun", "run_adapter", "load_runs", "render", "FORMATS", "aggregate"]
 
 FORMATS = ("text", "md", "json", "junit")
 _SEVERITY = {"error": 5, "failed": 4, "xpassed": 3, "passed": 1, "xfailed": 2, "skipped": 0}
@@ -52,6 +55,7 @@ class AdapterRun:
     exit_code: int
     duration_s: float
     tests: list[TestOutcome] = field(default_factory=list)
+    versions: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -80,6 +84,7 @@ class _Collector:
         self.progress = progress
         self.label = label
         self.adapter_name: str | None = None
+        self.versions: dict[str, str] = {}
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config, items):
@@ -89,7 +94,10 @@ class _Collector:
         if any("ft_adapter" in getattr(i, "fixturenames", ()) for i in items):
             from .plugin import get_adapter
 
-            self.adapter_name = get_adapter(config).name
+            adapter = get_adapter(config)
+            self.adapter_name = adapter.name
+            if callable(getattr(adapter, "versions", None)):
+                self.versions = dict(adapter.versions())
 
     def pytest_collectreport(self, report):
         if report.failed:  # an unimportable scenario module is an error cell, never a silent gap
@@ -133,8 +141,17 @@ class _Collector:
 
 def run_adapter(target: str | None, options: Mapping[str, str] | None = None, pytest_args: Sequence[str] = (),
                 progress: TextIO | None = sys.stderr) -> AdapterRun:
-    """Run ``pytest --pyargs scenarios`` against one adapter in this process; collect outcomes."""
+    """Run ``pytest --pyargs scenarios`` against one adapter in this process; collect outcomes.
+
+    ``target`` may carry its own options in brackets (``"swift[load_args=true]"``); they are added to
+    ``options``. The run's label is the target as given.
+    """
+    from .adapter import split_adapter_spec
+
     label = target or "reference"
+    if target:
+        target, own = split_adapter_spec(target)
+        options = {**dict(options or {}), **own}
     collector = _Collector(progress, label)
     args = ["--pyargs", "scenarios", "-qq", "-p", "no:cacheprovider", "--disable-warnings", "--no-summary"]
     if target:
@@ -146,7 +163,22 @@ def run_adapter(target: str | None, options: Mapping[str, str] | None = None, py
     code = pytest.main(args, plugins=[collector])
     return AdapterRun(target=label, name=collector.adapter_name or label, options=dict(options or {}),
                       exit_code=int(code), duration_s=time.perf_counter() - start,
-                      tests=list(collector.tests.values()))
+                      tests=list(collector.tests.values()), versions=collector.versions)
+
+
+def load_runs(path: str | Path) -> list[AdapterRun]:
+    """The adapter runs of a JSON report (written with ``--format json``), to merge reports made in
+    different environments (each real framework has its own)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("format") != "ft-harness-report/1":
+        raise ValueError(f"{path}: not an ft-harness JSON report (format={data.get('format')!r})")
+    runs = []
+    for a in data["adapters"]:
+        tests = [TestOutcome(**t) for t in a.get("tests", [])]
+        runs.append(AdapterRun(target=a["target"], name=a["name"], options=a.get("options", {}),
+                               exit_code=a["exit_code"], duration_s=a["duration_s"], tests=tests,
+                               versions=a.get("versions", {})))
+    return runs
 
 
 def aggregate(run: AdapterRun) -> dict[str, dict[str, Any]]:
@@ -183,6 +215,16 @@ def _cell_text(cell: Mapping[str, Any] | None, with_reason: bool = True) -> str:
     return word
 
 
+def _label(run: AdapterRun) -> str:
+    """Column title: the target, plus the framework version when the adapter reports one."""
+    main = next((f"{k} {v}" for k, v in run.versions.items() if k not in ("transformers", "peft", "trl")), None)
+    if main and main.split()[0] not in run.target:
+        return f"{run.target} ({main})"
+    if main:
+        return f"{run.target} ({main.split()[1]})"
+    return run.target
+
+
 def render(runs: Sequence[AdapterRun], fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
@@ -191,7 +233,8 @@ def render(runs: Sequence[AdapterRun], fmt: str) -> str:
         return json.dumps({
             "format": "ft-harness-report/1",
             "adapters": [{"target": r.target, "name": r.name, "options": dict(r.options), "exit_code": r.exit_code,
-                          "duration_s": round(r.duration_s, 3)} for r in runs],
+                          "duration_s": round(r.duration_s, 3), "versions": dict(r.versions),
+                          "tests": [dataclasses.asdict(t) for t in r.tests]} for r in runs],
             "scenarios": [{"id": s, "seed": seeds[s],
                            "results": {r.target: cells[r.target].get(s) for r in runs if s in cells[r.target]}}
                           for s in scenarios],
@@ -220,7 +263,7 @@ def render(runs: Sequence[AdapterRun], fmt: str) -> str:
             parts.append("</testsuite>")
         parts.append("</testsuites>")
         return "\n".join(parts) + "\n"
-    header = ["scenario", "seed"] + [r.target for r in runs]
+    header = ["scenario", "seed"] + [_label(r) for r in runs]
     rows = [[s, seeds[s] or ""] + [_cell_text(cells[r.target].get(s), with_reason=True) for r in runs]
             for s in scenarios]
     totals = ["**total time**" if fmt == "md" else "total time", ""] + [f"{r.duration_s:.1f}s" for r in runs]

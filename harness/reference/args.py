@@ -75,7 +75,7 @@ NEVER_INHERITED = frozenset(
 )
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "method": ("sft", "grpo"),
+    "method": ("sft", "grpo", "diffusion"),
     "train_type": ("full", "lora"),
     "quantization": (None, "nf4", "int8", "quanto-int8", "quanto-int4"),
     "lr_scheduler_type": ("constant", "linear", "cosine"),

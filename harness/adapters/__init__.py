@@ -1,0 +1,14 @@
+"""Adapters for real fine-tuning frameworks (each also an entry point in ``ft_harness.adapters``).
+
+==================  ===========================================  ==========================
+entry point         class                                        installs with
+==================  ===========================================  ==========================
+``transformers``    :class:`harness.adapters.transformers.TransformersAdapter`  (default dependencies)
+``swift``           :class:`harness.adapters.swift.SwiftAdapter`  ``ft-harness[swift]`` (3.x or 4.x)
+``llamafactory``    :class:`harness.adapters.llamafactory.LlamaFactoryAdapter`  ``ft-harness[llamafactory]``
+``simpletuner``     :class:`harness.adapters.simpletuner.SimpleTunerAdapter`  ``ft-harness[simpletuner]``
+==================  ===========================================  ==========================
+
+Each module imports its framework only inside ``train``; argument mapping and config building are
+plain functions that the default self-tests cover without the framework installed.
+"""

@@ -1,0 +1,150 @@
+"""Pieces every real-framework adapter needs: option parsing, the command line without saved files,
+dataset conversion into the formats frameworks read, and collecting what a run left on disk.
+
+Nothing here imports a framework; the mapping logic is tested in the default suite without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
+from ..errors import ConfigError
+
+__all__ = ["parse_bool", "check_options", "plain_resolve", "cpu_threads", "write_jsonl", "convert_datasets",
+           "collect_result", "checkpoints_in"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(adapter: str, key: str, value: str | bool) -> bool:
+    """An adapter option's boolean value (``true/false/1/0/yes/no/on/off``), or a clear error."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise TypeError(f"{adapter} adapter option {key}={value!r}: expected true or false")
+
+
+def check_options(adapter: str, options: Mapping[str, Any], known: Mapping[str, str]) -> None:
+    """Refuse unknown options, listing the known ones with their meaning."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        listing = "; ".join(f"{k}: {v}" for k, v in sorted(known.items())) or "none"
+        raise TypeError(f"unknown {adapter} adapter options {unknown} (known: {listing})")
+
+
+def plain_resolve(cli: Mapping[str, Any], defaults: Mapping[str, Any]) -> ResolvedArgs:
+    """Resolution for a framework that reads no saved argument files: the CLI over the defaults."""
+    values, sources = dict(defaults), {k: Source("default") for k in defaults}
+    for key, value in cli.items():
+        if value is not None:
+            values[key], sources[key] = value, Source("cli")
+    return ResolvedArgs(values=values, sources=sources)
+
+
+@contextlib.contextmanager
+def cpu_threads(device: str) -> Iterator[None]:
+    """One intra-op thread for tiny CPU runs: as fast, identical on every machine, and ``pytest -n N``
+    runs N trainings on N cores without oversubscription. A machine setting, not a training fix."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def _texts(dataset_dir: Path, name: str) -> list[str]:
+    from ..models import read_jsonl
+
+    path = Path(dataset_dir) / f"{name}.jsonl"
+    out = []
+    for i, row in enumerate(read_jsonl(path)):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ConfigError(path, f"line {i + 1}.text", "a string", row)
+        out.append(row["text"])
+    return out
+
+
+def _turns(text: str) -> dict[str, Any]:
+    first, _, rest = text.partition(" ")
+    return {"messages": [{"role": "user", "content": first}, {"role": "assistant", "content": rest}]}
+
+
+def _alpaca(text: str) -> dict[str, Any]:
+    first, _, rest = text.partition(" ")
+    return {"instruction": first, "output": rest}
+
+
+def convert_datasets(dataset_dir: Path, out_dir: Path, fmt: str) -> dict[str, Path]:
+    """The tiny datasets in a framework's format; returns ``{"train", "eval", "prompts"} -> file``.
+
+    ``fmt``: ``"messages"`` (ms-swift: a user turn holding the first word, the assistant turn the
+    rest; prompts as a user turn),
+    ``"alpaca"`` (LLaMA-Factory: ``instruction`` the first word, ``output`` the rest; a
+    ``dataset_info.json`` naming them ``ft_train`` / ``ft_eval`` is written beside).
+    """
+    from ..models import read_jsonl
+
+    out_dir = Path(out_dir)
+    train, evals = _texts(dataset_dir, "train"), _texts(dataset_dir, "eval")
+    prompts = [r["prompt"] for r in read_jsonl(Path(dataset_dir) / "prompts.jsonl")]
+    if fmt == "messages":
+        files = {
+            "train": write_jsonl(out_dir / "train.jsonl", [_turns(t) for t in train]),
+            "eval": write_jsonl(out_dir / "eval.jsonl", [_turns(t) for t in evals]),
+            "prompts": write_jsonl(out_dir / "prompts.jsonl", [{"messages": [{"role": "user", "content": p}]}
+                                                               for p in prompts]),
+        }
+    elif fmt == "alpaca":
+        files = {
+            "train": write_jsonl(out_dir / "train.jsonl", [_alpaca(t) for t in train]),
+            "eval": write_jsonl(out_dir / "eval.jsonl", [_alpaca(t) for t in evals]),
+            "prompts": write_jsonl(out_dir / "prompts.jsonl", [{"instruction": p, "output": ""} for p in prompts]),
+        }
+        info = {f"ft_{name}": {"file_name": path.name, "columns": {"prompt": "instruction", "response": "output"}}
+                for name, path in files.items() if name != "prompts"}
+        (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    else:
+        raise ValueError(f"unknown dataset format {fmt!r} (messages, alpaca)")
+    return files
+
+
+def checkpoints_in(output_dir: Path) -> list[Path]:
+    from ..reference.io import list_checkpoints
+
+    return list_checkpoints(Path(output_dir)) if Path(output_dir).is_dir() else []
+
+
+def collect_result(spec: RunSpec, final_dir: Path, resolved: ResolvedArgs | None,
+                   output_dir: Path | None = None) -> RunResult:
+    """A RunResult from the files on disk (log history from the newest trainer_state.json)."""
+    from ..oracles import read_log_history
+
+    output_dir = Path(output_dir or spec.output_dir)
+    try:
+        history = tuple(read_log_history(output_dir))
+    except FileNotFoundError:
+        history = ()
+    return RunResult(output_dir=output_dir, checkpoints=tuple(checkpoints_in(output_dir)), final_dir=Path(final_dir),
+                     log_history=history, resolved=resolved)

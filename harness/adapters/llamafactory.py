@@ -1,0 +1,137 @@
+"""LLaMA-Factory (``pip install ft-harness[llamafactory]``), driven through ``run_exp(config)``: the
+dict a user writes as ``llamafactory-cli train cfg.yaml``, run in-process.
+
+The tiny datasets become alpaca rows (``instruction`` = first word, ``output`` = the rest) with a
+``dataset_info.json``; ``stage: sft``, ``template: empty``. Every Hugging Face TrainingArguments key
+passes through LLaMA-Factory unchanged, so the cadence keys are the transformers ones.
+``resume_from="latest"`` is LLaMA-Factory's own behaviour: an existing ``output_dir`` with
+checkpoints and no ``resume_from_checkpoint`` resumes from the last one.
+
+LLaMA-Factory has no layered args files (no ``args`` capability), no GRPO, and quantises on the fly
+with bitsandbytes, HQQ or EETQ only (no optimum-quanto). Options (``--ft-adapter-option KEY=VALUE``):
+
+``load_best_model_at_end``  true/false (default false), passed through to TrainingArguments.
+``template``                LLaMA-Factory template (default ``empty``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..adapter import ResolvedArgs, RunResult, RunSpec
+from ..errors import ConfigError
+from ._common import check_options, collect_result, convert_datasets, cpu_threads, parse_bool, plain_resolve
+
+__all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "QUANT_KEYS"]
+
+OPTIONS = {
+    "load_best_model_at_end": "true/false, default false: TrainingArguments.load_best_model_at_end",
+    "template": "LLaMA-Factory template (default empty)",
+}
+
+QUANT_KEYS: dict[str, dict[str, Any]] = {
+    "nf4": {"quantization_bit": 4, "quantization_method": "bnb", "quantization_type": "nf4"},
+    "int8": {"quantization_bit": 8, "quantization_method": "bnb"},
+}
+
+
+def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *, template: str = "empty",
+                 load_best_model_at_end: bool = False) -> dict[str, Any]:
+    """The ``llamafactory-cli train`` config for one RunSpec (``values``: CLI over defaults)."""
+    model_dir = Path(spec.model_dir)
+    cfg: dict[str, Any] = {"stage": "sft", "do_train": True, "template": template, "finetuning_type":
+                           values["train_type"], "trust_remote_code": False}
+    if (model_dir / "adapter_config.json").is_file():
+        base = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        cfg.update(model_name_or_path=base, adapter_name_or_path=str(model_dir))
+    else:
+        cfg["model_name_or_path"] = str(model_dir)
+    if values["train_type"] == "lora":
+        tm = values["target_modules"]
+        cfg.update(lora_rank=values["lora_rank"], lora_alpha=values["lora_alpha"],
+                   lora_dropout=values["lora_dropout"],
+                   lora_target="all" if tm == "all-linear" else ",".join(tm if not isinstance(tm, str) else [tm]))
+    quant = values.get("quantization")
+    if quant is not None:
+        if quant not in QUANT_KEYS:
+            raise ConfigError(None, "quantization", f"one of {sorted(QUANT_KEYS)} (LLaMA-Factory quantises with "
+                                                    f"bitsandbytes, HQQ or EETQ)", quant)
+        cfg.update(QUANT_KEYS[quant])
+    eval_steps = values.get("eval_steps") or 0
+    save_steps = values.get("save_steps") or 0
+    cfg.update(
+        dataset="ft_train", dataset_dir=str(dataset_dir), cutoff_len=64, packing=False, overwrite_cache=True,
+        preprocessing_num_workers=None, output_dir=str(spec.output_dir), logging_steps=1,
+        max_steps=values["max_steps"], learning_rate=values["learning_rate"],
+        per_device_train_batch_size=values["per_device_train_batch_size"],
+        gradient_accumulation_steps=values["gradient_accumulation_steps"],
+        lr_scheduler_type=values["lr_scheduler_type"], warmup_ratio=0.0, seed=values["seed"], data_seed=values["seed"],
+        report_to="none", plot_loss=False, dataloader_num_workers=0, disable_tqdm=True,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        bf16=False, fp16=False,
+    )
+    if values.get("save_total_limit"):
+        cfg["save_total_limit"] = values["save_total_limit"]
+    if eval_steps:
+        cfg.update(eval_dataset="ft_eval", eval_strategy="steps", eval_steps=eval_steps, per_device_eval_batch_size=8,
+                   metric_for_best_model=str(values["metric"]).removeprefix("eval_"),
+                   load_best_model_at_end=load_best_model_at_end)
+        if values.get("greater_is_better") is not None:
+            cfg["greater_is_better"] = values["greater_is_better"]
+        if values["metric"] == "eval_accuracy":
+            cfg["compute_accuracy"] = True
+    if spec.device == "cpu":
+        cfg["use_cpu"] = True
+    if spec.resume_from is not None and spec.resume_from != "latest":
+        cfg["resume_from_checkpoint"] = str(spec.resume_from)
+    return cfg
+
+
+class LlamaFactoryAdapter:
+    """LLaMA-Factory ``run_exp`` with the config a user would write."""
+
+    name = "llamafactory"
+    capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint", "gpu"})
+    known_failures: Mapping[str, str] = {}
+
+    def __init__(self, **options: str):
+        check_options("llamafactory", options, OPTIONS)
+        self.load_best_model_at_end = parse_bool("llamafactory", "load_best_model_at_end",
+                                                 options.get("load_best_model_at_end", "false"))
+        self.template = options.get("template", "empty")
+        import llamafactory
+
+        self.version = llamafactory.__version__
+        self.name = f"llamafactory {self.version}" + ("[load_best_model_at_end=true]"
+                                                      if self.load_best_model_at_end else "")
+
+    def versions(self) -> dict[str, str]:
+        import peft
+        import transformers
+        import trl
+
+        return {"llamafactory": self.version, "transformers": transformers.__version__, "peft": peft.__version__,
+                "trl": trl.__version__}
+
+    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
+        from ..reference.args import DEFAULTS
+
+        return plain_resolve(cli, DEFAULTS)
+
+    def train(self, spec: RunSpec) -> RunResult:
+        import tempfile
+
+        resolved = self.resolve_args(spec.cli_args(), spec.model_dir)
+        with tempfile.TemporaryDirectory(prefix="ft-llamafactory-") as tmp:
+            data = Path(tmp) / "data"
+            convert_datasets(Path(spec.dataset_dir), data, "alpaca")
+            cfg = build_config(spec, resolved.values, data, template=self.template,
+                               load_best_model_at_end=self.load_best_model_at_end)
+            from llamafactory.train.tuner import run_exp
+
+            with cpu_threads(spec.device):
+                run_exp(cfg)
+        return collect_result(spec, Path(spec.output_dir), resolved)

@@ -1,0 +1,340 @@
+"""ms-swift (``pip install ft-harness[swift]``), 3.x and 4.x, driven the way its users drive it.
+
+A RunSpec becomes the argument list of ``swift sft`` (or ``swift rlhf --rlhf_type grpo``), run
+in-process through swift's own entry point (``sft_main(argv)`` / ``rlhf_main(argv)``: the same
+parsing, ``load_args`` and training as the CLI, without re-importing torch per run). Version
+differences are mapped, not assumed: 3.x calls the training type ``train_type`` and its arguments
+``TrainArguments``; 4.x calls it ``tuner_type`` and uses ``SftArguments``. Only keys the installed
+version's argument class knows are passed.
+
+``resolve_args`` asks swift itself: it builds the argument dataclass with the command-line values,
+skips ``__post_init__`` (which loads the model) and runs swift's own checkpoint discovery and
+``load_args`` code on it, then reports where each value came from by comparing it with the command
+line and the args.json swift read. swift logs no warning when it overrides a value, so ``warnings``
+is always empty.
+
+Options (``--ft-adapter-option KEY=VALUE``):
+
+``load_args``   true/false: passed as ``--load_args`` on every run (default: not passed, the
+                installed version's default applies).
+``template``    swift template name (default ``qwen``; the tiny model is a Qwen2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
+from ..errors import ConfigError
+from ._common import check_options, checkpoints_in, collect_result, convert_datasets, cpu_threads, parse_bool
+
+__all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
+
+OPTIONS = {
+    "load_args": "true/false: pass --load_args on every run (default: the installed version's default)",
+    "template": "swift template (default qwen)",
+}
+
+#: our quantisation names -> swift's command-line keys
+QUANT_ARGS: dict[str, dict[str, Any]] = {
+    "nf4": {"quant_method": "bnb", "quant_bits": 4, "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_compute_dtype": "float32"},
+    "int8": {"quant_method": "bnb", "quant_bits": 8},
+    "quanto-int8": {"quant_method": "quanto", "quant_bits": 8},
+    "quanto-int4": {"quant_method": "quanto", "quant_bits": 4},
+}
+
+#: RunSpec / reference names -> swift names (the training type is version dependent: see type_key)
+_RENAMES = {"lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+            "target_modules": "target_modules", "learning_rate": "learning_rate", "max_steps": "max_steps",
+            "per_device_train_batch_size": "per_device_train_batch_size", "seed": "seed",
+            "save_steps": "save_steps", "eval_steps": "eval_steps", "save_total_limit": "save_total_limit",
+            "load_args": "load_args", "gradient_accumulation_steps": "gradient_accumulation_steps",
+            "lr_scheduler_type": "lr_scheduler_type", "num_generations": "num_generations",
+            "max_completion_length": "max_completion_length"}
+
+#: fixed settings for the tiny runs (each passed only if the installed swift knows the key)
+_FIXED = {"add_version": False, "report_to": "none", "logging_steps": 1, "dataloader_num_workers": 0,
+          "torch_dtype": "float32", "max_length": 64, "split_dataset_ratio": 0, "dataset_num_proc": 1,
+          "gradient_checkpointing": False, "warmup_ratio": 0.0, "check_model": False, "lazy_tokenize": False,
+          "save_only_model": False, "disable_tqdm": True, "weight_decay": 0.0, "model_type": "qwen2",
+          "use_hf": False, "load_from_cache_file": False}
+
+
+def type_key(fields: set[str]) -> str:
+    """``tuner_type`` (ms-swift 4.x) or ``train_type`` (3.x), by the argument class's fields."""
+    return "tuner_type" if "tuner_type" in fields else "train_type"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _is_adapter_dir(path: Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def _adapter_base(adapter_dir: Path) -> str:
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    return cfg.get("base_model_name_or_path") or ""
+
+
+def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
+    """Our command-line keys -> swift keys (training type, quantisation, metric, the rest renamed)."""
+    out: dict[str, Any] = {}
+    for key, value in cli.items():
+        if value is None:
+            continue
+        if key == "train_type":
+            out[type_key(fields)] = value
+        elif key == "quantization":
+            if value not in QUANT_ARGS:
+                raise ConfigError(None, "quantization", f"one of {sorted(QUANT_ARGS)}", value)
+            out.update(QUANT_ARGS[value])
+        elif key == "metric":
+            out["metric_for_best_model"] = str(value).removeprefix("eval_").replace("accuracy", "acc")
+        elif key in ("greater_is_better", "method", "save_on_best"):
+            if key == "greater_is_better":
+                out[key] = value
+        elif key in _RENAMES:
+            out[_RENAMES[key]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, template: str = "qwen",
+               load_args: bool | None = None, plugin: Path | None = None) -> tuple[str, list[str]]:
+    """(entry point, argv) for one RunSpec: what the user would type after ``swift``.
+
+    A LoRA output directory as ``model_dir`` is passed as ``--adapters DIR --model <its base>``
+    (swift's documented way to continue from an adapter). ``resume_from="latest"`` becomes the
+    newest ``checkpoint-N`` path, as swift needs a path.
+    """
+    cli = spec.cli_args()
+    method = cli.pop("method", None) or "sft"
+    args: dict[str, Any] = {}
+    model_dir = Path(spec.model_dir)
+    if _is_adapter_dir(model_dir):
+        args["model"], args["adapters"] = _adapter_base(model_dir), str(model_dir)
+    else:
+        args["model"] = str(model_dir)
+    args["template"] = template
+    args.update(swift_cli(cli, fields))
+    if load_args is not None and "load_args" not in args:
+        args["load_args"] = load_args
+    eval_steps = cli.get("eval_steps") or 0
+    if method == "grpo":
+        entry = "rlhf"
+        args.update(rlhf_type="grpo", dataset=str(data["prompts"]), beta=0.0, eval_strategy="no",
+                    reward_funcs="ft_counting", num_generations=cli.get("num_generations", 4),
+                    max_completion_length=cli.get("max_completion_length", 8), temperature=1.0)
+        if plugin is not None:
+            args["external_plugins"] = str(plugin)
+    elif method == "sft":
+        entry = "sft"
+        args.update(dataset=str(data["train"]), val_dataset=str(data["eval"]),
+                    eval_strategy="steps" if eval_steps else "no")
+        if not eval_steps:
+            args.pop("eval_steps", None)
+    else:
+        raise ConfigError(None, "method", "sft or grpo", method)
+    args.setdefault("lr_scheduler_type", "constant")
+    args.setdefault("save_strategy", "steps")
+    if not cli.get("save_steps"):
+        args["save_steps"] = 10_000  # no intermediate saves; swift still saves the last step
+    if cli.get("save_total_limit") == 0:
+        args.pop("save_total_limit")
+    args.update({k: v for k, v in _FIXED.items() if k not in args})
+    args["output_dir"] = str(spec.output_dir)
+    if spec.device == "cpu":
+        args["use_cpu"] = True
+    if spec.resume_from is not None:
+        resume = spec.resume_from
+        if resume == "latest":
+            ckpts = checkpoints_in(spec.output_dir)
+            if not ckpts:
+                raise ConfigError(None, "resume_from", "a checkpoint-N in output_dir", "latest")
+            resume = ckpts[-1]
+        args["resume_from_checkpoint"] = str(resume)
+    argv = []
+    for key, value in args.items():
+        if key not in fields and key not in ("model", "dataset"):
+            continue  # this swift version has no such argument
+        argv.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            argv.extend(_fmt(v) for v in value)
+        else:
+            argv.append(_fmt(value))
+    return entry, argv
+
+
+_PLUGIN = '''\
+"""ft-harness GRPO reward for ms-swift (--external_plugins): the harness's counting reward."""
+from harness.reference.trainer import counting_reward
+
+try:  # ms-swift 4.x
+    from swift.rewards import ORM, orms
+except ImportError:  # ms-swift 3.x
+    from swift.plugin import ORM, orms
+
+
+class FtCounting(ORM):
+    def __call__(self, completions, **kwargs):
+        messages = kwargs.get("messages") or [[]] * len(completions)
+        prompts = [next((m["content"] for m in reversed(ms) if m.get("role") == "user"), "") for ms in messages]
+        return counting_reward(prompts, completions)
+
+
+orms["ft_counting"] = FtCounting
+'''
+
+
+class SwiftAdapter:
+    """ms-swift 3.x / 4.x through ``swift sft`` / ``swift rlhf`` argument lists, in-process."""
+
+    name = "swift"
+    #: the tiny Llama is registered with swift as ``--model_type qwen2 --template qwen`` (transformers 5.19
+    #: forces Qwen2Tokenizer on a config whose model_type is qwen2, which the tiny WordLevel tokenizer is not)
+    model_arch = "llama"
+    known_failures: Mapping[str, str] = {}
+
+    def __init__(self, **options: str):
+        check_options("swift", options, OPTIONS)
+        self.load_args = (parse_bool("swift", "load_args", options["load_args"]) if "load_args" in options
+                          else None)
+        self.template = options.get("template", "qwen")
+        import swift
+
+        self.version = getattr(swift, "__version__", "0")
+        self.major = int(str(self.version).split(".")[0] or 0)
+        self.name = f"swift {self.version}" + (f"[load_args={_fmt(self.load_args)}]" if self.load_args is not None
+                                               else "")
+        caps = {"args", "sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8", "quanto-int4",
+                "best-checkpoint", "gpu"}
+        if self._has_grpo():
+            caps.add("grpo")
+        self.capabilities = frozenset(caps)
+
+    def versions(self) -> dict[str, str]:
+        import peft
+        import transformers
+        import trl
+
+        return {"ms-swift": self.version, "transformers": transformers.__version__, "peft": peft.__version__,
+                "trl": trl.__version__}
+
+    # ------------------------------------------------------------------ swift's own classes
+    def _sft_class(self):
+        if self.major >= 4:
+            from swift.arguments import SftArguments
+
+            return SftArguments
+        from swift.llm import TrainArguments
+
+        return TrainArguments
+
+    def _has_grpo(self) -> bool:
+        try:
+            if self.major >= 4:
+                from swift.arguments import RLHFArguments
+            else:
+                from swift.llm import RLHFArguments
+        except ImportError:
+            return False
+        return "grpo" in str(dataclasses.fields(RLHFArguments)[0].type) or any(
+            "grpo" in str(f.type) for f in dataclasses.fields(RLHFArguments) if f.name == "rlhf_type")
+
+    def _fields(self) -> set[str]:
+        return {f.name for f in dataclasses.fields(self._sft_class())}
+
+    # ------------------------------------------------------------------ arguments
+    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
+        cls = self._sft_class()
+        fields = self._fields()
+        obj = cls.__new__(cls)
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                setattr(obj, f.name, f.default)
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                setattr(obj, f.name, f.default_factory())  # type: ignore[misc]
+        defaults = {k: getattr(obj, k, None) for k in fields}
+        given = swift_cli(cli, fields)
+        if self.load_args is not None:
+            given.setdefault("load_args", self.load_args)
+        for key, value in given.items():
+            setattr(obj, key, value)
+        model_dir = Path(model_dir)
+        obj.model, obj.adapters = str(model_dir), []
+        if _is_adapter_dir(model_dir):
+            obj.model, obj.adapters = _adapter_base(model_dir), [str(model_dir)]
+        if resume_dir is not None:  # what TrainArguments.__post_init__ does with --resume_from_checkpoint
+            if getattr(obj, type_key(fields)) == "full":
+                obj.model = str(resume_dir)
+            else:
+                obj.adapters = [str(resume_dir)]
+        obj._init_ckpt_dir()  # swift's own discovery + load_args_from_ckpt
+        ckpt = Path(obj.ckpt_dir) if getattr(obj, "ckpt_dir", None) else None
+        saved = json.loads((ckpt / "args.json").read_text(encoding="utf-8")) if ckpt else {}
+        kind = ("checkpoint" if resume_dir is not None and ckpt == Path(resume_dir) else
+                "adapter" if ckpt is not None and _is_adapter_dir(ckpt) else "model")
+        back = {v: k for k, v in _RENAMES.items()}
+        back[type_key(fields)] = "train_type"
+        values: dict[str, Any] = {}
+        sources: dict[str, Source] = {}
+        for skey in fields:
+            key = back.get(skey, skey)
+            value = getattr(obj, skey, None)
+            if key in ("output_dir", "device", "resume_from_checkpoint"):
+                values[key], sources[key] = value, Source("cli" if skey in given else "default")
+                continue
+            values[key] = value
+            if skey in given and given[skey] == value:
+                sources[key] = Source("cli")
+            elif ckpt is not None and skey in saved and saved[skey] == value and value != defaults.get(skey):
+                sources[key] = Source(kind, ckpt / "args.json")  # type: ignore[arg-type]
+            elif skey in given:
+                sources[key] = Source(kind, ckpt / "args.json") if ckpt else Source("default")  # type: ignore
+            else:
+                sources[key] = Source("default")
+        return ResolvedArgs(values=values, sources=sources, warnings=())
+
+    # ------------------------------------------------------------------ training
+    def train(self, spec: RunSpec) -> RunResult:
+        import tempfile
+
+        fields = self._fields()
+        with tempfile.TemporaryDirectory(prefix="ft-swift-") as tmp:
+            data = convert_datasets(Path(spec.dataset_dir), Path(tmp) / "data", "messages")
+            plugin = Path(tmp) / "ft_swift_plugin.py"
+            plugin.write_text(_PLUGIN, encoding="utf-8")
+            if spec.method == "grpo":
+                fields = fields | self._rlhf_fields()
+            entry, argv = build_argv(spec, fields, data, template=self.template, load_args=self.load_args,
+                                     plugin=plugin)
+            with cpu_threads(spec.device):
+                self._run(entry, argv)
+        ckpts = checkpoints_in(spec.output_dir)
+        if not ckpts:
+            raise RuntimeError(f"swift {entry} left no checkpoint in {spec.output_dir} (argv: {' '.join(argv)})")
+        return collect_result(spec, ckpts[-1], None)
+
+    def _rlhf_fields(self) -> set[str]:
+        if self.major >= 4:
+            from swift.arguments import RLHFArguments
+        else:
+            from swift.llm import RLHFArguments
+        return {f.name for f in dataclasses.fields(RLHFArguments)}
+
+    def _run(self, entry: str, argv: Sequence[str]) -> None:
+        if self.major >= 4:
+            from swift.pipelines import rlhf_main, sft_main
+        else:
+            from swift.llm import rlhf_main, sft_main
+        (rlhf_main if entry == "rlhf" else sft_main)(list(argv))

@@ -1,0 +1,128 @@
+"""The diffusion LoRA path (seed 002 as it happened: SimpleTuner #659, diffusers #9108).
+
+* :func:`build_tiny_unet` — a tiny SD1.x-shaped ``UNet2DConditionModel`` (block_out (32, 64), cross
+  attention dim 32, ~0.8M parameters) and a DDPM scheduler config, saved with ``save_pretrained``
+  under ``<dir>/unet`` and ``<dir>/scheduler``, built locally.
+* :func:`quantize_unet` — optimum-quanto ``quantize(unet, weights=qint8)`` + ``freeze`` (what
+  SimpleTuner's ``base_model_precision int8-quanto`` does).
+* :func:`load_lora_like_simpletuner` — the resume call chain SimpleTuner makes:
+  ``lora_state_dict(dir)`` -> strip ``unet.`` -> ``convert_unet_state_dict_to_peft`` ->
+  ``peft.set_peft_model_state_dict(unet, sd, adapter_name="default")``. With optimum-quanto 0.2.4
+  this raises ``KeyError: '<name>.weight._data'`` from quanto's ``_load_from_state_dict``.
+* :func:`probe_output` — the denoiser's output on a fixed input (to compare two loaded models).
+
+Needs ``diffusers`` (a default dependency of ft-harness).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LORA_WEIGHTS", "LORA_TARGETS", "build_tiny_unet", "load_unet", "quantize_unet", "add_lora",
+           "lora_state", "save_lora", "load_lora_like_simpletuner", "probe_output", "batch"]
+
+#: the file SimpleTuner / diffusers write a LoRA into
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LATENT = 8  # latent height/width
+CROSS_DIM = 32
+TOKENS = 4
+
+
+def build_tiny_unet(root: str | Path, seed: int = 0) -> Path:
+    """Save a tiny UNet + DDPM scheduler under ``root``; returns ``root``."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    root = Path(root)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=LATENT, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_DIM, attention_head_dim=8, norm_num_groups=32)
+    unet.save_pretrained(root / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
+    return root
+
+
+def load_unet(root: Path):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(str(Path(root) / "unet"), torch_dtype=torch.float32)
+
+
+def quantize_unet(unet, quantization: str | None):
+    """optimum-quanto weight quantisation of the denoiser, frozen, as SimpleTuner does."""
+    if quantization is None:
+        return unet
+    from optimum.quanto import freeze, qint4, qint8, quantize
+
+    weights = {"quanto-int8": qint8, "quanto-int4": qint4}.get(quantization)
+    if weights is None:
+        from .errors import ConfigError
+
+        raise ConfigError(None, "quantization", "quanto-int8 or quanto-int4 for the diffusion path", quantization)
+    quantize(unet, weights=weights)
+    freeze(unet)
+    return unet
+
+
+def add_lora(unet, r: int, alpha: float, seed: int) -> None:
+    import torch
+    from peft import LoraConfig
+
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=r, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+
+
+def lora_state(unet) -> dict[str, Any]:
+    """The LoRA tensors in diffusers' save format (``unet.``-less keys, ``lora.down``/``lora.up``)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+
+
+def save_lora(unet, directory: Path) -> Path:
+    """``StableDiffusionLoraLoaderMixin.save_lora_weights``: what SimpleTuner writes per checkpoint."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    StableDiffusionLoraLoaderMixin.save_lora_weights(str(directory), unet_lora_layers=lora_state(unet),
+                                                     safe_serialization=True)
+    return Path(directory) / LORA_WEIGHTS
+
+
+def load_lora_like_simpletuner(unet, directory: Path):
+    """SimpleTuner's ``_load_lora``: returns PEFT's incompatible-keys result (unexpected keys matter)."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+
+    state, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(str(directory))
+    unet_state = {k.replace("unet.", "", 1): v for k, v in state.items() if k.startswith("unet.")}
+    unet_state = convert_unet_state_dict_to_peft(unet_state)
+    return set_peft_model_state_dict(unet, unet_state, adapter_name="default")
+
+
+def batch(seed: int, step: int, size: int = 2):
+    """The training batch of ``step``: latents, noise, timesteps, text states — a function of the step only,
+    so the data position is exact after a resume."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 100_003 + step)
+    latents = torch.randn(size, 4, LATENT, LATENT, generator=g)
+    noise = torch.randn(size, 4, LATENT, LATENT, generator=g)
+    timesteps = torch.randint(0, 1000, (size,), generator=g)
+    text = torch.randn(size, TOKENS, CROSS_DIM, generator=g)
+    return latents, noise, timesteps, text
+
+
+def probe_output(unet):
+    """Denoiser output on a fixed input (no grad)."""
+    import torch
+
+    latents, _, timesteps, text = batch(seed=12345, step=0, size=1)
+    with torch.no_grad():
+        return unet(latents, timesteps, encoder_hidden_states=text).sample

@@ -1,0 +1,72 @@
+"""Seed 002 on its home ground — LoRA on a quantised *diffusion* denoiser must resume exactly.
+
+The story (SimpleTuner #659, diffusers #9108): SimpleTuner trains LoRA on a UNet quantised with
+optimum-quanto (``quantize(unet, weights=qint8)`` + ``freeze``). Resuming goes
+``accelerator.load_state`` -> ``_load_lora`` -> ``lora_state_dict`` -> ``set_peft_model_state_dict``
+and dies with ``KeyError: '<name>.weight._data'`` inside quanto's ``_load_from_state_dict``
+(optimum-quanto 0.2.4); the work-around, ``--init_lora``, silently starts the adapter again.
+
+Correct behaviour: run A trains N steps; run B resumes from A's ``checkpoint-k`` through the same
+call chain and continues to N. Loading succeeds, B's losses for k+1..N and its final LoRA tensors
+equal A's (exactly on CPU), and the saved LoRA reloads into a fresh quantised UNet through that
+chain with every tensor equal to the file and the same denoiser output for A and B.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.oracles import assert_diffusion_lora_reloads, assert_resume_equivalent, dir_fingerprint
+
+from ._support import spec
+
+pytestmark = [pytest.mark.seed("002"), pytest.mark.requires("diffusion", "lora", "resume")]
+
+N_STEPS = 6
+SAVE_EVERY = 2
+GPU_RTOL = 1e-3
+
+QUANTS = [
+    pytest.param(None, id="none"),
+    pytest.param("quanto-int8", id="quanto-int8", marks=pytest.mark.requires("quanto-int8")),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_unet(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from harness.diffusion import build_tiny_unet
+
+    return build_tiny_unet(tmp_path_factory.mktemp("tiny-unet"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ft_adapter, tiny_assets, tiny_unet, tmp_path_factory, ft_device):
+    runs = {}
+
+    def get(quant):
+        if quant not in runs:
+            out = tmp_path_factory.mktemp(f"diffusion-{quant or 'none'}")
+            runs[quant] = ft_adapter.train(spec(tiny_assets, out, model_dir=tiny_unet, method="diffusion",
+                                                train_type="lora", quantization=quant, max_steps=N_STEPS,
+                                                save_steps=SAVE_EVERY, learning_rate=1e-2,
+                                                per_device_train_batch_size=2, device=ft_device))
+        return runs[quant]
+
+    return get
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("quant", QUANTS)
+def test_resume_matches_uninterrupted(ft_adapter, uninterrupted, tiny_assets, tiny_unet, tmp_path, quant, k,
+                                      ft_device):
+    run_a = uninterrupted(quant)
+    before = dir_fingerprint(tiny_unet)
+    run_b = ft_adapter.train(spec(tiny_assets, tmp_path / "resumed", model_dir=tiny_unet, method="diffusion",
+                                  train_type="lora", quantization=quant, max_steps=N_STEPS, save_steps=SAVE_EVERY,
+                                  learning_rate=1e-2, per_device_train_batch_size=2,
+                                  resume_from=run_a.checkpoint(k), device=ft_device))
+    tol = dict(rtol=GPU_RTOL, atol=1e-6) if ft_device == "cuda" else {}
+    assert_resume_equivalent(run_a.output_dir, run_b.output_dir, k, **tol)
+    assert_diffusion_lora_reloads(tiny_unet, run_a.final_dir, run_b.final_dir, quant, **tol)
+    assert dir_fingerprint(tiny_unet) == before, "seed 002: resuming modified the base UNet on disk"
