@@ -58,6 +58,25 @@ class OracleFailure(AssertionError):
         super().__init__(f"[seed {seed}: {SEEDS.get(seed, seed)}] {message}")
 
 
+def _fp32() -> dict[str, Any]:
+    """``dtype=torch.float32`` for ``from_pretrained``; transformers < 4.56 calls it ``torch_dtype``
+    (the oracles also run beside ms-swift 3.x, which pins transformers 4.49)."""
+    import torch
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
+
+
+def _lora_dir(output_dir: Path) -> Path:
+    """Where a run's final LoRA is: the output dir, or (frameworks that save only checkpoints) the newest checkpoint."""
+    output_dir = Path(output_dir)
+    if any((output_dir / name).is_file() for name in LORA_FILES):
+        return output_dir
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1] if ckpts else output_dir
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"
 
@@ -108,12 +127,11 @@ def start_weights(model_dir: Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
     if not (model_dir / "adapter_config.json").is_file():
         return weights_on_disk(model_dir)
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     cfg = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"], dtype=torch.float32,
+    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"], **_fp32(),
                                                 local_files_only=True)
     merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
@@ -235,7 +253,7 @@ def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str =
         alone = Path(tmp) / directory.name
         shutil.copytree(directory, alone)
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(alone), local_files_only=True, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(alone), local_files_only=True, **_fp32())
             tok = AutoTokenizer.from_pretrained(str(alone), local_files_only=True)
         except Exception as exc:  # the framework-agnostic verdict: it does not load on its own
             raise OracleFailure(seed, f"{directory.name} does not load on its own: {type(exc).__name__}: {exc}") from exc
@@ -340,7 +358,7 @@ def assert_resume_equivalent(uninterrupted: Path, resumed: Path, resumed_from_st
             raise OracleFailure(seed, f"resumed from checkpoint-{k}: loss at step {step} is {b[step]!r}, the "
                                       f"uninterrupted run had {want[step]!r} (rtol={rtol}, atol={atol}); resume did "
                                       f"not restore adapter weights, optimizer, scheduler or data position")
-    ta, tb = _adapter_tensors(uninterrupted), _adapter_tensors(resumed)
+    ta, tb = _adapter_tensors(_lora_dir(uninterrupted)), _adapter_tensors(_lora_dir(resumed))
     if set(ta) != set(tb):
         raise OracleFailure(seed, f"final adapters hold different tensors: {sorted(set(ta) ^ set(tb))[:3]}")
     for key in sorted(ta):
@@ -373,11 +391,11 @@ def evaluate_checkpoint(checkpoint: Path, dataset_dir: Path, metric: str = "eval
         cfg = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
         base = base_dir or Path(cfg["base_model_name_or_path"])
         model = PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True),
+            AutoModelForCausalLM.from_pretrained(str(base), **_fp32(), local_files_only=True),
             str(checkpoint))
         tok_dir = checkpoint if (checkpoint / "tokenizer.json").is_file() else base
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), **_fp32(), local_files_only=True)
         tok_dir = checkpoint
     tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     model.eval()

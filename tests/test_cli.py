@@ -71,3 +71,27 @@ def test_render_formats():
     assert "test_x.py::test_a" in render(runs, "text")
     with pytest.raises(ValueError):
         render(runs, "html")
+
+
+def test_json_reports_merge_into_one_matrix(tmp_path):
+    """Reports made in different environments (one per framework) merge into one matrix with versions."""
+    from harness.report import load_runs
+
+    run_a = AdapterRun("swift", "swift 4.6.0", {}, 1, 2.0,
+                       [TestOutcome("scenarios/test_x.py::test_a[cpu]", "test_x.py::test_a", "failed", "boom", 1.0,
+                                    "000")], versions={"ms-swift": "4.6.0", "transformers": "5.19.0"})
+    run_b = AdapterRun("reference", "reference", {}, 0, 1.0,
+                       [TestOutcome("scenarios/test_x.py::test_a[cpu]", "test_x.py::test_a", "passed", "", 0.5,
+                                    "000")])
+    (tmp_path / "a.json").write_text(render([run_a], "json"))
+    (tmp_path / "b.json").write_text(render([run_b], "json"))
+    merged = load_runs(tmp_path / "a.json") + load_runs(tmp_path / "b.json")
+    assert merged[0].versions["ms-swift"] == "4.6.0" and merged[0].tests[0].reason == "boom"
+    table = render(merged, "md")
+    assert "swift (ms-swift 4.6.0)" in table and "FAIL: boom" in table and "| pass |" in table
+    result = _cli("report", "--merge", str(tmp_path / "a.json"), "--merge", str(tmp_path / "b.json"),
+                  "--format", "md")
+    assert result.returncode == 1 and "FAIL: boom" in result.stdout, result.stderr
+    (tmp_path / "bad.json").write_text("{}")
+    bad = _cli("report", "--merge", str(tmp_path / "bad.json"))
+    assert bad.returncode != 0 and "bad.json" in bad.stderr

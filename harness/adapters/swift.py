@@ -132,6 +132,7 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
     eval_steps = cli.get("eval_steps") or 0
     if method == "grpo":
         entry = "rlhf"
+        args.setdefault("per_device_train_batch_size", cli.get("num_generations", 4))  # one prompt's group
         args.update(rlhf_type="grpo", dataset=str(data["prompts"]), beta=0.0, eval_strategy="no",
                     reward_funcs="ft_counting", num_generations=cli.get("num_generations", 4),
                     max_completion_length=cli.get("max_completion_length", 8), temperature=1.0)

@@ -1,0 +1,184 @@
+"""The real-framework adapters' own logic, without the frameworks installed: argument mapping,
+config building, dataset conversion, options; plus per-adapter options and report merging.
+
+(The frameworks themselves run in their tox envs: tox -e swift / swift3 / llamafactory / simpletuner.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.adapter import RunSpec, load_adapter, split_adapter_spec
+from harness.adapters import _common
+from harness.adapters.llamafactory import build_config
+from harness.adapters.swift import QUANT_ARGS, build_argv, swift_cli, type_key
+from harness.adapters.transformers import TransformersAdapter, training_arguments
+from harness.errors import AdapterLoadError, ConfigError
+from harness.reference.args import DEFAULTS
+
+V3_FIELDS = {"train_type", "model", "dataset", "val_dataset", "template", "lora_rank", "lora_alpha", "lora_dropout",
+             "target_modules", "learning_rate", "max_steps", "per_device_train_batch_size", "seed", "save_steps",
+             "eval_steps", "save_total_limit", "load_args", "quant_method", "quant_bits", "bnb_4bit_quant_type",
+             "bnb_4bit_compute_dtype", "output_dir", "add_version", "resume_from_checkpoint", "adapters",
+             "eval_strategy", "save_strategy", "lr_scheduler_type", "use_cpu", "metric_for_best_model",
+             "greater_is_better", "logging_steps"}
+V4_FIELDS = (V3_FIELDS - {"train_type"}) | {"tuner_type", "check_model"}
+
+
+def _spec(tmp_path, **kw):
+    return RunSpec(model_dir=tmp_path / "model", output_dir=tmp_path / "out", dataset_dir=tmp_path / "data", **kw)
+
+
+def _args(argv):
+    out, key = {}, None
+    for item in argv:
+        if item.startswith("--"):
+            key = item[2:]
+            out[key] = []
+        else:
+            out[key].append(item)
+    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+
+
+DATA = {"train": Path("/d/train.jsonl"), "eval": Path("/d/eval.jsonl"), "prompts": Path("/d/prompts.jsonl")}
+
+
+@pytest.mark.parametrize("fields, key", [(V3_FIELDS, "train_type"), (V4_FIELDS, "tuner_type")])
+def test_swift_training_type_key_follows_the_version(tmp_path, fields, key):
+    assert type_key(fields) == key
+    entry, argv = build_argv(_spec(tmp_path, train_type="full", max_steps=3), fields, DATA)
+    args = _args(argv)
+    assert entry == "sft" and args[key] == "full"
+    assert ({"train_type", "tuner_type"} - {key}).isdisjoint(args), "only the installed version's key is passed"
+    assert "check_model" not in args or key == "tuner_type"
+
+
+def test_swift_argv_maps_every_typed_field(tmp_path):
+    spec = _spec(tmp_path, train_type="lora", quantization="nf4", max_steps=6, save_steps=2, eval_steps=3,
+                 save_total_limit=1, learning_rate=2e-2, seed=7, metric="eval_accuracy", greater_is_better=True)
+    args = _args(build_argv(spec, V4_FIELDS, DATA, load_args=True)[1])
+    assert args["quant_method"] == "bnb" and args["quant_bits"] == "4" and args["bnb_4bit_quant_type"] == "nf4"
+    assert (args["max_steps"], args["save_steps"], args["eval_steps"], args["save_total_limit"]) == ("6", "2", "3", "1")
+    assert args["learning_rate"] == "0.02" and args["seed"] == "7" and args["load_args"] == "true"
+    assert args["metric_for_best_model"] == "acc" and args["greater_is_better"] == "true"
+    assert args["eval_strategy"] == "steps" and args["val_dataset"] == "/d/eval.jsonl"
+    assert args["add_version"] == "false" and args["output_dir"] == str(tmp_path / "out")
+    assert "method" not in args and "quantization" not in args
+
+
+def test_swift_argv_adapter_dir_becomes_adapters_and_base(tmp_path):
+    lora = tmp_path / "model"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/base"}))
+    args = _args(build_argv(_spec(tmp_path, method="grpo", train_type="full"), V4_FIELDS | {"rlhf_type"}, DATA)[1])
+    assert args["model"] == "/base" and args["adapters"] == str(lora)
+    assert args["rlhf_type"] == "grpo" and args["dataset"] == "/d/prompts.jsonl"
+
+
+def test_swift_resume_latest_is_the_newest_checkpoint_path(tmp_path):
+    for step in (2, 10, 4):
+        (tmp_path / "out" / f"checkpoint-{step}").mkdir(parents=True)
+    args = _args(build_argv(_spec(tmp_path, resume_from="latest"), V4_FIELDS, DATA)[1])
+    assert args["resume_from_checkpoint"] == str(tmp_path / "out" / "checkpoint-10")
+    with pytest.raises(ConfigError, match="resume_from"):
+        build_argv(_spec(tmp_path / "empty", resume_from="latest"), V4_FIELDS, DATA)
+
+
+def test_swift_unknown_quantization_is_a_clear_error():
+    assert set(QUANT_ARGS) == {"nf4", "int8", "quanto-int8", "quanto-int4"}
+    with pytest.raises(ConfigError, match="quantization"):
+        swift_cli({"quantization": "gptq"}, V4_FIELDS)
+
+
+def test_llamafactory_config(tmp_path):
+    values = {**DEFAULTS, "train_type": "lora", "quantization": "int8", "eval_steps": 5, "save_steps": 20,
+              "save_total_limit": 2, "metric": "eval_loss"}
+    cfg = build_config(_spec(tmp_path, resume_from=tmp_path / "out" / "checkpoint-2"), values, tmp_path / "d",
+                       load_best_model_at_end=True)
+    assert cfg["finetuning_type"] == "lora" and cfg["lora_target"] == "all"
+    assert cfg["quantization_bit"] == 8 and cfg["quantization_method"] == "bnb"
+    assert cfg["eval_dataset"] == "ft_eval" and cfg["metric_for_best_model"] == "loss"
+    assert cfg["load_best_model_at_end"] is True and cfg["save_total_limit"] == 2
+    assert cfg["resume_from_checkpoint"].endswith("checkpoint-2") and cfg["use_cpu"] is True
+    latest = build_config(_spec(tmp_path, resume_from="latest"), values, tmp_path / "d")
+    assert "resume_from_checkpoint" not in latest, "LLaMA-Factory resumes from the last checkpoint by itself"
+    with pytest.raises(ConfigError, match="quanto"):
+        build_config(_spec(tmp_path), {**values, "quantization": "quanto-int8"}, tmp_path / "d")
+
+
+def test_transformers_training_arguments():
+    values = {**DEFAULTS, "eval_steps": 5, "save_steps": 20, "save_total_limit": 1, "metric": "eval_accuracy",
+              "greater_is_better": True}
+    kw = training_arguments(values, Path("/o"), "cpu", load_best_model_at_end=False)
+    assert kw["metric_for_best_model"] == "accuracy" and kw["eval_steps"] == 5 and kw["save_steps"] == 20
+    assert kw["save_total_limit"] == 1 and kw["use_cpu"] is True and kw["load_best_model_at_end"] is False
+    plain = training_arguments(DEFAULTS, Path("/o"), "cpu", load_best_model_at_end=False)
+    assert plain["save_strategy"] == "no" and "eval_strategy" not in plain
+
+
+def test_convert_datasets_formats(tiny_assets, tmp_path):
+    files = _common.convert_datasets(tiny_assets.dataset_dir, tmp_path / "m", "messages")
+    row = json.loads(files["train"].read_text().splitlines()[0])
+    first = json.loads((tiny_assets.dataset_dir / "train.jsonl").read_text().splitlines()[0])["text"]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    assert " ".join(m["content"] for m in row["messages"]) == first
+    files = _common.convert_datasets(tiny_assets.dataset_dir, tmp_path / "a", "alpaca")
+    info = json.loads((tmp_path / "a" / "dataset_info.json").read_text())
+    assert set(info) == {"ft_train", "ft_eval"} and info["ft_train"]["file_name"] == "train.jsonl"
+    row = json.loads(files["eval"].read_text().splitlines()[0])
+    assert set(row) == {"instruction", "output"}
+    with pytest.raises(ValueError, match="unknown dataset format"):
+        _common.convert_datasets(tiny_assets.dataset_dir, tmp_path / "x", "sharegpt")
+
+
+def test_adapter_options_are_checked():
+    with pytest.raises(TypeError, match="load_best_model_at_end"):
+        TransformersAdapter(nope="1")
+    with pytest.raises(TypeError, match="expected true or false"):
+        TransformersAdapter(load_best_model_at_end="maybe")
+    assert TransformersAdapter(load_best_model_at_end="yes").load_best_model_at_end is True
+    assert "args" not in TransformersAdapter().capabilities, "plain transformers reads no saved args files"
+
+
+def test_bracket_options_reach_one_adapter():
+    assert split_adapter_spec("swift[load_args=true,template=qwen]") == ("swift", {"load_args": "true",
+                                                                                   "template": "qwen"})
+    assert split_adapter_spec("harness.mutants:NonAtomicSave") == ("harness.mutants:NonAtomicSave", {})
+    adapter = load_adapter("transformers[load_best_model_at_end=true]")
+    assert adapter.load_best_model_at_end is True and adapter.name.endswith("[load_best_model_at_end]")
+    with pytest.raises(AdapterLoadError, match="KEY=VALUE"):
+        split_adapter_spec("swift[load_args]")
+
+
+def test_framework_entry_points_are_registered():
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="ft_harness.adapters")}
+    assert {"reference", "transformers", "swift", "llamafactory"} <= names
+
+
+def test_known_upstream_failure_for_old_quanto(monkeypatch):
+    import importlib.metadata as md
+
+    from harness.reference import adapter as ref
+
+    real = md.version
+    monkeypatch.setattr(md, "version", lambda name: "0.2.4" if name == "optimum-quanto" else real(name))
+    known = ref.known_upstream_failures()
+    key = "test_diffusion_lora_resume.py::test_resume_matches_uninterrupted[cpu-quanto-int8"
+    assert known[key][1] is KeyError and "diffusers #9108" in known[key][0]
+    monkeypatch.setattr(md, "version", lambda name: "0.2.7" if name == "optimum-quanto" else real(name))
+    assert ref.known_upstream_failures() == {}
+
+
+def test_transformers_adapter_trains_plainly(tiny_assets, tmp_path):
+    """One real run: checkpoints at the cadence, the final model in output_dir, no args.json (plain)."""
+    adapter = load_adapter("transformers")
+    result = adapter.train(RunSpec(model_dir=tiny_assets.model_dir, output_dir=tmp_path / "run",
+                                   dataset_dir=tiny_assets.dataset_dir, train_type="full", max_steps=2, save_steps=1))
+    assert [c.name for c in result.checkpoints] == ["checkpoint-1", "checkpoint-2"]
+    assert (result.final_dir / "model.safetensors").is_file() and (result.final_dir / "trainer_state.json").is_file()
+    assert not (result.final_dir / "args.json").exists()
