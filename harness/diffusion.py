@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LORA_WEIGHTS", "LORA_TARGETS", "build_tiny_unet", "load_unet", "quantize_unet", "add_lora",
+__all__ = ["LORA_WEIGHTS", "LORA_TARGETS", "build_tiny_unet", "build_tiny_sd_pipeline", "load_unet", "quantize_unet", "add_lora", "lora_layout",
            "lora_state", "save_lora", "load_lora_like_simpletuner", "probe_output", "batch"]
 
 #: the file SimpleTuner / diffusers write a LoRA into
@@ -42,7 +42,46 @@ def build_tiny_unet(root: str | Path, seed: int = 0) -> Path:
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=CROSS_DIM, attention_head_dim=8, norm_num_groups=32)
     unet.save_pretrained(root / "unet")
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
+    DDPMScheduler(num_train_timesteps=1000, clip_sample=False).save_pretrained(root / "scheduler")
+    return root
+
+
+def build_tiny_sd_pipeline(root: str | Path, seed: int = 0) -> Path:
+    """A whole tiny SD1.x pipeline directory (what SimpleTuner's ``sd1x`` family loads): the UNet and
+    scheduler of :func:`build_tiny_unet`, a tiny ``AutoencoderKL``, a 2-layer ``CLIPTextModel`` (hidden
+    32) and a character-level ``CLIPTokenizer``, plus ``model_index.json``. Built locally."""
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = build_tiny_unet(root, seed)
+    torch.manual_seed(seed)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                  up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(32, 32),
+                  latent_channels=4, layers_per_block=1, norm_num_groups=32, sample_size=16).save_pretrained(root / "vae")
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    tok_dir = root / "tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77,
+                        pad_token="<|endoftext|>")
+    tok.save_pretrained(str(tok_dir))
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=CROSS_DIM, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                 bos_token_id=0, eos_token_id=1, pad_token_id=1)).save_pretrained(root / "text_encoder")
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+             "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "safety_checker": [None, None],
+             "feature_extractor": [None, None], "requires_safety_checker": False}
+    (root / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
     return root
 
 
@@ -69,12 +108,27 @@ def quantize_unet(unet, quantization: str | None):
     return unet
 
 
-def add_lora(unet, r: int, alpha: float, seed: int) -> None:
+def add_lora(unet, r: int, alpha: float, seed: int, targets: list[str] | None = None) -> None:
     import torch
     from peft import LoraConfig
 
     torch.manual_seed(seed)
-    unet.add_adapter(LoraConfig(r=r, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    unet.add_adapter(LoraConfig(r=r, lora_alpha=alpha, init_lora_weights="gaussian",
+                                target_modules=targets or LORA_TARGETS))
+
+
+def lora_layout(directory: Path) -> tuple[list[str], int]:
+    """(module names, rank) of a saved diffusers-format LoRA, read from the safetensors header."""
+    from .reference.io import read_safetensors_header
+
+    header = read_safetensors_header(Path(directory) / LORA_WEIGHTS)
+    modules, rank = set(), 0
+    for key, meta in header.items():
+        for marker in (".lora.down.weight", ".lora_A.weight"):
+            if key.endswith(marker):
+                modules.add(key[: -len(marker)].removeprefix("unet."))
+                rank = max(rank, int(meta["shape"][0]))
+    return sorted(modules), rank
 
 
 def lora_state(unet) -> dict[str, Any]:

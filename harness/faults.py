@@ -24,6 +24,10 @@ __all__ = ["KillPoint", "run_killed", "KILLED"]
 
 KILLED = -signal.SIGKILL
 
+#: True inside a fault-injection child: an adapter that runs training in a process of its own must
+#: then die by SIGKILL when that process is killed (see harness.adapters._common.run_in_fork)
+INJECTING = False
+
 
 @dataclass(frozen=True)
 class KillPoint:
@@ -52,6 +56,8 @@ def run_killed(adapter: Any, spec: Any, point: KillPoint) -> int:
             import torch
 
             torch.set_num_threads(1)  # OpenMP pools do not survive fork well; one thread is deterministic
+            global INJECTING
+            INJECTING = True
             _install(Path(spec.output_dir), point)
             adapter.train(spec)
             code = 3

@@ -317,13 +317,15 @@ def assert_diffusion_lora_reloads(model_dir: Path, dir_a: Path, dir_b: Path, qua
     tensor equal to its file, and the two reloaded denoisers give the same output."""
     import torch
 
-    from .diffusion import add_lora, load_lora_like_simpletuner, load_unet, probe_output, quantize_unet
+    from .diffusion import add_lora, load_lora_like_simpletuner, load_unet, lora_layout, probe_output, quantize_unet
     from .reference.diffusion import check_lora_loaded
 
     outputs = []
     for directory in (dir_a, dir_b):
+        directory = _lora_dir(Path(directory))
+        targets, rank = lora_layout(directory)
         unet = quantize_unet(load_unet(Path(model_dir)), quantization)
-        add_lora(unet, 4, 8.0, seed=0)
+        add_lora(unet, rank, 8.0, seed=0, targets=targets)
         try:
             load_lora_like_simpletuner(unet, Path(directory))
             check_lora_loaded(unet, Path(directory))
@@ -444,9 +446,20 @@ def assert_best_checkpoint_kept(output_dir: Path, dataset_dir: Path, *, metric: 
         raise OracleFailure(seed, f"{len(on_disk)} checkpoints on disk ({sorted(on_disk)}) with "
                                   f"save_total_limit={save_total_limit} (at most limit + the best allowed)")
     value = evaluate_checkpoint(on_disk[best], dataset_dir, metric)
-    if not math.isclose(value, metrics[best], rel_tol=rel_tol, abs_tol=1e-7) and _same_formula(
-            on_disk, metrics, best, dataset_dir, metric, rel_tol):
-        raise OracleFailure(seed, f"re-evaluating checkpoint-{best} gives {metric}={value:.6g}, but {metrics[best]:.6g} "
+    if math.isclose(value, metrics[best], rel_tol=rel_tol, abs_tol=1e-7):
+        return best
+    if not _same_formula(on_disk, metrics, best, dataset_dir, metric, rel_tol):
+        # the framework computes the metric its own way: the checkpoint's own record must say it is that step
+        state_file = on_disk[best] / "trainer_state.json"
+        state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
+        own = {int(h["step"]): float(h[metric]) for h in state.get("log_history", []) if metric in h}
+        if state.get("global_step") != best or not math.isclose(own.get(best, math.nan), metrics[best],
+                                                                  rel_tol=rel_tol):
+            raise OracleFailure(seed, f"checkpoint-{best}/trainer_state.json does not record step {best} with "
+                                      f"{metric}={metrics[best]:.6g} (global_step={state.get('global_step')!r}): "
+                                      f"it does not hold the best model")
+        return best
+    raise OracleFailure(seed, f"re-evaluating checkpoint-{best} gives {metric}={value:.6g}, but {metrics[best]:.6g} "
                                   f"was logged at step {best}: the checkpoint does not hold the best model")
     return best
 
@@ -456,10 +469,10 @@ def _same_formula(on_disk: Mapping[int, Path], metrics: Mapping[int, float], bes
     """Does the oracle's re-evaluation compute the framework's metric? Calibrated on another checkpoint
     with a logged metric. A framework that formats the eval data its own way (chat template, EOS)
     logs different numbers for the same weights; then the best step being on disk, with its own
-    trainer_state, is what can be checked. With no other checkpoint to calibrate on, assume the same."""
+    trainer_state, is what can be checked. With no other checkpoint to calibrate on, that is checked too."""
     others = [s for s in on_disk if s != best and s in metrics]
     if not others:
-        return True
+        return False  # nothing to calibrate on: judge by the checkpoint's own record
     step = max(others)
     value = evaluate_checkpoint(on_disk[step], dataset_dir, metric)
     return math.isclose(value, metrics[step], rel_tol=rel_tol, abs_tol=1e-7)

@@ -141,6 +141,9 @@ def test_priority_property(ft_adapter, cli, checkpoint, model):
                 f"from the {kind} layer (cli={cli}, checkpoint={checkpoint}, model={model})")
             saved = next((layer[key] for layer in (checkpoint, model) if key in layer), None)
             overridden = key in cli and saved is not None and saved != cli[key]
+            if overridden:  # only a value the framework would have inherited needs a warning when overridden
+                without = ft_adapter.resolve_args({k: v for k, v in cli.items() if k != key}, model_dir, ckpt_dir)
+                overridden = without.source_of(key).kind not in ("cli", "default")
             warned = any(f"'{key}'" in w for w in resolved.warnings)
             if overridden and not warned:
                 raise OracleFailure("000", f"--{key} {cli[key]!r} silently overrode a different saved value")

@@ -34,10 +34,11 @@ QUANTS = [
 
 @pytest.fixture(scope="module")
 def tiny_unet(tmp_path_factory):
+    """A whole tiny SD1.x pipeline (UNet, VAE, CLIP text encoder + tokenizer, scheduler), built locally."""
     pytest.importorskip("diffusers")
-    from harness.diffusion import build_tiny_unet
+    from harness.diffusion import build_tiny_sd_pipeline
 
-    return build_tiny_unet(tmp_path_factory.mktemp("tiny-unet"))
+    return build_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd"))
 
 
 @pytest.fixture(scope="module")

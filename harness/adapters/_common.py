@@ -8,15 +8,66 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
 from ..errors import ConfigError
 
-__all__ = ["parse_bool", "check_options", "plain_resolve", "cpu_threads", "write_jsonl", "convert_datasets",
+__all__ = ["FrameworkError", "run_in_fork", "parse_bool", "check_options", "plain_resolve", "cpu_threads", "write_jsonl", "convert_datasets",
            "collect_result", "checkpoints_in"]
+
+class FrameworkError(RuntimeError):
+    """The framework raised inside its run; the message carries its exception type, message and traceback tail."""
+
+
+def run_in_fork(fn: Callable[[], Any]) -> None:
+    """Run one training in a forked child, as the framework's CLI runs one training per process.
+
+    Frameworks keep module-level state between runs (ms-swift 3.x fails a later in-process run with
+    ``AttributeError: 'frozenset' object has no attribute 'discard'``); a fork starts every run from the
+    same clean state while keeping the already-imported modules, so no import cost is paid again.
+    An exception in the child becomes :class:`FrameworkError` here, naming its type and message.
+    Where ``os.fork`` is missing, ``fn`` runs in this process.
+    """
+    import signal
+    import sys
+    import traceback
+
+    if not hasattr(os, "fork"):
+        fn()
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into the caller
+        os.close(read_fd)
+        code, payload = 0, ""
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            code = 1
+            payload = f"{type(exc).__name__}: {exc}\n--- framework traceback (tail) ---\n{traceback.format_exc()[-3000:]}"
+        finally:
+            with os.fdopen(write_fd, "w", encoding="utf-8") as fh:
+                fh.write(payload)
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, encoding="utf-8") as fh:
+        message = fh.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        faults = sys.modules.get("harness.faults")
+        if sig == signal.SIGKILL and faults is not None and faults.INJECTING:
+            os.kill(os.getpid(), signal.SIGKILL)  # a fault-injection kill point: die the same way
+        raise FrameworkError(f"the training process died with signal {sig}")
+    if os.WEXITSTATUS(status) != 0:
+        raise FrameworkError(message or f"the training process exited with {os.WEXITSTATUS(status)}")
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

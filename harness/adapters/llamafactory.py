@@ -1,5 +1,6 @@
 """LLaMA-Factory (``pip install ft-harness[llamafactory]``), driven through ``run_exp(config)``: the
-dict a user writes as ``llamafactory-cli train cfg.yaml``, run in-process.
+dict a user writes as ``llamafactory-cli train cfg.yaml``, run in a forked child (one process per
+run, as with the CLI).
 
 The tiny datasets become alpaca rows (``instruction`` = first word, ``output`` = the rest) with a
 ``dataset_info.json``; ``stage: sft``, ``template: empty``. Every Hugging Face TrainingArguments key
@@ -23,7 +24,8 @@ from typing import Any
 
 from ..adapter import ResolvedArgs, RunResult, RunSpec
 from ..errors import ConfigError
-from ._common import check_options, collect_result, convert_datasets, cpu_threads, parse_bool, plain_resolve
+from ._common import (check_options, collect_result, convert_datasets, cpu_threads, parse_bool, plain_resolve,
+                      run_in_fork)
 
 __all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "QUANT_KEYS"]
 
@@ -133,5 +135,5 @@ class LlamaFactoryAdapter:
             from llamafactory.train.tuner import run_exp
 
             with cpu_threads(spec.device):
-                run_exp(cfg)
+                run_in_fork(lambda: run_exp(cfg))
         return collect_result(spec, Path(spec.output_dir), resolved)

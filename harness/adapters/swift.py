@@ -1,8 +1,9 @@
 """ms-swift (``pip install ft-harness[swift]``), 3.x and 4.x, driven the way its users drive it.
 
 A RunSpec becomes the argument list of ``swift sft`` (or ``swift rlhf --rlhf_type grpo``), run
-in-process through swift's own entry point (``sft_main(argv)`` / ``rlhf_main(argv)``: the same
-parsing, ``load_args`` and training as the CLI, without re-importing torch per run). Version
+through swift's own entry point (``sft_main(argv)`` / ``rlhf_main(argv)``: the same parsing,
+``load_args`` and training as the CLI) in a forked child: one process per run as with the CLI,
+without re-importing torch per run. Version
 differences are mapped, not assumed: 3.x calls the training type ``train_type`` and its arguments
 ``TrainArguments``; 4.x calls it ``tuner_type`` and uses ``SftArguments``. Only keys the installed
 version's argument class knows are passed.
@@ -30,7 +31,8 @@ from typing import Any
 
 from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
 from ..errors import ConfigError
-from ._common import check_options, checkpoints_in, collect_result, convert_datasets, cpu_threads, parse_bool
+from ._common import (check_options, checkpoints_in, collect_result, convert_datasets, cpu_threads, parse_bool,
+                      run_in_fork)
 
 __all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
 
@@ -47,6 +49,9 @@ QUANT_ARGS: dict[str, dict[str, Any]] = {
     "quanto-int8": {"quant_method": "quanto", "quant_bits": 8},
     "quanto-int4": {"quant_method": "quanto", "quant_bits": 4},
 }
+
+#: harness metric names -> the names swift logs (next-token accuracy is swift's ``token_acc``)
+METRIC_NAMES = {"eval_loss": "eval_loss", "eval_accuracy": "eval_token_acc"}
 
 #: RunSpec / reference names -> swift names (the training type is version dependent: see type_key)
 _RENAMES = {"lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
@@ -98,7 +103,7 @@ def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
                 raise ConfigError(None, "quantization", f"one of {sorted(QUANT_ARGS)}", value)
             out.update(QUANT_ARGS[value])
         elif key == "metric":
-            out["metric_for_best_model"] = str(value).removeprefix("eval_").replace("accuracy", "acc")
+            out["metric_for_best_model"] = METRIC_NAMES.get(value, value).removeprefix("eval_")
         elif key in ("greater_is_better", "method", "save_on_best"):
             if key == "greater_is_better":
                 out[key] = value
@@ -201,6 +206,8 @@ class SwiftAdapter:
     """ms-swift 3.x / 4.x through ``swift sft`` / ``swift rlhf`` argument lists, in-process."""
 
     name = "swift"
+    #: what the scenarios call a metric -> what swift logs it as (oracles read the log under that name)
+    metric_names = METRIC_NAMES
     #: the tiny Llama is registered with swift as ``--model_type qwen2 --template qwen`` (transformers 5.19
     #: forces Qwen2Tokenizer on a config whose model_type is qwen2, which the tiny WordLevel tokenizer is not)
     model_arch = "llama"
@@ -320,7 +327,7 @@ class SwiftAdapter:
             entry, argv = build_argv(spec, fields, data, template=self.template, load_args=self.load_args,
                                      plugin=plugin)
             with cpu_threads(spec.device):
-                self._run(entry, argv)
+                run_in_fork(lambda: self._run(entry, argv))
         ckpts = checkpoints_in(spec.output_dir)
         if not ckpts:
             raise RuntimeError(f"swift {entry} left no checkpoint in {spec.output_dir} (argv: {' '.join(argv)})")

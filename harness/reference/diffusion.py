@@ -27,20 +27,22 @@ __all__ = ["train", "check_lora_loaded"]
 
 
 def check_lora_loaded(unet, directory: Path) -> int:
-    """Every LoRA parameter of ``unet`` equals the saved tensor of the same name; returns the count."""
+    """Every LoRA parameter of ``unet`` equals the saved tensor of the same name (diffusers' or PEFT's
+    key format, compared in PEFT's); returns the count."""
     import torch
-
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from ..diffusion import LORA_WEIGHTS, lora_state
+    from ..diffusion import LORA_WEIGHTS
 
     saved = load_file(str(Path(directory) / LORA_WEIGHTS))
-    saved = {k.replace("unet.", "", 1): v for k, v in saved.items()}
-    have = lora_state(unet)
+    saved = convert_unet_state_dict_to_peft({k.replace("unet.", "", 1): v for k, v in saved.items()})
+    have = get_peft_model_state_dict(unet)
     if set(have) != set(saved):
         raise CheckpointError(directory, f"LoRA keys differ after loading: {sorted(set(have) ^ set(saved))[:3]}",
                               LORA_WEIGHTS)
-    bad = [k for k in saved if not torch.equal(have[k].detach().cpu(), saved[k])]
+    bad = [k for k in saved if not torch.equal(have[k].detach().cpu(), saved[k].to(have[k].dtype))]
     if bad:
         raise CheckpointError(directory, f"{len(bad)} LoRA tensors differ from the file after loading, e.g. {bad[0]}",
                               LORA_WEIGHTS)
