@@ -63,7 +63,7 @@ def test_swift_argv_maps_every_typed_field(tmp_path):
     assert args["quant_method"] == "bnb" and args["quant_bits"] == "4" and args["bnb_4bit_quant_type"] == "nf4"
     assert (args["max_steps"], args["save_steps"], args["eval_steps"], args["save_total_limit"]) == ("6", "2", "3", "1")
     assert args["learning_rate"] == "0.02" and args["seed"] == "7" and args["load_args"] == "true"
-    assert args["metric_for_best_model"] == "acc" and args["greater_is_better"] == "true"
+    assert args["metric_for_best_model"] == "token_acc" and args["greater_is_better"] == "true"
     assert args["eval_strategy"] == "steps" and args["val_dataset"] == "/d/eval.jsonl"
     assert args["add_version"] == "false" and args["output_dir"] == str(tmp_path / "out")
     assert "method" not in args and "quantization" not in args
