@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                           "that adapter its own options")
     rep.add_argument("--format", choices=("md", "json", "junit", "text"), default="md", help="output format")
     rep.add_argument("-o", "--output", default=None, metavar="FILE", help="write the report here (default: stdout)")
+    rep.add_argument("--brief", action="store_true",
+                     help="md/text: outcome words only in the cells (no failure messages)")
     rep.add_argument("--merge", action="append", default=[], metavar="REPORT.json",
                      help="include the adapters of a JSON report made elsewhere (e.g. in a framework's tox env); "
                           "repeatable; with --merge and no --adapter nothing is run")
@@ -146,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"ft-harness: cannot merge {path}: {exc}") from exc
     targets = args.adapter or ([] if merged else ["reference"])
     runs = [run_adapter(None if t == "reference" else t, options, extra) for t in targets] + merged
-    text = render(runs, args.format)
+    text = render(runs, args.format, reasons=not args.brief)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)

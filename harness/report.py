@@ -225,7 +225,7 @@ def _label(run: AdapterRun) -> str:
     return run.target
 
 
-def render(runs: Sequence[AdapterRun], fmt: str) -> str:
+def render(runs: Sequence[AdapterRun], fmt: str, reasons: bool = True) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
     scenarios, cells, seeds = _matrix(runs)
@@ -264,7 +264,7 @@ def render(runs: Sequence[AdapterRun], fmt: str) -> str:
         parts.append("</testsuites>")
         return "\n".join(parts) + "\n"
     header = ["scenario", "seed"] + [_label(r) for r in runs]
-    rows = [[s, seeds[s] or ""] + [_cell_text(cells[r.target].get(s), with_reason=True) for r in runs]
+    rows = [[s, seeds[s] or ""] + [_cell_text(cells[r.target].get(s), with_reason=reasons) for r in runs]
             for s in scenarios]
     totals = ["**total time**" if fmt == "md" else "total time", ""] + [f"{r.duration_s:.1f}s" for r in runs]
     if fmt == "md":

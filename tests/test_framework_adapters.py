@@ -182,3 +182,37 @@ def test_transformers_adapter_trains_plainly(tiny_assets, tmp_path):
     assert [c.name for c in result.checkpoints] == ["checkpoint-1", "checkpoint-2"]
     assert (result.final_dir / "model.safetensors").is_file() and (result.final_dir / "trainer_state.json").is_file()
     assert not (result.final_dir / "args.json").exists()
+
+
+def test_simpletuner_config(tmp_path):
+    from harness.adapters.simpletuner import LAUNCHER, PRECISION, backend_config, build_config
+
+    values = {**DEFAULTS, "quantization": "quanto-int8", "max_steps": 6, "save_steps": 2, "lora_rank": 4}
+    spec = _spec(tmp_path, method="diffusion")
+    cfg = build_config(spec, values, tmp_path / "w", "checkpoint-2")
+    assert (cfg["model_family"], cfg["model_type"], cfg["base_model_precision"]) == ("sd1x", "lora", "int8-quanto")
+    assert cfg["quantize_via"] == "cpu" and cfg["mixed_precision"] == "no"
+    assert (cfg["max_train_steps"], cfg["checkpoint_step_interval"]) == (6, 2)
+    assert cfg["resume_from_checkpoint"] == "checkpoint-2" and cfg["output_dir"] == str(tmp_path / "out")
+    assert PRECISION[None] == "no_change"
+    with pytest.raises(ConfigError, match="quantization"):
+        build_config(spec, {**values, "quantization": "nf4"}, tmp_path / "w", None)
+    backends = backend_config(tmp_path / "w", tmp_path / "images")
+    assert backends[0]["instance_data_dir"] == str(tmp_path / "images") and backends[1]["dataset_type"] == "text_embeds"
+    # the launcher applies exactly the documented fixes and records accelerator.log
+    for needle in ("safety_checker", "feature_extractor", "pin_memory", "accelerate.Accelerator.log",
+                   "simpletuner.train"):
+        assert needle in LAUNCHER
+
+
+def test_run_in_fork_reports_the_framework_error():
+    from harness.adapters._common import FrameworkError, run_in_fork
+
+    def boom():
+        raise ValueError("missing required file 'tokenizer.json' in /x/broken-base")
+
+    with pytest.raises(FrameworkError, match=r"ValueError: missing required file 'tokenizer.json' in /x/broken-base"):
+        run_in_fork(boom)
+    seen = []
+    run_in_fork(lambda: seen.append(1))
+    assert seen == [], "the run happens in the child: the parent's state is untouched"
