@@ -217,7 +217,10 @@ def _cell_text(cell: Mapping[str, Any] | None, with_reason: bool = True) -> str:
 
 def _label(run: AdapterRun) -> str:
     """Column title: the target, plus the framework version when the adapter reports one."""
-    main = next((f"{k} {v}" for k, v in run.versions.items() if k not in ("transformers", "peft", "trl")), None)
+    libraries = ("transformers", "peft", "trl", "torch", "bitsandbytes", "optimum-quanto", "diffusers")
+    main = next((f"{k} {v}" for k, v in run.versions.items() if k not in libraries), None)
+    if main is None and "transformers" in run.versions and run.target != "reference":
+        main = f"transformers {run.versions['transformers']}"
     if main and main.split()[0] not in run.target:
         return f"{run.target} ({main})"
     if main:

@@ -27,6 +27,8 @@ def _heavy_imports_once():
     # imported here so pytester's sys.modules snapshot keeps them between in-process runs
     import bitsandbytes  # noqa: F401
     import datasets  # noqa: F401  (pyarrow extension types cannot be registered twice)
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin  # noqa: F401
     import optimum.quanto  # noqa: F401
     import peft  # noqa: F401
     import torch  # noqa: F401

@@ -16,7 +16,7 @@ from typing import Any
 from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
 from ..errors import ConfigError
 
-__all__ = ["FrameworkError", "run_in_fork", "parse_bool", "check_options", "plain_resolve", "cpu_threads", "write_jsonl", "convert_datasets",
+__all__ = ["FrameworkError", "run_in_fork", "library_versions", "parse_bool", "check_options", "plain_resolve", "cpu_threads", "write_jsonl", "convert_datasets",
            "collect_result", "checkpoints_in"]
 
 class FrameworkError(RuntimeError):
@@ -67,6 +67,19 @@ def run_in_fork(fn: Callable[[], Any]) -> None:
         raise FrameworkError(f"the training process died with signal {sig}")
     if os.WEXITSTATUS(status) != 0:
         raise FrameworkError(message or f"the training process exited with {os.WEXITSTATUS(status)}")
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    """Installed versions of ``names`` (distribution names), for report headers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import ResolvedArgs, RunResult, RunSpec
-from ._common import check_options, collect_result, cpu_threads, parse_bool, plain_resolve
+from ._common import check_options, collect_result, cpu_threads, library_versions, parse_bool, plain_resolve
 
 __all__ = ["TransformersAdapter", "OPTIONS", "training_arguments"]
 
@@ -71,6 +71,9 @@ class TransformersAdapter:
         self.prepare_kbit = parse_bool("transformers", "prepare_kbit", options.get("prepare_kbit", "false"))
         if self.load_best_model_at_end:
             self.name = "transformers[load_best_model_at_end]"
+
+    def versions(self) -> dict[str, str]:
+        return library_versions("transformers", "peft", "trl", "torch")
 
     def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
         from ..reference.args import DEFAULTS

@@ -52,6 +52,11 @@ class ReferenceAdapter:
         if "log_level" in options:
             log.setLevel(options["log_level"].upper())
 
+    def versions(self) -> dict[str, str]:
+        from ..adapters._common import library_versions
+
+        return library_versions("transformers", "peft", "trl", "torch", "bitsandbytes", "optimum-quanto", "diffusers")
+
     @property
     def known_failures(self) -> Mapping[str, Any]:
         """Upstream bugs of the installed libraries that the reference cannot work around."""
