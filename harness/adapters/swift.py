@@ -75,6 +75,17 @@ def type_key(fields: set[str]) -> str:
     return "tuner_type" if "tuner_type" in fields else "train_type"
 
 
+def _transformers_drives_bnb_here() -> bool:
+    """bitsandbytes on this device through the installed transformers. transformers < 4.55 (ms-swift
+    3.1.1 pins 4.49) has no CPU path for bitsandbytes 0.4x/0.5x: its multi-backend check fails with
+    ``AttributeError: 'frozenset' object has no attribute 'discard'`` before training; on CUDA it works."""
+    import torch
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return (major, minor) >= (4, 55) or torch.cuda.is_available()
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -228,6 +239,8 @@ class SwiftAdapter:
                 "best-checkpoint", "gpu"}
         if self._has_grpo():
             caps.add("grpo")
+        if not _transformers_drives_bnb_here():
+            caps -= {"quant-nf4", "quant-int8"}
         self.capabilities = frozenset(caps)
 
     def versions(self) -> dict[str, str]:
