@@ -199,7 +199,7 @@ def aggregate(run: AdapterRun) -> dict[str, dict[str, Any]]:
 
 
 def _matrix(runs: Sequence[AdapterRun]) -> tuple[list[str], dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
-    cells = {run.target: aggregate(run) for run in runs}
+    cells = {_key(run, runs): aggregate(run) for run in runs}
     scenarios = sorted({s for c in cells.values() for s in c})
     seeds = {s: next((c[s]["seed"] for c in cells.values() if s in c), None) for s in scenarios}
     return scenarios, cells, seeds
@@ -215,11 +215,29 @@ def _cell_text(cell: Mapping[str, Any] | None, with_reason: bool = True) -> str:
     return word
 
 
+def _key(run: AdapterRun, runs: Sequence[AdapterRun]) -> str:
+    """A run's column key: its target, plus its framework version when merged reports share a target
+    (e.g. ``swift`` from the 4.x and the 3.x environments)."""
+    if sum(r.target == run.target for r in runs) == 1:
+        return run.target
+    version = next((v for k, v in run.versions.items() if k not in _LIBRARIES), None)
+    key = f"{run.target}@{version}" if version else run.target
+    same = [r for r in runs if r.target == run.target]
+    return key if sum(_key_base(r) == key for r in same) == 1 else f"{key}#{same.index(run) + 1}"
+
+
+def _key_base(run: AdapterRun) -> str:
+    version = next((v for k, v in run.versions.items() if k not in _LIBRARIES), None)
+    return f"{run.target}@{version}" if version else run.target
+
+
+_LIBRARIES = ("transformers", "peft", "trl", "torch", "bitsandbytes", "optimum-quanto", "diffusers")
+
+
 def _label(run: AdapterRun) -> str:
     """Column title: the target, plus the framework version when the adapter reports one."""
-    libraries = ("transformers", "peft", "trl", "torch", "bitsandbytes", "optimum-quanto", "diffusers")
-    main = next((f"{k} {v}" for k, v in run.versions.items() if k not in libraries), None)
-    if main is None and "transformers" in run.versions and run.target != "reference":
+    main = next((f"{k} {v}" for k, v in run.versions.items() if k not in _LIBRARIES), None)
+    if main is None and "transformers" in run.versions and run.target.startswith("transformers"):
         main = f"transformers {run.versions['transformers']}"
     if main and main.split()[0] not in run.target:
         return f"{run.target} ({main})"
@@ -239,7 +257,8 @@ def render(runs: Sequence[AdapterRun], fmt: str, reasons: bool = True) -> str:
                           "duration_s": round(r.duration_s, 3), "versions": dict(r.versions),
                           "tests": [dataclasses.asdict(t) for t in r.tests]} for r in runs],
             "scenarios": [{"id": s, "seed": seeds[s],
-                           "results": {r.target: cells[r.target].get(s) for r in runs if s in cells[r.target]}}
+                           "results": {_key(r, runs): cells[_key(r, runs)].get(s) for r in runs
+                                       if s in cells[_key(r, runs)]}}
                           for s in scenarios],
         }, indent=2, sort_keys=True)
     if fmt == "junit":
@@ -267,7 +286,7 @@ def render(runs: Sequence[AdapterRun], fmt: str, reasons: bool = True) -> str:
         parts.append("</testsuites>")
         return "\n".join(parts) + "\n"
     header = ["scenario", "seed"] + [_label(r) for r in runs]
-    rows = [[s, seeds[s] or ""] + [_cell_text(cells[r.target].get(s), with_reason=reasons) for r in runs]
+    rows = [[s, seeds[s] or ""] + [_cell_text(cells[_key(r, runs)].get(s), with_reason=reasons) for r in runs]
             for s in scenarios]
     totals = ["**total time**" if fmt == "md" else "total time", ""] + [f"{r.duration_s:.1f}s" for r in runs]
     if fmt == "md":

@@ -92,6 +92,13 @@ def test_json_reports_merge_into_one_matrix(tmp_path):
     result = _cli("report", "--merge", str(tmp_path / "a.json"), "--merge", str(tmp_path / "b.json"),
                   "--format", "md")
     assert result.returncode == 1 and "FAIL: boom" in result.stdout, result.stderr
+    # the same target from two environments (ms-swift 4.x and 3.x) gets one column each
+    run_c = AdapterRun("swift", "swift 3.1.1", {}, 0, 1.0,
+                       [TestOutcome("scenarios/test_x.py::test_a[cpu]", "test_x.py::test_a", "passed", "", 0.5,
+                                    "000")], versions={"ms-swift": "3.1.1"})
+    both = render([run_a, run_c], "md", reasons=False)
+    assert "| FAIL | pass |" in both and "(ms-swift 3.1.1)" in both
+    assert set(json.loads(render([run_a, run_c], "json"))["scenarios"][0]["results"]) == {"swift@4.6.0", "swift@3.1.1"}
     (tmp_path / "bad.json").write_text("{}")
     bad = _cli("report", "--merge", str(tmp_path / "bad.json"))
     assert bad.returncode != 0 and "bad.json" in bad.stderr
