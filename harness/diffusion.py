@@ -3,8 +3,9 @@
 * :func:`build_tiny_unet` — a tiny SD1.x-shaped ``UNet2DConditionModel`` (block_out (32, 64), cross
   attention dim 32, ~0.8M parameters) and a DDPM scheduler config, saved with ``save_pretrained``
   under ``<dir>/unet`` and ``<dir>/scheduler``, built locally.
-* :func:`quantize_unet` — optimum-quanto ``quantize(unet, weights=qint8)`` + ``freeze`` (what
-  SimpleTuner's ``base_model_precision int8-quanto`` does).
+* :func:`load_unet` — the UNet, quantised with optimum-quanto ``quantize(unet, weights=qint8)`` +
+  ``freeze`` (what SimpleTuner's ``base_model_precision int8-quanto`` does), or with bitsandbytes
+  through diffusers' ``BitsAndBytesConfig`` (CUDA only).
 * :func:`load_lora_like_simpletuner` — the resume call chain SimpleTuner makes:
   ``lora_state_dict(dir)`` -> strip ``unet.`` -> ``convert_unet_state_dict_to_peft`` ->
   ``peft.set_peft_model_state_dict(unet, sd, adapter_name="default")``. With optimum-quanto 0.2.4
@@ -85,16 +86,34 @@ def build_tiny_sd_pipeline(root: str | Path, seed: int = 0) -> Path:
     return root
 
 
-def load_unet(root: Path):
+BNB_QUANTS = ("nf4", "int8")
+QUANTO_QUANTS = ("quanto-int8", "quanto-int4")
+
+
+def load_unet(root: Path, quantization: str | None = None, device: str = "cpu"):
+    """The tiny UNet, on ``device``, quantised as asked: optimum-quanto after loading (``quantize`` +
+    ``freeze``, SimpleTuner's ``int8-quanto``), or bitsandbytes at load time through diffusers'
+    ``BitsAndBytesConfig`` (diffusers quantises with bitsandbytes on CUDA only)."""
     import torch
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel.from_pretrained(str(Path(root) / "unet"), torch_dtype=torch.float32)
+    kwargs: dict[str, Any] = {"torch_dtype": torch.float32}
+    if quantization in BNB_QUANTS:
+        from diffusers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+            if quantization == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
+    unet = UNet2DConditionModel.from_pretrained(str(Path(root) / "unet"), **kwargs)
+    if quantization not in BNB_QUANTS:
+        unet.to(device)
+    return quantize_unet(unet, quantization)
 
 
 def quantize_unet(unet, quantization: str | None):
-    """optimum-quanto weight quantisation of the denoiser, frozen, as SimpleTuner does."""
-    if quantization is None:
+    """optimum-quanto weight quantisation of the denoiser, frozen, as SimpleTuner does (other
+    quantisations are applied at load time by :func:`load_unet`)."""
+    if quantization is None or quantization in BNB_QUANTS:
         return unet
     from optimum.quanto import freeze, qint4, qint8, quantize
 
@@ -102,7 +121,8 @@ def quantize_unet(unet, quantization: str | None):
     if weights is None:
         from .errors import ConfigError
 
-        raise ConfigError(None, "quantization", "quanto-int8 or quanto-int4 for the diffusion path", quantization)
+        raise ConfigError(None, "quantization", "none, nf4, int8, quanto-int8 or quanto-int4 for the diffusion path",
+                          quantization)
     quantize(unet, weights=weights)
     freeze(unet)
     return unet
@@ -160,7 +180,7 @@ def load_lora_like_simpletuner(unet, directory: Path):
     return set_peft_model_state_dict(unet, unet_state, adapter_name="default")
 
 
-def batch(seed: int, step: int, size: int = 2):
+def batch(seed: int, step: int, size: int = 2, device: str = "cpu"):
     """The training batch of ``step``: latents, noise, timesteps, text states — a function of the step only,
     so the data position is exact after a resume."""
     import torch
@@ -170,13 +190,13 @@ def batch(seed: int, step: int, size: int = 2):
     noise = torch.randn(size, 4, LATENT, LATENT, generator=g)
     timesteps = torch.randint(0, 1000, (size,), generator=g)
     text = torch.randn(size, TOKENS, CROSS_DIM, generator=g)
-    return latents, noise, timesteps, text
+    return tuple(t.to(device) for t in (latents, noise, timesteps, text))
 
 
-def probe_output(unet):
-    """Denoiser output on a fixed input (no grad)."""
+def probe_output(unet, device: str = "cpu"):
+    """Denoiser output on a fixed input (no grad), on the CPU."""
     import torch
 
-    latents, _, timesteps, text = batch(seed=12345, step=0, size=1)
+    latents, _, timesteps, text = batch(seed=12345, step=0, size=1, device=device)
     with torch.no_grad():
-        return unet(latents, timesteps, encoder_hidden_states=text).sample
+        return unet(latents, timesteps, encoder_hidden_states=text).sample.float().cpu()

@@ -312,19 +312,20 @@ def _adapter_tensors(directory: Path) -> dict[str, Any]:
 
 
 def assert_diffusion_lora_reloads(model_dir: Path, dir_a: Path, dir_b: Path, quantization: str | None, *,
-                                  rtol: float = 0.0, atol: float = 0.0, seed: str = "002") -> None:
+                                  rtol: float = 0.0, atol: float = 0.0, device: str = "cpu",
+                                  seed: str = "002") -> None:
     """Both saved LoRAs reload into a fresh (quantised) UNet through SimpleTuner's call chain, every
     tensor equal to its file, and the two reloaded denoisers give the same output."""
     import torch
 
-    from .diffusion import add_lora, load_lora_like_simpletuner, load_unet, lora_layout, probe_output, quantize_unet
+    from .diffusion import add_lora, load_lora_like_simpletuner, load_unet, lora_layout, probe_output
     from .reference.diffusion import check_lora_loaded
 
     outputs = []
     for directory in (dir_a, dir_b):
         directory = _lora_dir(Path(directory))
         targets, rank = lora_layout(directory)
-        unet = quantize_unet(load_unet(Path(model_dir)), quantization)
+        unet = load_unet(Path(model_dir), quantization, device)
         add_lora(unet, rank, 8.0, seed=0, targets=targets)
         try:
             load_lora_like_simpletuner(unet, Path(directory))
@@ -333,7 +334,7 @@ def assert_diffusion_lora_reloads(model_dir: Path, dir_a: Path, dir_b: Path, qua
             raise OracleFailure(seed, f"reloading the LoRA in {Path(directory).name} into a fresh {quantization or 'fp32'} "
                                       f"UNet (lora_state_dict -> set_peft_model_state_dict, as SimpleTuner resumes) "
                                       f"failed: {type(exc).__name__}: {exc}") from exc
-        outputs.append(probe_output(unet))
+        outputs.append(probe_output(unet, device))
     if not torch.allclose(outputs[0], outputs[1], rtol=rtol, atol=atol):
         diff = (outputs[0] - outputs[1]).abs().max().item()
         raise OracleFailure(seed, f"the resumed run's LoRA gives a different denoiser output than the uninterrupted "

@@ -6,6 +6,9 @@ optimum-quanto (``quantize(unet, weights=qint8)`` + ``freeze``). Resuming goes
 and dies with ``KeyError: '<name>.weight._data'`` inside quanto's ``_load_from_state_dict``
 (optimum-quanto 0.2.4); the work-around, ``--init_lora``, silently starts the adapter again.
 
+Quantisations: none and optimum-quanto int8 everywhere; bitsandbytes nf4 / int8 in the ``cuda``
+variant only (diffusers' bitsandbytes quantiser needs a GPU).
+
 Correct behaviour: run A trains N steps; run B resumes from A's ``checkpoint-k`` through the same
 call chain and continues to N. Loading succeeds, B's losses for k+1..N and its final LoRA tensors
 equal A's (exactly on CPU), and the saved LoRA reloads into a fresh quantised UNet through that
@@ -29,7 +32,11 @@ GPU_RTOL = 1e-3
 QUANTS = [
     pytest.param(None, id="none"),
     pytest.param("quanto-int8", id="quanto-int8", marks=pytest.mark.requires("quanto-int8")),
+    # diffusers quantises with bitsandbytes on CUDA only ("No GPU found. A GPU is needed for quantization.")
+    pytest.param("nf4", id="nf4", marks=pytest.mark.requires("quant-nf4")),
+    pytest.param("int8", id="int8", marks=pytest.mark.requires("quant-int8")),
 ]
+BNB = ("nf4", "int8")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +68,8 @@ def uninterrupted(ft_adapter, tiny_assets, tiny_unet, tmp_path_factory, ft_devic
 @pytest.mark.parametrize("quant", QUANTS)
 def test_resume_matches_uninterrupted(ft_adapter, uninterrupted, tiny_assets, tiny_unet, tmp_path, quant, k,
                                       ft_device):
+    if quant in BNB and ft_device != "cuda":
+        pytest.skip("diffusers quantises a UNet with bitsandbytes on CUDA only (the cuda variant runs it)")
     run_a = uninterrupted(quant)
     before = dir_fingerprint(tiny_unet)
     run_b = ft_adapter.train(spec(tiny_assets, tmp_path / "resumed", model_dir=tiny_unet, method="diffusion",
@@ -69,5 +78,5 @@ def test_resume_matches_uninterrupted(ft_adapter, uninterrupted, tiny_assets, ti
                                   resume_from=run_a.checkpoint(k), device=ft_device))
     tol = dict(rtol=GPU_RTOL, atol=1e-6) if ft_device == "cuda" else {}
     assert_resume_equivalent(run_a.output_dir, run_b.output_dir, k, **tol)
-    assert_diffusion_lora_reloads(tiny_unet, run_a.final_dir, run_b.final_dir, quant, **tol)
+    assert_diffusion_lora_reloads(tiny_unet, run_a.final_dir, run_b.final_dir, quant, device=ft_device, **tol)
     assert dir_fingerprint(tiny_unet) == before, "seed 002: resuming modified the base UNet on disk"

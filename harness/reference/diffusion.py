@@ -76,7 +76,7 @@ def train(adapter: "ReferenceAdapter", spec: RunSpec, values: dict[str, Any], re
         raise ConfigError(None, "train_type", "'lora' for the diffusion path", values["train_type"])
     output_dir.mkdir(parents=True, exist_ok=True)
     seed = values["seed"]
-    unet = diffusion.quantize_unet(diffusion.load_unet(Path(spec.model_dir)), values["quantization"])
+    unet = diffusion.load_unet(Path(spec.model_dir), values["quantization"], spec.device)
     unet.requires_grad_(False)
     diffusion.add_lora(unet, values["lora_rank"], values["lora_alpha"], seed)
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -91,7 +91,8 @@ def train(adapter: "ReferenceAdapter", spec: RunSpec, values: dict[str, Any], re
     unet.train()
     save_steps = values["save_steps"] or 0
     for step in range(start + 1, values["max_steps"] + 1):
-        latents, noise, timesteps, text = diffusion.batch(seed, step, values["per_device_train_batch_size"])
+        latents, noise, timesteps, text = diffusion.batch(seed, step, values["per_device_train_batch_size"],
+                                                          spec.device)
         pred = unet(latents + noise * (timesteps.float() / 1000).view(-1, 1, 1, 1), timesteps,
                     encoder_hidden_states=text).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
