@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness.adapter import RunSpec
 from harness.models import TinyAssets
 
@@ -13,3 +15,14 @@ def spec(assets: TinyAssets, output_dir: Path, *, model_dir: Path | None = None,
     """A RunSpec on the tiny assets; ``fields`` are what the user types on the command line."""
     return RunSpec(model_dir=Path(model_dir or assets.model_dir), output_dir=Path(output_dir),
                    dataset_dir=assets.dataset_dir, **fields)
+
+
+#: quantisation name -> the capability an adapter needs for it
+QUANT_CAPABILITIES = {"nf4": "quant-nf4", "int8": "quant-int8", "quanto-int8": "quanto-int8",
+                      "quanto-int4": "quanto-int4"}
+
+
+def quant_params(*names: str | None) -> list:
+    """``pytest.param`` per quantisation (``None`` = unquantised), each marked with its capability."""
+    return [pytest.param(q, id=q or "none",
+                         marks=[pytest.mark.requires(QUANT_CAPABILITIES[q])] if q else []) for q in names]

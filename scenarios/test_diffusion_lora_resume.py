@@ -21,7 +21,7 @@ import pytest
 
 from harness.oracles import assert_diffusion_lora_reloads, assert_resume_equivalent, dir_fingerprint
 
-from ._support import spec
+from ._support import quant_params, spec
 
 pytestmark = [pytest.mark.seed("002"), pytest.mark.requires("diffusion", "lora", "resume")]
 
@@ -29,13 +29,8 @@ N_STEPS = 6
 SAVE_EVERY = 2
 GPU_RTOL = 1e-3
 
-QUANTS = [
-    pytest.param(None, id="none"),
-    pytest.param("quanto-int8", id="quanto-int8", marks=pytest.mark.requires("quanto-int8")),
-    # diffusers quantises with bitsandbytes on CUDA only ("No GPU found. A GPU is needed for quantization.")
-    pytest.param("nf4", id="nf4", marks=pytest.mark.requires("quant-nf4")),
-    pytest.param("int8", id="int8", marks=pytest.mark.requires("quant-int8")),
-]
+# bitsandbytes variants run on CUDA only: diffusers' quantiser says "No GPU found. A GPU is needed for quantization."
+QUANTS = quant_params(None, "quanto-int8", "nf4", "int8")
 BNB = ("nf4", "int8")
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from harness.oracles import assert_adapter_only_save, assert_resume_equivalent, dir_fingerprint
 
-from ._support import spec
+from ._support import quant_params, spec
 
 pytestmark = [pytest.mark.seed("002"), pytest.mark.requires("sft", "lora", "resume")]
 
@@ -26,13 +26,7 @@ N_STEPS = 6
 SAVE_EVERY = 2
 GPU_RTOL = 1e-3
 
-QUANTS = [
-    pytest.param(None, id="none"),
-    pytest.param("nf4", id="nf4", marks=pytest.mark.requires("quant-nf4")),
-    pytest.param("int8", id="int8", marks=pytest.mark.requires("quant-int8")),
-    pytest.param("quanto-int8", id="quanto-int8", marks=pytest.mark.requires("quanto-int8")),
-    pytest.param("quanto-int4", id="quanto-int4", marks=pytest.mark.requires("quanto-int4")),
-]
+QUANTS = quant_params(None, "nf4", "int8", "quanto-int8", "quanto-int4")
 
 
 @pytest.fixture(scope="module")
