@@ -26,9 +26,9 @@ class FrameworkError(RuntimeError):
 def run_in_fork(fn: Callable[[], Any]) -> None:
     """Run one training in a forked child, as the framework's CLI runs one training per process.
 
-    Frameworks keep module-level state between runs (ms-swift 3.x fails a later in-process run with
-    ``AttributeError: 'frozenset' object has no attribute 'discard'``); a fork starts every run from the
-    same clean state while keeping the already-imported modules, so no import cost is paid again.
+    Frameworks' CLIs run one training per process and may keep module-level state (seeds, registries,
+    logging handlers) that an earlier in-process run would leave behind; a fork starts every run from
+    the same clean state while keeping the already-imported modules, so no import cost is paid again.
     An exception in the child becomes :class:`FrameworkError` here, naming its type and message.
     Where ``os.fork`` is missing, ``fn`` runs in this process.
     """
