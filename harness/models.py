@@ -29,6 +29,9 @@ __all__ = [
     "build_tokenizer",
     "build_model",
     "write_datasets",
+    "write_jsonl",
+    "read_jsonl",
+    "read_texts",
     "build_assets",
     "VOCAB_WORDS",
 ]
@@ -150,9 +153,7 @@ def write_datasets(dataset_dir: str | os.PathLike, n_train: int = 48, n_eval: in
     evals = [{"text": _words(7 * i + 3, -1)} for i in range(n_eval)]
     prompts = [{"prompt": _words(i * 5, +1, 4)} for i in range(8)]
     for name, rows in (("train", train), ("eval", evals), ("prompts", prompts)):
-        with open(dataset_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
+        write_jsonl(dataset_dir / f"{name}.jsonl", rows)
     return dataset_dir
 
 
@@ -162,6 +163,28 @@ def build_assets(root: str | os.PathLike, arch: str = "llama", seed: int = 0) ->
     model_dir = build_model(root / "model", arch=arch, seed=seed)
     dataset_dir = write_datasets(root / "data")
     return TinyAssets(model_dir=model_dir, dataset_dir=dataset_dir, arch=arch, seed=seed)
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Write ``rows`` as JSON lines (creating the parent directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """The ``text`` of every row of a JSON-lines dataset; a row without a string ``text`` names file and line."""
+    from .errors import ConfigError
+
+    texts = []
+    for i, row in enumerate(read_jsonl(path)):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ConfigError(path, f"line {i + 1}.text", "a string", row)
+        texts.append(row["text"])
+    return texts
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -198,11 +198,14 @@ def aggregate(run: AdapterRun) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _matrix(runs: Sequence[AdapterRun]) -> tuple[list[str], dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
-    cells = {_key(run, runs): aggregate(run) for run in runs}
+def _matrix(runs: Sequence[AdapterRun]) -> tuple[list[str], list[str], dict[str, dict[str, dict[str, Any]]],
+                                                  dict[str, Any]]:
+    """(column keys, scenarios, key -> scenario -> cell, scenario -> seed)."""
+    keys = _column_keys(runs)
+    cells = {key: aggregate(run) for key, run in zip(keys, runs)}
     scenarios = sorted({s for c in cells.values() for s in c})
     seeds = {s: next((c[s]["seed"] for c in cells.values() if s in c), None) for s in scenarios}
-    return scenarios, cells, seeds
+    return keys, scenarios, cells, seeds
 
 
 def _cell_text(cell: Mapping[str, Any] | None, with_reason: bool = True) -> str:
@@ -215,41 +218,49 @@ def _cell_text(cell: Mapping[str, Any] | None, with_reason: bool = True) -> str:
     return word
 
 
-def _key(run: AdapterRun, runs: Sequence[AdapterRun]) -> str:
-    """A run's column key: its target, plus its framework version when merged reports share a target
-    (e.g. ``swift`` from the 4.x and the 3.x environments)."""
-    if sum(r.target == run.target for r in runs) == 1:
-        return run.target
-    version = next((v for k, v in run.versions.items() if k not in _LIBRARIES), None)
-    key = f"{run.target}@{version}" if version else run.target
-    same = [r for r in runs if r.target == run.target]
-    return key if sum(_key_base(r) == key for r in same) == 1 else f"{key}#{same.index(run) + 1}"
-
-
-def _key_base(run: AdapterRun) -> str:
-    version = next((v for k, v in run.versions.items() if k not in _LIBRARIES), None)
-    return f"{run.target}@{version}" if version else run.target
-
-
 _LIBRARIES = ("transformers", "peft", "trl", "torch", "bitsandbytes", "optimum-quanto", "diffusers")
+
+
+def _framework(run: AdapterRun, *, plain_transformers: bool = True) -> tuple[str, str] | None:
+    """(name, version) of the framework a run tested: its first non-library entry in ``versions``; for
+    the plain transformers adapter (if ``plain_transformers``), transformers itself."""
+    for name, version in run.versions.items():
+        if name not in _LIBRARIES:
+            return name, version
+    if plain_transformers and run.target.startswith("transformers") and "transformers" in run.versions:
+        return "transformers", run.versions["transformers"]
+    return None
+
+
+def _column_keys(runs: Sequence[AdapterRun]) -> list[str]:
+    """One key per run: its target; where merged reports share a target (``swift`` from the 4.x and
+    the 3.x environments), ``target@<framework version>``, numbered if that is still not unique."""
+    bases = []
+    for run in runs:
+        fw = _framework(run, plain_transformers=False)
+        shared = sum(r.target == run.target for r in runs) > 1
+        bases.append(f"{run.target}@{fw[1]}" if shared and fw else run.target)
+    keys = []
+    for i, (run, base) in enumerate(zip(runs, bases)):
+        same = [j for j, r in enumerate(runs) if r.target == run.target]
+        unique = sum(bases[j] == base for j in same) == 1
+        keys.append(base if unique else f"{base}#{same.index(i) + 1}")
+    return keys
 
 
 def _label(run: AdapterRun) -> str:
     """Column title: the target, plus the framework version when the adapter reports one."""
-    main = next((f"{k} {v}" for k, v in run.versions.items() if k not in _LIBRARIES), None)
-    if main is None and "transformers" in run.versions and run.target.startswith("transformers"):
-        main = f"transformers {run.versions['transformers']}"
-    if main and main.split()[0] not in run.target:
-        return f"{run.target} ({main})"
-    if main:
-        return f"{run.target} ({main.split()[1]})"
-    return run.target
+    fw = _framework(run)
+    if fw is None:
+        return run.target
+    name, version = fw
+    return f"{run.target} ({version})" if name in run.target else f"{run.target} ({name} {version})"
 
 
 def render(runs: Sequence[AdapterRun], fmt: str, reasons: bool = True) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
-    scenarios, cells, seeds = _matrix(runs)
+    keys, scenarios, cells, seeds = _matrix(runs)
     if fmt == "json":
         return json.dumps({
             "format": "ft-harness-report/1",
@@ -257,8 +268,7 @@ def render(runs: Sequence[AdapterRun], fmt: str, reasons: bool = True) -> str:
                           "duration_s": round(r.duration_s, 3), "versions": dict(r.versions),
                           "tests": [dataclasses.asdict(t) for t in r.tests]} for r in runs],
             "scenarios": [{"id": s, "seed": seeds[s],
-                           "results": {_key(r, runs): cells[_key(r, runs)].get(s) for r in runs
-                                       if s in cells[_key(r, runs)]}}
+                           "results": {k: cells[k][s] for k in keys if s in cells[k]}}
                           for s in scenarios],
         }, indent=2, sort_keys=True)
     if fmt == "junit":
@@ -286,7 +296,7 @@ def render(runs: Sequence[AdapterRun], fmt: str, reasons: bool = True) -> str:
         parts.append("</testsuites>")
         return "\n".join(parts) + "\n"
     header = ["scenario", "seed"] + [_label(r) for r in runs]
-    rows = [[s, seeds[s] or ""] + [_cell_text(cells[_key(r, runs)].get(s), with_reason=reasons) for r in runs]
+    rows = [[s, seeds[s] or ""] + [_cell_text(cells[k].get(s), with_reason=reasons) for k in keys]
             for s in scenarios]
     totals = ["**total time**" if fmt == "md" else "total time", ""] + [f"{r.duration_s:.1f}s" for r in runs]
     if fmt == "md":

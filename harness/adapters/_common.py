@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
-from ..errors import ConfigError
 
-__all__ = ["FrameworkError", "run_in_fork", "library_versions", "parse_bool", "check_options", "plain_resolve", "cpu_threads", "write_jsonl", "convert_datasets",
-           "collect_result", "checkpoints_in"]
+__all__ = ["FrameworkError", "run_in_fork", "library_versions", "parse_bool", "check_options", "plain_resolve",
+           "PlainArguments", "cpu_threads", "convert_datasets", "collect_result", "checkpoints_in"]
+
 
 class FrameworkError(RuntimeError):
     """The framework raised inside its run; the message carries its exception type, message and traceback tail."""
@@ -106,13 +106,23 @@ def check_options(adapter: str, options: Mapping[str, Any], known: Mapping[str, 
         raise TypeError(f"unknown {adapter} adapter options {unknown} (known: {listing})")
 
 
-def plain_resolve(cli: Mapping[str, Any], defaults: Mapping[str, Any]) -> ResolvedArgs:
-    """Resolution for a framework that reads no saved argument files: the CLI over the defaults."""
+def plain_resolve(cli: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> ResolvedArgs:
+    """Resolution for a framework that reads no saved argument files: the CLI over the defaults
+    (the reference's, unless given)."""
+    if defaults is None:
+        from ..reference.args import DEFAULTS as defaults
     values, sources = dict(defaults), {k: Source("default") for k in defaults}
     for key, value in cli.items():
         if value is not None:
             values[key], sources[key] = value, Source("cli")
     return ResolvedArgs(values=values, sources=sources)
+
+
+class PlainArguments:
+    """``resolve_args`` for frameworks without saved-argument layering (no ``args`` capability)."""
+
+    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
+        return plain_resolve(cli)
 
 
 @contextlib.contextmanager
@@ -128,26 +138,6 @@ def cpu_threads(device: str) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
-def _texts(dataset_dir: Path, name: str) -> list[str]:
-    from ..models import read_jsonl
-
-    path = Path(dataset_dir) / f"{name}.jsonl"
-    out = []
-    for i, row in enumerate(read_jsonl(path)):
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ConfigError(path, f"line {i + 1}.text", "a string", row)
-        out.append(row["text"])
-    return out
 
 
 def _turns(text: str) -> dict[str, Any]:
@@ -168,10 +158,10 @@ def convert_datasets(dataset_dir: Path, out_dir: Path, fmt: str) -> dict[str, Pa
     ``"alpaca"`` (LLaMA-Factory: ``instruction`` the first word, ``output`` the rest; a
     ``dataset_info.json`` naming them ``ft_train`` / ``ft_eval`` is written beside).
     """
-    from ..models import read_jsonl
+    from ..models import read_jsonl, read_texts, write_jsonl
 
     out_dir = Path(out_dir)
-    train, evals = _texts(dataset_dir, "train"), _texts(dataset_dir, "eval")
+    train, evals = read_texts(Path(dataset_dir) / "train.jsonl"), read_texts(Path(dataset_dir) / "eval.jsonl")
     prompts = [r["prompt"] for r in read_jsonl(Path(dataset_dir) / "prompts.jsonl")]
     if fmt == "messages":
         files = {
@@ -200,12 +190,11 @@ def checkpoints_in(output_dir: Path) -> list[Path]:
     return list_checkpoints(Path(output_dir)) if Path(output_dir).is_dir() else []
 
 
-def collect_result(spec: RunSpec, final_dir: Path, resolved: ResolvedArgs | None,
-                   output_dir: Path | None = None) -> RunResult:
+def collect_result(spec: RunSpec, final_dir: Path, resolved: ResolvedArgs | None) -> RunResult:
     """A RunResult from the files on disk (log history from the newest trainer_state.json)."""
     from ..oracles import read_log_history
 
-    output_dir = Path(output_dir or spec.output_dir)
+    output_dir = Path(spec.output_dir)
     try:
         history = tuple(read_log_history(output_dir))
     except FileNotFoundError:

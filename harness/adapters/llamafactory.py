@@ -17,15 +17,15 @@ with bitsandbytes, HQQ or EETQ only (no optimum-quanto). Options (``--ft-adapter
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapter import ResolvedArgs, RunResult, RunSpec
+from ..adapter import RunResult, RunSpec
 from ..errors import ConfigError
-from ._common import (check_options, collect_result, convert_datasets, cpu_threads, parse_bool, plain_resolve,
-                      run_in_fork)
+from ..reference.args import adapter_base, is_adapter_dir
+from ._common import (PlainArguments, check_options, collect_result, convert_datasets, cpu_threads, library_versions,
+                      parse_bool, run_in_fork)
 
 __all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "QUANT_KEYS"]
 
@@ -46,9 +46,8 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     model_dir = Path(spec.model_dir)
     cfg: dict[str, Any] = {"stage": "sft", "do_train": True, "template": template, "finetuning_type":
                            values["train_type"], "trust_remote_code": False}
-    if (model_dir / "adapter_config.json").is_file():
-        base = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-        cfg.update(model_name_or_path=base, adapter_name_or_path=str(model_dir))
+    if is_adapter_dir(model_dir):
+        cfg.update(model_name_or_path=str(adapter_base(model_dir)), adapter_name_or_path=str(model_dir))
     else:
         cfg["model_name_or_path"] = str(model_dir)
     if values["train_type"] == "lora":
@@ -92,7 +91,7 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     return cfg
 
 
-class LlamaFactoryAdapter:
+class LlamaFactoryAdapter(PlainArguments):
     """LLaMA-Factory ``run_exp`` with the config a user would write."""
 
     name = "llamafactory"
@@ -111,17 +110,7 @@ class LlamaFactoryAdapter:
                                                       if self.load_best_model_at_end else "")
 
     def versions(self) -> dict[str, str]:
-        import peft
-        import transformers
-        import trl
-
-        return {"llamafactory": self.version, "transformers": transformers.__version__, "peft": peft.__version__,
-                "trl": trl.__version__}
-
-    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
-        from ..reference.args import DEFAULTS
-
-        return plain_resolve(cli, DEFAULTS)
+        return {"llamafactory": self.version, **library_versions("transformers", "peft", "trl")}
 
     def train(self, spec: RunSpec) -> RunResult:
         import tempfile

@@ -39,9 +39,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapter import ResolvedArgs, RunResult, RunSpec
+from ..adapter import RunResult, RunSpec
 from ..errors import ConfigError
-from ._common import check_options, checkpoints_in, collect_result, plain_resolve
+from ._common import PlainArguments, check_options, checkpoints_in, collect_result, library_versions
 
 __all__ = ["SimpleTunerAdapter", "OPTIONS", "build_config", "PRECISION", "LAUNCHER"]
 
@@ -147,7 +147,7 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(clean.splitlines()[-lines:])
 
 
-class SimpleTunerAdapter:
+class SimpleTunerAdapter(PlainArguments):
     """SimpleTuner 4.x, ``python -m simpletuner.train`` per run, for ``method="diffusion"``."""
 
     name = "simpletuner"
@@ -163,14 +163,7 @@ class SimpleTunerAdapter:
         self.name = f"simpletuner {self.version}"
 
     def versions(self) -> dict[str, str]:
-        from importlib.metadata import version
-
-        return {name: version(name) for name in ("simpletuner", "diffusers", "peft", "optimum-quanto", "torch")}
-
-    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
-        from ..reference.args import DEFAULTS
-
-        return plain_resolve(cli, DEFAULTS)
+        return library_versions("simpletuner", "diffusers", "peft", "optimum-quanto", "torch")
 
     def train(self, spec: RunSpec) -> RunResult:
         if (spec.method or "sft") != "diffusion":

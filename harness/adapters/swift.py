@@ -31,8 +31,9 @@ from typing import Any
 
 from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
 from ..errors import ConfigError
-from ._common import (check_options, checkpoints_in, collect_result, convert_datasets, cpu_threads, parse_bool,
-                      run_in_fork)
+from ..reference.args import adapter_base, is_adapter_dir
+from ._common import (check_options, checkpoints_in, collect_result, convert_datasets, cpu_threads, library_versions,
+                      parse_bool, run_in_fork)
 
 __all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
 
@@ -52,15 +53,6 @@ QUANT_ARGS: dict[str, dict[str, Any]] = {
 
 #: harness metric names -> the names swift logs (next-token accuracy is swift's ``token_acc``)
 METRIC_NAMES = {"eval_loss": "eval_loss", "eval_accuracy": "eval_token_acc"}
-
-#: RunSpec / reference names -> swift names (the training type is version dependent: see type_key)
-_RENAMES = {"lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-            "target_modules": "target_modules", "learning_rate": "learning_rate", "max_steps": "max_steps",
-            "per_device_train_batch_size": "per_device_train_batch_size", "seed": "seed",
-            "save_steps": "save_steps", "eval_steps": "eval_steps", "save_total_limit": "save_total_limit",
-            "load_args": "load_args", "gradient_accumulation_steps": "gradient_accumulation_steps",
-            "lr_scheduler_type": "lr_scheduler_type", "num_generations": "num_generations",
-            "max_completion_length": "max_completion_length"}
 
 #: fixed settings for the tiny runs (each passed only if the installed swift knows the key)
 _FIXED = {"add_version": False, "report_to": "none", "logging_steps": 1, "dataloader_num_workers": 0,
@@ -92,17 +84,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _is_adapter_dir(path: Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def _adapter_base(adapter_dir: Path) -> str:
-    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
-    return cfg.get("base_model_name_or_path") or ""
-
-
 def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
-    """Our command-line keys -> swift keys (training type, quantisation, metric, the rest renamed)."""
+    """Our command-line keys -> swift keys: the training type (version dependent), quantisation and
+    metric are mapped, every other key has the same name in swift."""
     out: dict[str, Any] = {}
     for key, value in cli.items():
         if value is None:
@@ -115,12 +99,7 @@ def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
             out.update(QUANT_ARGS[value])
         elif key == "metric":
             out["metric_for_best_model"] = METRIC_NAMES.get(value, value).removeprefix("eval_")
-        elif key in ("greater_is_better", "method", "save_on_best"):
-            if key == "greater_is_better":
-                out[key] = value
-        elif key in _RENAMES:
-            out[_RENAMES[key]] = value
-        else:
+        elif key not in ("method", "save_on_best"):  # no swift equivalent: handled by build_argv / not offered
             out[key] = value
     return out
 
@@ -137,8 +116,8 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
     method = cli.pop("method", None) or "sft"
     args: dict[str, Any] = {}
     model_dir = Path(spec.model_dir)
-    if _is_adapter_dir(model_dir):
-        args["model"], args["adapters"] = _adapter_base(model_dir), str(model_dir)
+    if is_adapter_dir(model_dir):
+        args["model"], args["adapters"] = str(adapter_base(model_dir)), str(model_dir)
     else:
         args["model"] = str(model_dir)
     args["template"] = template
@@ -244,12 +223,7 @@ class SwiftAdapter:
         self.capabilities = frozenset(caps)
 
     def versions(self) -> dict[str, str]:
-        import peft
-        import transformers
-        import trl
-
-        return {"ms-swift": self.version, "transformers": transformers.__version__, "peft": peft.__version__,
-                "trl": trl.__version__}
+        return {"ms-swift": self.version, **library_versions("transformers", "peft", "trl")}
 
     # ------------------------------------------------------------------ swift's own classes
     def _sft_class(self):
@@ -261,16 +235,19 @@ class SwiftAdapter:
 
         return TrainArguments
 
-    def _has_grpo(self) -> bool:
+    def _rlhf_class(self):
         try:
             if self.major >= 4:
                 from swift.arguments import RLHFArguments
             else:
                 from swift.llm import RLHFArguments
         except ImportError:
-            return False
-        return "grpo" in str(dataclasses.fields(RLHFArguments)[0].type) or any(
-            "grpo" in str(f.type) for f in dataclasses.fields(RLHFArguments) if f.name == "rlhf_type")
+            return None
+        return RLHFArguments
+
+    def _has_grpo(self) -> bool:
+        cls = self._rlhf_class()
+        return cls is not None and any("grpo" in str(f.type) for f in dataclasses.fields(cls) if f.name == "rlhf_type")
 
     def _fields(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self._sft_class())}
@@ -293,8 +270,8 @@ class SwiftAdapter:
             setattr(obj, key, value)
         model_dir = Path(model_dir)
         obj.model, obj.adapters = str(model_dir), []
-        if _is_adapter_dir(model_dir):
-            obj.model, obj.adapters = _adapter_base(model_dir), [str(model_dir)]
+        if is_adapter_dir(model_dir):
+            obj.model, obj.adapters = str(adapter_base(model_dir)), [str(model_dir)]
         if resume_dir is not None:  # what TrainArguments.__post_init__ does with --resume_from_checkpoint
             if getattr(obj, type_key(fields)) == "full":
                 obj.model = str(resume_dir)
@@ -304,9 +281,8 @@ class SwiftAdapter:
         ckpt = Path(obj.ckpt_dir) if getattr(obj, "ckpt_dir", None) else None
         saved = json.loads((ckpt / "args.json").read_text(encoding="utf-8")) if ckpt else {}
         kind = ("checkpoint" if resume_dir is not None and ckpt == Path(resume_dir) else
-                "adapter" if ckpt is not None and _is_adapter_dir(ckpt) else "model")
-        back = {v: k for k, v in _RENAMES.items()}
-        back[type_key(fields)] = "train_type"
+                "adapter" if ckpt is not None and is_adapter_dir(ckpt) else "model")
+        back = {type_key(fields): "train_type"}
         values: dict[str, Any] = {}
         sources: dict[str, Source] = {}
         for skey in fields:
@@ -347,11 +323,7 @@ class SwiftAdapter:
         return collect_result(spec, ckpts[-1], None)
 
     def _rlhf_fields(self) -> set[str]:
-        if self.major >= 4:
-            from swift.arguments import RLHFArguments
-        else:
-            from swift.llm import RLHFArguments
-        return {f.name for f in dataclasses.fields(RLHFArguments)}
+        return {f.name for f in dataclasses.fields(self._rlhf_class())}
 
     def _run(self, entry: str, argv: Sequence[str]) -> None:
         if self.major >= 4:

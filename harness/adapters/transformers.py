@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapter import ResolvedArgs, RunResult, RunSpec
-from ._common import check_options, collect_result, cpu_threads, library_versions, parse_bool, plain_resolve
+from ..adapter import RunResult, RunSpec
+from ._common import PlainArguments, check_options, collect_result, cpu_threads, library_versions, parse_bool
 
 __all__ = ["TransformersAdapter", "OPTIONS", "training_arguments"]
 
@@ -56,7 +56,7 @@ def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str,
     return kwargs
 
 
-class TransformersAdapter:
+class TransformersAdapter(PlainArguments):
     """transformers Trainer + PEFT + TRL used plainly (no harness fixes)."""
 
     name = "transformers"
@@ -74,11 +74,6 @@ class TransformersAdapter:
 
     def versions(self) -> dict[str, str]:
         return library_versions("transformers", "peft", "trl", "torch")
-
-    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
-        from ..reference.args import DEFAULTS
-
-        return plain_resolve(cli, DEFAULTS)
 
     def train(self, spec: RunSpec) -> RunResult:
         with cpu_threads(spec.device):

@@ -133,17 +133,10 @@ class ReferenceAdapter:
                 raise ConfigError(None, "world_size", "full-parameter SFT without quantisation for world_size > 1",
                                   spec.world_size)
             return distributed.launch(self, spec)
-        import torch
+        from ..adapters._common import cpu_threads
 
-        threads = torch.get_num_threads()
-        if spec.device == "cpu":
-            # tiny models: one intra-op thread is as fast, identical on every machine, and lets
-            # pytest -n N run N trainings on N cores without oversubscription
-            torch.set_num_threads(1)
-        try:
+        with cpu_threads(spec.device):
             return self._train(spec)
-        finally:
-            torch.set_num_threads(threads)
 
     def _train(self, spec: RunSpec) -> RunResult:
         from .trainer import (PolicyCallback, collate, counting_reward, load_model, load_tokenizer, lora_config,
@@ -182,8 +175,8 @@ class ReferenceAdapter:
         from transformers import set_seed
 
         model_dir = Path(spec.model_dir)
-        adapter_dir = model_dir if (model_dir / "adapter_config.json").is_file() else None
-        base_dir = argres._adapter_base(adapter_dir) if adapter_dir else model_dir
+        adapter_dir = model_dir if argres.is_adapter_dir(model_dir) else None
+        base_dir = argres.adapter_base(adapter_dir) if adapter_dir else model_dir
         quant = values["quantization"]
         if quant is not None and values["train_type"] == "full":
             raise ConfigError(None, "train_type", "'lora' on a quantised base (full training needs an unquantised base)",

@@ -31,6 +31,8 @@ __all__ = [
     "DEFAULTS",
     "NEVER_INHERITED",
     "resolve_layers",
+    "is_adapter_dir",
+    "adapter_base",
     "read_args_file",
     "discover_layers",
     "resolve",
@@ -145,7 +147,15 @@ def read_args_file(path: Path) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in NEVER_INHERITED}
 
 
-def _adapter_base(adapter_dir: Path) -> Path | None:
+def is_adapter_dir(directory: Path) -> bool:
+    """Does ``directory`` hold a PEFT adapter (``adapter_config.json``)?"""
+    return (Path(directory) / "adapter_config.json").is_file()
+
+
+def adapter_base(adapter_dir: Path) -> Path:
+    """The base model an adapter directory names (relative paths resolved against it); a missing or
+    unreadable ``adapter_config.json`` or base is a ConfigError naming the file and key."""
+    adapter_dir = Path(adapter_dir)
     cfg = adapter_dir / "adapter_config.json"
     try:
         data = json.loads(cfg.read_text(encoding="utf-8"))
@@ -166,11 +176,11 @@ def discover_layers(model_dir: Path, resume_dir: Path | None = None) -> list[tup
     if resume_dir is not None and (resume_dir / ARGS_FILE).is_file():
         found.append((Source("checkpoint", resume_dir / ARGS_FILE), resume_dir / ARGS_FILE))
     model_dir = Path(model_dir)
-    if (model_dir / "adapter_config.json").is_file():
+    if is_adapter_dir(model_dir):
         if (model_dir / ARGS_FILE).is_file():
             found.append((Source("adapter", model_dir / ARGS_FILE), model_dir / ARGS_FILE))
-        base = _adapter_base(model_dir)
-        if base is not None and (base / ARGS_FILE).is_file():
+        base = adapter_base(model_dir)
+        if (base / ARGS_FILE).is_file():
             found.append((Source("model", base / ARGS_FILE), base / ARGS_FILE))
     elif (model_dir / ARGS_FILE).is_file():
         found.append((Source("model", model_dir / ARGS_FILE), model_dir / ARGS_FILE))

@@ -49,20 +49,21 @@ def check_lora_loaded(unet, directory: Path) -> int:
     return len(saved)
 
 
-def _save(unet, optimizer, state: dict[str, Any], final_dir: Path, adapter: "ReferenceAdapter") -> None:
+def _stage(unet, optimizer, state: dict[str, Any], staging: Path, adapter: "ReferenceAdapter", *,
+           final: bool) -> Path:
+    """Write a complete save into ``staging`` (LoRA, optimizer unless final, trainer_state, args.json)."""
     import torch
 
     from ..diffusion import save_lora
 
-    staging = final_dir.parent / f".staging-{final_dir.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_lora(unet, staging)
-    if optimizer is not None:
+    if not final:
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     (staging / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    adapter.finalize_checkpoint(staging, final=optimizer is None)
-    atomic_replace_dir(staging, final_dir)
+    adapter.finalize_checkpoint(staging, final=final)
+    return staging
 
 
 def train(adapter: "ReferenceAdapter", spec: RunSpec, values: dict[str, Any], resume: Path | None) -> RunResult:
@@ -101,13 +102,15 @@ def train(adapter: "ReferenceAdapter", spec: RunSpec, values: dict[str, Any], re
         optimizer.step()
         history.append({"step": step, "loss": float(loss.item())})
         if save_steps and step % save_steps == 0:
-            _save(unet, optimizer, {"global_step": step, "log_history": history},
-                  output_dir / f"checkpoint-{step}", adapter)
+            name = f"checkpoint-{step}"
+            staging = _stage(unet, optimizer, {"global_step": step, "log_history": history},
+                             output_dir / f".staging-{name}", adapter, final=False)
+            atomic_replace_dir(staging, output_dir / name)
     # the final output: staged, then moved into output_dir file by file
-    final = output_dir / "final"
-    _save(unet, None, {"global_step": values["max_steps"], "log_history": history}, final, adapter)
-    for item in final.iterdir():
+    staging = _stage(unet, optimizer, {"global_step": values["max_steps"], "log_history": history},
+                     output_dir / ".staging-final", adapter, final=True)
+    for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
-    final.rmdir()
+    staging.rmdir()
     return RunResult(output_dir=output_dir, checkpoints=tuple(list_checkpoints(output_dir)), final_dir=output_dir,
                      log_history=tuple(history), resolved=None)

@@ -85,7 +85,7 @@ def lora_config(values: dict[str, Any]):
 
 def sft_datasets(dataset_dir: Path, tok) -> tuple[list[dict], list[dict]]:
     """Tokenised train/eval examples (all the same length: no padding, exact per-token eval loss)."""
-    from ..models import read_jsonl
+    from ..models import read_texts
 
     out = []
     for name in ("train", "eval"):
@@ -95,10 +95,8 @@ def sft_datasets(dataset_dir: Path, tok) -> tuple[list[dict], list[dict]]:
 
             raise MissingFileError(dataset_dir, path.name, "SFT needs train.jsonl and eval.jsonl")
         rows = []
-        for i, row in enumerate(read_jsonl(path)):
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise ConfigError(path, f"line {i + 1}.text", "a string", row)
-            ids = tok(row["text"])["input_ids"]
+        for text in read_texts(path):
+            ids = tok(text)["input_ids"]
             rows.append({"input_ids": ids, "labels": list(ids)})
         out.append(rows)
     return out[0], out[1]
