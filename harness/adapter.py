@@ -23,6 +23,8 @@ from .errors import AdapterLoadError
 
 __all__ = [
     "CAPABILITIES",
+    "QUANTIZATIONS",
+    "QuantKind",
     "Source",
     "ResolvedArgs",
     "LoraSpec",
@@ -56,6 +58,28 @@ CAPABILITIES = frozenset(
 )
 
 ADAPTER_ENTRY_POINT_GROUP = "ft_harness.adapters"
+
+
+@dataclass(frozen=True)
+class QuantKind:
+    """One quantised-base kind a run may ask for (``RunSpec.quantization``)."""
+
+    name: str  # the RunSpec value
+    capability: str  # what an adapter declares to support it
+    library: str  # the distribution that implements it
+    weights: str  # the weight format: "nf4", "int8", "int4"
+
+
+#: Every quantisation kind, the one table: name -> (capability, library, weight format).
+QUANTIZATIONS: dict[str, QuantKind] = {
+    q.name: q
+    for q in (
+        QuantKind("nf4", "quant-nf4", "bitsandbytes", "nf4"),
+        QuantKind("int8", "quant-int8", "bitsandbytes", "int8"),
+        QuantKind("quanto-int8", "quanto-int8", "optimum-quanto", "int8"),
+        QuantKind("quanto-int4", "quanto-int4", "optimum-quanto", "int4"),
+    )
+}
 
 SourceKind = Literal["cli", "checkpoint", "adapter", "model", "default"]
 #: Layer priority, highest first. The CLI always wins.

@@ -20,6 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .adapter import QUANTIZATIONS
+
 __all__ = ["LORA_WEIGHTS", "LORA_TARGETS", "build_tiny_unet", "build_tiny_sd_pipeline", "load_unet", "quantize_unet", "add_lora", "lora_layout",
            "lora_state", "save_lora", "load_lora_like_simpletuner", "probe_output", "batch"]
 
@@ -86,10 +88,6 @@ def build_tiny_sd_pipeline(root: str | Path, seed: int = 0) -> Path:
     return root
 
 
-BNB_QUANTS = ("nf4", "int8")
-QUANTO_QUANTS = ("quanto-int8", "quanto-int4")
-
-
 def load_unet(root: Path, quantization: str | None = None, device: str = "cpu"):
     """The tiny UNet, on ``device``, quantised as asked: optimum-quanto after loading (``quantize`` +
     ``freeze``, SimpleTuner's ``int8-quanto``), or bitsandbytes at load time through diffusers'
@@ -98,32 +96,36 @@ def load_unet(root: Path, quantization: str | None = None, device: str = "cpu"):
     from diffusers import UNet2DConditionModel
 
     kwargs: dict[str, Any] = {"torch_dtype": torch.float32}
-    if quantization in BNB_QUANTS:
+    bnb = quantization in QUANTIZATIONS and QUANTIZATIONS[quantization].library == "bitsandbytes"
+    if bnb:
         from diffusers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
             if quantization == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
     unet = UNet2DConditionModel.from_pretrained(str(Path(root) / "unet"), **kwargs)
-    if quantization not in BNB_QUANTS:
-        unet.to(device)
+    if bnb:
+        return unet
+    unet.to(device)
     return quantize_unet(unet, quantization)
 
 
 def quantize_unet(unet, quantization: str | None):
     """optimum-quanto weight quantisation of the denoiser, frozen, as SimpleTuner does (other
     quantisations are applied at load time by :func:`load_unet`)."""
-    if quantization is None or quantization in BNB_QUANTS:
+    if quantization is None:
+        return unet
+    kind = QUANTIZATIONS.get(quantization)
+    if kind is None:
+        from .errors import ConfigError
+
+        raise ConfigError(None, "quantization", f"none or one of {sorted(QUANTIZATIONS)} for the diffusion path",
+                          quantization)
+    if kind.library != "optimum-quanto":
         return unet
     from optimum.quanto import freeze, qint4, qint8, quantize
 
-    weights = {"quanto-int8": qint8, "quanto-int4": qint4}.get(quantization)
-    if weights is None:
-        from .errors import ConfigError
-
-        raise ConfigError(None, "quantization", "none, nf4, int8, quanto-int8 or quanto-int4 for the diffusion path",
-                          quantization)
-    quantize(unet, weights=weights)
+    quantize(unet, weights={"int8": qint8, "int4": qint4}[kind.weights])
     freeze(unet)
     return unet
 
@@ -139,7 +141,7 @@ def add_lora(unet, r: int, alpha: float, seed: int, targets: list[str] | None = 
 
 def lora_layout(directory: Path) -> tuple[list[str], int]:
     """(module names, rank) of a saved diffusers-format LoRA, read from the safetensors header."""
-    from .reference.io import read_safetensors_header
+    from .layout import read_safetensors_header
 
     header = read_safetensors_header(Path(directory) / LORA_WEIGHTS)
     modules, rank = set(), 0

@@ -1,8 +1,6 @@
 """Fault injection: kill a training run with SIGKILL at a chosen point inside a checkpoint save.
 
-The run happens in a forked child of the test process (so torch & co. are not imported again;
-``run_killed_subprocess`` re-creates the adapter in a fresh interpreter instead, for adapters that
-cannot be forked). Before training starts, every checkpoint writer the ecosystem uses —
+The run happens in a forked child of the test process (so torch & co. are not imported again). Before training starts, every checkpoint writer the ecosystem uses —
 ``torch.save`` and safetensors' ``save_file`` / ``save_model`` — is wrapped *wherever it is bound*
 (every module attribute that is the original function is replaced), so the kill point is
 deterministic and adapter-agnostic: the N-th file write that starts after ``checkpoint-{after}``
@@ -11,12 +9,10 @@ exists, either before any byte is written or after half of the file is on disk.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,7 @@ __all__ = ["KillPoint", "run_killed", "KILLED"]
 KILLED = -signal.SIGKILL
 
 #: True inside a fault-injection child: an adapter that runs training in a process of its own must
-#: then die by SIGKILL when that process is killed (see harness.adapters._common.run_in_fork)
+#: then die by SIGKILL when that process is killed (see harness.runtime.run_in_fork)
 INJECTING = False
 
 
@@ -67,16 +63,6 @@ def run_killed(adapter: Any, spec: Any, point: KillPoint) -> int:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
-def run_killed_subprocess(target: str, options: dict[str, str], spec_fields: dict[str, Any], point: KillPoint,
-                          timeout: float = 300) -> subprocess.CompletedProcess:
-    """Like :func:`run_killed` but in a fresh interpreter that re-creates the adapter from its target."""
-    payload = json.dumps({"target": target, "options": options, "spec": spec_fields, "point": asdict(point)},
-                         default=str)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "harness.faults", payload], env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def _install(output_dir: Path, point: KillPoint) -> None:
@@ -123,31 +109,3 @@ def _install(output_dir: Path, point: KillPoint) -> None:
         for name, value in list(namespace.items()):
             if id(value) in replacements and any(value is f for f in originals):
                 namespace[name] = replacements[id(value)]
-
-
-def _main(payload: str) -> int:
-    data = json.loads(payload)
-    from .adapter import RunSpec, load_adapter
-
-    adapter = load_adapter(data["target"], data["options"])
-    # import what the adapter trains with, so every alias of the writers exists before patching
-    import transformers.trainer  # noqa: F401
-
-    try:
-        import peft  # noqa: F401
-        import peft.utils.save_and_load  # noqa: F401
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import harness.reference.trainer  # noqa: F401
-    except ImportError:  # pragma: no cover
-        pass
-    spec = RunSpec(**data["spec"])
-    _install(Path(spec.output_dir), KillPoint(**data["point"]))
-    adapter.train(spec)
-    print("FAULT-NOT-REACHED: the run finished without reaching the kill point", flush=True)
-    return 3
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1]))

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .reference.io import list_checkpoints, read_safetensors_header
+from .layout import LORA_FILES, list_checkpoints, lora_dir, read_log_history, read_safetensors_header, weight_files
 
 __all__ = [
     "OracleFailure",
@@ -68,35 +68,15 @@ def _fp32() -> dict[str, Any]:
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
 
 
-def _lora_dir(output_dir: Path) -> Path:
-    """Where a run's final LoRA is: the output dir, or (frameworks that save only checkpoints) the newest checkpoint."""
-    output_dir = Path(output_dir)
-    if any((output_dir / name).is_file() for name in LORA_FILES):
-        return output_dir
-    ckpts = list_checkpoints(output_dir)
-    return ckpts[-1] if ckpts else output_dir
-
-
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"
 
 
 # --------------------------------------------------------------------------- reading
-def _weight_files(directory: Path) -> list[Path]:
-    directory = Path(directory)
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        data = json.loads(index.read_text(encoding="utf-8"))
-        return [directory / name for name in sorted(set(data.get("weight_map", {}).values()))]
-    if (directory / "model.safetensors").is_file():
-        return [directory / "model.safetensors"]
-    return []
-
-
 def _header_and_bytes(directory: Path) -> tuple[dict[str, dict[str, Any]], int]:
     headers: dict[str, dict[str, Any]] = {}
     data_bytes = 0
-    for f in _weight_files(directory):
+    for f in weight_files(directory):
         headers.update(read_safetensors_header(f))
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -117,7 +97,7 @@ def weights_on_disk(directory: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     out: dict[str, Any] = {}
-    for f in _weight_files(directory):
+    for f in weight_files(directory):
         out.update(load_file(str(f)))
     return out
 
@@ -135,17 +115,6 @@ def start_weights(model_dir: Path) -> dict[str, Any]:
                                                 local_files_only=True)
     merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
-
-
-def read_log_history(output_dir: Path) -> list[dict[str, Any]]:
-    """The run's log history from trainer_state.json (final output first, else newest checkpoint)."""
-    output_dir = Path(output_dir)
-    candidates = [output_dir / "trainer_state.json"] + [c / "trainer_state.json" for c in
-                                                         reversed(list_checkpoints(output_dir))]
-    for path in candidates:
-        if path.is_file():
-            return list(json.loads(path.read_text(encoding="utf-8")).get("log_history", []))
-    raise FileNotFoundError(f"{output_dir}: no trainer_state.json in the output or any checkpoint")
 
 
 def losses_by_step(history: Iterable[Mapping[str, Any]], key: str = "loss") -> dict[int, float]:
@@ -220,7 +189,7 @@ def assert_adapter_only_save(directory: Path, *, seed: str = "000") -> None:
                                   f"command line said train_type=lora, found {found}: the run trained something else")
     header = read_safetensors_header(directory / "adapter_model.safetensors")
     non_lora = sorted(k for k in header if "lora_" not in k)
-    if non_lora or _weight_files(directory):
+    if non_lora or weight_files(directory):
         raise OracleFailure(seed, f"{directory.name}: a LoRA run saved non-LoRA weights "
                                   f"({non_lora[:3] or 'model.safetensors'}): full parameters were trained")
     if not header:
@@ -243,7 +212,7 @@ def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str =
 
     directory = Path(directory)
     missing = [f for f in REQUIRED_MODEL_FILES if not (directory / f).is_file()]
-    if not _weight_files(directory):
+    if not weight_files(directory):
         missing.append("model.safetensors")
     if missing:
         raise OracleFailure(seed, f"{directory.name} is not a self-contained model: missing {missing}; using it as "
@@ -298,10 +267,6 @@ def assert_lora_base_is(adapter_dir: Path, expected_base: Path, *, seed: str = "
 
 
 # --------------------------------------------------------------------------- seed 002
-#: where a LoRA lives: PEFT's file, or diffusers' (SimpleTuner)
-LORA_FILES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors")
-
-
 def _adapter_tensors(directory: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -319,26 +284,45 @@ def assert_diffusion_lora_reloads(model_dir: Path, dir_a: Path, dir_b: Path, qua
     import torch
 
     from .diffusion import add_lora, load_lora_like_simpletuner, load_unet, lora_layout, probe_output
-    from .reference.diffusion import check_lora_loaded
 
     outputs = []
     for directory in (dir_a, dir_b):
-        directory = _lora_dir(Path(directory))
+        directory = lora_dir(Path(directory))
         targets, rank = lora_layout(directory)
         unet = load_unet(Path(model_dir), quantization, device)
         add_lora(unet, rank, 8.0, seed=0, targets=targets)
         try:
             load_lora_like_simpletuner(unet, Path(directory))
-            check_lora_loaded(unet, Path(directory))
         except Exception as exc:
             raise OracleFailure(seed, f"reloading the LoRA in {Path(directory).name} into a fresh {quantization or 'fp32'} "
                                       f"UNet (lora_state_dict -> set_peft_model_state_dict, as SimpleTuner resumes) "
                                       f"failed: {type(exc).__name__}: {exc}") from exc
+        _assert_unet_lora_equals_file(unet, directory, quantization, seed)
         outputs.append(probe_output(unet, device))
     if not torch.allclose(outputs[0], outputs[1], rtol=rtol, atol=atol):
         diff = (outputs[0] - outputs[1]).abs().max().item()
         raise OracleFailure(seed, f"the resumed run's LoRA gives a different denoiser output than the uninterrupted "
                                   f"run's (max diff {diff:.3g})")
+
+
+def _assert_unet_lora_equals_file(unet, directory: Path, quantization: str | None, seed: str) -> None:
+    """Every LoRA parameter of the reloaded UNet equals the saved tensor of the same name (diffusers' or
+    PEFT's key format, compared in PEFT's): nothing was skipped or re-initialised on load."""
+    import torch
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import get_peft_model_state_dict
+
+    saved = _adapter_tensors(directory)
+    saved = convert_unet_state_dict_to_peft({k.replace("unet.", "", 1): v for k, v in saved.items()})
+    have = get_peft_model_state_dict(unet)
+    if set(have) != set(saved):
+        raise OracleFailure(seed, f"{Path(directory).name}: after reloading into a fresh {quantization or 'fp32'} UNet "
+                                  f"the LoRA keys differ from the file: {sorted(set(have) ^ set(saved))[:3]}")
+    bad = [k for k in saved if not torch.equal(have[k].detach().cpu(), saved[k].to(have[k].dtype))]
+    if bad:
+        raise OracleFailure(seed, f"{Path(directory).name}: {len(bad)} LoRA tensors differ from the file after "
+                                  f"reloading into a fresh {quantization or 'fp32'} UNet, e.g. {bad[0]}: they were "
+                                  f"not loaded (re-initialised or skipped)")
 
 
 def assert_resume_equivalent(uninterrupted: Path, resumed: Path, resumed_from_step: int, *,
@@ -361,7 +345,7 @@ def assert_resume_equivalent(uninterrupted: Path, resumed: Path, resumed_from_st
             raise OracleFailure(seed, f"resumed from checkpoint-{k}: loss at step {step} is {b[step]!r}, the "
                                       f"uninterrupted run had {want[step]!r} (rtol={rtol}, atol={atol}); resume did "
                                       f"not restore adapter weights, optimizer, scheduler or data position")
-    ta, tb = _adapter_tensors(_lora_dir(uninterrupted)), _adapter_tensors(_lora_dir(resumed))
+    ta, tb = _adapter_tensors(lora_dir(uninterrupted)), _adapter_tensors(lora_dir(resumed))
     if set(ta) != set(tb):
         raise OracleFailure(seed, f"final adapters hold different tensors: {sorted(set(ta) ^ set(tb))[:3]}")
     for key in sorted(ta):
@@ -421,14 +405,12 @@ def assert_best_checkpoint_kept(output_dir: Path, dataset_dir: Path, *, metric: 
     ``rel_tol`` (1e-4): the re-evaluation runs the same float32 math in one batch instead of
     Trainer's batches, so only summation order differs. Returns the best step.
     """
-    from .reference.policy import best_step
-
     output_dir = Path(output_dir)
     history = read_log_history(output_dir)
     metrics = {int(h["step"]): float(h[metric]) for h in history if metric in h}
     if not metrics:
         raise OracleFailure(seed, f"{output_dir.name}: no {metric!r} in the logged history; nothing was evaluated")
-    best = best_step(metrics, greater_is_better)
+    best = _first_best(metrics, greater_is_better)
     on_disk = {int(c.name.split("-")[1]): c for c in list_checkpoints(output_dir)}
     if best not in on_disk:
         raise OracleFailure(seed, f"best {metric}={metrics[best]:.6g} was logged at step {best}, but there is no "
@@ -462,7 +444,13 @@ def assert_best_checkpoint_kept(output_dir: Path, dataset_dir: Path, *, metric: 
         return best
     raise OracleFailure(seed, f"re-evaluating checkpoint-{best} gives {metric}={value:.6g}, but {metrics[best]:.6g} "
                                   f"was logged at step {best}: the checkpoint does not hold the best model")
-    return best
+
+
+def _first_best(metrics: Mapping[int, float], greater_is_better: bool) -> int:
+    """The oracle's own definition of the best step: the first step holding the best value (a later
+    equal value is no improvement, as in transformers). Deliberately not shared with any implementation."""
+    best = max(metrics.values()) if greater_is_better else min(metrics.values())
+    return min(step for step, value in metrics.items() if value == best)
 
 
 def _same_formula(on_disk: Mapping[int, Path], metrics: Mapping[int, float], best: int, dataset_dir: Path,

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from harness.reference.io import read_safetensors_header
+from harness.layout import read_safetensors_header
 
 from ._support import spec
 

@@ -17,7 +17,7 @@ from harness.adapters.llamafactory import build_config
 from harness.adapters.swift import QUANT_ARGS, build_argv, swift_cli, type_key
 from harness.adapters.transformers import TransformersAdapter, training_arguments
 from harness.errors import AdapterLoadError, ConfigError
-from harness.reference.args import DEFAULTS
+from harness.task import TASK_DEFAULTS as DEFAULTS
 
 V3_FIELDS = {"train_type", "model", "dataset", "val_dataset", "template", "lora_rank", "lora_alpha", "lora_dropout",
              "target_modules", "learning_rate", "max_steps", "per_device_train_batch_size", "seed", "save_steps",
@@ -206,7 +206,7 @@ def test_simpletuner_config(tmp_path):
 
 
 def test_run_in_fork_reports_the_framework_error():
-    from harness.adapters._common import FrameworkError, run_in_fork
+    from harness.runtime import FrameworkError, run_in_fork
 
     def boom():
         raise ValueError("missing required file 'tokenizer.json' in /x/broken-base")

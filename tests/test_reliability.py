@@ -18,7 +18,8 @@ from harness.models import build_assets
 from harness.oracles import dir_fingerprint
 from harness.reference import ReferenceAdapter
 from harness.reference.args import resolve
-from harness.reference.io import read_json, read_safetensors_header, safe_torch_load, validate_model_dir
+from harness.layout import read_json, read_safetensors_header, safe_torch_load
+from harness.reference.io import validate_model_dir
 
 
 @pytest.fixture(scope="module")

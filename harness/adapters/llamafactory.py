@@ -23,9 +23,9 @@ from typing import Any
 
 from ..adapter import RunResult, RunSpec
 from ..errors import ConfigError
-from ..reference.args import adapter_base, is_adapter_dir
-from ._common import (PlainArguments, check_options, collect_result, convert_datasets, cpu_threads, library_versions,
-                      parse_bool, run_in_fork)
+from ..layout import adapter_base, is_adapter_dir
+from ..runtime import cpu_threads, library_versions, run_in_fork
+from ._common import PlainArguments, check_options, collect_result, convert_datasets, parse_bool
 
 __all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "QUANT_KEYS"]
 

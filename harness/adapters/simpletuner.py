@@ -41,7 +41,8 @@ from typing import Any
 
 from ..adapter import RunResult, RunSpec
 from ..errors import ConfigError
-from ._common import PlainArguments, check_options, checkpoints_in, collect_result, library_versions
+from ..runtime import library_versions
+from ._common import PlainArguments, check_options, checkpoints_in, collect_result
 
 __all__ = ["SimpleTunerAdapter", "OPTIONS", "build_config", "PRECISION", "LAUNCHER"]
 

@@ -31,9 +31,9 @@ from typing import Any
 
 from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
 from ..errors import ConfigError
-from ..reference.args import adapter_base, is_adapter_dir
-from ._common import (check_options, checkpoints_in, collect_result, convert_datasets, cpu_threads, library_versions,
-                      parse_bool, run_in_fork)
+from ..layout import adapter_base, is_adapter_dir
+from ..runtime import cpu_threads, library_versions, run_in_fork
+from ._common import check_options, checkpoints_in, collect_result, convert_datasets, parse_bool
 
 __all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
 
@@ -173,7 +173,7 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
 
 _PLUGIN = '''\
 """ft-harness GRPO reward for ms-swift (--external_plugins): the harness's counting reward."""
-from harness.reference.trainer import counting_reward
+from harness.task import counting_reward
 
 try:  # ms-swift 4.x
     from swift.rewards import ORM, orms

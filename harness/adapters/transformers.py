@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import RunResult, RunSpec
-from ._common import PlainArguments, check_options, collect_result, cpu_threads, library_versions, parse_bool
+from ..runtime import cpu_threads, library_versions
+from ._common import PlainArguments, check_options, collect_result, parse_bool
 
 __all__ = ["TransformersAdapter", "OPTIONS", "training_arguments"]
 
@@ -83,7 +84,7 @@ class TransformersAdapter(PlainArguments):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-        from ..reference.trainer import lora_config, quantization_config
+        from ..task import lora_config, quantization_config
 
         resolved = self.resolve_args(spec.cli_args(), spec.model_dir)
         values = dict(resolved.values)
@@ -114,7 +115,7 @@ class TransformersAdapter(PlainArguments):
             from trl import GRPOConfig, GRPOTrainer
 
             from ..models import read_jsonl
-            from ..reference.trainer import counting_reward
+            from ..task import counting_reward
 
             prompts = read_jsonl(Path(spec.dataset_dir) / "prompts.jsonl")
             cfg = GRPOConfig(**targs, num_generations=values["num_generations"],
@@ -124,7 +125,7 @@ class TransformersAdapter(PlainArguments):
         else:
             from transformers import Trainer, TrainingArguments
 
-            from ..reference.trainer import accuracy_metrics, collate, sft_datasets
+            from ..task import accuracy_metrics, collate, sft_datasets
 
             train_ds, eval_ds = sft_datasets(Path(spec.dataset_dir), tok)
             extra: dict[str, Any] = {}

@@ -24,8 +24,8 @@ from typing import Any
 from ..adapter import CAPABILITIES, ResolvedArgs, RunResult, RunSpec
 from ..errors import ConfigError, MissingFileError, QuantizationMismatchError
 from . import args as argres
-from .io import (atomic_write_text, check_pickled_state, latest_checkpoint, list_checkpoints, read_json,
-                 step_of)
+from ..layout import latest_checkpoint, list_checkpoints, read_json, step_of
+from .io import atomic_write_text, check_pickled_state
 from .policy import CheckpointPolicy
 
 log = logging.getLogger("harness.reference")
@@ -53,7 +53,7 @@ class ReferenceAdapter:
             log.setLevel(options["log_level"].upper())
 
     def versions(self) -> dict[str, str]:
-        from ..adapters._common import library_versions
+        from ..runtime import library_versions
 
         return library_versions("transformers", "peft", "trl", "torch", "bitsandbytes", "optimum-quanto", "diffusers")
 
@@ -133,14 +133,14 @@ class ReferenceAdapter:
                 raise ConfigError(None, "world_size", "full-parameter SFT without quantisation for world_size > 1",
                                   spec.world_size)
             return distributed.launch(self, spec)
-        from ..adapters._common import cpu_threads
+        from ..runtime import cpu_threads
 
         with cpu_threads(spec.device):
             return self._train(spec)
 
     def _train(self, spec: RunSpec) -> RunResult:
-        from .trainer import (PolicyCallback, collate, counting_reward, load_model, load_tokenizer, lora_config,
-                              sft_datasets, trainer_class)
+        from ..task import collate, counting_reward, lora_config, sft_datasets
+        from .trainer import PolicyCallback, load_model, load_tokenizer, trainer_class
 
         output_dir = Path(spec.output_dir)
         from .distributed import is_main_process
@@ -245,7 +245,7 @@ class ReferenceAdapter:
             train_ds, eval_ds = sft_datasets(Path(spec.dataset_dir), tok)
             extra: dict[str, Any] = {}
             if values["metric"] == "eval_accuracy":
-                from .trainer import accuracy_metrics
+                from ..task import accuracy_metrics
 
                 extra["preprocess_logits_for_metrics"], extra["compute_metrics"] = accuracy_metrics()
             targs = TrainingArguments(**common, eval_strategy="steps" if values["eval_steps"] else "no",

@@ -23,16 +23,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..adapter import ResolvedArgs, Source
+from ..adapter import QUANTIZATIONS, ResolvedArgs, Source
 from ..errors import ConfigError
+from ..layout import adapter_base, is_adapter_dir
+from ..task import TASK_DEFAULTS
 
 __all__ = [
     "ARGS_FILE",
     "DEFAULTS",
     "NEVER_INHERITED",
     "resolve_layers",
-    "is_adapter_dir",
-    "adapter_base",
     "read_args_file",
     "discover_layers",
     "resolve",
@@ -42,33 +42,8 @@ __all__ = [
 
 ARGS_FILE = "args.json"
 
-#: The reference's arguments and their defaults. ``0`` means "off" for the cadences/limits so that a
-#: user can override a saved cadence with "none" (``None`` means "not set").
-DEFAULTS: dict[str, Any] = {
-    "method": "sft",
-    "train_type": "lora",
-    "quantization": None,
-    "max_steps": 8,
-    "learning_rate": 1e-3,
-    "per_device_train_batch_size": 4,
-    "gradient_accumulation_steps": 1,
-    "eval_steps": 0,
-    "save_steps": 0,
-    "save_total_limit": 0,
-    "save_on_best": True,
-    "metric": "eval_loss",
-    "greater_is_better": None,
-    "seed": 42,
-    "lora_rank": 4,
-    "lora_alpha": 8.0,
-    "lora_dropout": 0.0,
-    "target_modules": "all-linear",
-    "lr_scheduler_type": "constant",
-    "num_generations": 4,
-    "max_completion_length": 8,
-    "load_args": True,
-    "allow_quantization_change": False,
-}
+#: The reference's defaults are the task's (one table, in harness.task).
+DEFAULTS = TASK_DEFAULTS
 
 #: Keys a saved args.json may never set: where to write, what to resume, which device.
 NEVER_INHERITED = frozenset(
@@ -79,7 +54,7 @@ NEVER_INHERITED = frozenset(
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "method": ("sft", "grpo", "diffusion"),
     "train_type": ("full", "lora"),
-    "quantization": (None, "nf4", "int8", "quanto-int8", "quanto-int4"),
+    "quantization": (None, *QUANTIZATIONS),
     "lr_scheduler_type": ("constant", "linear", "cosine"),
 }
 _NON_NEGATIVE_INT = ("max_steps", "eval_steps", "save_steps", "save_total_limit", "seed")
@@ -145,29 +120,6 @@ def read_args_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(path, None, "a JSON object at the top level", detail=f"found {type(data).__name__}")
     return {k: v for k, v in data.items() if k not in NEVER_INHERITED}
-
-
-def is_adapter_dir(directory: Path) -> bool:
-    """Does ``directory`` hold a PEFT adapter (``adapter_config.json``)?"""
-    return (Path(directory) / "adapter_config.json").is_file()
-
-
-def adapter_base(adapter_dir: Path) -> Path:
-    """The base model an adapter directory names (relative paths resolved against it); a missing or
-    unreadable ``adapter_config.json`` or base is a ConfigError naming the file and key."""
-    adapter_dir = Path(adapter_dir)
-    cfg = adapter_dir / "adapter_config.json"
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ConfigError(cfg, None, "a readable adapter_config.json") from None
-    base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
-    if not isinstance(base, str) or not base:
-        raise ConfigError(cfg, "base_model_name_or_path", "the path of the base model", base)
-    path = Path(base)
-    if not path.is_absolute():
-        path = (adapter_dir / path).resolve()
-    return path
 
 
 def discover_layers(model_dir: Path, resume_dir: Path | None = None) -> list[tuple[Source, Path]]:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..adapter import RunResult, RunSpec
 from ..errors import CheckpointError, ConfigError
-from .io import atomic_replace_dir, list_checkpoints, read_json, safe_torch_load
+from ..layout import list_checkpoints, read_json, safe_torch_load
+from .io import atomic_replace_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adapter import ReferenceAdapter

@@ -81,8 +81,7 @@ def _spec_from_json(data: dict[str, Any]) -> RunSpec:
 
 def launch(adapter: Any, spec: RunSpec, timeout: float = 900) -> RunResult:
     """Run ``adapter``'s training on ``spec.world_size`` processes; read the result from disk."""
-    from ..oracles import read_log_history
-    from .io import list_checkpoints
+    from ..layout import list_checkpoints, read_log_history
 
     target = f"{type(adapter).__module__}:{type(adapter).__qualname__}"
     payload = json.dumps({"adapter": target, "spec": _spec_to_json(spec)})

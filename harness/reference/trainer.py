@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from ..errors import CheckpointError, ConfigError
+from ..task import quantization_config
 from .io import atomic_replace_dir, validate_model_dir
 from .policy import CheckpointPolicy
 
@@ -21,32 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .adapter import ReferenceAdapter
 
 log = logging.getLogger("harness.reference")
-
-QUANT_LIBRARIES = {"nf4": "bitsandbytes", "int8": "bitsandbytes", "quanto-int8": "optimum.quanto",
-                   "quanto-int4": "optimum.quanto"}
-
-
-def quantization_config(quantization: str | None, device: str):
-    """A transformers quantisation config for the reference's quantisation names."""
-    if quantization is None:
-        return None
-    import torch
-
-    if quantization == "nf4":
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if device == "cuda" else torch.float32
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
-    if quantization == "int8":
-        from transformers import BitsAndBytesConfig
-
-        return BitsAndBytesConfig(load_in_8bit=True)
-    if quantization in ("quanto-int8", "quanto-int4"):
-        from transformers import QuantoConfig
-
-        return QuantoConfig(weights=quantization.split("-")[1])
-    raise ConfigError(None, "quantization", "nf4, int8, quanto-int8 or quanto-int4", quantization)
-
 
 def load_model(model_dir: Path, quantization: str | None, device: str):
     """Validate ``model_dir`` then load it (optionally quantised). Errors name the directory/file."""
@@ -67,86 +42,12 @@ def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     from ..errors import MissingFileError
-    from .io import TOKENIZER_FILES
+    from ..layout import TOKENIZER_FILES
 
     for name in TOKENIZER_FILES:
         if not (Path(model_dir) / name).is_file():
             raise MissingFileError(model_dir, name, "the tokenizer is not saved with the model")
     return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-
-
-def lora_config(values: dict[str, Any]):
-    from peft import LoraConfig
-
-    tm = values["target_modules"]
-    return LoraConfig(r=values["lora_rank"], lora_alpha=values["lora_alpha"], lora_dropout=values["lora_dropout"],
-                      target_modules=tm if isinstance(tm, str) else list(tm), task_type="CAUSAL_LM")
-
-
-def sft_datasets(dataset_dir: Path, tok) -> tuple[list[dict], list[dict]]:
-    """Tokenised train/eval examples (all the same length: no padding, exact per-token eval loss)."""
-    from ..models import read_texts
-
-    out = []
-    for name in ("train", "eval"):
-        path = Path(dataset_dir) / f"{name}.jsonl"
-        if not path.is_file():
-            from ..errors import MissingFileError
-
-            raise MissingFileError(dataset_dir, path.name, "SFT needs train.jsonl and eval.jsonl")
-        rows = []
-        for text in read_texts(path):
-            ids = tok(text)["input_ids"]
-            rows.append({"input_ids": ids, "labels": list(ids)})
-        out.append(rows)
-    return out[0], out[1]
-
-
-def collate(batch: list[dict]) -> dict:
-    import torch
-
-    lengths = {len(x["input_ids"]) for x in batch}
-    if len(lengths) != 1:
-        raise ConfigError(None, "input_ids", "equal-length examples in the tiny datasets", sorted(lengths))
-    return {k: torch.tensor([x[k] for x in batch]) for k in batch[0]}
-
-
-def counting_reward(prompts, completions, **_: Any) -> list[float]:
-    """Rule-based GRPO reward in [0, 1]: half for completion words from the data vocabulary
-    (``w0..w23``), half for continuing the prompt's count. The first half varies even for an untrained
-    model, so every group has non-zero advantages and full-parameter GRPO changes every weight."""
-    from ..models import DATA_WORDS
-
-    data_words = {f"w{i}" for i in range(DATA_WORDS)}
-    rewards = []
-    for prompt, completion in zip(prompts, completions):
-        text = completion if isinstance(completion, str) else " ".join(m.get("content", "") for m in completion)
-        words = text.split()
-        last = prompt.split()[-1] if isinstance(prompt, str) and prompt.split() else "w0"
-        expect = int(last[1:]) + 1 if last[1:].isdigit() else 0
-        counted = 0
-        for word in words:
-            if word != f"w{expect % DATA_WORDS}":
-                break
-            counted += 1
-            expect += 1
-        in_vocab = sum(w in data_words for w in words)
-        rewards.append(0.5 * in_vocab / max(len(words), 1) + 0.5 * counted / max(len(words), 1))
-    return rewards
-
-
-def accuracy_metrics():
-    """(preprocess_logits_for_metrics, compute_metrics) for ``eval_accuracy`` (next-token accuracy)."""
-    import numpy as np
-
-    def preprocess(logits, labels):
-        return logits.argmax(-1)
-
-    def compute(pred):
-        preds, labels = pred.predictions[:, :-1], pred.label_ids[:, 1:]
-        return {"accuracy": float(np.mean(preds == labels))}
-
-    return preprocess, compute
 
 
 def lora_parameter_name(saved_key: str, adapter_name: str = "default") -> str:
@@ -169,7 +70,7 @@ def load_lora_weights_by_name(model, checkpoint: Path) -> int:
     import torch
     from safetensors.torch import load_file
 
-    from .io import read_safetensors_header
+    from ..layout import read_safetensors_header
 
     path = Path(checkpoint) / "adapter_model.safetensors"
     read_safetensors_header(path)  # names the file if it is missing or corrupt

@@ -1,0 +1,198 @@
+"""What a Hugging Face training run looks like on disk: read-only knowledge, no judgement.
+
+Ground floor: everyone may import this module (oracles, the reference, real-framework adapters,
+scenarios) and it imports no other harness room except :mod:`harness.errors`. It knows file names
+and formats — ``checkpoint-N`` directories, safetensors headers and sharded indexes, PEFT and
+diffusers LoRA files, ``adapter_config.json``'s base, ``trainer_state.json`` — and reads them
+safely (safetensors, ``torch.load(weights_only=True)``). Whether what it reads is *right* is for
+:mod:`harness.oracles` to decide; how to *write* it is each implementation's business.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, CorruptFileError, MissingFileError, UnsafeCheckpointError
+
+__all__ = [
+    "CHECKPOINT_RE",
+    "TOKENIZER_FILES",
+    "LORA_FILES",
+    "PICKLED_STATE_FILES",
+    "ADAPTER_CONFIG",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "step_of",
+    "read_json",
+    "read_safetensors_header",
+    "weight_files",
+    "safe_torch_load",
+    "is_adapter_dir",
+    "adapter_base",
+    "lora_dir",
+    "read_log_history",
+]
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+#: where a LoRA lives: PEFT's file, or diffusers' (SimpleTuner)
+LORA_FILES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors")
+ADAPTER_CONFIG = "adapter_config.json"
+#: pickled files Trainer writes into a checkpoint (read only with weights_only=True)
+PICKLED_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt", "training_args.bin")
+
+
+# --------------------------------------------------------------------------- checkpoints
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """``checkpoint-N`` directories of ``output_dir``, by step (none if the directory is absent)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def step_of(checkpoint: Path) -> int:
+    m = CHECKPOINT_RE.match(Path(checkpoint).name)
+    if not m:
+        raise ValueError(f"{checkpoint} is not a checkpoint-N directory")
+    return int(m.group(1))
+
+
+# --------------------------------------------------------------------------- files
+def read_json(path: Path, what: str = "a JSON object") -> dict[str, Any]:
+    """Read a JSON object file; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingFileError(path.parent, path.name) from None
+    except UnicodeDecodeError:
+        raise CorruptFileError(path.parent, path.name, "not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(path.parent, path.name, f"invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise CorruptFileError(path.parent, path.name, "JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, None, what, detail=f"found a JSON {type(data).__name__}")
+    return data
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
+    """Tensor name -> {dtype, shape} from a safetensors header; corruption is a CorruptFileError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(path.parent, path.name)
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if len(head) < 8:
+            raise CorruptFileError(path.parent, path.name, f"only {size} bytes, shorter than a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise CorruptFileError(path.parent, path.name,
+                                   f"header claims {n} bytes but the file has only {size - 8} after it (truncated?)")
+        with safe_open(str(path), framework="pt") as fh:
+            out = {}
+            for key in fh.keys():
+                sl = fh.get_slice(key)
+                out[key] = {"dtype": sl.get_dtype(), "shape": tuple(sl.get_shape())}
+        return out
+    except CorruptFileError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError / OSError variants
+        raise CorruptFileError(path.parent, path.name, f"not a valid safetensors file ({exc})") from None
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The full-model weight files of ``directory``: the shards its ``model.safetensors.index.json``
+    lists (whether or not they exist: a missing shard is for the caller to judge), else
+    ``model.safetensors``, else none."""
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ConfigError(index, "weight_map", "a non-empty mapping of tensor name to shard file", weight_map)
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"]
+    return []
+
+
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` (numpy arrays allowed, as Trainer's RNG state needs);
+    a file that needs any other unpickling is refused, never run."""
+    import pickle
+
+    import torch
+    from transformers.trainer_pt_utils import safe_globals  # numpy RNG state types only
+
+    path = Path(path)
+    try:
+        with safe_globals():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpointError(path.parent, path.name,
+                                    f"it is not a weights-only file and would need arbitrary unpickling ({first})") from None
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise CorruptFileError(path.parent, path.name, f"cannot be read as a torch file ({exc})") from None
+
+
+# --------------------------------------------------------------------------- adapters
+def is_adapter_dir(directory: Path) -> bool:
+    """Does ``directory`` hold a PEFT adapter (``adapter_config.json``)?"""
+    return (Path(directory) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(adapter_dir: Path) -> Path:
+    """The base model an adapter directory names (relative paths resolved against it); a missing or
+    unreadable ``adapter_config.json`` or base is a ConfigError naming the file and key."""
+    adapter_dir = Path(adapter_dir)
+    cfg = adapter_dir / ADAPTER_CONFIG
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(cfg, None, "a readable adapter_config.json") from None
+    base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
+    if not isinstance(base, str) or not base:
+        raise ConfigError(cfg, "base_model_name_or_path", "the path of the base model", base)
+    path = Path(base)
+    if not path.is_absolute():
+        path = (adapter_dir / path).resolve()
+    return path
+
+
+def lora_dir(output_dir: Path) -> Path:
+    """Where a run's final LoRA is: the output dir, or (frameworks that save only checkpoints) the newest checkpoint."""
+    output_dir = Path(output_dir)
+    if any((output_dir / name).is_file() for name in LORA_FILES):
+        return output_dir
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1] if ckpts else output_dir
+
+
+# --------------------------------------------------------------------------- trainer state
+def read_log_history(output_dir: Path) -> list[dict[str, Any]]:
+    """The run's log history from trainer_state.json (final output first, else newest checkpoint)."""
+    output_dir = Path(output_dir)
+    candidates = [output_dir / "trainer_state.json"] + [c / "trainer_state.json" for c in
+                                                         reversed(list_checkpoints(output_dir))]
+    for path in candidates:
+        if path.is_file():
+            return list(json.loads(path.read_text(encoding="utf-8")).get("log_history", []))
+    raise FileNotFoundError(f"{output_dir}: no trainer_state.json in the output or any checkpoint")

@@ -1,0 +1,158 @@
+"""The tiny task every scenario trains: its defaults, data pipeline, GRPO reward, eval metrics, and the
+LoRA / quantisation configs that go with it.
+
+Ground floor: the reference, real-framework adapters and oracles may import it; it imports only the
+other ground-floor modules (:mod:`harness.adapter` for the quantisation table, :mod:`harness.models`,
+:mod:`harness.errors`). Heavy libraries are imported inside the functions that need them.
+
+An adapter for a framework that cannot take these objects (a CLI, a YAML config) uses the same
+*values*: :data:`TASK_DEFAULTS` says what every scenario assumes when it leaves a field unset, and
+:func:`counting_reward` is the GRPO reward to register with the framework.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .adapter import QUANTIZATIONS
+from .errors import ConfigError, MissingFileError
+
+__all__ = [
+    "TASK_DEFAULTS",
+    "quantization_config",
+    "lora_config",
+    "sft_datasets",
+    "collate",
+    "counting_reward",
+    "accuracy_metrics",
+]
+
+#: The values a run has when the command line leaves them unset (and the reference's defaults).
+#: ``0`` means "off" for the cadences/limits so that a user can override a saved cadence with "none"
+#: (``None`` means "not set"). The scenarios rely on ``logging every step`` and ``seed`` as well;
+#: see the README's "what scenarios assume" table.
+TASK_DEFAULTS: dict[str, Any] = {
+    "method": "sft",
+    "train_type": "lora",
+    "quantization": None,
+    "max_steps": 8,
+    "learning_rate": 1e-3,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "eval_steps": 0,
+    "save_steps": 0,
+    "save_total_limit": 0,
+    "save_on_best": True,
+    "metric": "eval_loss",
+    "greater_is_better": None,
+    "seed": 42,
+    "lora_rank": 4,
+    "lora_alpha": 8.0,
+    "lora_dropout": 0.0,
+    "target_modules": "all-linear",
+    "lr_scheduler_type": "constant",
+    "num_generations": 4,
+    "max_completion_length": 8,
+    "load_args": True,
+    "allow_quantization_change": False,
+}
+
+
+def quantization_config(quantization: str | None, device: str):
+    """The transformers quantisation config for one of :data:`harness.adapter.QUANTIZATIONS`."""
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(None, "quantization", f"one of {sorted(QUANTIZATIONS)}", quantization)
+    import torch
+
+    if quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    if quantization == "int8":
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_8bit=True)
+    from transformers import QuantoConfig
+
+    return QuantoConfig(weights=QUANTIZATIONS[quantization].weights)
+
+
+def lora_config(values: dict[str, Any]):
+    """PEFT ``LoraConfig`` from resolved values (``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``target_modules``)."""
+    from peft import LoraConfig
+
+    tm = values["target_modules"]
+    return LoraConfig(r=values["lora_rank"], lora_alpha=values["lora_alpha"], lora_dropout=values["lora_dropout"],
+                      target_modules=tm if isinstance(tm, str) else list(tm), task_type="CAUSAL_LM")
+
+
+def sft_datasets(dataset_dir: Path, tok) -> tuple[list[dict], list[dict]]:
+    """Tokenised train/eval examples (all the same length: no padding, exact per-token eval loss)."""
+    from .models import read_texts
+
+    out = []
+    for name in ("train", "eval"):
+        path = Path(dataset_dir) / f"{name}.jsonl"
+        if not path.is_file():
+            raise MissingFileError(dataset_dir, path.name, "SFT needs train.jsonl and eval.jsonl")
+        rows = []
+        for text in read_texts(path):
+            ids = tok(text)["input_ids"]
+            rows.append({"input_ids": ids, "labels": list(ids)})
+        out.append(rows)
+    return out[0], out[1]
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack equal-length examples (the tiny datasets never need padding)."""
+    import torch
+
+    lengths = {len(x["input_ids"]) for x in batch}
+    if len(lengths) != 1:
+        raise ConfigError(None, "input_ids", "equal-length examples in the tiny datasets", sorted(lengths))
+    return {k: torch.tensor([x[k] for x in batch]) for k in batch[0]}
+
+
+def counting_reward(prompts, completions, **_: Any) -> list[float]:
+    """Rule-based GRPO reward in [0, 1]: half for completion words from the data vocabulary
+    (``w0..w23``), half for continuing the prompt's count. The first half varies even for an untrained
+    model, so every group has non-zero advantages and full-parameter GRPO changes every weight.
+
+    Adapters register this function with their framework (TRL's ``reward_funcs``, ms-swift's ``orms``
+    plugin registry, ...): it takes TRL's ``(prompts, completions, **kwargs)`` signature."""
+    from .models import DATA_WORDS
+
+    data_words = {f"w{i}" for i in range(DATA_WORDS)}
+    rewards = []
+    for prompt, completion in zip(prompts, completions):
+        text = completion if isinstance(completion, str) else " ".join(m.get("content", "") for m in completion)
+        words = text.split()
+        last = prompt.split()[-1] if isinstance(prompt, str) and prompt.split() else "w0"
+        expect = int(last[1:]) + 1 if last[1:].isdigit() else 0
+        counted = 0
+        for word in words:
+            if word != f"w{expect % DATA_WORDS}":
+                break
+            counted += 1
+            expect += 1
+        in_vocab = sum(w in data_words for w in words)
+        rewards.append(0.5 * in_vocab / max(len(words), 1) + 0.5 * counted / max(len(words), 1))
+    return rewards
+
+
+def accuracy_metrics():
+    """(preprocess_logits_for_metrics, compute_metrics) for ``eval_accuracy`` (next-token accuracy)."""
+    import numpy as np
+
+    def preprocess(logits, labels):
+        return logits.argmax(-1)
+
+    def compute(pred):
+        preds, labels = pred.predictions[:, :-1], pred.label_ids[:, 1:]
+        return {"accuracy": float(np.mean(preds == labels))}
+
+    return preprocess, compute
