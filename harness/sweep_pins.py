@@ -1,0 +1,108 @@
+"""Pins for ``ft-harness sweep``: how to build an environment for one release of a framework.
+
+One declarative table, read by :func:`harness.sweep.select_pins`. It is a Python literal rather than
+TOML on purpose: it ships inside the ``harness`` package with no package-data configuration, needs
+no ``tomli`` fallback on Python 3.10, and its comments sit next to the pins they explain. Nothing in
+this module is code: data only.
+
+``PINS[framework]``:
+
+``distribution``      the package-index name of the framework (what ``--versions`` is expanded from)
+``adapter``           the ft-harness adapter entry point (``--adapter``)
+``aliases``           other names accepted on the command line
+``ranges``            a list of entries, the first whose ``versions`` specifier contains the version wins:
+
+    ``versions``            PEP 440 specifier set (pre-releases of a range count as in it)
+    ``python``              interpreter for the env (``X.Y``; ``--python`` overrides)
+    ``no_deps``             install the framework with ``--no-deps`` (its own metadata resolves for
+                            minutes or not at all); the requirements below then stand in for its deps
+    ``requirements``        extra requirements, resolved together (besides ``DEFAULTS['requirements']``)
+    ``requirements_files``  requirement files, relative to the ft-harness source tree
+    ``overrides``           ``uv --overrides``: replace any requirement of that name, including a pin
+                            in ``requirements_files`` (a release that needs an older library)
+    ``harness_no_deps``     install ft-harness with ``--no-deps`` (its deps are in the requirements)
+    ``adapter_options``     default ``--adapter-option``s for this range (command-line ones win)
+    ``note``                why the entry looks as it does (shown by ``sweep --show-pins``)
+
+An environment's cache key hashes the selected entry, the contents of its requirement files and the
+index settings, so editing a pin rebuilds exactly the environments it applies to.
+"""
+
+from __future__ import annotations
+
+#: applied to every environment. torch is pinned to the CPU wheel this project tests with (tox.ini
+#: installs the same); on a machine without it in --find-links, uv fetches it from the index.
+DEFAULTS = {
+    "python": "3.11",
+    "requirements": ["torch==2.13.0"],
+}
+
+# ms-swift 3.x installs with --no-deps plus requirements/swift3.txt (the tox -e swift3 recipe): its own
+# metadata pulls gradio and friends and pip spends over 10 minutes resolving it. The 3.x releases from
+# 3.1.1 on all declare transformers/peft/trl ranges that contain swift3.txt's transformers 4.49.0 /
+# peft 0.14.0 / trl 0.15.2, so the libraries stay fixed across the 3.x line and a verdict that flips
+# between two 3.x releases is ms-swift's doing. 3.0.x (transformers < 4.48, trl < 0.12) and 3.1.0
+# (trl < 0.15) declare older ranges: they get those as overrides.
+_SWIFT3 = {
+    "python": "3.11",
+    "no_deps": True,
+    "requirements_files": ["requirements/swift3.txt"],
+    "harness_no_deps": True,
+}
+
+PINS = {
+    "ms-swift": {
+        "distribution": "ms-swift",
+        "adapter": "swift",
+        "aliases": ["swift"],
+        "ranges": [
+            {"versions": ">=3.0.0,<3.1.0", **_SWIFT3,
+             "overrides": ["transformers==4.47.1", "trl==0.11.4"],
+             "note": "ms-swift 3.0.x declares transformers>=4.33,<4.48 and trl>=0.11,<0.12"},
+            {"versions": ">=3.1.0,<3.1.1", **_SWIFT3,
+             "overrides": ["trl==0.14.0"],
+             "note": "ms-swift 3.1.0 declares trl>=0.13,<0.15"},
+            {"versions": ">=3.1.1,<4.0.0", **_SWIFT3,
+             "note": "tox -e swift3's recipe: --no-deps + requirements/swift3.txt (transformers 4.49.0)"},
+            {"versions": ">=4.0.0,<5.0.0", "python": "3.11",
+             "requirements": ["msgspec"],
+             "note": "ft-harness[swift]: ms-swift 4.x resolves with its own metadata (uv: seconds)"},
+        ],
+    },
+    "llamafactory": {
+        "distribution": "llamafactory",
+        "adapter": "llamafactory",
+        "aliases": ["llama-factory", "LLaMA-Factory"],
+        "ranges": [
+            {"versions": ">=0.9.0,<1.0.0", "python": "3.11",
+             "requirements": ["torch==2.14.1", "torchvision==0.29.1"],
+             "overrides": ["torch==2.14.1"],
+             "note": "tox -e llamafactory: PyPI's torchvision does not import beside the CPU torch 2.13.0 wheel"},
+        ],
+    },
+    "transformers": {
+        "distribution": "transformers",
+        "adapter": "transformers",
+        "aliases": [],
+        "ranges": [
+            {"versions": ">=4.49.0,<6.0.0", "python": "3.11",
+             "note": "plain Trainer/PEFT/TRL; ft-harness's own dependency range (transformers>=4.49,<6)"},
+            {"versions": ">=4.40.0,<4.49.0", "python": "3.11", "harness_no_deps": True,
+             "requirements": ["peft==0.13.2", "trl==0.12.2", "accelerate==1.2.1", "datasets==3.2.0",
+                              "bitsandbytes>=0.48", "optimum-quanto>=0.2.5", "diffusers>=0.30,<0.33",
+                              "safetensors", "tokenizers", "hypothesis>=6.100", "pytest>=8.0",
+                              "pytest-xdist>=3.5"],
+             "note": "below ft-harness's transformers floor: ft-harness --no-deps, era libraries"},
+        ],
+    },
+    "simpletuner": {
+        "distribution": "simpletuner",
+        "adapter": "simpletuner",
+        "aliases": ["SimpleTuner"],
+        "ranges": [
+            {"versions": ">=4.0.0,<5.0.0", "python": "3.12",
+             "requirements": ["torchvision==0.28.*", "torchaudio==2.11.*", "transformers==5.22.*"],
+             "note": "tox -e simpletuner (Python 3.12)"},
+        ],
+    },
+}

@@ -1,0 +1,513 @@
+"""``ft-harness sweep`` without building a real environment: version specs, pins, env cache, env-failure
+cells, bisection with a fake runner, the GitHub matrix and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import sweep
+from harness.sweep import (EnvBuilder, IndexSettings, Probe, SweepError, bisect_releases, env_key, expand_versions,
+                           filter_releases, first_meaningful_line, format_bisect, github_matrix, k_expression,
+                           merge_runs, needs_release_list, scenario_command, select_pins, verdict_of)
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: what an index lists for a framework: releases, post-releases, pre-releases, junk
+RELEASES = ["2.6.1", "3.0.0", "3.0.1", "3.0.1.post1", "3.1.0", "3.1.1", "3.1.1.post1", "3.2.0", "3.2.0.post2",
+            "3.2.1", "3.3.0rc1", "3.3.0", "3.3.0.post1", "3.4.0.dev0", "4.0.0b1", "4.0.0", "4.5.0.dev0", "4.6.0",
+            "not-a-version"]
+
+
+# ------------------------------------------------------------------------------------------- versions
+def test_filter_drops_pre_and_folded_post_releases():
+    assert filter_releases(RELEASES) == ["2.6.1", "3.0.0", "3.0.1", "3.1.0", "3.1.1", "3.2.0", "3.2.1", "3.3.0",
+                                         "4.0.0", "4.6.0"]
+    assert "3.3.0rc1" in filter_releases(RELEASES, pre=True)
+    assert "4.5.0.dev0" in filter_releases(RELEASES, pre=True)
+    assert "3.2.0.post2" in filter_releases(RELEASES, post=True)
+    # a post-release whose base is not listed stays
+    assert filter_releases(["1.0.0.post1", "1.1.0"]) == ["1.0.0.post1", "1.1.0"]
+
+
+def test_range_expansion_inclusive_sorted():
+    assert expand_versions("3.0.0..3.3.0", RELEASES) == ["3.0.0", "3.0.1", "3.1.0", "3.1.1", "3.2.0", "3.2.1",
+                                                         "3.3.0"]
+    assert expand_versions("3.2.0..", RELEASES) == ["3.2.0", "3.2.1", "3.3.0", "4.0.0", "4.6.0"]
+    assert expand_versions("..3.0.1", RELEASES) == ["2.6.1", "3.0.0", "3.0.1"]
+    assert expand_versions("3.1..3.2", RELEASES) == ["3.1.0", "3.1.1", "3.2.0"]  # 3.2 == 3.2.0
+
+
+def test_explicit_latest_and_mixed_lists():
+    assert expand_versions("latest", RELEASES) == ["4.6.0"]
+    assert expand_versions("latest", RELEASES, pre=True) == ["4.6.0"]
+    assert expand_versions("4.6.0, 3.1.1,latest,3.1.1", RELEASES) == ["3.1.1", "4.6.0"]  # sorted, unique
+    assert expand_versions("3.2.0,3.0.0..3.0.1", RELEASES) == ["3.0.0", "3.0.1", "3.2.0"]
+    # explicit versions are taken as given (no index needed), a pre-release included
+    assert expand_versions("3.3.0rc1,3.1.1") == ["3.1.1", "3.3.0rc1"]
+
+
+def test_pre_releases_only_with_pre():
+    assert "3.3.0rc1" not in expand_versions("3.0.0..4.6.0", RELEASES)
+    assert "4.0.0b1" not in expand_versions("3.0.0..4.6.0", RELEASES)
+    with_pre = expand_versions("3.3.0rc1..4.0.0", RELEASES, pre=True)
+    assert with_pre == ["3.3.0rc1", "3.3.0", "3.4.0.dev0", "4.0.0b1", "4.0.0"]
+    assert expand_versions("latest", ["1.0", "2.0rc1"]) == ["1.0"]
+    assert expand_versions("latest", ["1.0", "2.0rc1"], pre=True) == ["2.0rc1"]
+
+
+@pytest.mark.parametrize("spec, releases, message", [
+    ("", RELEASES, "empty"),
+    ("3.3.0..3.0.0", RELEASES, "newer than"),
+    ("5.0..6.0", RELEASES, "holds no release"),
+    ("3.0.0..3.3.0", None, "release list"),
+    ("latest", None, "release list"),
+    ("latest", ["1.0rc1"], "no release"),
+    ("3.x", RELEASES, "not a version"),
+])
+def test_bad_specs_are_clear_errors(spec, releases, message):
+    with pytest.raises(SweepError, match=message):
+        expand_versions(spec, releases)
+
+
+def test_needs_release_list():
+    assert not needs_release_list("3.1.1,3.2.0")
+    assert needs_release_list("3.1.1,latest")
+    assert needs_release_list("3.0.0..3.2.0")
+
+
+# ------------------------------------------------------------------------------------------------ pins
+def test_pins_swift_3x_4x_split():
+    p30 = select_pins("ms-swift", "3.0.0")
+    assert p30.no_deps and p30.harness_no_deps and "requirements/swift3.txt" in p30.requirements_files
+    assert "transformers==4.47.1" in p30.overrides and "trl==0.11.4" in p30.overrides
+    assert select_pins("ms-swift", "3.1.0").overrides == ("trl==0.14.0",)
+    for v in ("3.1.1", "3.2.0", "3.2.0.post2", "3.12.6"):
+        p = select_pins("ms-swift", v)
+        assert p.no_deps and p.requirements_files == ("requirements/swift3.txt",) and not p.overrides, v
+        assert p.adapter == "swift" and p.distribution == "ms-swift" and p.python == "3.11"
+    for v in ("4.0.0", "4.6.0"):
+        p = select_pins("ms-swift", v)
+        assert not p.no_deps and not p.harness_no_deps and not p.requirements_files
+        assert "msgspec" in p.requirements and "torch==2.13.0" in p.requirements
+    assert select_pins("swift", "4.6.0").framework == "ms-swift"  # alias
+    assert select_pins("MS_Swift", "4.6.0").framework == "ms-swift"  # normalised name
+
+
+def test_pins_errors_and_overrides():
+    with pytest.raises(SweepError, match="no pins cover"):
+        select_pins("ms-swift", "2.6.1")
+    with pytest.raises(SweepError, match="no pins for framework"):
+        select_pins("axolotl", "0.1.0")
+    assert select_pins("ms-swift", "4.6.0", python="3.12").python == "3.12"
+    lf = select_pins("llamafactory", "0.9.5")
+    assert "torch==2.14.1" in lf.requirements and "torch==2.13.0" not in lf.requirements  # replaced by name
+    assert select_pins("simpletuner", "4.10.1").python == "3.12"
+    assert select_pins("transformers", "4.46.0").harness_no_deps
+    assert not select_pins("transformers", "5.23.0").harness_no_deps
+
+
+def test_pins_from_a_custom_table():
+    table = {"fw": {"distribution": "fw-dist", "adapter": "fwad", "ranges": [
+        {"versions": ">=1,<2", "adapter_options": {"mode": "x"}, "requirements": ["a==1"]}]}}
+    p = select_pins("fw", "1.5", table=table, defaults={"python": "3.10", "requirements": ["torch==2.13.0"]})
+    assert (p.distribution, p.python, p.requirements) == ("fw-dist", "3.10", ("torch==2.13.0", "a==1"))
+    assert p.adapter_spec() == "fwad[mode=x]"
+    assert p.adapter_spec({"mode": "y", "k": "v"}) == "fwad[mode=y,k=v]"
+
+
+def test_every_pins_entry_is_well_formed():
+    from packaging.specifiers import SpecifierSet
+
+    from harness.sweep_pins import PINS
+
+    for name, entry in PINS.items():
+        assert entry["adapter"] and entry["distribution"], name
+        for rng in entry["ranges"]:
+            SpecifierSet(rng["versions"])
+            for f in rng.get("requirements_files", ()):
+                assert (REPO / f).is_file(), f
+
+
+# --------------------------------------------------------------------------------------- env cache key
+def test_env_key_stable_and_sensitive(tmp_path):
+    (tmp_path / "requirements").mkdir()
+    req = tmp_path / "requirements" / "swift3.txt"
+    req.write_text("transformers==4.49.0\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    p = select_pins("ms-swift", "3.1.1")
+    idx = IndexSettings(find_links=("/opt/wheels",))
+    k1 = env_key(p, idx, tmp_path)
+    assert k1 == env_key(select_pins("ms-swift", "3.1.1"), IndexSettings(find_links=("/opt/wheels",)), tmp_path)
+    assert len(k1) == 16 and int(k1, 16) >= 0
+    # same key in a fresh interpreter (no hash randomisation in it)
+    code = ("from pathlib import Path; from harness.sweep import *; "
+            f"print(env_key(select_pins('ms-swift', '3.1.1'), IndexSettings(find_links=('/opt/wheels',)), "
+            f"Path({str(tmp_path)!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.strip() == k1, out.stderr
+    # adapter options and notes do not change the environment
+    import dataclasses
+    assert env_key(dataclasses.replace(p, adapter_options={"load_args": "true"}, note="x"), idx, tmp_path) == k1
+    assert env_key(select_pins("ms-swift", "3.2.0"), idx, tmp_path) != k1
+    assert env_key(p, IndexSettings(), tmp_path) != k1
+    req.write_text("transformers==4.49.1\n")
+    assert env_key(p, idx, tmp_path) != k1  # a pin edited in the requirements file
+    assert sweep.env_name(p, k1) == f"ms-swift-3.1.1-{k1[:12]}"
+
+
+def test_index_settings_from_pip_config_and_uv_args(tmp_path):
+    cons = tmp_path / "constraints.txt"
+    cons.write_text("torch<=2.14.1\n")
+    idx = IndexSettings.from_pip_config({"find-links": "/opt/wheels", "constraint": str(cons),
+                                         "extra-index-url": "file:///opt/pypi/simple file:///opt/pypi-more/simple"})
+    args = idx.uv_args()
+    assert args[args.index("--find-links") + 1] == "/opt/wheels"
+    assert args[args.index("--constraints") + 1] == str(cons)
+    assert args.count("--extra-index-url") == 2 and "unsafe-best-match" in args
+    assert "--index-url" not in args
+
+
+# --------------------------------------------------------------------------------- environments (fake uv)
+FAKE_UV = r"""#!/bin/sh
+# a stand-in for uv: logs its calls; 'venv' makes the directory; 'pip install' fails when asked to
+echo "$@" >> "$FAKE_UV_LOG"
+if [ "$1" = "venv" ]; then
+  for a in "$@"; do last="$a"; done
+  mkdir -p "$last/bin"; exit 0
+fi
+case "$*" in
+  *"$FAKE_UV_FAIL"*)
+    echo "Using Python 3.11.7 environment at: /x" >&2
+    echo "  × No solution found when resolving dependencies:" >&2
+    echo "  ╰─▶ Because there is no version of transformers==9.9.9 and you require transformers==9.9.9, we can conclude that your requirements are unsatisfiable." >&2
+    exit 1;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_uv(tmp_path, monkeypatch):
+    uv = tmp_path / "uv"
+    uv.write_text(FAKE_UV)
+    uv.chmod(uv.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "uv-calls.log"
+    monkeypatch.setenv("FAKE_UV_LOG", str(log))
+    monkeypatch.setenv("FAKE_UV_FAIL", "never-matches-anything")
+    return uv, log
+
+
+def _builder(tmp_path, uv, **kw):
+    return EnvBuilder(tmp_path / "envs", REPO, IndexSettings(find_links=("/opt/wheels",)), uv=str(uv),
+                      log_dir=tmp_path / "logs", **kw)
+
+
+def test_env_built_once_then_reused_without_uv(tmp_path, fake_uv):
+    uv, log = fake_uv
+    b = _builder(tmp_path, uv)
+    pins = select_pins("ms-swift", "3.1.1")
+    first = b.ensure(pins)
+    assert first.ok and not first.cached, first.reason
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("venv --no-project --python 3.11")
+    assert any("--no-deps ms-swift==3.1.1" in c for c in calls)
+    assert any("-r" in c and "swift3.txt" in c and "--find-links /opt/wheels" in c for c in calls)
+    assert (first.path / ".ft-sweep-complete.json").is_file()
+    again = _builder(tmp_path, uv).ensure(pins)  # a second sweep: nothing resolved, nothing downloaded
+    assert again.ok and again.cached and again.path == first.path
+    assert log.read_text().splitlines() == calls  # uv was not called again
+
+
+def test_incomplete_env_is_rebuilt(tmp_path, fake_uv):
+    uv, log = fake_uv
+    b = _builder(tmp_path, uv)
+    pins = select_pins("ms-swift", "4.6.0")
+    path = b.path_for(pins)
+    (path / "bin").mkdir(parents=True)  # a build that died half-way: no marker
+    (path / "junk").write_text("x")
+    res = b.ensure(pins)
+    assert res.ok and not res.cached and not (path / "junk").exists()
+    assert any("ms-swift==4.6.0" in c and str(REPO) in c for c in log.read_text().splitlines())
+
+
+def test_env_failure_is_a_reason_not_a_crash(tmp_path, fake_uv, monkeypatch):
+    uv, _ = fake_uv
+    monkeypatch.setenv("FAKE_UV_FAIL", "swift3.txt")
+    res = _builder(tmp_path, uv).ensure(select_pins("ms-swift", "3.2.0"))
+    assert not res.ok
+    assert res.reason.startswith("No solution found when resolving dependencies: Because there is no version of "
+                                 "transformers==9.9.9")
+    assert not (res.path / ".ft-sweep-complete.json").exists()
+
+
+def test_env_failure_cell_in_the_merged_matrix(tmp_path, fake_uv, monkeypatch):
+    from harness.html_report import render_html
+    from harness.report import AdapterRun
+    from harness.report import TestOutcome as Outcome
+
+    uv, _ = fake_uv
+    monkeypatch.setenv("FAKE_UV_FAIL", "swift3.txt")
+    out = tmp_path / "out"
+    out.mkdir()
+    b = _builder(tmp_path, uv)
+    failed = sweep.run_version(b, select_pins("ms-swift", "3.2.0"), out, k_expr="args", log=lambda m: None)
+    assert failed.error.startswith("env: No solution found") and failed.report is None
+    per_version = json.loads((out / "ms-swift-3.2.0.json").read_text())  # CI's report --merge still sees it
+    assert per_version["format"] == "ft-harness-report/1"
+    assert per_version["adapters"][0]["tests"][0]["reason"].startswith("env: ")
+    good = tmp_path / "good.json"
+    from harness.report import render
+
+    good.write_text(render([AdapterRun("swift", "swift 3.1.1", {}, 1, 3.0, [
+        Outcome("a.py::t1", "a.py::t1", "failed", "boom", 1.0, "000"),
+        Outcome("b.py::t2", "b.py::t2", "passed", "", 2.0, "001")], {"ms-swift": "3.1.1"})], "json"))
+    ok = sweep.VersionResult("3.1.1", select_pins("ms-swift", "3.1.1"), "swift", report=good)
+    data = sweep.write_matrix([ok, failed], out, "ms-swift", extra={"wall_s": 1.0, "timings": {}})
+    rows = {s["id"]: s for s in data["scenarios"]}
+    assert set(rows) == {"a.py::t1", "b.py::t2"}
+    assert rows["a.py::t1"]["results"]["swift@3.2.0"]["reason"].startswith("env: No solution")
+    assert rows["b.py::t2"]["seed"] == "001"
+    md = (out / "ms-swift-sweep.md").read_text()
+    assert "| scenario | seed | 3.1.1 | 3.2.0 |" in md and "env: No solution found" in md
+    assert 'class="c c-env"' in (out / "ms-swift-sweep.html").read_text()
+    assert 'class="c c-env"' in render_html(data)
+
+
+def test_merge_runs_expands_environment_rows():
+    from harness.report import AdapterRun
+    from harness.report import TestOutcome as Outcome
+
+    env = AdapterRun("swift", "swift", {}, 3, 0.0, [Outcome("<environment>", "<environment>", "error",
+                                                                "env: x", 0.0, None)], {"ms-swift": "3.0.0"})
+    alone = merge_runs([env])
+    assert [t.scenario for t in alone[0].tests] == ["<environment>"]
+    ok = AdapterRun("swift", "swift", {}, 0, 1.0, [Outcome("m.py::f[1]", "m.py::f", "passed", "", 1.0, "004")],
+                    {"ms-swift": "3.1.1"})
+    merged = merge_runs([ok, env])
+    assert [(t.scenario, t.outcome, t.reason, t.seed) for t in merged[1].tests] == [("m.py::f", "error", "env: x", "004")]
+
+
+def test_first_meaningful_line():
+    assert first_meaningful_line("Using CPython 3.11\nResolved 3 packages\nerror: Failed to fetch `https://x`\n"
+                                 "  Caused by: connection refused") == \
+        "error: Failed to fetch `https://x`: connection refused"
+    assert first_meaningful_line("\x1b[31mERROR: No matching distribution found for foo==9\x1b[0m") == \
+        "ERROR: No matching distribution found for foo==9"
+    assert first_meaningful_line("") == "no error output"
+    assert len(first_meaningful_line("error: " + "x" * 500)) == 200
+
+
+# ---------------------------------------------------------------------------------------------- running
+def test_scenario_command_is_one_function():
+    cmd = scenario_command(Path("/envs/e"), "swift[load_args=true]", Path("/out/ms-swift-3.1.1.json"),
+                           k_expression(["args_precedence", "grpo_full_save"]), ["-x"])
+    assert cmd == ["/envs/e/bin/ft-harness", "report", "--adapter", "swift[load_args=true]", "--format", "json",
+                   "-o", "/out/ms-swift-3.1.1.json", "--", "-k", "(args_precedence) or (grpo_full_save)", "-x"]
+    assert scenario_command(Path("/e"), "swift", Path("/o.json"))[-1] == "/o.json"
+    assert k_expression([]) is None and k_expression(["a"]) == "a"
+
+
+def _report(outcome, reason="", sid="test_args_precedence.py::test_seed_lora_on_full_output_trains_lora"):
+    return {"format": "ft-harness-report/1", "adapters": [],
+            "scenarios": [{"id": sid, "seed": "000", "results": {"swift": {"outcome": outcome, "reason": reason}}}]}
+
+
+@pytest.mark.parametrize("outcome, reason, verdict", [
+    ("passed", "", "pass"), ("failed", "boom", "fail"), ("error", "crash", "fail"), ("xfailed", "known", "fail"),
+    ("xpassed", "fixed", "pass"), ("skipped", "no grpo", "skip"), ("error", "env: no solution", "skip"),
+])
+def test_verdicts(outcome, reason, verdict):
+    assert verdict_of(_report(outcome, reason), "test_seed_lora_on_full_output_trains_lora")[0] == verdict
+    assert verdict_of(_report(outcome, reason), "test_args_precedence.py::test_seed_lora_on_full_output_trains_lora"
+                      )[0] == verdict
+
+
+def test_verdict_missing_scenario_or_report():
+    assert verdict_of(_report("passed"), "no_such_test")[0] == "skip"
+    assert verdict_of(None, "x")[0] == "skip"
+
+
+# ------------------------------------------------------------------------------------------------ bisect
+VERSIONS = [f"3.{i}.0" for i in range(40)]  # 3.0.0 .. 3.39.0
+
+
+class FakeRunner:
+    """verdict by release index: fail before ``flip`` and pass from it (a fix), or the reverse;
+    ``skips`` are env errors."""
+
+    def __init__(self, flip, fixed=True, skips=()):
+        self.flip, self.fixed, self.skips, self.calls = flip, fixed, set(skips), []
+
+    def __call__(self, v):
+        self.calls.append(v)
+        if v in self.skips:
+            return Probe(v, "skip", "env: broken wheel")
+        after = VERSIONS.index(v) >= VERSIONS.index(self.flip)
+        return Probe(v, "pass" if after == self.fixed else "fail", "x")
+
+
+@pytest.mark.parametrize("flip", ["3.1.0", "3.2.0", "3.17.0", "3.39.0"])
+def test_bisect_finds_first_fixed_release_in_log_probes(flip):
+    runner = FakeRunner(flip)
+    res = bisect_releases(list(reversed(VERSIONS)), good="3.39.0", bad="3.0.0", probe=runner)
+    assert res.kind == "fix" and res.first == flip and not res.ambiguous
+    assert res.last_before == VERSIONS[VERSIONS.index(flip) - 1]
+    assert len(runner.calls) == len(set(runner.calls))  # nothing probed twice
+    assert len(runner.calls) <= math.ceil(math.log2(len(VERSIONS))) + 2
+    text = format_bisect(res, "ms-swift")
+    assert f"first fixed release: ms-swift {flip} (pass)" in text
+    assert f"before: {res.last_before} (fail)" in text
+
+
+def test_bisect_regression_direction():
+    runner = FakeRunner("3.25.0", fixed=False)
+    res = bisect_releases(VERSIONS, good="3.3.0", bad="3.30.0", probe=runner)
+    assert res.kind == "regression" and res.first == "3.25.0" and res.last_before == "3.24.0"
+    assert res.releases[0] == "3.3.0" and res.releases[-1] == "3.30.0"  # only between the endpoints
+    assert all(VERSIONS.index("3.3.0") <= VERSIONS.index(v) <= VERSIONS.index("3.30.0") for v in runner.calls)
+    assert "first bad release (regression): 3.25.0" in format_bisect(res)
+    assert res.neighbours() == ("3.24.0", "3.26.0")
+
+
+def test_bisect_skips_env_errors_like_git_bisect_skip():
+    runner = FakeRunner("3.20.0", skips={"3.19.0", "3.20.0", "3.21.0", "3.10.0"})
+    res = bisect_releases(VERSIONS, good="3.39.0", bad="3.0.0", probe=runner)
+    assert res.first in ("3.20.0", "3.22.0")
+    assert {"3.19.0", "3.20.0", "3.21.0"} & set(runner.calls)  # it tried them and went around
+    assert res.ambiguous and set(res.candidates) <= {"3.19.0", "3.20.0", "3.21.0", "3.22.0"}
+    assert "one of" in format_bisect(res)
+    assert any(p.verdict == "skip" and p.detail.startswith("env:") for p in res.probes)
+    # a skipped release away from the flip does not make the answer ambiguous
+    runner = FakeRunner("3.30.0", skips={"3.19.0", "3.20.0"})
+    res = bisect_releases(VERSIONS, good="3.39.0", bad="3.0.0", probe=runner)
+    assert res.first == "3.30.0" and not res.ambiguous
+
+
+def test_bisect_rejects_reversed_equal_and_untestable_endpoints():
+    with pytest.raises(SweepError, match="reversed.*swap them: --good 3.39.0 --bad 3.0.0"):
+        bisect_releases(VERSIONS, good="3.0.0", bad="3.39.0", probe=FakeRunner("3.5.0"))
+    with pytest.raises(SweepError, match="both pass.*does not flip"):
+        bisect_releases(VERSIONS, good="3.10.0", bad="3.39.0", probe=FakeRunner("3.5.0"))
+    with pytest.raises(SweepError, match="same release"):
+        bisect_releases(VERSIONS, good="3.1.0", bad="3.1.0", probe=FakeRunner("3.5.0"))
+    with pytest.raises(SweepError, match="not among the releases"):
+        bisect_releases(VERSIONS, good="9.9.9", bad="3.1.0", probe=FakeRunner("3.5.0"))
+    with pytest.raises(SweepError, match="could not be tested"):
+        bisect_releases(VERSIONS, good="3.39.0", bad="3.0.0", probe=FakeRunner("3.5.0", skips={"3.0.0"}))
+
+
+def test_bisect_adjacent_endpoints_need_no_more_probes():
+    runner = FakeRunner("3.6.0")
+    res = bisect_releases(VERSIONS, good="3.6.0", bad="3.5.0", probe=runner)
+    assert res.first == "3.6.0" and len(runner.calls) == 2
+
+
+# ------------------------------------------------------------------------------------ matrix / command line
+def test_github_matrix_shape():
+    m = github_matrix("swift", ["3.1.1", "4.6.0"], options={"load_args": "true"})
+    assert m == {"include": [
+        {"framework": "ms-swift", "version": "3.1.1", "python": "3.11", "adapter": "swift[load_args=true]"},
+        {"framework": "ms-swift", "version": "4.6.0", "python": "3.11", "adapter": "swift[load_args=true]"}]}
+
+
+def _sweep_cli(*args):
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
+    return subprocess.run([sys.executable, "-m", "harness.sweep", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, env=env)
+
+
+def test_cli_emit_matrix_github_builds_nothing(tmp_path):
+    res = _sweep_cli("ms-swift", "--versions", "4.6.0,3.1.1", "--emit-matrix", "github", "--no-pip-config",
+                     "--env-dir", str(tmp_path / "envs"))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert [(e["version"], e["adapter"]) for e in data["include"]] == [("3.1.1", "swift"), ("4.6.0", "swift")]
+    assert len(res.stdout.strip().splitlines()) == 1  # one line: fits $GITHUB_OUTPUT
+    assert not (tmp_path / "envs").exists()
+
+
+def test_cli_help_and_usage_errors():
+    res = _sweep_cli("--help")
+    assert res.returncode == 0
+    for word in ("--versions SPEC", "--bisect SCENARIO", "--good V", "--emit-matrix {github}", "--jobs N",
+                 "3.0.0..3.3.0", "examples:", "env: <reason>", "--harness-source"):
+        assert word in res.stdout, word
+    assert "--versions SPEC is required" in _sweep_cli("ms-swift").stderr
+    assert "--bisect needs --good" in _sweep_cli("ms-swift", "--bisect", "x").stderr
+    bad = _sweep_cli("axolotl", "--versions", "1.0", "--emit-matrix", "github", "--no-pip-config")
+    assert bad.returncode == 2 and "no pins for framework 'axolotl'" in bad.stderr
+
+
+def test_add_parser_registers_sweep_on_a_cli():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="ft-harness")
+    sub = p.add_subparsers(dest="command")
+    sweep.add_parser(sub)
+    args = p.parse_args(["sweep", "swift", "--versions", "3.1.1..3.2.0", "--scenario", "a", "--scenario", "b",
+                         "--adapter-option", "load_args=true", "--jobs", "2", "--pytest-args", "-m 'not gpu'"])
+    assert (args.framework, args.versions, args.scenario, args.jobs) == ("swift", "3.1.1..3.2.0", ["a", "b"], 2)
+    assert args.func is sweep.main
+
+
+def test_show_pins_builds_nothing(tmp_path):
+    res = _sweep_cli("ms-swift", "--versions", "3.0.0,4.6.0", "--show-pins", "--no-pip-config",
+                     "--env-dir", str(tmp_path / "envs"))
+    assert res.returncode == 0, res.stderr
+    assert "transformers==4.47.1" in res.stdout and "msgspec" in res.stdout
+    assert not (tmp_path / "envs").exists()
+
+
+def test_github_workflow_example():
+    text = (REPO / "examples" / "github-sweep.yml").read_text()
+    assert "--emit-matrix github" in text and "fromJSON" in text and "upload-artifact" in text
+    assert "report" in text and "--merge" in text and "--format html" in text
+    yaml = pytest.importorskip("yaml")
+    wf = yaml.safe_load(text)
+    assert {"plan", "sweep", "merge"} <= set(wf["jobs"])
+    assert "fromJSON" in str(wf["jobs"]["sweep"]["strategy"]["matrix"])
+
+
+FAKE_FT_HARNESS = r'''#!{python}
+# a stand-in for <env>/bin/ft-harness: writes a one-scenario report where -o says, records argv and cwd
+import json, os, sys
+argv = sys.argv[1:]
+out = argv[argv.index("-o") + 1]
+open(os.path.join(os.path.dirname(out), "argv.json"), "w").write(json.dumps({{"argv": argv, "cwd": os.getcwd(),
+    "hub": os.environ.get("HF_HUB_OFFLINE"), "venv": os.environ.get("VIRTUAL_ENV")}}))
+sys.path.insert(0, {repo!r})
+from harness.report import AdapterRun, TestOutcome, render
+t = TestOutcome("scenarios/test_a.py::test_b", "test_a.py::test_b", "failed", "boom", 0.1, "000")
+open(out, "w").write(render([AdapterRun("swift", "swift", {{}}, 1, 0.1, [t], {{"ms-swift": "3.1.1"}})], "json"))
+sys.exit(1)
+'''
+
+
+def test_run_version_runs_the_env_command_in_a_neutral_dir(tmp_path, fake_uv):
+    uv, _ = fake_uv
+    b = _builder(tmp_path, uv)
+    pins = select_pins("ms-swift", "3.1.1")
+    env = b.ensure(pins)
+    script = env.path / "bin" / "ft-harness"
+    script.write_text(FAKE_FT_HARNESS.format(python=sys.executable, repo=str(REPO)))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "out"
+    res = sweep.run_version(b, pins, out, options={"load_args": "true"}, k_expr="args", log=lambda m: None)
+    assert res.error is None and res.exit_code == 1 and res.report == out / "ms-swift-3.1.1.json"
+    seen = json.loads((out / "argv.json").read_text())
+    assert seen["argv"][:4] == ["report", "--adapter", "swift[load_args=true]", "--format"]
+    assert seen["argv"][-2:] == ["-k", "args"] and seen["hub"] == "1" and seen["venv"] == str(env.path)
+    assert Path(seen["cwd"]) == out / ".work" / "ms-swift-3.1.1"
+    assert verdict_of(json.loads(res.report.read_text()), "test_b")[0] == "fail"
+    script.write_text("#!/bin/sh\necho 'Traceback...' ; echo 'ModuleNotFoundError: No module named swift' ; exit 3\n")
+    broken = sweep.run_version(b, pins, out, k_expr="args", log=lambda m: None)
+    assert broken.error == "run: exit 3: ModuleNotFoundError: No module named swift"
+    assert json.loads((out / "ms-swift-3.1.1.json").read_text())["adapters"][0]["tests"][0]["reason"].startswith("run:")
