@@ -109,7 +109,9 @@ def columns(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for key, a in zip(keys, adapters):
         fw = _framework(a)
-        libs = {k: v for k, v in (a.get("versions") or {}).items() if fw is None or k != fw[0]}
+        order = {name: i for i, name in enumerate(_LIBRARIES)}
+        libs = dict(sorted(((k, v) for k, v in (a.get("versions") or {}).items() if fw is None or k != fw[0]),
+                           key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
         out.append({"key": key, "target": a.get("target", key), "framework": fw, "libraries": libs,
                     "options": a.get("options") or {}, "duration_s": a.get("duration_s"),
                     "exit_code": a.get("exit_code")})
@@ -200,11 +202,12 @@ th, td { border-right: 1px solid var(--line); border-bottom: 1px solid var(--lin
 thead th { position: sticky; top: 0; background: #f1f1f4; z-index: 2; text-align: left; font-weight: 600;
            min-width: 92px; max-width: 170px; }
 thead th.scn { left: 0; z-index: 3; }
-td.scn { position: sticky; left: 0; background: #fff; z-index: 1; min-width: 300px; max-width: 420px; }
+thead th.seed, thead th.refs { min-width: 0; }
+td.scn { position: sticky; left: 0; background: #fff; z-index: 1; min-width: 280px; max-width: 400px; }
 .mod { color: var(--muted); font-size: 11px; display: block; }
-.fn { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; word-break: break-all; }
+.fn { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; overflow-wrap: anywhere; }
 .seed { text-align: center; font-family: ui-monospace, monospace; white-space: nowrap; }
-.refs { font-size: 11px; max-width: 150px; }
+.refs { font-size: 11px; max-width: 140px; }
 .refs a { color: #1565c0; text-decoration: none; white-space: nowrap; }
 .fw { display: block; font-size: 13px; }
 .libs, .opts { display: block; font-weight: 400; color: var(--muted); font-size: 10.5px; }
@@ -324,7 +327,7 @@ def render_html(report: Mapping[str, Any], *, title: str | None = None,
         sid = s["id"]
         module, _, func = sid.partition("::")
         cells = "".join(_cell(s.get("results", {}).get(c["key"])) for c in cols)
-        body.append(f'<tr><td class="scn"><span class="mod">{_e(module)}</span><span class="fn">{_e(func or sid)}'
+        body.append(f'<tr><td class="scn"><span class="mod">{_e(module)}</span><span class="fn">{_e(func or sid).replace("_", "_<wbr>")}'
                     f'</span></td><td class="seed">{_e(s.get("seed") or "")}</td>'
                     f'<td class="refs">{_refs_html(refs.get(sid, []))}</td>{cells}</tr>')
     foot = "".join("<td></td>" if not isinstance(c["duration_s"], (int, float)) else f"<td>{c['duration_s']:.1f}s</td>"
@@ -341,7 +344,7 @@ def render_html(report: Mapping[str, Any], *, title: str | None = None,
 Hover a cell for its first failure message; click it to expand.</p>
 <div class="legend">{legend}</div>
 <div class="wrap"><table>
-<thead><tr><th class="scn">scenario</th><th>seed</th><th>upstream</th>{head}</tr></thead>
+<thead><tr><th class="scn">scenario</th><th class="seed">seed</th><th class="refs">upstream</th>{head}</tr></thead>
 <tbody>
 {chr(10).join(body)}
 </tbody>
