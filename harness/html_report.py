@@ -327,7 +327,7 @@ def render_html(report: Mapping[str, Any], *, title: str | None = None,
         sid = s["id"]
         module, _, func = sid.partition("::")
         cells = "".join(_cell(s.get("results", {}).get(c["key"])) for c in cols)
-        body.append(f'<tr><td class="scn"><span class="mod">{_e(module)}</span><span class="fn">{_e(func or sid).replace("_", "_<wbr>")}'
+        body.append(f'<tr><td class="scn" title="{_e(sid)}"><span class="mod">{_e(module)}</span><span class="fn">{_e(func or sid).replace("_", "_<wbr>")}'
                     f'</span></td><td class="seed">{_e(s.get("seed") or "")}</td>'
                     f'<td class="refs">{_refs_html(refs.get(sid, []))}</td>{cells}</tr>')
     foot = "".join("<td></td>" if not isinstance(c["duration_s"], (int, float)) else f"<td>{c['duration_s']:.1f}s</td>"

@@ -73,7 +73,8 @@ def test_versions_in_headers(page):
 
 
 def test_seed_and_upstream_per_row(page):
-    rows = re.findall(r"<tr><td class=\"scn\">.*?</tr>", page, re.S)
+    tbody = page[page.index("<tbody>"):page.index("</tbody>")]
+    rows = re.findall(r"<tr><td class=\"scn\".*?</tr>", tbody, re.S)
     assert len(rows) == 3
     args_row = next(r for r in rows if "test_seed_lora_on_full_output_trains_lora" in r)
     assert '<td class="seed">000</td>' in args_row
