@@ -51,7 +51,7 @@ __all__ = ["SweepError", "Pins", "IndexSettings", "EnvResult", "VersionResult", 
            "filter_releases", "expand_versions", "needs_release_list", "fetch_releases", "framework_table",
            "select_pins", "env_key", "env_name", "EnvBuilder", "scenario_command", "k_expression",
            "run_version", "merge_runs", "verdict_of", "bisect_releases", "format_bisect", "github_matrix",
-           "first_meaningful_line", "matrix_md", "add_parser", "main"]
+           "first_meaningful_line", "run_failure_line", "matrix_md", "add_parser", "main"]
 
 
 class SweepError(Exception):
@@ -614,18 +614,40 @@ def run_version(builder: EnvBuilder, pins: Pins, out: Path, *, options: Mapping[
     except subprocess.TimeoutExpired:
         res.exit_code = -1
     res.run_s = time.perf_counter() - start
-    if out_json.is_file():
+    if out_json.is_file() and (res.exit_code in (0, 1) or _has_tests(out_json)):
         res.report = out_json
         log(f"{tag} scenarios ran in {res.run_s:.1f}s (exit {res.exit_code}) -> {out_json}")
-    else:
+    else:  # no report, or pytest stopped before any test (an import error in the framework, INTERNALERROR)
         tail = run_log.read_text(encoding="utf-8", errors="replace")[-20000:]
         why = (f"timed out after {timeout:.0f}s" if res.exit_code == -1
-               else f"exit {res.exit_code}: {first_meaningful_line(tail)}")
+               else f"exit {res.exit_code}: {run_failure_line(tail)}")
         res.error = f"run: {why}"
         log(f"{tag} scenario run failed ({why}); log: {run_log}")
         _write_error_report(out_json, res)
         res.report = None
     return res
+
+
+def _has_tests(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return any(a.get("tests") for a in data.get("adapters", []))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)|AssertionError)\b.*")
+
+
+def run_failure_line(text: str, limit: int = 200) -> str:
+    """Why a scenario run stopped: the last ``SomethingError: ...`` line of its output (pytest's
+    ``INTERNALERROR>`` and ``E`` prefixes removed), else :func:`first_meaningful_line`."""
+    lines = [re.sub(r"^(INTERNALERROR>|E)\s+", "", _ANSI.sub("", ln).strip()) for ln in str(text).splitlines()]
+    hits = [ln for ln in lines if _EXC_LINE.match(ln)]
+    if hits:
+        pick = re.sub(r"\s+", " ", hits[-1])
+        return pick if len(pick) <= limit else pick[: limit - 3] + "..."
+    return first_meaningful_line(text, limit)
 
 
 def _error_run(res: VersionResult):
@@ -962,7 +984,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--show-pins", action="store_true", help="print each version's pins and env path, build nothing")
     sp.add_argument("--pytest-args", default="", metavar="'ARGS'",
                     help="extra pytest arguments for every version's run, one shell-quoted string "
-                         "(e.g. --pytest-args '-m \"not gpu\" -x')")
+                         "(e.g. --pytest-args '-m \"not ft_gpu\" -x')")
     sp.set_defaults(func=main)
     return sp
 

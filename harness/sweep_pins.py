@@ -47,6 +47,9 @@ _SWIFT3 = {
     "python": "3.11",
     "no_deps": True,
     "requirements_files": ["requirements/swift3.txt"],
+    # what later 3.x releases added to their requirements beside swift3.txt's (3.5: scipy, simplejson,
+    # sortedcontainers; 3.7: pyyaml; 3.9: json-repair; 3.10: omegaconf); gradio (web UI) stays out
+    "requirements": ["scipy", "simplejson", "sortedcontainers", "pyyaml", "json-repair", "omegaconf"],
     "harness_no_deps": True,
 }
 

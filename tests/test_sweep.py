@@ -511,3 +511,30 @@ def test_run_version_runs_the_env_command_in_a_neutral_dir(tmp_path, fake_uv):
     broken = sweep.run_version(b, pins, out, k_expr="args", log=lambda m: None)
     assert broken.error == "run: exit 3: ModuleNotFoundError: No module named swift"
     assert json.loads((out / "ms-swift-3.1.1.json").read_text())["adapters"][0]["tests"][0]["reason"].startswith("run:")
+
+
+def test_run_failure_line_finds_the_exception():
+    log = ("INTERNALERROR> Traceback (most recent call last):\nINTERNALERROR>   File \"x\", line 1\n"
+           "INTERNALERROR>     import json_repair\nINTERNALERROR> ModuleNotFoundError: No module named 'json_repair'\n"
+           "\nft-harness: wrote json report for 1 adapter(s) to /x.json\n")
+    assert sweep.run_failure_line(log) == "ModuleNotFoundError: No module named 'json_repair'"
+    assert sweep.run_failure_line("E   ImportError: cannot import name 'X' from 'transformers'") == \
+        "ImportError: cannot import name 'X' from 'transformers'"
+    assert sweep.run_failure_line("nothing here\n") == "nothing here"
+
+
+def test_a_report_without_tests_and_a_bad_exit_is_a_run_error(tmp_path, fake_uv):
+    uv, _ = fake_uv
+    b = _builder(tmp_path, uv)
+    pins = select_pins("ms-swift", "3.10.2")
+    env = b.ensure(pins)
+    script = env.path / "bin" / "ft-harness"
+    script.write_text("#!/bin/sh\necho \"INTERNALERROR> ModuleNotFoundError: No module named 'json_repair'\"\n"
+                      "for a; do if [ \"$prev\" = -o ]; then out=$a; fi; prev=$a; done\n"
+                      "printf '{\"format\": \"ft-harness-report/1\", \"adapters\": [{\"target\": \"swift\", "
+                      "\"name\": \"swift\", \"exit_code\": 3, \"duration_s\": 0, \"tests\": []}], "
+                      "\"scenarios\": []}' > \"$out\"\nexit 3\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    res = sweep.run_version(b, pins, tmp_path / "out", k_expr="x", log=lambda m: None)
+    assert res.report is None
+    assert res.error == "run: exit 3: ModuleNotFoundError: No module named 'json_repair'"
