@@ -7,7 +7,8 @@ have that shape (a sweep adds a ``"sweep"`` key with its timings, shown under th
 The page is a colour matrix, rows = scenarios, columns = adapter runs (framework and library
 versions in the header): pass / FAIL / xfail (known failure) / XPASS / skipped / error / env error
 (a sweep environment that could not be built: outcome ``error``, reason ``env: ...``). A cell's
-first failure message is its ``title`` (hover) and the body of a ``<details>`` (click). Each row
+first failure message is its ``title`` (hover) and the body of a ``<details>`` (click), with the
+whole failure report where the JSON records one (a test's ``message``). Each row
 shows its seed and the upstream issues named in the scenario's docstring (read from the source with
 ``ast``, nothing imported; optional: missing sources just leave the column empty). Inline CSS, no
 script, no network: the only ``http`` URLs are links to the upstream issues.
@@ -114,7 +115,7 @@ def columns(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                            key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
         out.append({"key": key, "target": a.get("target", key), "framework": fw, "libraries": libs,
                     "options": a.get("options") or {}, "duration_s": a.get("duration_s"),
-                    "exit_code": a.get("exit_code")})
+                    "exit_code": a.get("exit_code"), "tests": list(a.get("tests") or [])})
     return out
 
 
@@ -223,6 +224,10 @@ details[open] > summary { text-decoration: underline; }
 .why { font-weight: 400; text-align: left; font-size: 11px; margin-top: 4px; word-break: break-word;
        background: rgba(0,0,0,.18); padding: 3px 4px; border-radius: 3px; }
 td.c-skip .why { background: #f7f7f7; color: var(--ink); }
+pre.msg { font: 10.5px/1.3 ui-monospace, "DejaVu Sans Mono", monospace; font-weight: 400; text-align: left;
+          white-space: pre-wrap; word-break: break-word; max-height: 320px; max-width: 560px; overflow: auto;
+          background: #fff; color: var(--ink); border: 1px solid var(--line); padding: 4px; margin: 4px 0 0; }
+details[open] { min-width: 260px; }
 tfoot td { background: #f7f7f9; color: var(--muted); font-size: 11px; text-align: center; }
 .timings { margin-top: 14px; border-collapse: collapse; }
 .timings td, .timings th { border: 1px solid var(--line); padding: 3px 8px; font-size: 12px; }
@@ -258,7 +263,22 @@ def _header(col: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _cell(cell: Mapping[str, Any] | None) -> str:
+_MESSAGE_LIMIT = 6000
+
+
+def _message(col: Mapping[str, Any], scenario: str, cell: Mapping[str, Any] | None) -> str:
+    """The full failure report of the column's first test of ``scenario`` with the cell's outcome
+    (reports that record ``message`` per test), cut to a readable length."""
+    if not cell:
+        return ""
+    for t in col.get("tests", ()):
+        if t.get("scenario") == scenario and t.get("outcome") == cell.get("outcome") and t.get("message"):
+            msg = str(t["message"])
+            return msg if len(msg) <= _MESSAGE_LIMIT else msg[:_MESSAGE_LIMIT] + "\n[... cut]"
+    return ""
+
+
+def _cell(cell: Mapping[str, Any] | None, message: str = "") -> str:
     cls, word = cell_class(cell)
     reason = str(cell.get("reason", "") or "") if cell else ""
     n = cell.get("tests", 1) if cell else 0
@@ -268,8 +288,9 @@ def _cell(cell: Mapping[str, Any] | None) -> str:
     if not reason or cell.get("outcome") == "passed":
         return f'<td class="c {cls}" title="{_e(word + extra)}">{_e(word)}</td>'
     tip = f"{word}{extra}: {reason}"
+    full = f'<pre class="msg">{_e(message)}</pre>' if message and message.strip() != reason.strip() else ""
     return (f'<td class="c {cls}" title="{_e(tip)}"><details><summary>{_e(word)}</summary>'
-            f'<div class="why">{_e(reason)}</div></details></td>')
+            f'<div class="why">{_e(reason)}</div>{full}</details></td>')
 
 
 def _refs_html(refs: Sequence[tuple[str, str | None]]) -> str:
@@ -326,7 +347,8 @@ def render_html(report: Mapping[str, Any], *, title: str | None = None,
     for s in scenarios:
         sid = s["id"]
         module, _, func = sid.partition("::")
-        cells = "".join(_cell(s.get("results", {}).get(c["key"])) for c in cols)
+        cells = "".join(_cell(s.get("results", {}).get(c["key"]), _message(c, sid, s.get("results", {}).get(c["key"])))
+                        for c in cols)
         body.append(f'<tr><td class="scn" title="{_e(sid)}"><span class="mod">{_e(module)}</span><span class="fn">{_e(func or sid).replace("_", "_<wbr>")}'
                     f'</span></td><td class="seed">{_e(s.get("seed") or "")}</td>'
                     f'<td class="refs">{_refs_html(refs.get(sid, []))}</td>{cells}</tr>')

@@ -156,3 +156,14 @@ def test_sweep_timings_and_rejects_other_json():
     assert "env: &lt;bad&gt;" in page
     with pytest.raises(ValueError, match="not an ft-harness JSON report"):
         render_html({"format": "junit"})
+
+
+def test_full_failure_message_in_the_expansion():
+    data = merged_report()
+    for a in data["adapters"]:
+        for t in a["tests"]:
+            if t["outcome"] == "failed":
+                t["message"] = "def test():\n>   assert trained == 'lora'\nE   AssertionError: <full> & more\n"
+    page = render_html(data, scenario_sources={})
+    assert '<pre class="msg">def test():\n&gt;   assert trained == &#x27;lora&#x27;\nE   AssertionError: &lt;full&gt; &amp; more' in page
+    assert page.count('<pre class="msg">') == 1  # only the failed cell has a message
