@@ -604,15 +604,10 @@ def run_version(builder: EnvBuilder, pins: Pins, out: Path, *, options: Mapping[
     run_log = out / "logs" / f"{pins.framework}-{pins.version}.run.log"
     run_log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    try:
-        with open(run_log, "w", encoding="utf-8") as fh:
-            fh.write(f"$ {shlex.join(cmd)}\n")
-            fh.flush()
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=work, env=_run_env(env.path),
-                                  timeout=timeout)
-        res.exit_code = proc.returncode
-    except subprocess.TimeoutExpired:
-        res.exit_code = -1
+    with open(run_log, "w", encoding="utf-8") as fh:
+        fh.write(f"$ {shlex.join(cmd)}\n")
+        fh.flush()
+        res.exit_code = _run_group(cmd, fh, work, _run_env(env.path), timeout)
     res.run_s = time.perf_counter() - start
     if out_json.is_file() and (res.exit_code in (0, 1) or _has_tests(out_json)):
         res.report = out_json
@@ -626,6 +621,29 @@ def run_version(builder: EnvBuilder, pins: Pins, out: Path, *, options: Mapping[
         _write_error_report(out_json, res)
         res.report = None
     return res
+
+
+def _run_group(cmd: list[str], out, cwd: Path, env: Mapping[str, str], timeout: float) -> int:
+    """Run ``cmd`` in its own process group; on timeout or interruption the whole group (the forked
+    training children included) is killed. -1 on timeout."""
+    import signal
+
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=dict(env),
+                            start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1
+    finally:
+        if proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, sig)
+                try:
+                    proc.wait(timeout=10)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
 
 
 def _has_tests(path: Path) -> bool:
@@ -796,8 +814,9 @@ class BisectResult:
 
 def verdict_of(report: Mapping[str, Any] | None, scenario: str) -> tuple[str, str]:
     """(verdict, detail) of ``scenario`` in an ``ft-harness-report/1`` dict: ``pass`` (passed, or a
-    known failure that now passes), ``fail`` (failed / error / strict xfail: the bug is there), ``skip``
-    (skipped, not collected, or no report). ``scenario`` matches a row id exactly or as a substring;
+    known failure that now passes), ``fail`` (failed or strict xfail: the bug is there), ``skip``
+    (skipped, not collected, no report, or ``error``: the test could not be set up, e.g. the release
+    does not import beside its pins — untestable, like ``git bisect skip``). ``scenario`` matches a row id exactly or as a substring;
     several matching rows give the worst."""
     if report is None:
         return "skip", "no report"
@@ -809,10 +828,9 @@ def verdict_of(report: Mapping[str, Any] | None, scenario: str) -> tuple[str, st
     for outcome, reason in cells:
         if outcome == "error" and str(reason).startswith(("env:", "run:")):
             return "skip", reason
-    order = {"failed": 4, "error": 4, "xfailed": 3, "xpassed": 1, "passed": 1, "skipped": 0}
+    order = {"error": 5, "failed": 4, "xfailed": 3, "xpassed": 1, "passed": 1, "skipped": 0}
     outcome, reason = max(cells, key=lambda c: order.get(c[0], 0))
-    verdict = {"failed": "fail", "error": "fail", "xfailed": "fail", "xpassed": "pass", "passed": "pass"}.get(
-        outcome, "skip")
+    verdict = {"failed": "fail", "xfailed": "fail", "xpassed": "pass", "passed": "pass"}.get(outcome, "skip")
     return verdict, f"{outcome}" + (f": {reason}" if reason else "")
 
 
@@ -1021,13 +1039,25 @@ def _versions(args, distribution: str, index: IndexSettings, *, extra: Sequence[
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     """``ft-harness sweep``; ``args`` is the parsed namespace (or an argv list for ``python -m``)."""
+    import signal
+
     if args is None or not isinstance(args, argparse.Namespace):
         args = _parser().parse_args(["sweep", *(args if args is not None else sys.argv[1:])])
+
+    def _terminate(signum, frame):  # SIGTERM: unwind, so running scenario process groups are killed
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _main(args)
     except SweepError as exc:
         print(f"ft-harness sweep: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _main(args) -> int:

@@ -48,8 +48,10 @@ _SWIFT3 = {
     "no_deps": True,
     "requirements_files": ["requirements/swift3.txt"],
     # what later 3.x releases added to their requirements beside swift3.txt's (3.5: scipy, simplejson,
-    # sortedcontainers; 3.7: pyyaml; 3.9: json-repair; 3.10: omegaconf); gradio (web UI) stays out
-    "requirements": ["scipy", "simplejson", "sortedcontainers", "pyyaml", "json-repair", "omegaconf"],
+    # sortedcontainers; 3.7: pyyaml; 3.9: json-repair; 3.10: omegaconf); gradio (web UI) stays out.
+    # msgspec: imported by the training path of later releases without being declared (as in 4.x,
+    # which is why ft-harness[swift] lists it)
+    "requirements": ["scipy", "simplejson", "sortedcontainers", "pyyaml", "json-repair", "omegaconf", "msgspec"],
     "harness_no_deps": True,
 }
 

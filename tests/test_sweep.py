@@ -321,7 +321,7 @@ def _report(outcome, reason="", sid="test_args_precedence.py::test_seed_lora_on_
 
 
 @pytest.mark.parametrize("outcome, reason, verdict", [
-    ("passed", "", "pass"), ("failed", "boom", "fail"), ("error", "crash", "fail"), ("xfailed", "known", "fail"),
+    ("passed", "", "pass"), ("failed", "boom", "fail"), ("error", "crash", "skip"), ("xfailed", "known", "fail"),
     ("xpassed", "fixed", "pass"), ("skipped", "no grpo", "skip"), ("error", "env: no solution", "skip"),
 ])
 def test_verdicts(outcome, reason, verdict):
@@ -538,3 +538,4 @@ def test_a_report_without_tests_and_a_bad_exit_is_a_run_error(tmp_path, fake_uv)
     res = sweep.run_version(b, pins, tmp_path / "out", k_expr="x", log=lambda m: None)
     assert res.report is None
     assert res.error == "run: exit 3: ModuleNotFoundError: No module named 'json_repair'"
+
