@@ -834,12 +834,30 @@ def verdict_of(report: Mapping[str, Any] | None, scenario: str) -> tuple[str, st
     return verdict, f"{outcome}" + (f": {reason}" if reason else "")
 
 
+def _next_probe(lo: int, hi: int, skipped: set[int]) -> int:
+    """The index to probe strictly between ``lo`` and ``hi``: the midpoint, or, when it was skipped,
+    the first untested of mid+1, mid-1, mid+2, mid-2, mid+4, mid-4, ... (a block of k untestable
+    releases costs O(log k) probes, not k), else the untested index nearest the midpoint."""
+    mid = (lo + hi) // 2
+    ok = lambda j: lo < j < hi and j not in skipped  # noqa: E731
+    if ok(mid):
+        return mid
+    step = 1
+    while step < hi - lo:
+        for j in (mid + step, mid - step):
+            if ok(j):
+                return j
+        step *= 2
+    return min((j for j in range(lo + 1, hi) if j not in skipped), key=lambda j: (abs(j - mid), j))
+
+
 def bisect_releases(releases: Sequence[str], good: str, bad: str, probe: Callable[[str], Probe | tuple]
                     ) -> BisectResult:
     """Binary search over ``releases`` (any order; sorted here) between ``good`` and ``bad`` for the
     first release where ``probe``'s verdict flips. ``good`` must ``pass`` and ``bad`` must ``fail``
-    (else :class:`SweepError`). A ``skip`` verdict is skipped like ``git bisect skip``: the next
-    untested release nearest the midpoint is probed instead. ``probe`` is called O(log n) times."""
+    (else :class:`SweepError`). A ``skip`` verdict is skipped like ``git bisect skip``: releases at
+    growing distances from the midpoint are probed instead (:func:`_next_probe`). ``probe`` is called
+    O(log n) times (plus O(log k) for a block of k untestable releases)."""
     ordered = sorted(dict.fromkeys(releases), key=Version)
     for name, v in (("--good", good), ("--bad", bad)):
         if v not in ordered:
@@ -877,8 +895,7 @@ def bisect_releases(releases: Sequence[str], good: str, bad: str, probe: Callabl
         between = [i for i in range(lo + 1, hi) if i not in skipped]
         if not between:
             break
-        mid = (lo + hi) // 2
-        i = min(between, key=lambda j: (abs(j - mid), j))
+        i = _next_probe(lo, hi, skipped)
         p = ask(ordered[i])
         if p.verdict == "skip":
             skipped.add(i)

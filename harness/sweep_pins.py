@@ -38,11 +38,11 @@ DEFAULTS = {
 }
 
 # ms-swift 3.x installs with --no-deps plus requirements/swift3.txt (the tox -e swift3 recipe): its own
-# metadata pulls gradio and friends and pip spends over 10 minutes resolving it. The 3.x releases from
-# 3.1.1 on all declare transformers/peft/trl ranges that contain swift3.txt's transformers 4.49.0 /
-# peft 0.14.0 / trl 0.15.2, so the libraries stay fixed across the 3.x line and a verdict that flips
-# between two 3.x releases is ms-swift's doing. 3.0.x (transformers < 4.48, trl < 0.12) and 3.1.0
-# (trl < 0.15) declare older ranges: they get those as overrides.
+# metadata pulls gradio and friends and pip spends over 10 minutes resolving it. 3.1.1-3.4.x run on
+# swift3.txt's transformers 4.49.0 / peft 0.14.0 / trl 0.15.2 unchanged (inside every range they
+# declare), so a verdict that flips between two of them is ms-swift's doing. 3.0.x (transformers <
+# 4.48, trl < 0.12) and 3.1.0 (trl < 0.15) declare older ranges, 3.5+ needs a newer trl than it
+# declares: those get overrides.
 _SWIFT3 = {
     "python": "3.11",
     "no_deps": True,
@@ -67,8 +67,12 @@ PINS = {
             {"versions": ">=3.1.0,<3.1.1", **_SWIFT3,
              "overrides": ["trl==0.14.0"],
              "note": "ms-swift 3.1.0 declares trl>=0.13,<0.15"},
-            {"versions": ">=3.1.1,<4.0.0", **_SWIFT3,
+            {"versions": ">=3.1.1,<3.5.0", **_SWIFT3,
              "note": "tox -e swift3's recipe: --no-deps + requirements/swift3.txt (transformers 4.49.0)"},
+            {"versions": ">=3.5.0,<4.0.0", **_SWIFT3,
+             "overrides": ["transformers==4.52.4", "peft==0.15.2", "trl==0.19.1"],
+             "note": "3.5+ imports trl.extras.profiling (trl >= 0.16) on its training path; the newest "
+                     "transformers/peft/trl inside every range 3.5-3.12 declares (<4.53, <0.16, <0.20)"},
             {"versions": ">=4.0.0,<5.0.0", "python": "3.11",
              "requirements": ["msgspec"],
              "note": "ft-harness[swift]: ms-swift 4.x resolves with its own metadata (uv: seconds)"},

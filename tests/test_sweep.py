@@ -89,10 +89,13 @@ def test_pins_swift_3x_4x_split():
     assert p30.no_deps and p30.harness_no_deps and "requirements/swift3.txt" in p30.requirements_files
     assert "transformers==4.47.1" in p30.overrides and "trl==0.11.4" in p30.overrides
     assert select_pins("ms-swift", "3.1.0").overrides == ("trl==0.14.0",)
-    for v in ("3.1.1", "3.2.0", "3.2.0.post2", "3.12.6"):
+    for v in ("3.1.1", "3.2.0", "3.2.0.post2", "3.4.1"):
         p = select_pins("ms-swift", v)
         assert p.no_deps and p.requirements_files == ("requirements/swift3.txt",) and not p.overrides, v
         assert p.adapter == "swift" and p.distribution == "ms-swift" and p.python == "3.11"
+    for v in ("3.5.0", "3.12.6"):
+        p = select_pins("ms-swift", v)
+        assert p.no_deps and "trl==0.19.1" in p.overrides and "json-repair" in p.requirements, v
     for v in ("4.0.0", "4.6.0"):
         p = select_pins("ms-swift", v)
         assert not p.no_deps and not p.harness_no_deps and not p.requirements_files
@@ -389,6 +392,18 @@ def test_bisect_skips_env_errors_like_git_bisect_skip():
     runner = FakeRunner("3.30.0", skips={"3.19.0", "3.20.0"})
     res = bisect_releases(VERSIONS, good="3.39.0", bad="3.0.0", probe=runner)
     assert res.first == "3.30.0" and not res.ambiguous
+
+
+def test_bisect_crosses_a_block_of_untestable_releases_in_log_probes():
+    block = {f"3.{i}.0" for i in range(8, 32)}  # 24 releases that do not install / import
+    runner = FakeRunner("3.35.0", skips=block)
+    res = bisect_releases(VERSIONS, good="3.39.0", bad="3.0.0", probe=runner)
+    assert res.first == "3.35.0" and not res.ambiguous
+    assert len(runner.calls) <= 2 + 2 * math.ceil(math.log2(len(block))) + math.ceil(math.log2(len(VERSIONS)))
+    runner = FakeRunner("3.20.0", skips=block)  # the flip inside the block: the answer is the block's range
+    res = bisect_releases(VERSIONS, good="3.39.0", bad="3.0.0", probe=runner)
+    assert res.ambiguous and res.last_before == "3.7.0" and res.first == "3.32.0"
+    assert len(runner.calls) < len(VERSIONS)
 
 
 def test_bisect_rejects_reversed_equal_and_untestable_endpoints():
