@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 from .errors import AdapterLoadError
 
@@ -31,7 +31,10 @@ __all__ = [
     "RunSpec",
     "RunResult",
     "FrameworkAdapter",
+    "Adapter",
+    "KnownFailure",
     "load_adapter",
+    "read_known_failures",
     "parse_adapter_options",
     "split_adapter_spec",
     "ADAPTER_ENTRY_POINT_GROUP",
@@ -267,6 +270,72 @@ class FrameworkAdapter(Protocol):
     def train(self, spec: RunSpec) -> RunResult: ...
 
 
+#: A known failure: a reason (upstream issue), or ``(reason, ExceptionClass)`` when the failure is an exception
+#: of that class (any other exception is then a real failure).
+KnownFailure = Union[str, "tuple[str, type[BaseException]]"]
+
+
+class Adapter:
+    """Base class of every adapter: each member a scenario, the plugin or a report may use, with its default.
+
+    Subclass it, set :attr:`name` and :attr:`capabilities`, implement :meth:`train`; override the rest
+    only where the framework differs from the default. (Duck-typed adapters work too: :func:`load_adapter`
+    fills in the defaults below for any optional member they lack.)
+    """
+
+    #: short id used in reports and failure messages
+    name: str = "adapter"
+    #: subset of :data:`CAPABILITIES`; a scenario needing another one is skipped, naming it
+    capabilities: frozenset[str] = frozenset()
+    #: scenario test id or prefix (``test_module.py::test_name[params``) -> :data:`KnownFailure`; matching tests
+    #: run as *strict* xfails. Compute it in ``__init__`` when it depends on options or installed versions.
+    known_failures: Mapping[str, KnownFailure] = {}
+    #: the tiny model architecture the framework is tested with (one of :data:`harness.models.ARCHITECTURES`)
+    model_arch: str = "llama"
+    #: harness metric name -> the name the framework logs it under (e.g. ms-swift: eval_accuracy -> eval_token_acc)
+    metric_names: Mapping[str, str] = {}
+    #: harness argument key -> the framework's key for it in its saved argument files (ms-swift 4: train_type ->
+    #: tuner_type); scenarios read the framework's files through this map and never spell framework keys
+    arg_names: Mapping[str, str] = {}
+
+    def versions(self) -> Mapping[str, str]:
+        """Installed versions to show in reports (framework first, then libraries); default none."""
+        return {}
+
+    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
+        """How the framework resolves ``cli`` against saved argument files, with sources and warnings.
+
+        Pure and fast (hypothesis calls it thousands of times). The default is a framework that reads
+        no saved files: the command line over :data:`harness.task.TASK_DEFAULTS`. Declare the ``args``
+        capability only when you override this with the framework's real layering.
+        """
+        from .task import TASK_DEFAULTS
+
+        values = dict(TASK_DEFAULTS)
+        sources = {k: Source("default") for k in TASK_DEFAULTS}
+        for key, value in cli.items():
+            if value is not None:
+                values[key], sources[key] = value, Source("cli")
+        return ResolvedArgs(values=values, sources=sources)
+
+    def train(self, spec: RunSpec) -> RunResult:
+        """Run the framework as a user would and return where the files are."""
+        raise NotImplementedError(f"{type(self).__name__}.train")
+
+    def metric_name(self, metric: str) -> str:
+        """The name the framework logs ``metric`` under."""
+        return self.metric_names.get(metric, metric)
+
+    def arg_name(self, key: str) -> str:
+        """The framework's name for argument ``key`` in its saved files."""
+        return self.arg_names.get(key, key)
+
+
+#: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
+OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
+                    "resolve_args")
+
+
 def _import_target(target: str) -> Any:
     if ":" in target:
         module_name, _, attr = target.partition(":")
@@ -331,12 +400,65 @@ def load_adapter(target: str | None = None, options: Mapping[str, str] | None = 
         adapter = cls(**dict(options or {}))
     except TypeError as exc:
         raise AdapterLoadError(f"cannot construct adapter {target!r} with options {dict(options or {})}: {exc}") from exc
-    missing = [a for a in ("name", "capabilities", "resolve_args", "train") if not hasattr(adapter, a)]
+    missing = [a for a in ("name", "capabilities", "train") if not hasattr(adapter, a)]
     if missing:
         raise AdapterLoadError(f"adapter {target!r} does not satisfy FrameworkAdapter: missing {missing}")
+    if not isinstance(adapter, Adapter):  # duck-typed: the contract's defaults for what it does not define
+        for member in OPTIONAL_MEMBERS:
+            if not hasattr(adapter, member):
+                default = getattr(Adapter, member)
+                setattr(adapter, member, default.__get__(adapter) if callable(default) else default)
+    validate_adapter(adapter, target)
+    return adapter
+
+
+def validate_adapter(adapter: Any, target: str = "") -> None:
+    """Check every member of the contract an adapter declares; an AdapterLoadError names the member."""
+    label = target or type(adapter).__name__
+    if not isinstance(adapter.name, str) or not adapter.name:
+        raise AdapterLoadError(f"adapter {label!r}: name must be a non-empty string, got {adapter.name!r}")
     unknown = set(adapter.capabilities) - CAPABILITIES
     if unknown:
         raise AdapterLoadError(
-            f"adapter {target!r} declares unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}"
+            f"adapter {label!r} declares unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}"
         )
-    return adapter
+    for key, entry in dict(adapter.known_failures).items():
+        reason, exc = (entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, BaseException))
+        if not isinstance(key, str) or "::" not in key or not isinstance(reason, str) or not (
+                isinstance(exc, type) and issubclass(exc, BaseException)):
+            raise AdapterLoadError(
+                f"adapter {label!r}: known_failures[{key!r}] = {entry!r}; expected 'test_module.py::test_name[...' -> "
+                f"'reason' or ('reason', ExceptionClass)")
+    from .models import ARCHITECTURES
+
+    if adapter.model_arch not in ARCHITECTURES:
+        raise AdapterLoadError(f"adapter {label!r}: model_arch {adapter.model_arch!r} is not one of {ARCHITECTURES}")
+    for member in ("metric_names", "arg_names"):
+        mapping = getattr(adapter, member)
+        if not isinstance(mapping, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                        for k, v in mapping.items()):
+            raise AdapterLoadError(f"adapter {label!r}: {member} must map str to str, got {mapping!r}")
+    if not callable(adapter.versions) or not callable(adapter.resolve_args) or not callable(adapter.train):
+        raise AdapterLoadError(f"adapter {label!r}: versions, resolve_args and train must be methods")
+
+
+def read_known_failures(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A known-failures file (``--ft-known-failures``), as array-api-tests' xfails file: one scenario id or
+    prefix per line, optionally followed by ``# reason``; blank lines and ``#`` comment lines are ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise AdapterLoadError(f"cannot read known-failures file {path}: {exc.strerror or exc}") from None
+    out: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, _, reason = text.partition("#")
+        key = key.strip()
+        if "::" not in key or " " in key:
+            raise AdapterLoadError(f"{path}:{number}: expected 'test_module.py::test_name[params]  # reason', "
+                                   f"got {line!r}")
+        out[key] = reason.strip() or f"listed in {path.name}"
+    return out

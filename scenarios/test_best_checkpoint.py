@@ -27,7 +27,7 @@ from ._support import spec
 
 REAL_RUN_PHASES = (Phase.explicit, Phase.generate)  # derandomized, no shrinking: each example is a real run
 
-pytestmark = [pytest.mark.seed("004"), pytest.mark.requires("sft", "full", "best-checkpoint")]
+pytestmark = [pytest.mark.ft_seed("004"), pytest.mark.ft_requires("sft", "full", "best-checkpoint")]
 
 LR = 1.5e-3
 
@@ -58,7 +58,7 @@ def test_maximised_metric(ft_adapter, tiny_assets, tmp_path, ft_device):
     result = ft_adapter.train(spec(tiny_assets, tmp_path / "run", train_type="full", max_steps=30, eval_steps=3,
                                    save_steps=10, save_total_limit=1, metric="eval_accuracy",
                                    greater_is_better=True, learning_rate=LR, device=ft_device))
-    logged_as = getattr(ft_adapter, "metric_names", {}).get("eval_accuracy", "eval_accuracy")  # e.g. swift's token_acc
+    logged_as = ft_adapter.metric_name("eval_accuracy")  # e.g. ms-swift logs it as eval_token_acc
     assert_best_checkpoint_kept(result.output_dir, tiny_assets.dataset_dir, metric=logged_as,
                                 greater_is_better=True, save_total_limit=1)
 

@@ -11,12 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
+from ..adapter import ResolvedArgs, RunResult, RunSpec
 from ..layout import list_checkpoints, read_log_history
-from ..task import TASK_DEFAULTS
 
-__all__ = ["parse_bool", "check_options", "plain_resolve", "PlainArguments", "convert_datasets", "collect_result",
-           "checkpoints_in"]
+__all__ = ["parse_bool", "check_options", "convert_datasets", "collect_result", "checkpoints_in"]
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -41,25 +39,6 @@ def check_options(adapter: str, options: Mapping[str, Any], known: Mapping[str, 
     if unknown:
         listing = "; ".join(f"{k}: {v}" for k, v in sorted(known.items())) or "none"
         raise TypeError(f"unknown {adapter} adapter options {unknown} (known: {listing})")
-
-
-def plain_resolve(cli: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> ResolvedArgs:
-    """Resolution for a framework that reads no saved argument files: the CLI over the defaults
-    (the reference's, unless given)."""
-    if defaults is None:
-        defaults = TASK_DEFAULTS
-    values, sources = dict(defaults), {k: Source("default") for k in defaults}
-    for key, value in cli.items():
-        if value is not None:
-            values[key], sources[key] = value, Source("cli")
-    return ResolvedArgs(values=values, sources=sources)
-
-
-class PlainArguments:
-    """``resolve_args`` for frameworks without saved-argument layering (no ``args`` capability)."""
-
-    def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
-        return plain_resolve(cli)
 
 
 def _turns(text: str) -> dict[str, Any]:

@@ -21,11 +21,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapter import RunResult, RunSpec
+from ..adapter import Adapter, RunResult, RunSpec
 from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
 from ..runtime import cpu_threads, library_versions, run_in_fork
-from ._common import PlainArguments, check_options, collect_result, convert_datasets, parse_bool
+from ._common import check_options, collect_result, convert_datasets, parse_bool
 
 __all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "QUANT_KEYS"]
 
@@ -91,12 +91,11 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     return cfg
 
 
-class LlamaFactoryAdapter(PlainArguments):
+class LlamaFactoryAdapter(Adapter):
     """LLaMA-Factory ``run_exp`` with the config a user would write."""
 
     name = "llamafactory"
     capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint", "gpu"})
-    known_failures: Mapping[str, str] = {}
 
     def __init__(self, **options: str):
         check_options("llamafactory", options, OPTIONS)

@@ -39,10 +39,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapter import RunResult, RunSpec
+from ..adapter import Adapter, RunResult, RunSpec
 from ..errors import ConfigError
 from ..runtime import library_versions
-from ._common import PlainArguments, check_options, checkpoints_in, collect_result
+from ._common import check_options, checkpoints_in, collect_result
 
 __all__ = ["SimpleTunerAdapter", "OPTIONS", "build_config", "PRECISION", "LAUNCHER"]
 
@@ -148,12 +148,11 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(clean.splitlines()[-lines:])
 
 
-class SimpleTunerAdapter(PlainArguments):
+class SimpleTunerAdapter(Adapter):
     """SimpleTuner 4.x, ``python -m simpletuner.train`` per run, for ``method="diffusion"``."""
 
     name = "simpletuner"
     capabilities = frozenset({"diffusion", "lora", "resume", "quanto-int8", "quanto-int4", "gpu"})
-    known_failures: Mapping[str, str] = {}
 
     def __init__(self, **options: str):
         check_options("simpletuner", options, OPTIONS)

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..adapter import ResolvedArgs, RunResult, RunSpec, Source
+from ..adapter import Adapter, ResolvedArgs, RunResult, RunSpec, Source
 from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
 from ..runtime import cpu_threads, library_versions, run_in_fork
@@ -192,7 +192,7 @@ orms["ft_counting"] = FtCounting
 '''
 
 
-class SwiftAdapter:
+class SwiftAdapter(Adapter):
     """ms-swift 3.x / 4.x through ``swift sft`` / ``swift rlhf`` argument lists, in-process."""
 
     name = "swift"
@@ -201,7 +201,6 @@ class SwiftAdapter:
     #: the tiny Llama is registered with swift as ``--model_type qwen2 --template qwen`` (transformers 5.19
     #: forces Qwen2Tokenizer on a config whose model_type is qwen2, which the tiny WordLevel tokenizer is not)
     model_arch = "llama"
-    known_failures: Mapping[str, str] = {}
 
     def __init__(self, **options: str):
         check_options("swift", options, OPTIONS)
@@ -221,6 +220,8 @@ class SwiftAdapter:
         if not _transformers_drives_bnb_here():
             caps -= {"quant-nf4", "quant-int8"}
         self.capabilities = frozenset(caps)
+        #: 3.x saves the training type as train_type, 4.x as tuner_type
+        self.arg_names = {"train_type": type_key(self._fields())}
 
     def versions(self) -> dict[str, str]:
         return {"ms-swift": self.version, **library_versions("transformers", "peft", "trl")}

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapter import RunResult, RunSpec
+from ..adapter import Adapter, RunResult, RunSpec
 from ..runtime import cpu_threads, library_versions
-from ._common import PlainArguments, check_options, collect_result, parse_bool
+from ._common import check_options, collect_result, parse_bool
 
 __all__ = ["TransformersAdapter", "OPTIONS", "training_arguments"]
 
@@ -57,13 +57,12 @@ def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str,
     return kwargs
 
 
-class TransformersAdapter(PlainArguments):
+class TransformersAdapter(Adapter):
     """transformers Trainer + PEFT + TRL used plainly (no harness fixes)."""
 
     name = "transformers"
     capabilities = frozenset({"sft", "grpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8",
                               "quanto-int4", "best-checkpoint", "gpu"})
-    known_failures: Mapping[str, str] = {}
 
     def __init__(self, **options: str):
         check_options("transformers", options, OPTIONS)

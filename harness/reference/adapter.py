@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapter import CAPABILITIES, ResolvedArgs, RunResult, RunSpec
+from ..adapter import CAPABILITIES, Adapter, ResolvedArgs, RunResult, RunSpec
 from ..errors import ConfigError, MissingFileError, QuantizationMismatchError
 from . import args as argres
 from ..layout import latest_checkpoint, list_checkpoints, read_json, step_of
@@ -37,7 +37,7 @@ class ArgsOverrideWarning(UserWarning):
     """A command-line value overrode a different value saved in an args.json."""
 
 
-class ReferenceAdapter:
+class ReferenceAdapter(Adapter):
     """Correct fine-tuning on transformers Trainer + PEFT + TRL + bitsandbytes / optimum-quanto."""
 
     name = "reference"
