@@ -7,7 +7,7 @@
 Measured, all in the same run so the results can be read as ratios to the floor:
   floor_import      bare ``python -c "import torch, transformers, peft, trl"``
   floor_trainer     one bare transformers Trainer run (8 steps) on the same tiny model, incl. imports
-  scenarios_serial  ``pytest --pyargs scenarios -m "not gpu"`` on the reference adapter
+  scenarios_serial  ``pytest --pyargs scenarios -m "not ft_gpu"`` on the reference adapter
   scenarios_n2      the same with ``-n 2``
   selftests_n2      the README's test command (``pytest -n 2``)
   per_scenario      seconds per scenario (test function), from ``ft-harness report --format json``
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     check(p, "floor_import")
     out["floor_trainer_s"], p = timed([py, "-c", TRAINER_SNIPPET])
     check(p, "floor_trainer")
-    scen = [py, "-m", "pytest", "--pyargs", "scenarios", "-q", "-m", "not gpu", "-p", "no:cacheprovider"]
+    scen = [py, "-m", "pytest", "--pyargs", "scenarios", "-q", "-m", "not ft_gpu", "-p", "no:cacheprovider"]
     # -n 2 distributes whole modules (--dist loadfile): module-scoped runs are built once, not per worker
     out["scenarios_serial_s"], p = timed(scen)
     check(p, "scenarios_serial")
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         check(p, "selftests_n2")
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "r.json"
-        _, p = timed([py, "-m", "harness.cli", "report", "--format", "json", "-o", str(report), "--", "-m", "not gpu"])
+        _, p = timed([py, "-m", "harness.cli", "report", "--format", "json", "-o", str(report), "--", "-m", "not ft_gpu"])
         check(p, "report")
         data = json.loads(report.read_text()) if report.is_file() else {"scenarios": []}
     out["per_scenario_s"] = {s["id"]: s["results"]["reference"]["duration_s"] for s in data["scenarios"]}

@@ -2,11 +2,13 @@
 
 Commands:
   run     run every scenario against one adapter (default: the reference) and print the matrix
-  report  run against one or more adapters and write a scenario x adapter matrix (md/json/junit/text)
+  report  run against one or more adapters, or merge JSON reports, and write a scenario x adapter
+          matrix (md/json/junit/text/html)
   list    list the scenarios, the seed each reproduces and the capabilities each needs
 
 Exit status: 0 when nothing failed, 1 when a scenario failed or errored (or a known failure
-unexpectedly passed), 2 on usage errors, 5 when the filters selected no scenario.
+unexpectedly passed), 2 on usage errors, 3 when a pytest run itself broke (report --allow-failures),
+5 when the filters selected no scenario.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 EPILOG = """\
 examples:
   ft-harness run                                   # the scenario matrix on the reference adapter
-  ft-harness run --adapter harness.mutants:ArgsJsonBeatsCli
-  ft-harness run -- -k best_checkpoint -x          # anything after -- goes to pytest
+  ft-harness run --adapter harness.mutants:ArgsJsonBeatsCli --tb   # ... with every failure in full
+  ft-harness run -k best_checkpoint -x             # unknown arguments go to pytest ('--' works too)
   ft-harness report --adapter reference --adapter harness.mutants:RotationDeletesBest \\
                     --format md -o matrix.md
   ft-harness report --adapter swift --adapter 'swift[load_args=true]' --format json -o swift.json
-  ft-harness report --merge swift.json --merge llamafactory.json --format md
+  ft-harness report --merge 'reports/*.json' --format md      # files and globs, several per --merge
+  ft-harness report --merge reports/*.json --format html -o matrix.html
+  pytest --pyargs scenarios -n auto --ft-adapter swift --ft-report swift.json   # the same JSON from pytest
   ft-harness list
 
 An adapter is 'module:Class' (a class satisfying harness.adapter.FrameworkAdapter) or an
@@ -36,13 +41,14 @@ adapter's constructor: --adapter-option load_args=true (repeatable; applies to e
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ft-harness", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{run,report,list}")
+    sub = p.add_subparsers(dest="command", metavar="{run,report,list,sweep}")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
                         help="option passed to the adapter constructor (repeatable)")
         sp.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                        help="after '--': extra pytest arguments (e.g. -- -k resume -x -m gpu)")
+                        help="extra pytest arguments (e.g. -k resume -x -m 'not ft_gpu'); '--' before them is "
+                             "optional")
 
     run = sub.add_parser("run", help="run all scenarios against one adapter and print the result table",
                          description="Run all scenarios against one adapter (default: reference) and print a "
@@ -50,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--adapter", default=None, metavar="MODULE:CLASS",
                      help="adapter under test (default: $FT_HARNESS_ADAPTER or 'reference')")
+    run.add_argument("--tb", action="store_true",
+                     help="after the table, print every failure in full (assertion message and traceback)")
     common(run)
 
     rep = sub.add_parser("report", help="scenario x adapter matrix for one or more adapters",
@@ -58,16 +66,27 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--adapter", action="append", default=None, metavar="MODULE:CLASS",
                      help="adapter to include (repeatable; default: reference); 'NAME[key=value,...]' gives "
                           "that adapter its own options")
-    rep.add_argument("--format", choices=("md", "json", "junit", "text"), default="md", help="output format")
-    rep.add_argument("-o", "--output", default=None, metavar="FILE", help="write the report here (default: stdout)")
+    rep.add_argument("--format", choices=("md", "json", "junit", "text", "html"), default="md",
+                     help="output format (html: one self-contained file with a colour matrix)")
+    rep.add_argument("-o", "--output", default=None, metavar="FILE",
+                     help="write the report here, creating its directory (default: stdout)")
+    rep.add_argument("--allow-failures", action="store_true",
+                     help="exit 0 when scenarios failed (the matrix is the product), 3 only when a run itself broke")
     rep.add_argument("--brief", action="store_true",
                      help="md/text: outcome words only in the cells (no failure messages)")
-    rep.add_argument("--merge", action="append", default=[], metavar="REPORT.json",
-                     help="include the adapters of a JSON report made elsewhere (e.g. in a framework's tox env); "
-                          "repeatable; with --merge and no --adapter nothing is run")
+    rep.add_argument("--merge", action="extend", nargs="+", default=[], metavar="REPORT.json",
+                     help="include the adapters of JSON reports made elsewhere (a framework's tox env, pytest "
+                          "--ft-report): files or quoted globs, several per flag; with --merge and no --adapter "
+                          "nothing is run")
     common(rep)
 
     sub.add_parser("list", help="list scenarios, their seeds and required capabilities")
+    try:
+        from .sweep import add_parser as add_sweep
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_sweep(sub)
     return p
 
 
@@ -87,24 +106,26 @@ def _pytest_args(args: Sequence[str]) -> list[str]:
 
 
 def _list() -> int:
+    import contextlib
+    import io
+
     import pytest
 
-    rows: list[tuple[str, str, str]] = []
+    rows: dict[str, dict] = {}
 
     class Lister:
         def pytest_collection_modifyitems(self, items):
-            seen = set()
+            from .plugin import markers
+
             for item in items:
                 key = f"{os.path.basename(str(item.fspath))}::{item.originalname}"
-                if key in seen:
-                    continue
-                seen.add(key)
-                seed = item.get_closest_marker("seed")
-                caps = sorted({c for m in item.iter_markers("requires") for c in m.args})
-                rows.append((key, seed.args[0] if seed else "", ", ".join(caps)))
-
-    import contextlib
-    import io
+                row = rows.setdefault(key, {"seed": "", "common": None, "params": {}})
+                seed = markers(item, "ft_seed")
+                row["seed"] = seed[0].args[0] if seed else row["seed"]
+                caps = {c for m in markers(item, "ft_requires") for c in m.args}
+                row["common"] = caps if row["common"] is None else row["common"] & caps
+                param = item.name[len(item.originalname):].strip("[]")
+                row["params"][param] = caps
 
     with contextlib.redirect_stdout(io.StringIO()) as captured:
         code = pytest.main(["--pyargs", "scenarios", "--collect-only", "-q", "-p", "no:cacheprovider"],
@@ -112,36 +133,97 @@ def _list() -> int:
     if code not in (0, 5):
         print(captured.getvalue(), file=sys.stderr)
         return 2
-    width = max(len(r[0]) for r in rows) if rows else 10
-    print(f"{'scenario'.ljust(width)}  seed  requires")
-    for name, seed, caps in rows:
-        print(f"{name.ljust(width)}  {seed.ljust(4)}  {caps}")
+    width = max(len(k) for k in rows) if rows else 10
+    print(f"{'scenario'.ljust(width)}  seed  requires (+ per parametrisation)")
+    for name, row in rows.items():
+        common = row["common"] or set()
+        extra = {}
+        for param, caps in row["params"].items():
+            for cap in sorted(caps - common):
+                extra.setdefault(cap, []).append(param)
+        text = ", ".join(sorted(common))
+        if extra:
+            text += ("; " if text else "") + "; ".join(f"{cap} for [{', '.join(ps)}]" for cap, ps in extra.items())
+        print(f"{name.ljust(width)}  {row['seed'].ljust(4)}  {text}")
     return 0
 
 
+def _merge_paths(patterns: Sequence[str]) -> list[str]:
+    """Files and globs (quoted, so the shell left them alone) -> files, in order; a glob matching nothing is an error."""
+    import glob
+
+    paths: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            found = sorted(glob.glob(pattern))
+            if not found:
+                raise SystemExit(f"ft-harness: --merge {pattern!r} matches no file")
+            paths += found
+        else:
+            paths.append(pattern)
+    return paths
+
+
+def _print_failures(runs) -> None:
+    for run in runs:
+        for t in run.tests:
+            if t.outcome in ("failed", "error", "xpassed"):
+                print(f"\n{'=' * 20} [{run.target}] {t.outcome.upper()} {t.nodeid} {'=' * 20}")
+                print(t.message or t.reason)
+
+
+_PYTEST_TB_STYLES = {"auto", "long", "short", "line", "native", "no"}
+
+
+def _take_own_tb(argv: list[str]) -> tuple[list[str], bool]:
+    """``run ... --tb`` anywhere (pytest's own ``--tb STYLE`` / ``--tb=STYLE`` pass through untouched)."""
+    if not argv or argv[0] != "run" or "--" in argv[: argv.index("--tb") if "--tb" in argv else 0]:
+        return argv, False
+    for i, token in enumerate(argv):
+        if token == "--tb" and (i + 1 == len(argv) or argv[i + 1] not in _PYTEST_TB_STYLES):
+            return argv[:i] + argv[i + 1:], True
+    return argv, False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    argv, own_tb = _take_own_tb(list(sys.argv[1:] if argv is None else argv))
+    args, unknown = parser.parse_known_args(argv)
+    if own_tb:
+        args.tb = True
     if args.command is None:
-        _parser().print_help()
+        parser.print_help()
         return 2
+    if args.command == "sweep":
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        from .sweep import main as sweep_main
+
+        return sweep_main(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.command == "list":
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         return _list()
     from .report import render, run_adapter
 
     options = _options(args.adapter_option)
-    extra = _pytest_args(args.pytest_args)
+    extra = unknown + _pytest_args(args.pytest_args)
     if args.command == "run":
         run = run_adapter(args.adapter, options, extra)
         if run.exit_code == 5:
             print("ft-harness: no scenario was collected (pytest exit 5): check the -k/-m filters", file=sys.stderr)
             return 5
         print(render([run], "text"))
-        return 1 if run.failed else 0
+        if args.tb:
+            _print_failures([run])
+        elif run.failed:
+            print("ft-harness: failure messages are cut in the table; --tb prints them in full", file=sys.stderr)
+        return 3 if run.broken else 1 if run.failed else 0
     from .report import load_runs
 
     merged = []
-    for path in args.merge:
+    for path in _merge_paths(args.merge):
         try:
             merged += load_runs(path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -150,12 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = [run_adapter(None if t == "reference" else t, options, extra) for t in targets] + merged
     text = render(runs, args.format, reasons=not args.brief)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
         print(f"ft-harness: wrote {args.format} report for {len(runs)} adapter(s) to {args.output}", file=sys.stderr)
     else:
         print(text)
-    return 1 if any(r.failed for r in runs) else 0
+    if any(r.broken for r in runs):
+        return 3
+    return 0 if args.allow_failures else 1 if any(r.failed for r in runs) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,9 @@
-"""Run the scenarios against adapters and render a scenario x adapter matrix.
+"""Scenario results: collected by the plugin (``pytest --ft-report FILE``), rendered and merged here.
 
-Used by ``ft-harness run`` / ``ft-harness report``. Each adapter's scenarios run in this process
-through ``pytest.main`` (the heavy imports happen once), with a small plugin that records every
-test's outcome, one-line reason, seed and duration.
+:class:`ResultCollector` is what ``--ft-report`` registers: it records every test's outcome, head line,
+full failure message, seed and duration (on the xdist controller too) and writes the JSON below.
+``ft-harness run`` / ``report --adapter`` run pytest once per adapter in a subprocess with that option
+(:func:`run_adapter`); ``report --merge`` renders JSON files made anywhere.
 
 JSON format (stable; ``"format": "ft-harness-report/1"``)::
 
@@ -10,7 +11,7 @@ JSON format (stable; ``"format": "ft-harness-report/1"``)::
      "adapters": [{"target": "harness.mutants:X", "name": "...", "options": {...}, "exit_code": 1,
                    "duration_s": 12.3, "versions": {"ms-swift": "4.6.0", ...},
                    "tests": [{"nodeid": ..., "scenario": ..., "outcome": ..., "reason": ...,
-                              "duration_s": ..., "seed": ...}]}],
+                              "duration_s": ..., "seed": ..., "message": "full failure report"}]}],
      "scenarios": [{"id": "test_best_checkpoint.py::test_rotation_keeps_best", "seed": "004",
                     "results": {"<target>": {"outcome": "passed|failed|skipped|error|xfailed|xpassed",
                                              "reason": "one line", "duration_s": 0.7, "tests": 2}}}]}
@@ -20,8 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,20 +35,24 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-__all__ = ["TestOutcome", "AdapterRun", "run_adapter", "load_runs", "render", "FORMATS", "aggregate"]
+__all__ = ["TestOutcome", "AdapterRun", "ResultCollector", "run_adapter", "load_runs", "render", "FORMATS", "aggregate",
+           "head_line"]
 
-FORMATS = ("text", "md", "json", "junit")
+FORMATS = ("text", "md", "json", "junit", "html")
 _SEVERITY = {"error": 5, "failed": 4, "xpassed": 3, "passed": 1, "xfailed": 2, "skipped": 0}
 
 
 @dataclass
 class TestOutcome:
+    __test__ = False  # not a pytest test class
+
     nodeid: str
     scenario: str  # module.py::function (parameters dropped)
     outcome: str
-    reason: str
+    reason: str  # the head of the failure: the line that says what was expected and what was found, untruncated
     duration_s: float
     seed: str | None
+    message: str = ""  # the whole failure report (assertion message and traceback)
 
 
 @dataclass
@@ -61,14 +69,20 @@ class AdapterRun:
     def failed(self) -> bool:
         return any(t.outcome in ("failed", "error", "xpassed") for t in self.tests) or self.exit_code != 0
 
+    @property
+    def broken(self) -> bool:
+        """The run itself broke (internal error, usage error, interrupted): not a scenario verdict."""
+        return self.exit_code not in (0, 1, 5)
 
-def _one_line(text: str, limit: int = 160) -> str:
+
+def head_line(text: str) -> str:
+    """The line of a failure report that says what went wrong: the first ``E`` line (pytest's assertion
+    message), else the last line naming an Error/Failure, else the last line. Never truncated."""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     pick = next((ln for ln in lines if ln.startswith("E ")), None)
     if pick is None:
         pick = next((ln for ln in reversed(lines) if "Error" in ln or "Failure" in ln), lines[-1] if lines else "")
-    pick = re.sub(r"^E\s+", "", pick)
-    return pick if len(pick) <= limit else pick[: limit - 3] + "..."
+    return re.sub(r"^E\s+", "", pick)
 
 
 def _scenario_of(nodeid: str) -> str:
@@ -76,43 +90,36 @@ def _scenario_of(nodeid: str) -> str:
     return f"{Path(path).name}::{name.split('[')[0]}"
 
 
-class _Collector:
-    def __init__(self, progress: TextIO | None, label: str):
+_MARKS = {"passed": "ok", "failed": "FAIL", "error": "ERROR", "skipped": "skip", "xfailed": "xfail", "xpassed": "XPASS"}
+
+
+class ResultCollector:
+    """pytest plugin object (registered by ``--ft-report`` / ``--ft-progress``): records every test's outcome,
+    head line, full message, seed and duration, and writes the JSON at the end of the session. Under
+    pytest-xdist it runs on the controller, which receives every worker's reports."""
+
+    def __init__(self, config: pytest.Config, label: str, path: str | None, progress: TextIO | None):
+        self.config = config
+        self.label = label
+        self.path = Path(path) if path else None
+        self.progress = progress
         self.tests: dict[str, TestOutcome] = {}
         self.durations: dict[str, float] = {}
-        self.seeds: dict[str, str | None] = {}
-        self.progress = progress
-        self.label = label
-        self.adapter_name: str | None = None
-        self.versions: dict[str, str] = {}
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, config, items):
-        for item in items:
-            marker = item.get_closest_marker("seed")
-            self.seeds[item.nodeid] = marker.args[0] if marker and marker.args else None
-        if any("ft_adapter" in getattr(i, "fixturenames", ()) for i in items):
-            from .plugin import get_adapter
-
-            adapter = get_adapter(config)
-            self.adapter_name = adapter.name
-            if callable(getattr(adapter, "versions", None)):
-                self.versions = dict(adapter.versions())
+        self.start = time.perf_counter()
 
     def pytest_collectreport(self, report):
         if report.failed:  # an unimportable scenario module is an error cell, never a silent gap
             nodeid = report.nodeid or "<collection>"
             self.tests[nodeid] = TestOutcome(nodeid, f"{Path(nodeid.split('::')[0]).name}::<collection>", "error",
-                                             _one_line(report.longreprtext), 0.0, None)
-            if self.progress is not None:
-                print(f"[{self.label}] ERROR collecting {nodeid}: {self.tests[nodeid].reason}", file=self.progress,
-                      flush=True)
+                                             head_line(report.longreprtext), 0.0, None, report.longreprtext)
+            self._say(f"ERROR collecting {nodeid}: {self.tests[nodeid].reason}")
 
     def pytest_runtest_logreport(self, report):
         nodeid = report.nodeid
         self.durations[nodeid] = self.durations.get(nodeid, 0.0) + report.duration
         prev = self.tests.get(nodeid)
         if report.when == "call" or report.outcome != "passed":
+            message = ""
             if hasattr(report, "wasxfail"):
                 outcome = "xfailed" if report.skipped else "xpassed"
                 reason = report.wasxfail
@@ -122,48 +129,81 @@ class _Collector:
                 reason = reason.removeprefix("Skipped: ")
             elif report.failed:
                 outcome = "failed" if report.when == "call" else "error"
-                reason = _one_line(report.longreprtext)
+                message = report.longreprtext
+                reason = head_line(message)
             else:
                 outcome, reason = "passed", ""
             if prev is not None and _SEVERITY[prev.outcome] >= _SEVERITY[outcome]:
                 return
-            self.tests[nodeid] = TestOutcome(nodeid, _scenario_of(nodeid), outcome, reason, 0.0,
-                                             self.seeds.get(nodeid))
+            seed = dict(report.user_properties).get("ft_seed")
+            self.tests[nodeid] = TestOutcome(nodeid, _scenario_of(nodeid), outcome, reason, 0.0, seed, message)
         if report.when == "teardown" and nodeid in self.tests:
             t = self.tests[nodeid]
             t.duration_s = self.durations[nodeid]  # setup + call + teardown
-        if report.when == "teardown" and self.progress is not None and nodeid in self.tests:
-            mark = {"passed": "ok", "failed": "FAIL", "error": "ERROR", "skipped": "skip", "xfailed": "xfail",
-                    "xpassed": "XPASS"}[t.outcome]
-            print(f"[{self.label}] {mark:5} {t.duration_s:6.2f}s {nodeid.split('/')[-1]}", file=self.progress,
-                  flush=True)
+            self._say(f"{_MARKS[t.outcome]:5} {t.duration_s:6.2f}s {nodeid.split('/')[-1]}")
+
+    def _say(self, line: str) -> None:
+        if self.progress is not None:
+            print(f"[{self.label}] {line}", file=self.progress, flush=True)
+
+    def run(self, exit_code: int) -> AdapterRun:
+        from .adapter import split_adapter_spec
+        from .plugin import get_adapter, parse_options
+
+        target, own = split_adapter_spec(self.label)
+        options = {**parse_options(self.config.getoption("ft_adapter_option")), **own}
+        name, versions = self.label, {}
+        try:
+            adapter = get_adapter(self.config)
+            name, versions = adapter.name, dict(adapter.versions())
+        except Exception:  # noqa: BLE001 - the report still says what ran; the usage error is already shown
+            pass
+        return AdapterRun(target=self.label, name=name, options=options, exit_code=int(exit_code),
+                          duration_s=time.perf_counter() - self.start, tests=list(self.tests.values()),
+                          versions=versions)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(render([self.run(int(exitstatus))], "json"), encoding="utf-8")
+        os.replace(tmp, self.path)
 
 
 def run_adapter(target: str | None, options: Mapping[str, str] | None = None, pytest_args: Sequence[str] = (),
-                progress: TextIO | None = sys.stderr) -> AdapterRun:
-    """Run ``pytest --pyargs scenarios`` against one adapter in this process; collect outcomes.
+                progress: bool = True) -> AdapterRun:
+    """Run ``pytest --pyargs scenarios`` against one adapter in a subprocess (as a user's CI would) and
+    read back the JSON it writes with ``--ft-report``. pytest's own output goes to a log file, shown
+    when the run breaks; the progress lines go to stderr.
 
-    ``target`` may carry its own options in brackets (``"swift[load_args=true]"``); they are added to
-    ``options``. The run's label is the target as given.
+    ``target`` may carry its own options in brackets (``"swift[load_args=true]"``); the run's label is
+    the target as given.
     """
-    from .adapter import split_adapter_spec
-
     label = target or "reference"
-    if target:
-        target, own = split_adapter_spec(target)
-        options = {**dict(options or {}), **own}
-    collector = _Collector(progress, label)
-    args = ["--pyargs", "scenarios", "-qq", "-p", "no:cacheprovider", "--disable-warnings", "--no-summary"]
-    if target:
-        args += ["--ft-adapter", target]
-    for key, value in (options or {}).items():
-        args += ["--ft-adapter-option", f"{key}={value}"]
-    args += list(pytest_args)
-    start = time.perf_counter()
-    code = pytest.main(args, plugins=[collector])
-    return AdapterRun(target=label, name=collector.adapter_name or label, options=dict(options or {}),
-                      exit_code=int(code), duration_s=time.perf_counter() - start,
-                      tests=list(collector.tests.values()), versions=collector.versions)
+    with tempfile.TemporaryDirectory(prefix="ft-harness-report-") as tmp:
+        out, log = Path(tmp) / "report.json", Path(tmp) / "pytest.log"
+        cmd = [sys.executable, "-m", "pytest", "--pyargs", "scenarios", "-q", "-p", "no:cacheprovider",
+               "--ft-adapter", label, "--ft-report", str(out)] + (["--ft-progress"] if progress else [])
+        for key, value in (options or {}).items():
+            cmd += ["--ft-adapter-option", f"{key}={value}"]
+        cmd += list(pytest_args)
+        start = time.perf_counter()
+        with open(log, "w", encoding="utf-8") as fh:
+            code = subprocess.run(cmd, stdout=fh, stderr=None if progress else subprocess.DEVNULL).returncode
+        if out.is_file():
+            run = load_runs(out)[0]
+            run.exit_code = code
+        else:
+            run = AdapterRun(target=label, name=label, options=dict(options or {}), exit_code=code,
+                             duration_s=time.perf_counter() - start)
+        if run.broken:  # what pytest said is the only account of what happened
+            text = log.read_text(encoding="utf-8", errors="replace")
+            run.tests.append(TestOutcome("<session>", "<session>", "error",
+                                         f"pytest exited with {code}: {head_line(text[-4000:])}", 0.0, None,
+                                         text[-20000:]))
+        return run
 
 
 def load_runs(path: str | Path) -> list[AdapterRun]:
@@ -261,6 +301,10 @@ def render(runs: Sequence[AdapterRun], fmt: str, reasons: bool = True) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
     keys, scenarios, cells, seeds = _matrix(runs)
+    if fmt == "html":
+        from .html_report import render_html
+
+        return render_html(json.loads(render(runs, "json")))
     if fmt == "json":
         return json.dumps({
             "format": "ft-harness-report/1",

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from harness.adapter import RunSpec
+from harness.adapter import QUANTIZATIONS, RunSpec
 from harness.models import TinyAssets
 
 
@@ -17,12 +17,7 @@ def spec(assets: TinyAssets, output_dir: Path, *, model_dir: Path | None = None,
                    dataset_dir=assets.dataset_dir, **fields)
 
 
-#: quantisation name -> the capability an adapter needs for it
-QUANT_CAPABILITIES = {"nf4": "quant-nf4", "int8": "quant-int8", "quanto-int8": "quanto-int8",
-                      "quanto-int4": "quanto-int4"}
-
-
 def quant_params(*names: str | None) -> list:
     """``pytest.param`` per quantisation (``None`` = unquantised), each marked with its capability."""
     return [pytest.param(q, id=q or "none",
-                         marks=[pytest.mark.requires(QUANT_CAPABILITIES[q])] if q else []) for q in names]
+                         marks=[pytest.mark.ft_requires(QUANTIZATIONS[q].capability)] if q else []) for q in names]

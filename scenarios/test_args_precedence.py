@@ -26,7 +26,7 @@ from ._support import spec
 
 REAL_RUN_PHASES = (Phase.explicit, Phase.generate)  # derandomized, no shrinking: each example is a real run
 
-pytestmark = [pytest.mark.seed("000"), pytest.mark.requires("args")]
+pytestmark = [pytest.mark.ft_seed("000"), pytest.mark.ft_requires("args")]
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +48,15 @@ def lora_output(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
     return ft_adapter.train(spec(tiny_assets, out, train_type="lora", max_steps=2, device=ft_device))
 
 
-def _saved_train_type(directory: Path) -> str:
-    saved = json.loads((directory / "args.json").read_text())
-    return saved.get("train_type", saved.get("tuner_type"))  # ms-swift 4.x calls it tuner_type
+def _saved_train_type(adapter, directory: Path) -> str:
+    """The training type the framework recorded in its saved args.json (under the framework's own key)."""
+    return json.loads((directory / "args.json").read_text())[adapter.arg_name("train_type")]
 
 
 def test_cli_train_type_beats_saved_full(ft_adapter, full_ft_output):
     """resolve_args: --train_type lora on a full-FT output resolves to lora, sourced cli, with a warning."""
     model_dir = full_ft_output.final_dir
-    assert _saved_train_type(model_dir) == "full", "arrange: the full fine-tune must record train_type=full"
+    assert _saved_train_type(ft_adapter, model_dir) == "full", "arrange: the full fine-tune must record train_type=full"
     resolved = ft_adapter.resolve_args({"train_type": "lora"}, model_dir)
     assert resolved["train_type"] == "lora", (
         f"seed 000: --train_type lora resolved to {resolved['train_type']!r} from {resolved.source_of('train_type')}; "
@@ -89,7 +89,7 @@ def test_never_inherited_keys(ft_adapter, full_ft_output, tmp_path):
         assert src is None or src.kind in ("cli", "default"), f"{key} was inherited from {src}"
 
 
-@pytest.mark.requires("sft", "lora", "full")
+@pytest.mark.ft_requires("sft", "lora", "full")
 def test_seed_lora_on_full_output_trains_lora(ft_adapter, full_ft_output, tiny_assets, tmp_path, ft_device):
     """The seed end to end: LoRA with --train_type lora on a full-FT output must train (and save) LoRA only."""
     result = ft_adapter.train(spec(tiny_assets, tmp_path / "lora", model_dir=full_ft_output.final_dir,
@@ -98,10 +98,10 @@ def test_seed_lora_on_full_output_trains_lora(ft_adapter, full_ft_output, tiny_a
         assert_adapter_only_save(directory, seed="000")
 
 
-@pytest.mark.requires("sft", "lora", "full")
+@pytest.mark.ft_requires("sft", "lora", "full")
 def test_reverse_full_on_lora_output_trains_full(ft_adapter, lora_output, tiny_assets, tmp_path, ft_device):
     """Seed 001's direction: --train_type full on a LoRA output (args.json says lora) must train everything."""
-    assert _saved_train_type(lora_output.final_dir) == "lora"
+    assert _saved_train_type(ft_adapter, lora_output.final_dir) == "lora"
     result = ft_adapter.train(spec(tiny_assets, tmp_path / "full", model_dir=lora_output.final_dir,
                                    train_type="full", max_steps=2, device=ft_device))
     assert_full_model_saved(result.final_dir, tiny_assets.model_dir, start_weights(lora_output.final_dir),

@@ -14,11 +14,11 @@ from harness.layout import read_safetensors_header
 
 from ._support import spec
 
-pytestmark = [pytest.mark.requires("sft")]
+pytestmark = [pytest.mark.ft_requires("sft")]
 
 
-@pytest.mark.parametrize("train_type", [pytest.param("full", marks=pytest.mark.requires("full")),
-                                        pytest.param("lora", marks=pytest.mark.requires("lora"))])
+@pytest.mark.parametrize("train_type", [pytest.param("full", marks=pytest.mark.ft_requires("full")),
+                                        pytest.param("lora", marks=pytest.mark.ft_requires("lora"))])
 def test_checkpoint_layout(ft_adapter, tiny_assets, tmp_path, train_type, ft_device):
     result = ft_adapter.train(spec(tiny_assets, tmp_path / "run", train_type=train_type, max_steps=4, save_steps=2,
                                    device=ft_device))

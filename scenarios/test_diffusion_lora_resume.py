@@ -23,7 +23,7 @@ from harness.oracles import assert_diffusion_lora_reloads, assert_resume_equival
 
 from ._support import quant_params, spec
 
-pytestmark = [pytest.mark.seed("002"), pytest.mark.requires("diffusion", "lora", "resume")]
+pytestmark = [pytest.mark.ft_seed("002"), pytest.mark.ft_requires("diffusion", "lora", "resume")]
 
 N_STEPS = 6
 SAVE_EVERY = 2

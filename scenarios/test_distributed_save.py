@@ -18,7 +18,7 @@ from harness.oracles import assert_full_model_saved, assert_same_weights, start_
 from ._support import spec
 
 # slow: two torchrun processes import torch & co. again (~15 s on 2 cores)
-pytestmark = [pytest.mark.seed("dist"), pytest.mark.requires("sft", "full", "distributed"), pytest.mark.slow]
+pytestmark = [pytest.mark.ft_seed("dist"), pytest.mark.ft_requires("sft", "full", "distributed"), pytest.mark.ft_slow]
 
 ATOL = 1e-5
 GLOBAL_BATCH = 8

@@ -21,7 +21,7 @@ from harness.oracles import assert_adapter_only_save, assert_lora_base_is, asser
 
 from ._support import spec
 
-pytestmark = [pytest.mark.seed("003"), pytest.mark.requires("sft", "full")]
+pytestmark = [pytest.mark.ft_seed("003"), pytest.mark.ft_requires("sft", "full")]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_checkpoint_is_self_contained(full_run, tiny_assets, which):
     assert_self_contained(_pick(full_run, which), tiny_assets.model_dir)
 
 
-@pytest.mark.requires("lora")
+@pytest.mark.ft_requires("lora")
 @pytest.mark.parametrize("which", ["intermediate", "final"])
 def test_lora_trains_on_full_checkpoint(ft_adapter, full_run, tiny_assets, tmp_path, which, ft_device):
     """The seed end to end: LoRA with the full-FT checkpoint as base starts from that checkpoint's weights."""
@@ -72,7 +72,7 @@ BROKEN = ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safet
           "config-does-not-fit-weights"]
 
 
-@pytest.mark.requires("lora")
+@pytest.mark.ft_requires("lora")
 @pytest.mark.parametrize("how", BROKEN)
 def test_broken_base_fails_naming_the_file(ft_adapter, full_run, tiny_assets, tmp_path, how, ft_device):
     """A base dir with a missing or broken piece fails fast, naming the directory and the piece."""

@@ -17,7 +17,7 @@ from harness.oracles import assert_full_model_saved, start_weights
 
 from ._support import spec
 
-pytestmark = [pytest.mark.seed("001")]
+pytestmark = [pytest.mark.ft_seed("001")]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def lora_sft_output(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
                                  learning_rate=1e-2, device=ft_device))
 
 
-@pytest.mark.requires("grpo", "full", "lora")
+@pytest.mark.ft_requires("grpo", "full", "lora")
 def test_seed_grpo_full_from_lora_output_saves_whole_model(ft_adapter, lora_sft_output, tiny_assets, tmp_path,
                                                            ft_device):
     """Act: ``grpo --train_type full`` on the LoRA output. Assert: every save is the whole, trained model."""
@@ -43,7 +43,7 @@ def test_seed_grpo_full_from_lora_output_saves_whole_model(ft_adapter, lora_sft_
         assert_full_model_saved(directory, tiny_assets.model_dir, start)
 
 
-@pytest.mark.requires("sft", "full")
+@pytest.mark.ft_requires("sft", "full")
 def test_sft_full_saves_whole_model(ft_adapter, tiny_assets, tmp_path, ft_device):
     """The same truncation in plain SFT: a full-parameter run's saves are complete."""
     result = ft_adapter.train(spec(tiny_assets, tmp_path / "sft", train_type="full", max_steps=2, save_steps=1,

@@ -15,7 +15,7 @@ import pytest
 
 from ._support import spec
 
-pytestmark = [pytest.mark.seed("pickle"), pytest.mark.requires("sft", "lora", "resume")]
+pytestmark = [pytest.mark.ft_seed("pickle"), pytest.mark.ft_requires("sft", "lora", "resume")]
 
 
 class _Payload:

@@ -20,7 +20,7 @@ from harness.oracles import assert_adapter_only_save, assert_resume_equivalent, 
 
 from ._support import quant_params, spec
 
-pytestmark = [pytest.mark.seed("002"), pytest.mark.requires("sft", "lora", "resume")]
+pytestmark = [pytest.mark.ft_seed("002"), pytest.mark.ft_requires("sft", "lora", "resume")]
 
 N_STEPS = 6
 SAVE_EVERY = 2
@@ -61,7 +61,7 @@ def test_resume_matches_uninterrupted(ft_adapter, uninterrupted, tiny_assets, tm
     assert dir_fingerprint(tiny_assets.model_dir) == before, "seed 002: resuming modified the base model on disk"
 
 
-@pytest.mark.requires("quant-nf4", "quant-int8")
+@pytest.mark.ft_requires("quant-nf4", "quant-int8")
 def test_resume_with_other_quantization_is_refused(ft_adapter, uninterrupted, tiny_assets, tmp_path, ft_device):
     run_a = uninterrupted("nf4")
     with pytest.raises(Exception) as excinfo:

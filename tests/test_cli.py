@@ -19,9 +19,10 @@ def _cli(*args, cwd=None):
 
 def test_help_explains_commands():
     out = _cli("--help").stdout
-    for word in ("run", "report", "list", "--adapter harness.mutants:ArgsJsonBeatsCli", "-- -k"):
+    for word in ("run", "report", "list", "sweep", "--adapter harness.mutants:ArgsJsonBeatsCli", "-k best_checkpoint",
+                 "--ft-report"):
         assert word in out
-    assert "--format {md,json,junit,text}" in _cli("report", "--help").stdout
+    assert "--format {md,json,junit,text,html}" in _cli("report", "--help").stdout
 
 
 def test_list_shows_scenarios_seeds_capabilities():
@@ -31,10 +32,13 @@ def test_list_shows_scenarios_seeds_capabilities():
     assert any("test_best_checkpoint.py::test_seed_best_between_saves_is_kept" in ln and " 004 " in ln for ln in lines)
     assert any("test_quantized_lora_resume.py::test_resume_with_other_quantization_is_refused" in ln
                and "quant-nf4" in ln for ln in lines)
+    # requirements that only some parametrisations have are listed with them
+    resume = next(ln for ln in lines if "test_quantized_lora_resume.py::test_resume_matches_uninterrupted" in ln)
+    assert "quant-nf4 for [" in resume and "quanto-int8 for [" in resume, resume
 
 
 def test_report_json_and_exit_codes(tmp_path):
-    sel = ["--", "-k", "test_never_inherited_keys or test_load_args_false", "-m", "not gpu"]
+    sel = ["--", "-k", "test_never_inherited_keys or test_load_args_false", "-m", "not ft_gpu"]
     ok = _cli("report", "--format", "json", "-o", str(tmp_path / "r.json"), *sel, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
     data = json.loads((tmp_path / "r.json").read_text())
@@ -43,9 +47,12 @@ def test_report_json_and_exit_codes(tmp_path):
     cell = ids["test_args_precedence.py::test_never_inherited_keys"]["results"]["reference"]
     assert cell["outcome"] == "passed" and ids["test_args_precedence.py::test_never_inherited_keys"]["seed"] == "000"
     assert "[reference] ok" in ok.stderr  # progress line per test
-    bad = _cli("run", "--adapter", "harness.mutants:ArgsJsonBeatsCli", "--", "-k", "test_cli_train_type_beats",
-               "-m", "not gpu", cwd=tmp_path)
+    bad = _cli("run", "--adapter", "harness.mutants:ArgsJsonBeatsCli", "-k", "test_cli_train_type_beats",
+               "-m", "not ft_gpu", "--tb", cwd=tmp_path)  # pytest options without '--'
     assert bad.returncode == 1 and "FAIL: " in bad.stdout and "seed 000" in bad.stdout
+    # --tb: the whole failure after the table, untruncated, with the traceback
+    assert "FAILED " in bad.stdout and "test_args_precedence.py::test_cli_train_type_beats_saved_full[cpu]" in bad.stdout
+    assert "the saved args.json in" in bad.stdout and "test_args_precedence.py:" in bad.stdout
     none = _cli("run", "--", "-k", "no_such_scenario_xyz", cwd=tmp_path)
     assert none.returncode == 5 and "no scenario was collected" in none.stderr
 
@@ -70,7 +77,7 @@ def test_render_formats():
     assert [s.get("failures") for s in suites] == ["0", "1"] and suites[0].get("skipped") == "1"
     assert "test_x.py::test_a" in render(runs, "text")
     with pytest.raises(ValueError):
-        render(runs, "html")
+        render(runs, "pdf")
 
 
 def test_json_reports_merge_into_one_matrix(tmp_path):
@@ -99,6 +106,13 @@ def test_json_reports_merge_into_one_matrix(tmp_path):
     both = render([run_a, run_c], "md", reasons=False)
     assert "| FAIL | pass |" in both and "(ms-swift 3.1.1)" in both
     assert set(json.loads(render([run_a, run_c], "json"))["scenarios"][0]["results"]) == {"swift@4.6.0", "swift@3.1.1"}
+    # several files per --merge, and quoted globs
+    globbed = _cli("report", "--merge", str(tmp_path / "[ab].json"), "--format", "json")
+    assert {a["target"] for a in json.loads(globbed.stdout)["adapters"]} == {"swift", "reference"}, globbed.stderr
+    assert _cli("report", "--merge", str(tmp_path / "zz*.json")).stderr.strip().endswith("matches no file")
+    allowed = _cli("report", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--allow-failures",
+                   "-o", str(tmp_path / "new" / "m.md"))
+    assert allowed.returncode == 0 and "FAIL: boom" in (tmp_path / "new" / "m.md").read_text()
     (tmp_path / "bad.json").write_text("{}")
     bad = _cli("report", "--merge", str(tmp_path / "bad.json"))
     assert bad.returncode != 0 and "bad.json" in bad.stderr

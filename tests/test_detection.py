@@ -18,7 +18,7 @@ import scenarios
 from harness.mutants import MUTANTS
 
 SCENARIO_MODULES = sorted(p.stem for p in Path(scenarios.__file__).parent.glob("test_*.py"))
-SLOW_MODULES = [p for p in Path(scenarios.__file__).parent.glob("test_*.py") if "pytest.mark.slow" in p.read_text()]
+SLOW_MODULES = [p for p in Path(scenarios.__file__).parent.glob("test_*.py") if "pytest.mark.ft_slow" in p.read_text()]
 EXPECTED = {"reference": ()} | {f"harness.mutants:{name}": failing for name, failing in MUTANTS.items()}
 
 
@@ -49,7 +49,7 @@ def test_matrix_names_real_scenarios():
 @pytest.mark.parametrize("target", sorted(EXPECTED))
 def test_detection(pytester, target):
     slow = [m.stem for m in SLOW_MODULES]
-    marks = "not gpu" if target == "reference" or set(slow) & set(EXPECTED[target]) else "not gpu and not slow"
+    marks = "not ft_gpu" if target == "reference" or set(slow) & set(EXPECTED[target]) else "not ft_gpu and not ft_slow"
     result = pytester.runpytest_inprocess("--pyargs", "scenarios", "--ft-adapter", target, "-m", marks,
                                           "-p", "no:cacheprovider", "-q")
     reports = [r for r in result.reprec.getreports("pytest_runtest_logreport") if r.failed]
