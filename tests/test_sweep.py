@@ -89,10 +89,15 @@ def test_pins_swift_3x_4x_split():
     assert p30.no_deps and p30.harness_no_deps and "requirements/swift3.txt" in p30.requirements_files
     assert "transformers==4.47.1" in p30.overrides and "trl==0.11.4" in p30.overrides
     assert select_pins("ms-swift", "3.1.0").overrides == ("trl==0.14.0",)
-    for v in ("3.1.1", "3.2.0", "3.2.0.post2", "3.4.1"):
+    for v in ("3.1.1", "3.1.1.post1", "3.2.0", "3.2.0.post2", "3.4.1"):
         p = select_pins("ms-swift", v)
-        assert p.no_deps and p.requirements_files == ("requirements/swift3.txt",) and not p.overrides, v
+        assert p.no_deps and p.requirements_files == ("requirements/swift3.txt",), v
+        assert not any(o.startswith("transformers") for o in p.overrides), v  # transformers 4.49 from swift3.txt
         assert p.adapter == "swift" and p.distribution == "ms-swift" and p.python == "3.11"
+    assert not select_pins("ms-swift", "3.1.1").overrides
+    assert select_pins("ms-swift", "3.2.0").overrides == ("trl==0.16.1",)
+    assert select_pins("ms-swift", "3.4.1").overrides == ("trl==0.17.0",)
+    assert "math-verify==0.5.2" in select_pins("ms-swift", "3.6.0").requirements
     for v in ("3.5.0", "3.12.6"):
         p = select_pins("ms-swift", v)
         assert p.no_deps and "trl==0.19.1" in p.overrides and "json-repair" in p.requirements, v
