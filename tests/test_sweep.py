@@ -559,3 +559,83 @@ def test_a_report_without_tests_and_a_bad_exit_is_a_run_error(tmp_path, fake_uv)
     assert res.report is None
     assert res.error == "run: exit 3: ModuleNotFoundError: No module named 'json_repair'"
 
+
+
+FAKE_ENV_TOOL = r'''#!{python}
+# <env>/bin/ft-harness made by the fake uv: the seed-000 scenario fails before 3.2.0 and passes from it
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from packaging.version import Version
+from harness.report import AdapterRun, TestOutcome, render
+argv = sys.argv[1:]
+version = Path(sys.argv[0]).resolve().parent.parent.name.split("-")[2]
+bad = Version(version) < Version("3.2.0")
+tests = [TestOutcome("scenarios/test_args_precedence.py::test_seed_lora_on_full_output_trains_lora[cpu]",
+                     "test_args_precedence.py::test_seed_lora_on_full_output_trains_lora",
+                     "failed" if bad else "passed", "trained full" if bad else "", 0.1, "000")]
+run = AdapterRun(argv[argv.index("--adapter") + 1], "swift", {{}}, int(bad), 0.1, tests, {{"ms-swift": version}})
+Path(argv[argv.index("-o") + 1]).write_text(render([run], "json"))
+sys.exit(int(bad))
+'''
+
+
+@pytest.fixture
+def fake_world(tmp_path, fake_uv):
+    """A fake uv whose envs get a fake ft-harness: the whole sweep command runs without network."""
+    uv, log = fake_uv
+    tool = tmp_path / "ft-harness-tool"
+    tool.write_text(FAKE_ENV_TOOL.format(python=sys.executable, repo=str(REPO)))
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    uv.write_text(FAKE_UV.replace('mkdir -p "$last/bin"; exit 0',
+                                  f'mkdir -p "$last/bin"; cp {tool} "$last/bin/ft-harness"; exit 0'))
+    return uv, log
+
+
+def _cli_in(tmp_path, uv, *args):
+    return sweep.main(["--uv", str(uv), "--env-dir", str(tmp_path / "envs"), "--no-pip-config",
+                       "--harness-source", str(REPO), "--out", str(tmp_path / "out"), *args])
+
+
+def test_sweep_command_end_to_end_with_jobs(tmp_path, fake_world, monkeypatch, capsys):
+    uv, log = fake_world
+    monkeypatch.setenv("FAKE_UV_FAIL", "ms-swift==3.0.0")  # one release's environment cannot be built
+    code = _cli_in(tmp_path, uv, "ms-swift", "--versions", "3.0.0,3.1.1,3.2.0,4.6.0", "--jobs", "2",
+                   "--scenario", "seed_lora")
+    assert code == 1  # red cells
+    out = tmp_path / "out"
+    data = json.loads((out / "ms-swift-sweep.json").read_text())
+    row = data["scenarios"][0]["results"]
+    assert [row[f"swift@{v}"]["outcome"] for v in ("3.1.1", "3.2.0", "4.6.0")] == ["failed", "passed", "passed"]
+    assert row["swift@3.0.0"]["reason"].startswith("env: No solution found")
+    assert data["sweep"]["jobs"] == 2 and set(data["sweep"]["timings"]) == {"3.0.0", "3.1.1", "3.2.0", "4.6.0"}
+    md = (out / "ms-swift-sweep.md").read_text()
+    assert "| scenario | seed | 3.0.0 | 3.1.1 | 3.2.0 | 4.6.0 |" in md
+    assert "env: No solution found" in md and "whole sweep:" in md
+    assert 'class="c c-env"' in (out / "ms-swift-sweep.html").read_text()
+    assert sorted(p.name for p in out.glob("ms-swift-*.json")) == [
+        "ms-swift-3.0.0.json", "ms-swift-3.1.1.json", "ms-swift-3.2.0.json", "ms-swift-4.6.0.json",
+        "ms-swift-sweep.json"]
+    calls = len(log.read_text().splitlines())
+    assert _cli_in(tmp_path, uv, "ms-swift", "--versions", "3.1.1,3.2.0,4.6.0", "--scenario", "x") == 1
+    assert len(log.read_text().splitlines()) == calls  # a second sweep: every env reused, uv never called
+
+
+def test_bisect_command_end_to_end(tmp_path, fake_world, monkeypatch, capsys):
+    uv, log = fake_world
+    monkeypatch.setattr(sweep, "fetch_releases", lambda dist, index=None, **kw: RELEASES)  # no network
+    monkeypatch.setenv("FAKE_UV_FAIL", "ms-swift==3.1.1")  # the release right before the flip is skipped
+    code = _cli_in(tmp_path, uv, "ms-swift", "--bisect", "test_seed_lora_on_full_output_trains_lora",
+                   "--good", "4.6.0", "--bad", "3.0.0")
+    text = capsys.readouterr().out
+    assert code == 1, text  # ambiguous: 3.1.1 could not be tested
+    assert "first fixed release: one of 3.1.1, 3.2.0" in text
+    monkeypatch.setenv("FAKE_UV_FAIL", "never-matches-anything")
+    code = _cli_in(tmp_path, uv, "ms-swift", "--bisect", "seed_lora", "--good", "4.6.0", "--bad", "3.0.0")
+    text = capsys.readouterr().out
+    assert code == 0 and "first fixed release: ms-swift 3.2.0 (pass)" in text, text
+    assert "before: 3.1.1 (fail)" in text
+    saved = json.loads((tmp_path / "out" / "ms-swift-bisect.json").read_text())
+    assert saved["first"] == "3.2.0" and len(saved["probes"]) <= 6
+    assert _cli_in(tmp_path, uv, "ms-swift", "--bisect", "seed_lora", "--good", "3.0.0", "--bad", "4.6.0") == 2
+    assert "reversed" in capsys.readouterr().err
