@@ -49,7 +49,7 @@ from packaging.version import InvalidVersion, Version
 
 __all__ = ["SweepError", "Pins", "IndexSettings", "EnvResult", "VersionResult", "BisectResult", "Probe",
            "filter_releases", "expand_versions", "needs_release_list", "fetch_releases", "framework_table",
-           "select_pins", "env_key", "env_name", "EnvBuilder", "scenario_command", "k_expression",
+           "select_pins", "env_key", "env_name", "stale_envs", "EnvBuilder", "scenario_command", "k_expression",
            "run_version", "merge_runs", "verdict_of", "bisect_releases", "format_bisect", "github_matrix",
            "first_meaningful_line", "run_failure_line", "matrix_md", "add_parser", "main"]
 
@@ -530,6 +530,29 @@ class _BuildFailed(Exception):
     pass
 
 
+def stale_envs(root: Path, framework: str, index: IndexSettings, harness_source: Path,
+               python: str | None = None) -> list[Path]:
+    """Environments of ``framework`` under ``root`` that the current pins would not use any more (their
+    hash differs from what :func:`env_key` gives today, or no pins cover their version)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    out = []
+    prefix = f"{framework}-"
+    for path in sorted(root.iterdir()):
+        if not path.is_dir() or not path.name.startswith(prefix):
+            continue
+        version, _, digest = path.name[len(prefix):].rpartition("-")
+        try:
+            pins = select_pins(framework, version, python=python)
+        except SweepError:
+            out.append(path)
+            continue
+        if env_name(pins, env_key(pins, index, harness_source)) != path.name:
+            out.append(path)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ runs
 def k_expression(patterns: Sequence[str]) -> str | None:
     """``--scenario`` patterns -> one pytest ``-k`` expression (each pattern is itself a -k expression)."""
@@ -1006,6 +1029,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--env-dir", metavar="DIR", default=None,
                     help="environment cache (default: $FT_HARNESS_ENV_DIR or ~/.cache/ft-harness/envs)")
     sp.add_argument("--rebuild", action="store_true", help="rebuild the environments even when complete")
+    sp.add_argument("--prune", action="store_true",
+                    help="delete FRAMEWORK's cached environments that the current pins no longer use, then exit")
     sp.add_argument("--uv", metavar="PATH", default=None, help="uv executable (default: beside python, or PATH)")
     sp.add_argument("--uv-cache-dir", metavar="DIR", default=None, help="uv's cache (default: uv's own)")
     sp.add_argument("--no-pip-config", action="store_true",
@@ -1092,11 +1117,19 @@ def _main(args) -> int:
         raise SweepError("--bisect needs --good V and --bad V")
     if not bisecting and (args.good or args.bad):
         raise SweepError("--good/--bad only go with --bisect")
-    if not bisecting and not args.versions:
-        raise SweepError("--versions SPEC is required (e.g. 3.1.1,3.2.0 or 3.0.0..3.3.0 or latest)")
     name, entry = framework_table(args.framework)
     distribution = entry.get("distribution", name)
     index = _index_settings(args)
+    if args.prune:
+        source = Path(args.harness_source).resolve() if args.harness_source else _default_source()
+        env_root = Path(args.env_dir or os.environ.get("FT_HARNESS_ENV_DIR") or "~/.cache/ft-harness/envs")
+        for path in stale_envs(env_root, name, index, source, python=args.python):
+            shutil.rmtree(path, ignore_errors=True)
+            Path(f"{path}.lock").unlink(missing_ok=True)
+            print(f"removed {path}")
+        return 0
+    if not bisecting and not args.versions:
+        raise SweepError("--versions SPEC is required (e.g. 3.1.1,3.2.0 or 3.0.0..3.3.0 or latest)")
     endpoints = [args.good, args.bad] if bisecting else []
     versions = _versions(args, distribution, index, extra=endpoints)
     if bisecting:

@@ -639,3 +639,19 @@ def test_bisect_command_end_to_end(tmp_path, fake_world, monkeypatch, capsys):
     assert saved["first"] == "3.2.0" and len(saved["probes"]) <= 6
     assert _cli_in(tmp_path, uv, "ms-swift", "--bisect", "seed_lora", "--good", "3.0.0", "--bad", "4.6.0") == 2
     assert "reversed" in capsys.readouterr().err
+
+
+def test_prune_removes_only_envs_the_pins_no_longer_use(tmp_path, fake_uv, capsys):
+    uv, _ = fake_uv
+    b = _builder(tmp_path, uv)
+    b.index = IndexSettings()
+    current = b.ensure(select_pins("ms-swift", "3.2.0")).path
+    stale = tmp_path / "envs" / "ms-swift-3.2.0-000000000000"
+    uncovered = tmp_path / "envs" / "ms-swift-2.6.1-111111111111"
+    other = tmp_path / "envs" / "llamafactory-0.9.5-222222222222"
+    for p in (stale, uncovered, other):
+        p.mkdir()
+    assert sweep.stale_envs(tmp_path / "envs", "ms-swift", IndexSettings(), REPO) == [uncovered, stale]
+    assert _cli_in(tmp_path, uv, "ms-swift", "--prune") == 0
+    assert current.is_dir() and other.is_dir() and not stale.exists() and not uncovered.exists()
+    assert "removed" in capsys.readouterr().out
