@@ -17,6 +17,7 @@ from typing import Any
 
 from .adapter import ResolvedArgs, Source
 from .reference import ReferenceAdapter
+from .reference.adapter import RunContext
 from .reference import args as argres
 from .reference.policy import CheckpointPolicy
 
@@ -63,17 +64,17 @@ class QuantizedResumeReinitLora(ReferenceAdapter):
 
     name = "mutant:quantized-resume-reinit-lora"
 
-    def load_checkpoint_weights(self, trainer, checkpoint: Path, model) -> None:
-        if self._resolved["quantization"] is not None:
+    def load_checkpoint_weights(self, ctx: RunContext, trainer, checkpoint: Path, model) -> None:
+        if ctx.values["quantization"] is not None:
             log.warning("could not load %s into the quantised base; continuing with fresh LoRA weights", checkpoint)
             return
-        super().load_checkpoint_weights(trainer, checkpoint, model)
+        super().load_checkpoint_weights(ctx, trainer, checkpoint, model)
 
-    def load_diffusion_lora(self, checkpoint: Path, unet) -> None:
-        if self._resolved["quantization"] is not None:
+    def load_diffusion_lora(self, ctx: RunContext, checkpoint: Path, unet) -> None:
+        if ctx.values["quantization"] is not None:
             log.warning("could not load %s into the quantised UNet; continuing with fresh LoRA weights", checkpoint)
             return
-        super().load_diffusion_lora(checkpoint, unet)
+        super().load_diffusion_lora(ctx, checkpoint, unet)
 
 
 class ResumeDropsOptimizerState(ReferenceAdapter):
@@ -81,12 +82,12 @@ class ResumeDropsOptimizerState(ReferenceAdapter):
 
     name = "mutant:resume-drops-optimizer-state"
 
-    def prepare_resume(self, checkpoint: Path) -> Path:
+    def prepare_resume(self, ctx: RunContext, checkpoint: Path) -> Path:
         copy = Path(tempfile.mkdtemp(prefix="ft-mutant-")) / Path(checkpoint).name
         shutil.copytree(checkpoint, copy)
         for name in ("optimizer.pt", "scheduler.pt"):
             (copy / name).unlink(missing_ok=True)
-        return super().prepare_resume(copy)
+        return super().prepare_resume(ctx, copy)
 
 
 class WeightsOnlyIntermediateCheckpoints(ReferenceAdapter):
@@ -97,8 +98,8 @@ class WeightsOnlyIntermediateCheckpoints(ReferenceAdapter):
     STRIPPED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "chat_template.jinja", "special_tokens_map.json")
 
-    def finalize_checkpoint(self, directory: Path, final: bool) -> None:
-        super().finalize_checkpoint(directory, final)
+    def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        super().finalize_checkpoint(ctx, directory, final)
         if not final:
             for name in self.STRIPPED:
                 (Path(directory) / name).unlink(missing_ok=True)
@@ -110,8 +111,8 @@ class RotationDeletesBest(ReferenceAdapter):
 
     name = "mutant:rotation-deletes-best"
 
-    def rotate_checkpoints(self, output_dir: Path, policy: CheckpointPolicy, best_step: int | None) -> None:
-        super().rotate_checkpoints(output_dir, policy, None)
+    def rotate_checkpoints(self, ctx: RunContext, policy: CheckpointPolicy, best_step: int | None) -> None:
+        super().rotate_checkpoints(ctx, policy, None)
 
 
 class PlainTrainerBestCheckpoint(RotationDeletesBest):
@@ -120,10 +121,10 @@ class PlainTrainerBestCheckpoint(RotationDeletesBest):
 
     name = "mutant:plain-trainer-best-checkpoint"
 
-    def checkpoint_policy(self, values: Mapping[str, Any]) -> CheckpointPolicy:
+    def checkpoint_policy(self, ctx: RunContext) -> CheckpointPolicy:
         import dataclasses
 
-        return dataclasses.replace(super().checkpoint_policy(values), save_on_best=False)
+        return dataclasses.replace(super().checkpoint_policy(ctx), save_on_best=False)
 
 
 class NonAtomicSave(ReferenceAdapter):
@@ -138,7 +139,7 @@ class UnpicklesCheckpoint(ReferenceAdapter):
 
     name = "mutant:unpickles-checkpoint"
 
-    def prepare_resume(self, checkpoint: Path) -> Path:
+    def prepare_resume(self, ctx: RunContext, checkpoint: Path) -> Path:
         import torch
 
         for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
@@ -153,8 +154,8 @@ class RankZeroShardSave(ReferenceAdapter):
 
     name = "mutant:rank-zero-shard-save"
 
-    def finalize_checkpoint(self, directory: Path, final: bool) -> None:
-        super().finalize_checkpoint(directory, final)
+    def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        super().finalize_checkpoint(ctx, directory, final)
         from .reference.distributed import world_size
 
         weights = Path(directory) / "model.safetensors"

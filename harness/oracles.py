@@ -59,13 +59,9 @@ class OracleFailure(AssertionError):
 
 
 def _fp32() -> dict[str, Any]:
-    """``dtype=torch.float32`` for ``from_pretrained``; transformers < 4.56 calls it ``torch_dtype``
-    (the oracles also run beside ms-swift 3.x, which pins transformers 4.49)."""
-    import torch
-    import transformers
+    from .hf import dtype_kwargs
 
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
+    return dtype_kwargs()
 
 
 def _mb(n: int) -> str:

@@ -18,10 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 #: the ground floor: neutral knowledge everyone may use; imports nothing but itself
-GROUND = ("harness.adapter", "harness.errors", "harness.layout", "harness.task", "harness.runtime",
+GROUND = ("harness.adapter", "harness.errors", "harness.layout", "harness.task", "harness.runtime", "harness.hf",
           "harness.models", "harness.diffusion", "harness.strategies")
 JUDGED = ("harness.reference", "harness.adapters", "harness.mutants")
-UPPER = ("harness.plugin", "harness.report", "harness.cli", "harness.sweep", "harness.html_report")
+UPPER = ("harness.plugin", "harness.report", "harness.cli", "harness.sweep", "harness.sweep_pins", "harness.html_report")
 
 #: room (module prefix) -> module prefixes it must never import
 RULES: dict[str, tuple[str, ...]] = {

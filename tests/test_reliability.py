@@ -75,7 +75,7 @@ def test_trainer_state_corruption_refused_before_resume(lora_run, tmp_path_facto
     before = dir_fingerprint(lora_run.output_dir)
     adapter = ReferenceAdapter()
     try:
-        adapter.prepare_resume(ckpt)
+        adapter.prepare_resume(None, ckpt)
     except HarnessError as exc:
         assert "trainer_state.json" in str(exc)
     assert dir_fingerprint(lora_run.output_dir) == before, "a failed resume touched an existing checkpoint"
@@ -155,4 +155,4 @@ def test_missing_resume_dir_and_latest(assets, tmp_path):
     with pytest.raises(MissingFileError, match="no checkpoint exists"):
         ReferenceAdapter().train(spec)
     with pytest.raises(CheckpointError, match="resume checkpoint does not exist"):
-        ReferenceAdapter().prepare_resume(tmp_path / "checkpoint-9")
+        ReferenceAdapter().prepare_resume(None, tmp_path / "checkpoint-9")

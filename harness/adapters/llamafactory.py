@@ -24,6 +24,7 @@ from typing import Any
 from ..adapter import Adapter, RunResult, RunSpec
 from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
+from .. import hf
 from ..runtime import cpu_threads, library_versions, run_in_fork
 from ._common import check_options, collect_result, convert_datasets, parse_bool
 
@@ -62,18 +63,9 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
                                                     f"bitsandbytes, HQQ or EETQ)", quant)
         cfg.update(QUANT_KEYS[quant])
     eval_steps = values.get("eval_steps") or 0
-    save_steps = values.get("save_steps") or 0
-    cfg.update(
-        dataset="ft_train", dataset_dir=str(dataset_dir), cutoff_len=64, packing=False, overwrite_cache=True,
-        preprocessing_num_workers=None, output_dir=str(spec.output_dir), logging_steps=1,
-        max_steps=values["max_steps"], learning_rate=values["learning_rate"],
-        per_device_train_batch_size=values["per_device_train_batch_size"],
-        gradient_accumulation_steps=values["gradient_accumulation_steps"],
-        lr_scheduler_type=values["lr_scheduler_type"], warmup_ratio=0.0, seed=values["seed"], data_seed=values["seed"],
-        report_to="none", plot_loss=False, dataloader_num_workers=0, disable_tqdm=True,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
-        bf16=False, fp16=False,
-    )
+    cfg.update(hf.training_arguments(values, spec.output_dir, spec.device))  # LLaMA-Factory passes them to Trainer
+    cfg.update(dataset="ft_train", dataset_dir=str(dataset_dir), cutoff_len=64, packing=False, overwrite_cache=True,
+               preprocessing_num_workers=None, warmup_ratio=0.0, plot_loss=False, bf16=False, fp16=False)
     if values.get("save_total_limit"):
         cfg["save_total_limit"] = values["save_total_limit"]
     if eval_steps:
@@ -84,8 +76,6 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
             cfg["greater_is_better"] = values["greater_is_better"]
         if values["metric"] == "eval_accuracy":
             cfg["compute_accuracy"] = True
-    if spec.device == "cpu":
-        cfg["use_cpu"] = True
     if spec.resume_from is not None and spec.resume_from != "latest":
         cfg["resume_from_checkpoint"] = str(spec.resume_from)
     return cfg

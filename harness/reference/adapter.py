@@ -4,10 +4,13 @@ It sits behind the same :class:`~harness.adapter.FrameworkAdapter` interface as 
 known-bad adapters in :mod:`harness.mutants` subclass it and override exactly one hook each, so
 each mutant differs from correct code by the one documented bug.
 
-Hooks (the seams the mutants use): :meth:`resolve_args`, :meth:`load_checkpoint_weights`,
-:meth:`load_diffusion_lora`,
-:meth:`prepare_resume`, :meth:`finalize_checkpoint`, :meth:`rotate_checkpoints`,
-:meth:`checkpoint_policy`, :attr:`atomic_saves`.
+A run goes through named steps — :meth:`start` (resolve ``latest``, the arguments and the resume
+checkpoint into a :class:`RunContext`), :meth:`load` (tokenizer and model: validated directory,
+quantisation, LoRA or full), :meth:`build_trainer` (the shared HF wiring of :mod:`harness.hf` plus the
+reference's policy callback and atomic saves), training, :meth:`save_final`. Every hook receives the
+run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resolve_args`,
+:meth:`prepare_resume`, :meth:`load_checkpoint_weights`, :meth:`load_diffusion_lora`,
+:meth:`finalize_checkpoint`, :meth:`checkpoint_policy`, :meth:`rotate_checkpoints`, :attr:`atomic_saves`.
 """
 
 from __future__ import annotations
@@ -18,19 +21,46 @@ import os
 import shutil
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..adapter import CAPABILITIES, Adapter, ResolvedArgs, RunResult, RunSpec
 from ..errors import ConfigError, MissingFileError, QuantizationMismatchError
 from . import args as argres
-from ..layout import latest_checkpoint, list_checkpoints, read_json, step_of
+from ..layout import adapter_base, is_adapter_dir, latest_checkpoint, list_checkpoints, read_json, step_of
 from .io import atomic_write_text, check_pickled_state
 from .policy import CheckpointPolicy
 
 log = logging.getLogger("harness.reference")
 
-__all__ = ["ReferenceAdapter", "ArgsOverrideWarning"]
+__all__ = ["ReferenceAdapter", "ArgsOverrideWarning", "RunContext"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One run of the reference, as every hook sees it."""
+
+    spec: RunSpec  # with resume_from="latest" already replaced by the checkpoint it names
+    resolved: ResolvedArgs
+    resume: Path | None  # the vetted checkpoint to resume from
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        return self.resolved.values
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.spec.output_dir)
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        """``model_dir`` when it is a LoRA output (trained on top of its base), else None."""
+        return Path(self.spec.model_dir) if is_adapter_dir(Path(self.spec.model_dir)) else None
+
+    @property
+    def base_dir(self) -> Path:
+        return adapter_base(self.adapter_dir) if self.adapter_dir else Path(self.spec.model_dir)
 
 
 class ArgsOverrideWarning(UserWarning):
@@ -67,24 +97,25 @@ class ReferenceAdapter(Adapter):
         return argres.resolve(cli, Path(model_dir), Path(resume_dir) if resume_dir else None)
 
     # ------------------------------------------------------------------ hooks
-    def checkpoint_policy(self, values: Mapping[str, Any]) -> CheckpointPolicy:
+    def checkpoint_policy(self, ctx: RunContext) -> CheckpointPolicy:
+        values = ctx.values
         return CheckpointPolicy(max_steps=values["max_steps"], eval_steps=values["eval_steps"],
                                 save_steps=values["save_steps"], save_total_limit=values["save_total_limit"],
                                 save_on_best=values["save_on_best"],
                                 greater_is_better=_greater_is_better(values))
 
-    def rotate_checkpoints(self, output_dir: Path, policy: CheckpointPolicy, best_step: int | None) -> None:
-        ckpts = {step_of(c): c for c in list_checkpoints(output_dir)}
+    def rotate_checkpoints(self, ctx: RunContext, policy: CheckpointPolicy, best_step: int | None) -> None:
+        ckpts = {step_of(c): c for c in list_checkpoints(ctx.output_dir)}
         for step in policy.to_delete(sorted(ckpts), best_step):
             shutil.rmtree(ckpts[step])
             log.info("rotated out %s (save_total_limit=%d, best=%s)", ckpts[step].name, policy.save_total_limit,
                      best_step)
 
-    def finalize_checkpoint(self, directory: Path, final: bool) -> None:
+    def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
         """Complete a saved directory before it is renamed into place: args.json records the run."""
-        argres.write_args_file(directory, self._resolved, {"model_dir": str(self._spec.model_dir)})
+        argres.write_args_file(directory, ctx.resolved, {"model_dir": str(ctx.spec.model_dir)})
 
-    def prepare_resume(self, checkpoint: Path) -> Path:
+    def prepare_resume(self, ctx: RunContext, checkpoint: Path) -> Path:
         """Vet a checkpoint before resuming from it: trainer_state.json parses and has a step, and
         pickled state is loadable weights-only (anything else is refused, never executed)."""
         if not Path(checkpoint).is_dir():
@@ -99,7 +130,7 @@ class ReferenceAdapter(Adapter):
         check_pickled_state(checkpoint)
         return checkpoint
 
-    def load_checkpoint_weights(self, trainer, checkpoint: Path, model) -> None:
+    def load_checkpoint_weights(self, ctx: RunContext, trainer, checkpoint: Path, model) -> None:
         """Resume: LoRA tensors by name (works on every quantised base), full weights as Trainer does."""
         from .trainer import load_lora_weights_by_name
 
@@ -109,7 +140,7 @@ class ReferenceAdapter(Adapter):
         else:
             trainer._load_from_checkpoint_default(str(checkpoint), model)
 
-    def load_diffusion_lora(self, checkpoint: Path, unet) -> None:
+    def load_diffusion_lora(self, ctx: RunContext, checkpoint: Path, unet) -> None:
         """Diffusion resume: SimpleTuner's call chain (diffusers + PEFT), then every LoRA tensor checked."""
         from ..diffusion import load_lora_like_simpletuner
         from .diffusion import check_lora_loaded
@@ -139,12 +170,25 @@ class ReferenceAdapter(Adapter):
             return self._train(spec)
 
     def _train(self, spec: RunSpec) -> RunResult:
-        from ..task import collate, counting_reward, lora_config, sft_datasets
-        from .trainer import PolicyCallback, load_model, load_tokenizer, trainer_class
+        ctx = self.start(spec)
+        if ctx.values["method"] == "diffusion":
+            from . import diffusion
 
-        output_dir = Path(spec.output_dir)
+            return diffusion.train(self, ctx)
+        model, tok = self.load(ctx)
+        trainer = self.build_trainer(ctx, model, tok)
+        trainer.train(resume_from_checkpoint=str(ctx.resume) if ctx.resume else None)
+        final = self.save_final(ctx, trainer)
+        return RunResult(output_dir=ctx.output_dir, checkpoints=tuple(list_checkpoints(ctx.output_dir)),
+                         final_dir=final, log_history=tuple(trainer.state.log_history), resolved=ctx.resolved)
+
+    # ------------------------------------------------------------------ steps
+    def start(self, spec: RunSpec) -> RunContext:
+        """Clear stale staging dirs, resolve ``resume_from="latest"`` and the arguments (logging each
+        non-default value with its source and warning on every CLI override), vet the resume checkpoint."""
         from .distributed import is_main_process
 
+        output_dir = Path(spec.output_dir)
         for stale in output_dir.glob(".staging-*") if output_dir.is_dir() and is_main_process() else ():
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed save; never a checkpoint
         if spec.resume_from == "latest":
@@ -153,44 +197,41 @@ class ReferenceAdapter(Adapter):
                 raise MissingFileError(output_dir, "checkpoint-*", "resume_from='latest' but no checkpoint exists")
             spec = spec.replace(resume_from=latest)
         resolved = self.resolve_args(spec.cli_args(), spec.model_dir, spec.resume_from)
-        values = dict(resolved.values)
-        self._resolved, self._spec = resolved, spec
         for line in resolved.describe():
             log.info("argument %s", line)
         for message in resolved.warnings:
             log.warning(message)
-            warnings.warn(message, ArgsOverrideWarning, stacklevel=2)
+            warnings.warn(message, ArgsOverrideWarning, stacklevel=3)
+        ctx = RunContext(spec=spec, resolved=resolved, resume=None)
+        if spec.resume_from is None:
+            return ctx
+        resume = self.prepare_resume(ctx, Path(spec.resume_from))
+        self._check_resume_quantization(resume, resolved.values)
+        return RunContext(spec=spec, resolved=resolved, resume=resume)
 
-        resume = None
-        if spec.resume_from is not None:
-            resume = self.prepare_resume(Path(spec.resume_from))
-            self._check_resume_quantization(resume, values)
-
-        if values["method"] == "diffusion":
-            from . import diffusion
-
-            return diffusion.train(self, spec, values, resume)
-
+    def load(self, ctx: RunContext):
+        """(model, tokenizer): the base validated and loaded (quantised as asked), a LoRA output's adapter
+        put on it (merged for full training), fresh LoRA for a LoRA run, every parameter trainable for a full one."""
         import torch
         from transformers import set_seed
 
-        model_dir = Path(spec.model_dir)
-        adapter_dir = model_dir if argres.is_adapter_dir(model_dir) else None
-        base_dir = argres.adapter_base(adapter_dir) if adapter_dir else model_dir
-        quant = values["quantization"]
-        if quant is not None and values["train_type"] == "full":
+        from ..task import lora_config
+        from .trainer import load_model, load_tokenizer
+
+        values, spec = ctx.values, ctx.spec
+        if values["quantization"] is not None and values["train_type"] == "full":
             raise ConfigError(None, "train_type", "'lora' on a quantised base (full training needs an unquantised base)",
                               "full")
         if spec.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("RunSpec.device='cuda' but CUDA is not available")
-
         set_seed(values["seed"])
-        tok = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else base_dir)
-        model = load_model(base_dir, quant, spec.device)
-        if adapter_dir is not None:
+        model_dir = Path(spec.model_dir)
+        tok = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else ctx.base_dir)
+        model = load_model(ctx.base_dir, values["quantization"], spec.device)
+        if ctx.adapter_dir is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=values["train_type"] == "lora")
+            model = PeftModel.from_pretrained(model, str(ctx.adapter_dir), is_trainable=values["train_type"] == "lora")
             if values["train_type"] == "full":
                 model = model.merge_and_unload()
         if values["train_type"] == "lora" and not _is_peft(model):
@@ -201,72 +242,39 @@ class ReferenceAdapter(Adapter):
         elif values["train_type"] == "full":
             for p in model.parameters():
                 p.requires_grad_(True)
-
         if _is_peft(model):
             # the README model card PEFT renders on every save (a jinja compile) is not part of a checkpoint
             model.create_or_update_model_card = lambda output_dir: None
-        output_dir.mkdir(parents=True, exist_ok=True)
-        policy = self.checkpoint_policy(values)
-        if values["eval_steps"] and (msg := policy.misalignment_warning()):
-            log.warning(msg)
-            warnings.warn(msg, UserWarning, stacklevel=2)
-        use_bf16 = spec.device == "cuda" and torch.cuda.is_bf16_supported()
-        common = dict(
-            output_dir=str(output_dir), max_steps=values["max_steps"], learning_rate=values["learning_rate"],
-            per_device_train_batch_size=values["per_device_train_batch_size"],
-            gradient_accumulation_steps=values["gradient_accumulation_steps"],
-            lr_scheduler_type=values["lr_scheduler_type"], logging_steps=1, report_to="none",
-            use_cpu=spec.device == "cpu", seed=values["seed"], data_seed=values["seed"], bf16=use_bf16,
-            save_strategy="steps" if values["save_steps"] else "no", save_steps=values["save_steps"] or 500,
-            save_total_limit=None, disable_tqdm=True, dataloader_num_workers=0,
-        )
+        return model, tok
+
+    def build_trainer(self, ctx: RunContext, model, tok):
+        """The shared HF wiring (:func:`harness.hf.build_trainer`) with the reference's fixes: its checkpoint
+        policy (save on best, rotation that keeps the best and the latest) instead of Trainer's
+        ``save_total_limit``, a misalignment warning up front, atomic saves and resume hooks."""
+        from .. import hf
         from . import distributed
+        from .trainer import PolicyCallback, trainer_class
 
+        ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        policy = self.checkpoint_policy(ctx)
+        if ctx.values["eval_steps"] and (msg := policy.misalignment_warning()):
+            log.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
+        targs = hf.training_arguments(ctx.values, ctx.output_dir, ctx.spec.device)
         if distributed.is_worker():
-            common.update(distributed.fsdp_arguments())
-        callbacks = [PolicyCallback(policy, values["metric"], output_dir, self)]
-        if values["method"] == "grpo":
-            from datasets import Dataset
-            from trl import GRPOConfig, GRPOTrainer
+            targs.update(distributed.fsdp_arguments())
+        trainer = hf.build_trainer(ctx.values, model, tok, targs, ctx.spec.dataset_dir,
+                                   callbacks=[PolicyCallback(policy, ctx.values["metric"], self, ctx)],
+                                   wrap=trainer_class)
+        trainer.ft_adapter, trainer.ft_context = self, ctx
+        return trainer
 
-            from ..models import read_jsonl
-
-            prompts = read_jsonl(Path(spec.dataset_dir) / "prompts.jsonl")
-            cfg = GRPOConfig(**common, num_generations=values["num_generations"],
-                             max_completion_length=values["max_completion_length"], beta=0.0,
-                             eval_strategy="no")
-            cls = trainer_class(GRPOTrainer)
-            trainer = cls(model=model, reward_funcs=counting_reward, args=cfg,
-                          train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in prompts]),
-                          processing_class=tok, callbacks=callbacks)
-        else:
-            from transformers import Trainer, TrainingArguments
-
-            train_ds, eval_ds = sft_datasets(Path(spec.dataset_dir), tok)
-            extra: dict[str, Any] = {}
-            if values["metric"] == "eval_accuracy":
-                from ..task import accuracy_metrics
-
-                extra["preprocess_logits_for_metrics"], extra["compute_metrics"] = accuracy_metrics()
-            targs = TrainingArguments(**common, eval_strategy="steps" if values["eval_steps"] else "no",
-                                      eval_steps=values["eval_steps"] or None, per_device_eval_batch_size=8)
-            cls = trainer_class(Trainer)
-            trainer = cls(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=collate, processing_class=tok, callbacks=callbacks, **extra)
-        trainer.ft_adapter = self
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)  # no per-step dict printing; logs stay in log_history
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        final = self._save_final(trainer, output_dir)
-        return RunResult(output_dir=output_dir, checkpoints=tuple(list_checkpoints(output_dir)), final_dir=final,
-                         log_history=tuple(trainer.state.log_history), resolved=resolved)
-
-    # ------------------------------------------------------------------ helpers
-    def _save_final(self, trainer, output_dir: Path) -> Path:
+    # ------------------------------------------------------------------ saving
+    def save_final(self, ctx: RunContext, trainer) -> Path:
         """Final model, tokenizer, args.json and trainer_state.json into ``output_dir``, file by file atomically."""
         from .distributed import barrier, is_main_process
 
+        output_dir = ctx.output_dir
         staging = output_dir / ".staging-final"
         if is_main_process():
             shutil.rmtree(staging, ignore_errors=True)
@@ -275,7 +283,7 @@ class ReferenceAdapter(Adapter):
             trainer.save_model(str(staging))  # collective under FSDP: every rank takes part
             barrier()
             if is_main_process():
-                self.finalize_checkpoint(staging, final=True)
+                self.finalize_checkpoint(ctx, staging, final=True)
                 for item in staging.iterdir():
                     os.replace(item, output_dir / item.name)
         finally:

@@ -16,13 +16,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..adapter import RunResult, RunSpec
+from ..adapter import RunResult
 from ..errors import CheckpointError, ConfigError
 from ..layout import list_checkpoints, read_json, safe_torch_load
 from .io import atomic_replace_dir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .adapter import ReferenceAdapter
+    from .adapter import ReferenceAdapter, RunContext
 
 __all__ = ["train", "check_lora_loaded"]
 
@@ -50,8 +50,8 @@ def check_lora_loaded(unet, directory: Path) -> int:
     return len(saved)
 
 
-def _stage(unet, optimizer, state: dict[str, Any], staging: Path, adapter: "ReferenceAdapter", *,
-           final: bool) -> Path:
+def _stage(unet, optimizer, state: dict[str, Any], staging: Path, adapter: "ReferenceAdapter", ctx: "RunContext",
+           *, final: bool) -> Path:
     """Write a complete save into ``staging`` (LoRA, optimizer unless final, trainer_state, args.json)."""
     import torch
 
@@ -63,14 +63,15 @@ def _stage(unet, optimizer, state: dict[str, Any], staging: Path, adapter: "Refe
     if not final:
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     (staging / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    adapter.finalize_checkpoint(staging, final=final)
+    adapter.finalize_checkpoint(ctx, staging, final=final)
     return staging
 
 
-def train(adapter: "ReferenceAdapter", spec: RunSpec, values: dict[str, Any], resume: Path | None) -> RunResult:
-    """Train (or resume from the already vetted ``resume``) and save; see the module docstring."""
+def train(adapter: "ReferenceAdapter", ctx: "RunContext") -> RunResult:
+    """Train (or resume from the already vetted ``ctx.resume``) and save; see the module docstring."""
     import torch
 
+    spec, values, resume = ctx.spec, ctx.values, ctx.resume
     from .. import diffusion
 
     output_dir = Path(spec.output_dir)
@@ -85,7 +86,7 @@ def train(adapter: "ReferenceAdapter", spec: RunSpec, values: dict[str, Any], re
     optimizer = torch.optim.AdamW(params, lr=values["learning_rate"], weight_decay=0.0)
     start, history = 0, []
     if resume is not None:
-        adapter.load_diffusion_lora(resume, unet)
+        adapter.load_diffusion_lora(ctx, resume, unet)
         if (Path(resume) / "optimizer.pt").is_file():
             optimizer.load_state_dict(safe_torch_load(Path(resume) / "optimizer.pt"))
         state = read_json(Path(resume) / "trainer_state.json")
@@ -105,11 +106,11 @@ def train(adapter: "ReferenceAdapter", spec: RunSpec, values: dict[str, Any], re
         if save_steps and step % save_steps == 0:
             name = f"checkpoint-{step}"
             staging = _stage(unet, optimizer, {"global_step": step, "log_history": history},
-                             output_dir / f".staging-{name}", adapter, final=False)
+                             output_dir / f".staging-{name}", adapter, ctx, final=False)
             atomic_replace_dir(staging, output_dir / name)
     # the final output: staged, then moved into output_dir file by file
     staging = _stage(unet, optimizer, {"global_step": values["max_steps"], "log_history": history},
-                     output_dir / ".staging-final", adapter, final=True)
+                     output_dir / ".staging-final", adapter, ctx, final=True)
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()

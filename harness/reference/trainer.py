@@ -9,33 +9,25 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
 from ..errors import CheckpointError, ConfigError
-from ..task import quantization_config
 from .io import atomic_replace_dir, validate_model_dir
 from .policy import CheckpointPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .adapter import ReferenceAdapter
+    from .adapter import ReferenceAdapter, RunContext
 
 log = logging.getLogger("harness.reference")
 
 def load_model(model_dir: Path, quantization: str | None, device: str):
     """Validate ``model_dir`` then load it (optionally quantised). Errors name the directory/file."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from ..hf import load_causal_lm
 
     validate_model_dir(model_dir, need_tokenizer=False)
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "local_files_only": True}
-    qcfg = quantization_config(quantization, device)
-    if qcfg is not None:
-        kwargs["quantization_config"] = qcfg
-        if device == "cuda":
-            kwargs["device_map"] = {"": 0}
-    return AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    return load_causal_lm(model_dir, quantization, device)
 
 
 def load_tokenizer(model_dir: Path):
@@ -101,11 +93,12 @@ def load_lora_weights_by_name(model, checkpoint: Path) -> int:
 class PolicyCallback(TrainerCallback):
     """Applies a :class:`CheckpointPolicy` inside transformers' Trainer (save on best, safe rotation)."""
 
-    def __init__(self, policy: CheckpointPolicy, metric: str, output_dir: Path, adapter: "ReferenceAdapter"):
+    def __init__(self, policy: CheckpointPolicy, metric: str, adapter: "ReferenceAdapter", ctx: "RunContext"):
         self.policy = policy
         self.metric = metric
-        self.output_dir = Path(output_dir)
+        self.output_dir = ctx.output_dir
         self.adapter = adapter
+        self.ctx = ctx
         self.best: tuple[int, float] | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -127,7 +120,7 @@ class PolicyCallback(TrainerCallback):
                 state.best_model_checkpoint = str(self.output_dir / f"checkpoint-{state.global_step}")
 
     def on_save(self, args, state, control, **kwargs):
-        self.adapter.rotate_checkpoints(self.output_dir, self.policy, None if self.best is None else self.best[0])
+        self.adapter.rotate_checkpoints(self.ctx, self.policy, None if self.best is None else self.best[0])
 
 
 def trainer_class(base):
@@ -135,6 +128,7 @@ def trainer_class(base):
 
     class HarnessTrainer(base):
         ft_adapter: "ReferenceAdapter"
+        ft_context: "RunContext"
         _ft_staging_root: Path | None = None
 
         def _get_output_dir(self, trial):
@@ -151,7 +145,7 @@ def trainer_class(base):
                 super()._save_checkpoint(model, trial)
                 barrier()
                 if is_main_process():
-                    self.ft_adapter.finalize_checkpoint(final_root / name, final=False)
+                    self.ft_adapter.finalize_checkpoint(self.ft_context, final_root / name, final=False)
                 return
 
             # one staging root per step, shared by all ranks (each writes its rng_state_<rank>.pth there)
@@ -166,7 +160,7 @@ def trainer_class(base):
                         # Trainer resolved the best checkpoint inside the staging root: record its final path
                         self.state.best_model_checkpoint = str(final_root / Path(best).relative_to(staging_root))
                         self.state.save_to_json(str(staging_root / name / "trainer_state.json"))
-                    self.ft_adapter.finalize_checkpoint(staging_root / name, final=False)
+                    self.ft_adapter.finalize_checkpoint(self.ft_context, staging_root / name, final=False)
                     atomic_replace_dir(staging_root / name, final_root / name)
             finally:
                 self._ft_staging_root = None
@@ -191,7 +185,8 @@ def trainer_class(base):
                 del acc.free_memory
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            self.ft_adapter.load_checkpoint_weights(self, Path(resume_from_checkpoint), model or self.model)
+            self.ft_adapter.load_checkpoint_weights(self.ft_context, self, Path(resume_from_checkpoint),
+                                                    model or self.model)
 
         def _load_from_checkpoint_default(self, resume_from_checkpoint, model=None):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)

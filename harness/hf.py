@@ -1,0 +1,101 @@
+"""The tiny task on transformers ``Trainer`` / TRL ``GRPOTrainer``, wired once.
+
+Ground floor: the reference, the plain transformers adapter and LLaMA-Factory's config building take
+the same training arguments, model loading and trainer construction from here, so "reference minus
+plain transformers" reads as exactly the reference's fixes (validated model directories, its own
+checkpoint policy and atomic saves, LoRA resume by name) and nothing else. Heavy imports happen inside
+the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer"]
+
+
+def dtype_kwargs(dtype: Any = None) -> dict[str, Any]:
+    """``{"dtype": torch.float32}`` for ``from_pretrained``; transformers < 4.56 calls it ``torch_dtype``
+    (ms-swift 3.x pins transformers 4.49)."""
+    import torch
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype or torch.float32}
+
+
+def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str) -> dict[str, Any]:
+    """``TrainingArguments`` keywords every Trainer-based run of the task shares: the resolved
+    hyper-parameters, the save cadence, a loss logged at every step, seeds for the model and the data
+    order, CPU or bf16-on-CUDA, no reporting integrations and no progress bars."""
+    save_steps = values.get("save_steps") or 0
+    bf16 = False
+    if device == "cuda":
+        import torch
+
+        bf16 = torch.cuda.is_bf16_supported()
+    return dict(
+        output_dir=str(output_dir), max_steps=values["max_steps"], learning_rate=values["learning_rate"],
+        per_device_train_batch_size=values["per_device_train_batch_size"],
+        gradient_accumulation_steps=values["gradient_accumulation_steps"],
+        lr_scheduler_type=values["lr_scheduler_type"], logging_steps=1, report_to="none",
+        use_cpu=device == "cpu", seed=values["seed"], data_seed=values["seed"], bf16=bf16,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+
+
+def load_causal_lm(model_dir: Path, quantization: str | None, device: str):
+    """``AutoModelForCausalLM.from_pretrained`` in float32, quantised as asked (on GPU 0 for CUDA)."""
+    from transformers import AutoModelForCausalLM
+
+    from .task import quantization_config
+
+    kwargs: dict[str, Any] = {**dtype_kwargs(), "local_files_only": True}
+    qcfg = quantization_config(quantization, device)
+    if qcfg is not None:
+        kwargs["quantization_config"] = qcfg
+        if device == "cuda":
+            kwargs["device_map"] = {"": 0}
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+
+
+def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any], dataset_dir: Path, *,
+                  callbacks: Sequence[Any] = (), wrap: Callable[[type], type] | None = None):
+    """A ``Trainer`` (SFT on train/eval.jsonl, next-token accuracy when the metric asks for it) or a TRL
+    ``GRPOTrainer`` (prompts.jsonl, :func:`harness.task.counting_reward`) over ``targs``; ``wrap`` may
+    subclass the trainer class (the reference's atomic saves). The per-step printer is removed: the logs
+    stay in ``trainer.state.log_history``."""
+    from transformers.trainer_callback import PrinterCallback
+
+    from .task import accuracy_metrics, collate, counting_reward, sft_datasets
+
+    wrap = wrap or (lambda cls: cls)
+    eval_steps = values.get("eval_steps") or 0
+    if values["method"] == "grpo":
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer
+
+        from .models import read_jsonl
+
+        prompts = read_jsonl(Path(dataset_dir) / "prompts.jsonl")
+        cfg = GRPOConfig(**targs, num_generations=values["num_generations"],
+                         max_completion_length=values["max_completion_length"], beta=0.0, eval_strategy="no")
+        trainer = wrap(GRPOTrainer)(model=model, reward_funcs=counting_reward, args=cfg, processing_class=tok,
+                                    train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in prompts]),
+                                    callbacks=list(callbacks))
+    else:
+        from transformers import Trainer, TrainingArguments
+
+        train_ds, eval_ds = sft_datasets(Path(dataset_dir), tok)
+        extra: dict[str, Any] = {}
+        if values["metric"] == "eval_accuracy":
+            extra["preprocess_logits_for_metrics"], extra["compute_metrics"] = accuracy_metrics()
+        args = TrainingArguments(**{"eval_strategy": "steps" if eval_steps else "no",
+                                    "eval_steps": eval_steps or None, "per_device_eval_batch_size": 8, **targs})
+        trainer = wrap(Trainer)(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                data_collator=collate, processing_class=tok, callbacks=list(callbacks), **extra)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
