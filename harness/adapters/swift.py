@@ -130,7 +130,8 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
         args.setdefault("per_device_train_batch_size", cli.get("num_generations", 4))  # one prompt's group
         args.update(rlhf_type="grpo", dataset=str(data["prompts"]), beta=0.0, eval_strategy="no",
                     reward_funcs="ft_counting", num_generations=cli.get("num_generations", 4),
-                    max_completion_length=cli.get("max_completion_length", 8), temperature=1.0)
+                    max_completion_length=cli.get("max_completion_length", 8), temperature=1.0,
+                    use_vllm=False)  # 3.10.0/3.10.1 default to vLLM, which needs CUDA
         if plugin is not None:
             args["external_plugins"] = str(plugin)
     elif method == "sft":
@@ -327,6 +328,10 @@ class SwiftAdapter(Adapter):
         return {f.name for f in dataclasses.fields(self._rlhf_class())}
 
     def _run(self, entry: str, argv: Sequence[str]) -> None:
+        import torch
+
+        if not hasattr(torch.cpu, "max_memory_reserved"):  # ms-swift 3.10.2-3.11.x call it on every log step
+            torch.cpu.max_memory_reserved = lambda device=None: 0  # a CPU machine setting, not a training fix
         if self.major >= 4:
             from swift.pipelines import rlhf_main, sft_main
         else:
