@@ -33,6 +33,8 @@ __all__ = [
     "NonAtomicSave",
     "UnpicklesCheckpoint",
     "RankZeroShardSave",
+    "ShardedSave",
+    "IndexWithFirstShardOnly",
     "MUTANTS",
 ]
 
@@ -168,6 +170,54 @@ class RankZeroShardSave(ReferenceAdapter):
                       metadata={"format": "pt"})
 
 
+def _reshard(directory: Path, shards: int, keep: int | None = None) -> None:
+    """Rewrite ``directory``'s model.safetensors as ``shards`` files plus ``model.safetensors.index.json``
+    (transformers' layout for a large model); ``keep`` shards are written (all when None)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    weights = Path(directory) / "model.safetensors"
+    if not weights.is_file():
+        return
+    tensors = load_file(str(weights))
+    keys = sorted(tensors)
+    size = -(-len(keys) // shards)
+    weight_map, total = {}, 0
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: tensors[k].contiguous() for k in keys[i * size:(i + 1) * size]}
+        weight_map.update({k: name for k in part})
+        total += sum(t.numel() * t.element_size() for t in part.values())
+        if keep is None or i < keep:
+            save_file(part, str(Path(directory) / name), metadata={"format": "pt"})
+    (Path(directory) / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    weights.unlink()
+
+
+class ShardedSave(ReferenceAdapter):
+    """A *correct control*: every full save is sharded (index + 3 shards), as transformers does for large
+    models. It must pass every scenario: an oracle that only knows ``model.safetensors`` is a false red."""
+
+    name = "control:sharded-save"
+
+    def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        super().finalize_checkpoint(ctx, directory, final)
+        _reshard(directory, shards=3)
+
+
+class IndexWithFirstShardOnly(ReferenceAdapter):
+    """Issue 18 — a sharded save that writes the index and only its first shard (a save interrupted
+    between shards, or rank 0 writing its shard alone): loaders fail or silently miss weights."""
+
+    name = "mutant:index-with-first-shard-only"
+
+    def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        super().finalize_checkpoint(ctx, directory, final)
+        _reshard(directory, shards=3, keep=1)
+
+
 #: mutant class name -> the scenario modules it must fail (and it must pass all the others)
 MUTANTS: dict[str, tuple[str, ...]] = {
     # also: a forced saved lora becomes the base of LoRA-on-checkpoint runs, and a forced saved
@@ -183,4 +233,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "NonAtomicSave": ("test_crash_during_save",),
     "UnpicklesCheckpoint": ("test_hostile_checkpoint",),
     "RankZeroShardSave": ("test_distributed_save",),
+    "ShardedSave": (),  # a correct control: must pass everything
+    # every scenario that reads a full save: the index names shards the disk lacks
+    "IndexWithFirstShardOnly": ("test_args_precedence", "test_best_checkpoint", "test_checkpoint_layout",
+                                "test_crash_during_save", "test_full_ft_as_lora_base", "test_grpo_full_save"),
 }

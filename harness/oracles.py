@@ -69,10 +69,21 @@ def _mb(n: int) -> str:
 
 
 # --------------------------------------------------------------------------- reading
-def _header_and_bytes(directory: Path) -> tuple[dict[str, dict[str, Any]], int]:
+def _present_weight_files(directory: Path, seed: str) -> list[Path]:
+    """The weight files of a full-model directory; a shard its index lists but the disk lacks is a verdict
+    (a truncated save), not a harness error."""
+    files = weight_files(directory)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise OracleFailure(seed, f"{Path(directory).name}: model.safetensors.index.json lists {len(files)} shards, "
+                                  f"{len(files) - len(missing)} on disk (missing {missing[:3]}): a truncated save")
+    return files
+
+
+def _header_and_bytes(directory: Path, seed: str = "001") -> tuple[dict[str, dict[str, Any]], int]:
     headers: dict[str, dict[str, Any]] = {}
     data_bytes = 0
-    for f in weight_files(directory):
+    for f in _present_weight_files(directory, seed):
         headers.update(read_safetensors_header(f))
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -88,12 +99,12 @@ def _tensor_bytes(meta: Mapping[str, Any]) -> int:
     return math.prod(meta["shape"]) * _DTYPE_BYTES.get(meta["dtype"], 4)
 
 
-def weights_on_disk(directory: Path) -> dict[str, Any]:
+def weights_on_disk(directory: Path, *, seed: str = "001") -> dict[str, Any]:
     """All tensors of a full-model directory (single file or sharded index) via safetensors."""
     from safetensors.torch import load_file
 
     out: dict[str, Any] = {}
-    for f in weight_files(directory):
+    for f in _present_weight_files(directory, seed):
         out.update(load_file(str(f)))
     return out
 
@@ -134,7 +145,7 @@ def assert_full_model_saved(directory: Path, reference_dir: Path, start: Mapping
     ref_cfg = json.loads((Path(reference_dir) / "config.json").read_text(encoding="utf-8"))
     tied = bool(ref_cfg.get("tie_word_embeddings"))
     adapter_files = [f for f in ("adapter_config.json", "adapter_model.safetensors") if (directory / f).exists()]
-    found, data_bytes = _header_and_bytes(directory)
+    found, data_bytes = _header_and_bytes(directory, seed)
     exp_bytes = sum(_tensor_bytes(m) for m in expected.values())
     if not found:
         what = f"only {adapter_files}" if adapter_files else "no model.safetensors"
@@ -167,7 +178,7 @@ def assert_full_model_saved(directory: Path, reference_dir: Path, start: Mapping
     if start is not None:
         import torch
 
-        saved = weights_on_disk(directory)
+        saved = weights_on_disk(directory, seed=seed)
         matrices = [k for k in expected if k in start and ".layers." in k and k.endswith("proj.weight")]
         unchanged = [k for k in matrices if torch.equal(saved[k].to(start[k].dtype), start[k])]
         if unchanged:
@@ -210,6 +221,8 @@ def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str =
     missing = [f for f in REQUIRED_MODEL_FILES if not (directory / f).is_file()]
     if not weight_files(directory):
         missing.append("model.safetensors")
+    else:
+        _present_weight_files(directory, seed)
     if missing:
         raise OracleFailure(seed, f"{directory.name} is not a self-contained model: missing {missing}; using it as "
                                   f"model_name_or_path fails with \"does not appear to have a file named "
@@ -222,7 +235,7 @@ def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str =
             tok = AutoTokenizer.from_pretrained(str(alone), local_files_only=True)
         except Exception as exc:  # the framework-agnostic verdict: it does not load on its own
             raise OracleFailure(seed, f"{directory.name} does not load on its own: {type(exc).__name__}: {exc}") from exc
-        on_disk = weights_on_disk(alone)
+        on_disk = weights_on_disk(alone, seed=seed)
         state = model.state_dict()
         for key, tensor in on_disk.items():
             if key in state and not torch.equal(state[key], tensor.to(state[key].dtype)):
@@ -254,7 +267,7 @@ def assert_lora_base_is(adapter_dir: Path, expected_base: Path, *, seed: str = "
     if not base or not Path(base).is_dir():
         raise OracleFailure(seed, f"{adapter_dir.name}: adapter_config.json names base {base!r}, which is not a "
                                   f"directory on disk")
-    got, want = weights_on_disk(Path(base)), weights_on_disk(Path(expected_base))
+    got, want = weights_on_disk(Path(base), seed=seed), weights_on_disk(Path(expected_base), seed=seed)
     differing = sorted(k for k in want if k not in got or not torch.equal(got[k], want[k]))
     if differing:
         raise OracleFailure(seed, f"{adapter_dir.name}: LoRA was trained on {base}, whose weights differ from the "
@@ -358,7 +371,7 @@ def _eval_texts(dataset_dir: Path) -> list[str]:
 
 
 def evaluate_checkpoint(checkpoint: Path, dataset_dir: Path, metric: str = "eval_loss",
-                        base_dir: Path | None = None) -> float:
+                        base_dir: Path | None = None, *, seed: str = "004") -> float:
     """Re-evaluate a checkpoint (full model, or LoRA adapter on its base) on ``eval.jsonl``.
 
     ``eval_loss`` is the per-token mean cross-entropy (all eval examples have equal length, so this
@@ -378,6 +391,7 @@ def evaluate_checkpoint(checkpoint: Path, dataset_dir: Path, metric: str = "eval
             str(checkpoint))
         tok_dir = checkpoint if (checkpoint / "tokenizer.json").is_file() else base
     else:
+        _present_weight_files(checkpoint, seed)  # a missing shard is a verdict, not a loader traceback
         model = AutoModelForCausalLM.from_pretrained(str(checkpoint), **_fp32(), local_files_only=True)
         tok_dir = checkpoint
     tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
@@ -424,7 +438,7 @@ def assert_best_checkpoint_kept(output_dir: Path, dataset_dir: Path, *, metric: 
     if save_total_limit and len(on_disk) > save_total_limit + 1:
         raise OracleFailure(seed, f"{len(on_disk)} checkpoints on disk ({sorted(on_disk)}) with "
                                   f"save_total_limit={save_total_limit} (at most limit + the best allowed)")
-    value = evaluate_checkpoint(on_disk[best], dataset_dir, metric)
+    value = evaluate_checkpoint(on_disk[best], dataset_dir, metric, seed=seed)
     if math.isclose(value, metrics[best], rel_tol=rel_tol, abs_tol=1e-7):
         return best
     if not _same_formula(on_disk, metrics, best, dataset_dir, metric, rel_tol):
@@ -493,7 +507,7 @@ def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: 
 # --------------------------------------------------------------------------- distributed
 def assert_same_weights(directory: Path, expected_dir: Path, *, atol: float, seed: str = "dist") -> None:
     """The full model in ``directory`` equals the one in ``expected_dir`` within ``atol`` (max abs)."""
-    got, want = weights_on_disk(directory), weights_on_disk(expected_dir)
+    got, want = weights_on_disk(directory, seed=seed), weights_on_disk(expected_dir, seed=seed)
     if set(got) != set(want):
         raise OracleFailure(seed, f"{Path(directory).name} holds different tensors than {Path(expected_dir).name}: "
                                   f"{sorted(set(got) ^ set(want))[:3]}")

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from harness.layout import read_safetensors_header
+from harness.layout import read_safetensors_header, weight_files
 
 from ._support import spec
 
@@ -24,11 +24,18 @@ def test_checkpoint_layout(ft_adapter, tiny_assets, tmp_path, train_type, ft_dev
                                    device=ft_device))
     names = sorted(p.name for p in result.output_dir.iterdir() if p.name.startswith("checkpoint-"))
     assert names == ["checkpoint-2", "checkpoint-4"], f"expected checkpoints at steps 2 and 4, found {names}"
-    weights = "model.safetensors" if train_type == "full" else "adapter_model.safetensors"
+    def weights(directory):
+        """The weight files: a full model's (model.safetensors, or an index and its shards) or the adapter's."""
+        if train_type == "full":
+            return weight_files(directory)
+        return [directory / "adapter_model.safetensors"] if (directory / "adapter_model.safetensors").is_file() else []
+
     for name in names:
         ckpt = result.output_dir / name
         state = json.loads((ckpt / "trainer_state.json").read_text())
         assert state["global_step"] == int(name.split("-")[1]), f"{name}/trainer_state.json has the wrong global_step"
         assert [h["step"] for h in state["log_history"] if "loss" in h], f"{name}: no losses logged"
-        assert read_safetensors_header(ckpt / weights), f"{name}/{weights} holds no tensors"
-    assert (result.final_dir / weights).is_file(), f"final output lacks {weights}"
+        assert weights(ckpt), f"{name} holds no {train_type} weights"
+        for path in weights(ckpt):
+            assert path.is_file() and read_safetensors_header(path), f"{name}/{path.name} is missing or holds no tensors"
+    assert weights(result.final_dir), f"final output lacks {train_type} weights"

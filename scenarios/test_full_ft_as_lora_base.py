@@ -17,6 +17,7 @@ import shutil
 
 import pytest
 
+from harness.layout import weight_files
 from harness.oracles import assert_adapter_only_save, assert_lora_base_is, assert_self_contained
 
 from ._support import spec
@@ -53,13 +54,17 @@ def test_lora_trains_on_full_checkpoint(ft_adapter, full_run, tiny_assets, tmp_p
 
 
 def _break(directory, how):
-    if how in ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"):
+    if how in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (directory / how).unlink()
         return how
+    weights = weight_files(directory)  # model.safetensors, or (a sharded save) the shards its index lists
+    if how == "weights":
+        weights[-1].unlink()
+        return weights[-1].name
     if how == "truncated-safetensors":
-        data = (directory / "model.safetensors").read_bytes()
-        (directory / "model.safetensors").write_bytes(data[: len(data) // 2])
-        return "model.safetensors"
+        data = weights[0].read_bytes()
+        weights[0].write_bytes(data[: len(data) // 2])
+        return weights[0].name
     if how == "config-does-not-fit-weights":
         cfg = json.loads((directory / "config.json").read_text())
         cfg["num_hidden_layers"] = cfg["num_hidden_layers"] + 1
@@ -68,7 +73,7 @@ def _break(directory, how):
     raise ValueError(how)
 
 
-BROKEN = ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors", "truncated-safetensors",
+BROKEN = ["config.json", "tokenizer.json", "tokenizer_config.json", "weights", "truncated-safetensors",
           "config-does-not-fit-weights"]
 
 
