@@ -340,6 +340,9 @@ _NOISE = re.compile(r"^(Using |Resolved |Prepared |Installed |Uninstalled |Audit
                     r"Looking in|Collecting |Requirement already)")
 
 
+_CAUSES = ("╰─▶", "Caused by:", "caused by:", "cause:")  # uv's cause line: a tree on a terminal, "cause:" in a pipe
+
+
 def first_meaningful_line(text: str, limit: int = 200) -> str:
     """The line of a tool's error output that says what went wrong (uv's ``× ...`` headline joined
     with its first ``╰─▶`` cause; else the first line naming an error; else the last line)."""
@@ -352,9 +355,11 @@ def first_meaningful_line(text: str, limit: int = 200) -> str:
         if ln.startswith(("×", "error:", "ERROR:")) or re.search(r"\b(error|failed|not found|no solution|"
                                                                   r"no matching|could not|cannot)\b", ln, re.I):
             pick = ln.lstrip("×").strip()
-            cause = next((c for c in lines[i + 1:i + 4] if c.startswith(("╰─▶", "Caused by:", "caused by:"))), None)
+            cause = next((c for c in lines[i + 1:i + 4] if c.startswith(_CAUSES)), None)
             if cause:
-                pick = f"{pick.rstrip(':')}: {cause.lstrip('╰─▶').removeprefix('Caused by:').strip()}"
+                for prefix in _CAUSES:
+                    cause = cause.removeprefix(prefix)
+                pick = f"{pick.rstrip(':')}: {cause.strip()}"
             break
     if pick is None:
         pick = lines[-1]
@@ -669,10 +674,16 @@ def _run_group(cmd: list[str], out, cwd: Path, env: Mapping[str, str], timeout: 
                     continue
 
 
+_PSEUDO_TESTS = ("<session>", "<environment>")
+
+
 def _has_tests(path: Path) -> bool:
+    """Whether the report holds a scenario outcome (a ``<session>`` row alone, pytest's INTERNALERROR at
+    collection, is a run that stopped before any test: it gets the version's own ``run:`` cell)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return any(a.get("tests") for a in data.get("adapters", []))
+        return any(t.get("scenario", t.get("nodeid")) not in _PSEUDO_TESTS
+                   for a in data.get("adapters", []) for t in a.get("tests") or [])
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -55,6 +55,27 @@ _SWIFT3 = {
     "harness_no_deps": True,
 }
 
+# LLaMA-Factory 0.9.0-0.9.3 declare trl<=0.9.6 (0.9.0-0.9.2 also peft<=0.12.0 and transformers <=4.45.0 /
+# <=4.46.1 / <=4.49.0): below ft-harness's own floors (trl>=0.15, peft>=0.14, transformers>=4.49), so
+# ft-harness is installed --no-deps and its remaining dependencies are listed here (its scenarios import
+# trl only for GRPO, which the llamafactory adapter does not offer). LLaMA-Factory resolves the rest.
+_LLAMAFACTORY_OLD = {
+    "python": "3.11",
+    "requirements": ["torch==2.14.1", "torchvision==0.29.1", "bitsandbytes>=0.48", "optimum-quanto>=0.2.5",
+                     "diffusers>=0.30,<0.33", "safetensors", "tokenizers", "hypothesis>=6.100", "pytest>=8.0",
+                     "pytest-xdist>=3.5", "pytest-timeout>=2.3", "packaging>=23",
+                     # they cap numpy < 2; pyarrow 2[1-6] import only beside numpy 2 ("pyarrow requires
+                     # NumPy 2.0 or newer, found 1.26.4" from `import datasets`)
+                     "pyarrow<21"],
+    "overrides": ["torch==2.14.1"],
+    "harness_no_deps": True,
+}
+
+# ft-harness's other dependencies beside an older transformers (installed --no-deps below its floor)
+_TRANSFORMERS_OLD = ["accelerate==1.2.1", "datasets==3.2.0", "bitsandbytes>=0.48", "optimum-quanto>=0.2.5",
+                     "diffusers>=0.30,<0.33", "safetensors", "tokenizers", "hypothesis>=6.100", "pytest>=8.0",
+                     "pytest-xdist>=3.5"]
+
 PINS = {
     "ms-swift": {
         "distribution": "ms-swift",
@@ -91,10 +112,21 @@ PINS = {
         "adapter": "llamafactory",
         "aliases": ["llama-factory", "LLaMA-Factory"],
         "ranges": [
-            {"versions": ">=0.9.0,<1.0.0", "python": "3.11",
+            {"versions": ">=0.9.4,<1.0.0", "python": "3.11",
              "requirements": ["torch==2.14.1", "torchvision==0.29.1"],
              "overrides": ["torch==2.14.1"],
-             "note": "tox -e llamafactory: PyPI's torchvision does not import beside the CPU torch 2.13.0 wheel"},
+             "note": "tox -e llamafactory: PyPI's torchvision does not import beside the CPU torch 2.13.0 wheel; "
+                     "0.9.4/0.9.5 resolve with their own metadata beside ft-harness's ranges (transformers "
+                     "4.51-4.57.1 / 4.55-5.6, trl 0.18-0.24)"},
+            {"versions": ">=0.9.1,<0.9.2", **_LLAMAFACTORY_OLD,
+             "overrides": [*_LLAMAFACTORY_OLD["overrides"], "transformers==4.45.2"],
+             "note": "0.9.1 declares accelerate<=1.0.1 (checked again at import) beside transformers<=4.46.1, "
+                     "whose 4.46 Trainer refuses data_seed below accelerate 1.1.0 (NotImplementedError): "
+                     "transformers 4.45.2, inside 0.9.1's range; else as 0.9.0-0.9.3"},
+            {"versions": ">=0.9.0,<0.9.4", **_LLAMAFACTORY_OLD,
+             "note": "0.9.0-0.9.3 cap trl at 0.9.6 (and 0.9.0-0.9.2 peft at 0.12, transformers at 4.45/4.46.1/"
+                     "4.49): outside ft-harness's floors, so ft-harness goes in --no-deps and LLaMA-Factory "
+                     "resolves its own era libraries"},
         ],
     },
     "transformers": {
@@ -104,11 +136,12 @@ PINS = {
         "ranges": [
             {"versions": ">=4.49.0,<6.0.0", "python": "3.11",
              "note": "plain Trainer/PEFT/TRL; ft-harness's own dependency range (transformers>=4.49,<6)"},
-            {"versions": ">=4.40.0,<4.49.0", "python": "3.11", "harness_no_deps": True,
-             "requirements": ["peft==0.13.2", "trl==0.12.2", "accelerate==1.2.1", "datasets==3.2.0",
-                              "bitsandbytes>=0.48", "optimum-quanto>=0.2.5", "diffusers>=0.30,<0.33",
-                              "safetensors", "tokenizers", "hypothesis>=6.100", "pytest>=8.0",
-                              "pytest-xdist>=3.5"],
+            {"versions": ">=4.47.0,<4.49.0", "python": "3.11", "harness_no_deps": True,
+             "requirements": ["peft==0.14.0", "trl==0.13.0", *_TRANSFORMERS_OLD],
+             "note": "below ft-harness's transformers floor: ft-harness --no-deps, era libraries (trl 0.12.2 "
+                     "declares transformers<4.47: trl 0.13.0 / peft 0.14.0, December 2024)"},
+            {"versions": ">=4.40.0,<4.47.0", "python": "3.11", "harness_no_deps": True,
+             "requirements": ["peft==0.13.2", "trl==0.12.2", *_TRANSFORMERS_OLD],
              "note": "below ft-harness's transformers floor: ft-harness --no-deps, era libraries"},
         ],
     },

@@ -119,7 +119,25 @@ def test_pins_errors_and_overrides():
     assert "torch==2.14.1" in lf.requirements and "torch==2.13.0" not in lf.requirements  # replaced by name
     assert select_pins("simpletuner", "4.10.1").python == "3.12"
     assert select_pins("transformers", "4.46.0").harness_no_deps
+    assert "trl==0.12.2" in select_pins("transformers", "4.46.0").requirements
+    assert {"trl==0.13.0", "peft==0.14.0", "datasets==3.2.0"} <= set(select_pins("transformers", "4.48.0").requirements)
     assert not select_pins("transformers", "5.23.0").harness_no_deps
+
+
+def test_llamafactory_pins():
+    # 0.9.4/0.9.5 resolve beside ft-harness's ranges; 0.9.0-0.9.3 cap trl at 0.9.6: ft-harness --no-deps
+    for v in ("0.9.4", "0.9.5"):
+        p = select_pins("LLaMA-Factory", v)
+        assert p.framework == "llamafactory" and not p.harness_no_deps and not p.no_deps, v
+        assert p.overrides == ("torch==2.14.1",) and "torchvision==0.29.1" in p.requirements, v
+    for v in ("0.9.0", "0.9.1", "0.9.2", "0.9.3"):
+        p = select_pins("llamafactory", v)
+        assert p.harness_no_deps and not p.no_deps, v
+        assert "torch==2.14.1" in p.requirements and "torch==2.13.0" not in p.requirements, v
+        assert "pyarrow<21" in p.requirements and "hypothesis>=6.100" in p.requirements, v
+        assert ("transformers==4.45.2" in p.overrides) == (v == "0.9.1"), v  # 4.46's data_seed needs accelerate 1.1
+    with pytest.raises(SweepError, match="no pins cover"):
+        select_pins("llamafactory", "0.8.3")
 
 
 def test_pins_from_a_custom_table():
@@ -309,6 +327,10 @@ def test_first_meaningful_line():
         "error: Failed to fetch `https://x`: connection refused"
     assert first_meaningful_line("\x1b[31mERROR: No matching distribution found for foo==9\x1b[0m") == \
         "ERROR: No matching distribution found for foo==9"
+    piped = ("Using Python 3.11.7 environment at: env\nerror: No solution found when resolving dependencies\n"
+             "  cause: Because trl==0.12.2 depends on transformers<4.47.0 and you require transformers==4.48.0, we\n")
+    assert first_meaningful_line(piped).startswith(
+        "error: No solution found when resolving dependencies: Because trl==0.12.2 depends on transformers<4.47.0")
     assert first_meaningful_line("") == "no error output"
     assert len(first_meaningful_line("error: " + "x" * 500)) == 200
 
@@ -558,6 +580,30 @@ def test_a_report_without_tests_and_a_bad_exit_is_a_run_error(tmp_path, fake_uv)
     res = sweep.run_version(b, pins, tmp_path / "out", k_expr="x", log=lambda m: None)
     assert res.report is None
     assert res.error == "run: exit 3: ModuleNotFoundError: No module named 'json_repair'"
+
+
+def test_a_report_with_only_a_session_error_is_a_run_error(tmp_path, fake_uv):
+    # pytest's INTERNALERROR at collection (the framework does not import): the report holds one
+    # <session> row and no version; the cell must be the version's own "run: ..." (LLaMA-Factory 0.9.0)
+    uv, _ = fake_uv
+    b = _builder(tmp_path, uv)
+    pins = select_pins("llamafactory", "0.9.0")
+    env = b.ensure(pins)
+    script = env.path / "bin" / "ft-harness"
+    script.write_text("#!/bin/sh\necho \"INTERNALERROR> ImportError: pyarrow requires NumPy 2.0 or newer, found 1.26.4\"\n"
+                      "for a; do if [ \"$prev\" = -o ]; then out=$a; fi; prev=$a; done\n"
+                      "printf '{\"format\": \"ft-harness-report/1\", \"adapters\": [{\"target\": \"llamafactory\", "
+                      "\"name\": \"llamafactory\", \"exit_code\": 3, \"duration_s\": 0, \"versions\": {}, \"tests\": "
+                      "[{\"nodeid\": \"<session>\", \"scenario\": \"<session>\", \"outcome\": \"error\", "
+                      "\"reason\": \"pytest exited with 3\", \"duration_s\": 0, \"seed\": null}]}], "
+                      "\"scenarios\": []}' > \"$out\"\nexit 3\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "out"
+    res = sweep.run_version(b, pins, out, k_expr="x", log=lambda m: None)
+    assert res.report is None
+    assert res.error == "run: exit 3: ImportError: pyarrow requires NumPy 2.0 or newer, found 1.26.4"
+    per_version = json.loads((out / "llamafactory-0.9.0.json").read_text())
+    assert per_version["adapters"][0]["versions"] == {"llamafactory": "0.9.0"}  # the column names the release
 
 
 
