@@ -46,7 +46,7 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     """The ``llamafactory-cli train`` config for one RunSpec (``values``: CLI over defaults)."""
     model_dir = Path(spec.model_dir)
     cfg: dict[str, Any] = {"stage": "sft", "do_train": True, "template": template, "finetuning_type":
-                           values["train_type"], "trust_remote_code": False}
+                           values["train_type"]}  # trust_remote_code: default False; 0.9.0/0.9.1 reject the key
     if is_adapter_dir(model_dir):
         cfg.update(model_name_or_path=str(adapter_base(model_dir)), adapter_name_or_path=str(model_dir))
     else:
