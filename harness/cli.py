@@ -177,9 +177,11 @@ _PYTEST_TB_STYLES = {"auto", "long", "short", "line", "native", "no"}
 
 def _take_own_tb(argv: list[str]) -> tuple[list[str], bool]:
     """``run ... --tb`` anywhere (pytest's own ``--tb STYLE`` / ``--tb=STYLE`` pass through untouched)."""
-    if not argv or argv[0] != "run" or "--" in argv[: argv.index("--tb") if "--tb" in argv else 0]:
+    if not argv or argv[0] != "run":
         return argv, False
     for i, token in enumerate(argv):
+        if token == "--":  # everything after it is pytest's
+            break
         if token == "--tb" and (i + 1 == len(argv) or argv[i + 1] not in _PYTEST_TB_STYLES):
             return argv[:i] + argv[i + 1:], True
     return argv, False

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .hf import dtype_kwargs
 from .layout import LORA_FILES, list_checkpoints, lora_dir, read_log_history, read_safetensors_header, weight_files
 
 __all__ = [
@@ -56,12 +57,6 @@ class OracleFailure(AssertionError):
     def __init__(self, seed: str, message: str):
         self.seed = seed
         super().__init__(f"[seed {seed}: {SEEDS.get(seed, seed)}] {message}")
-
-
-def _fp32() -> dict[str, Any]:
-    from .hf import dtype_kwargs
-
-    return dtype_kwargs()
 
 
 def _mb(n: int) -> str:
@@ -118,7 +113,7 @@ def start_weights(model_dir: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     cfg = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"], **_fp32(),
+    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"], **dtype_kwargs(),
                                                 local_files_only=True)
     merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
@@ -231,7 +226,7 @@ def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str =
         alone = Path(tmp) / directory.name
         shutil.copytree(directory, alone)
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(alone), local_files_only=True, **_fp32())
+            model = AutoModelForCausalLM.from_pretrained(str(alone), local_files_only=True, **dtype_kwargs())
             tok = AutoTokenizer.from_pretrained(str(alone), local_files_only=True)
         except Exception as exc:  # the framework-agnostic verdict: it does not load on its own
             raise OracleFailure(seed, f"{directory.name} does not load on its own: {type(exc).__name__}: {exc}") from exc
@@ -387,12 +382,12 @@ def evaluate_checkpoint(checkpoint: Path, dataset_dir: Path, metric: str = "eval
         cfg = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
         base = base_dir or Path(cfg["base_model_name_or_path"])
         model = PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(str(base), **_fp32(), local_files_only=True),
+            AutoModelForCausalLM.from_pretrained(str(base), **dtype_kwargs(), local_files_only=True),
             str(checkpoint))
         tok_dir = checkpoint if (checkpoint / "tokenizer.json").is_file() else base
     else:
         _present_weight_files(checkpoint, seed)  # a missing shard is a verdict, not a loader traceback
-        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), **_fp32(), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), **dtype_kwargs(), local_files_only=True)
         tok_dir = checkpoint
     tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     model.eval()

@@ -22,6 +22,7 @@ import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,12 @@ class RunContext:
     def output_dir(self) -> Path:
         return Path(self.spec.output_dir)
 
-    @property
+    @cached_property  # reads adapter_config.json once per run, not on every access
     def adapter_dir(self) -> Path | None:
         """``model_dir`` when it is a LoRA output (trained on top of its base), else None."""
         return Path(self.spec.model_dir) if is_adapter_dir(Path(self.spec.model_dir)) else None
 
-    @property
+    @cached_property
     def base_dir(self) -> Path:
         return adapter_base(self.adapter_dir) if self.adapter_dir else Path(self.spec.model_dir)
 
