@@ -153,6 +153,9 @@ _CLI_FIELDS = (
     "max_steps",
     "learning_rate",
     "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
     "eval_steps",
     "save_steps",
     "save_total_limit",
@@ -185,6 +188,9 @@ class RunSpec:
     max_steps: int | None = None
     learning_rate: float | None = None
     per_device_train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] | None = None
+    warmup_steps: int | None = None
     eval_steps: int | None = None
     save_steps: int | None = None
     save_total_limit: int | None = None

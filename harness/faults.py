@@ -1,4 +1,9 @@
-"""Fault injection: kill a training run with SIGKILL at a chosen point inside a checkpoint save.
+"""Fault injection: kill a training run with SIGKILL at a chosen point, or perturb what it saved.
+
+Kill points: :class:`KillPoint` (inside a checkpoint save: the crash scenario) and
+:class:`KillInTraining` (the first training forward after ``checkpoint-k`` exists: an interrupted run
+for the resume scenarios, observed through :mod:`harness.probes`). :func:`perturb_weights` changes a
+checkpoint's weights on disk, so a scenario can prove a resumed run *read* that checkpoint.
 
 The run happens in a forked child of the test process (so torch & co. are not imported again). Before training starts, every checkpoint writer the ecosystem uses —
 ``torch.save`` and safetensors' ``save_file`` / ``save_model`` — is wrapped *wherever it is bound*
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KillPoint", "run_killed", "KILLED"]
+__all__ = ["KillPoint", "KillInTraining", "run_killed", "perturb_weights", "KILLED"]
 
 KILLED = -signal.SIGKILL
 
@@ -35,7 +40,18 @@ class KillPoint:
         return f"write#{self.nth_write}-{'half-written' if self.partial else 'before-write'}"
 
 
-def run_killed(adapter: Any, spec: Any, point: KillPoint) -> int:
+@dataclass(frozen=True)
+class KillInTraining:
+    """SIGKILL at the first training forward that starts after ``checkpoint-{after_checkpoint}`` exists:
+    the run dies between steps, as a preempted job does, with checkpoint-k complete and nothing after it."""
+
+    after_checkpoint: int
+
+    def __str__(self) -> str:
+        return f"killed-after-checkpoint-{self.after_checkpoint}"
+
+
+def run_killed(adapter: Any, spec: Any, point: KillPoint | KillInTraining) -> int:
     """Run ``adapter.train(spec)`` in a forked child that SIGKILLs itself at ``point``.
 
     Returns the child's status as ``subprocess`` reports it: ``KILLED`` (-9) when the kill point was
@@ -54,7 +70,10 @@ def run_killed(adapter: Any, spec: Any, point: KillPoint) -> int:
             torch.set_num_threads(1)  # OpenMP pools do not survive fork well; one thread is deterministic
             global INJECTING
             INJECTING = True
-            _install(Path(spec.output_dir), point)
+            if isinstance(point, KillInTraining):
+                _install_training_kill(Path(spec.output_dir), point)
+            else:
+                _install(Path(spec.output_dir), point)
             adapter.train(spec)
             code = 3
         except BaseException:  # noqa: BLE001 - reported through the exit status
@@ -109,3 +128,46 @@ def _install(output_dir: Path, point: KillPoint) -> None:
         for name, value in list(namespace.items()):
             if id(value) in replacements and any(value is f for f in originals):
                 namespace[name] = replacements[id(value)]
+
+
+def _install_training_kill(output_dir: Path, point: KillInTraining) -> None:
+    from .probes import training_forwards
+
+    def maybe_kill(_input_ids: Any) -> None:
+        if (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    hook = training_forwards(maybe_kill)
+    hook.__enter__()  # never left: the child ends with os._exit
+    _ARMED.append(hook)  # a dropped generator would be closed, removing the hook
+
+
+_ARMED: list[Any] = []
+
+
+#: what :func:`perturb_weights` adds to every floating-point weight
+PERTURBATION = 0.05
+
+
+def perturb_weights(checkpoint: Path, delta: float = PERTURBATION) -> list[Path]:
+    """Add ``delta`` to every floating-point tensor of a checkpoint's weights (LoRA files, or the full
+    model's files and shards), rewriting them in place; returns the files changed. A run that really
+    resumes from this checkpoint must then end elsewhere than one resumed from the original."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from .errors import MissingFileError
+    from .layout import LORA_FILES, weight_files
+
+    checkpoint = Path(checkpoint)
+    files = [checkpoint / n for n in LORA_FILES if (checkpoint / n).is_file()] or [
+        f for f in weight_files(checkpoint) if f.is_file()]
+    if not files:
+        raise MissingFileError(checkpoint, "*.safetensors", "no weights to perturb")
+    for path in files:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata()
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        tensors = {k: (v + delta if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+        save_file(tensors, str(path), metadata=metadata)
+    return files

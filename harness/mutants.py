@@ -35,6 +35,12 @@ __all__ = [
     "RankZeroShardSave",
     "ShardedSave",
     "IndexWithFirstShardOnly",
+    "ScheduleRestartsOnResume",
+    "RngNotRestoredOnResume",
+    "DataOrderRestartsOnResume",
+    "LaterEpochReplaysEpochZero",
+    "MissingTrainingStateIgnored",
+    "ResumeFromIgnored",
     "MUTANTS",
 ]
 
@@ -218,6 +224,103 @@ class IndexWithFirstShardOnly(ReferenceAdapter):
         _reshard(directory, shards=3, keep=1)
 
 
+class ScheduleRestartsOnResume(ReferenceAdapter):
+    """Issue 19 — transformers #27710/#24656, SimpleTuner PR #3027/#3045: resume restores the optimizer but
+    not the LR scheduler; warm-up and decay start again from step 0."""
+
+    name = "mutant:schedule-restarts-on-resume"
+
+    def load_optimizer_state(self, ctx: RunContext, trainer, checkpoint: Path) -> None:
+        from .layout import safe_torch_load
+
+        trainer.optimizer.load_state_dict(safe_torch_load(Path(checkpoint) / "optimizer.pt"))
+
+
+class RngNotRestoredOnResume(ReferenceAdapter):
+    """Issue 19 — the checkpoint's RNG states are not restored: dropout masks (and sampling) after the
+    resume differ from the uninterrupted run's."""
+
+    name = "mutant:rng-not-restored-on-resume"
+
+    def load_rng_state(self, ctx: RunContext, trainer, checkpoint: Path) -> None:
+        log.warning("not restoring the RNG state of %s", checkpoint)
+
+
+class DataOrderRestartsOnResume(ReferenceAdapter):
+    """Issue 19 — ms-swift #10050, LLaMA-Factory #7085, transformers ``ignore_data_skip``: the resumed
+    epoch is read from its first batch again; samples already trained on are re-trained, others never."""
+
+    name = "mutant:data-order-restarts-on-resume"
+
+    def resume_data(self, ctx: RunContext, trainer) -> None:
+        trainer.args.ignore_data_skip = True
+
+
+class LaterEpochReplaysEpochZero(ReferenceAdapter):
+    """Issue 19 — transformers PR #40691, accelerate #2016/#3242: resuming inside epoch >= 1 shuffles the
+    resumed epoch with epoch 0's seed, so it replays epoch 0's order (skipping into the wrong samples)."""
+
+    name = "mutant:later-epoch-replays-epoch-zero"
+
+    def resume_data(self, ctx: RunContext, trainer) -> None:
+        original = trainer.get_train_dataloader
+
+        def get_train_dataloader():
+            dataloader = original()
+            seen: set[int] = set()
+            for obj in _samplers(dataloader):
+                if hasattr(obj, "set_epoch") and id(obj) not in seen:
+                    seen.add(id(obj))
+                    obj.set_epoch = _first_epoch_as_zero(obj.set_epoch)
+            return dataloader
+
+        trainer.get_train_dataloader = get_train_dataloader
+
+
+def _samplers(dataloader) -> list[Any]:
+    """The dataloader and every (batch) sampler under it."""
+    out, todo = [], [dataloader]
+    while todo:
+        obj = todo.pop()
+        if obj is None or any(obj is o for o in out):
+            continue
+        out.append(obj)
+        todo += [getattr(obj, name, None) for name in ("batch_sampler", "sampler")]
+    return out
+
+
+def _first_epoch_as_zero(set_epoch):
+    calls = {"n": 0}
+
+    def wrapped(epoch):
+        calls["n"] += 1
+        return set_epoch(0 if calls["n"] == 1 else epoch)
+
+    return wrapped
+
+
+class MissingTrainingStateIgnored(ReferenceAdapter):
+    """Issue 19 — transformers' ``_load_optimizer_and_scheduler``: a checkpoint without ``optimizer.pt`` /
+    ``scheduler.pt`` (``save_only_model``) resumes silently with a fresh optimizer and schedule."""
+
+    name = "mutant:missing-training-state-ignored"
+
+    def check_resume_state(self, ctx: RunContext, checkpoint: Path) -> None:
+        return None
+
+
+class ResumeFromIgnored(ReferenceAdapter):
+    """Issue 19 — ms-swift #3396, verl #7401: ``resume_from`` is not applied; the run silently trains from
+    step 0 with the same seed. A deterministic restart reproduces the uninterrupted run, so only a proof
+    that the resumed run *read* checkpoint-k catches it."""
+
+    name = "mutant:resume-from-ignored"
+
+    def prepare_resume(self, ctx: RunContext, checkpoint: Path) -> Path | None:
+        log.warning("ignoring resume_from=%s", checkpoint)
+        return None
+
+
 #: mutant class name -> the scenario modules it must fail (and it must pass all the others)
 MUTANTS: dict[str, tuple[str, ...]] = {
     # also: a forced saved lora becomes the base of LoRA-on-checkpoint runs, and a forced saved
@@ -225,7 +328,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "ArgsJsonBeatsCli": ("test_args_precedence", "test_grpo_full_save", "test_full_ft_as_lora_base",
                          "test_quantized_lora_resume"),
     "QuantizedResumeReinitLora": ("test_quantized_lora_resume", "test_diffusion_lora_resume"),
-    "ResumeDropsOptimizerState": ("test_quantized_lora_resume", "test_diffusion_lora_resume"),
+    "ResumeDropsOptimizerState": ("test_quantized_lora_resume", "test_diffusion_lora_resume",
+                                  "test_resume_equivalence"),
     # also: the best checkpoint cannot be re-loaded for re-evaluation without its config
     "WeightsOnlyIntermediateCheckpoints": ("test_full_ft_as_lora_base", "test_best_checkpoint"),
     "PlainTrainerBestCheckpoint": ("test_best_checkpoint",),
@@ -236,5 +340,14 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "ShardedSave": (),  # a correct control: must pass everything
     # every scenario that reads a full save: the index names shards the disk lacks
     "IndexWithFirstShardOnly": ("test_args_precedence", "test_best_checkpoint", "test_checkpoint_layout",
-                                "test_crash_during_save", "test_full_ft_as_lora_base", "test_grpo_full_save"),
+                                "test_crash_during_save", "test_full_ft_as_lora_base", "test_grpo_full_save",
+                                "test_resume_equivalence"),
+    "ScheduleRestartsOnResume": ("test_resume_equivalence",),  # seed 002 trains at a constant LR
+    "RngNotRestoredOnResume": ("test_resume_equivalence",),  # only dropout and sampling draw on the RNG
+    # also seed 002: its k=2/4 resumes are mid-epoch (12 steps per epoch)
+    "DataOrderRestartsOnResume": ("test_resume_equivalence", "test_quantized_lora_resume"),
+    "LaterEpochReplaysEpochZero": ("test_resume_equivalence",),  # seed 002 never leaves epoch 0
+    "MissingTrainingStateIgnored": ("test_resume_equivalence",),
+    # also: a run that ignores the checkpoint cannot refuse its quantisation or its poisoned pickles
+    "ResumeFromIgnored": ("test_resume_equivalence", "test_quantized_lora_resume", "test_diffusion_lora_resume"),
 }

@@ -32,6 +32,13 @@ __all__ = [
     "assert_self_contained",
     "assert_lora_base_is",
     "assert_resume_equivalent",
+    "assert_resumed_not_restarted",
+    "assert_follows_checkpoint",
+    "assert_resumed_into_new_dir",
+    "assert_consumed_in_order",
+    "assert_missing_state_reported",
+    "final_weights",
+    "checkpoints_fingerprint",
     "assert_diffusion_lora_reloads",
     "assert_best_checkpoint_kept",
     "dir_fingerprint",
@@ -48,6 +55,7 @@ SEEDS = {
     "crash": "crash-during-save: a killed save must never lose the previous checkpoint",
     "pickle": "hostile-checkpoint: loading a checkpoint must never unpickle arbitrary code",
     "dist": "distributed-save: a sharded full-parameter run must save the whole model",
+    "resume": "resume-equivalence: an interrupted-and-resumed run must be the run it continues",
 }
 
 
@@ -329,33 +337,184 @@ def _assert_unet_lora_equals_file(unet, directory: Path, quantization: str | Non
                                   f"not loaded (re-initialised or skipped)")
 
 
-def assert_resume_equivalent(uninterrupted: Path, resumed: Path, resumed_from_step: int, *,
-                             rtol: float = 0.0, atol: float = 0.0, seed: str = "002") -> None:
-    """Run B (resumed from ``checkpoint-k``) must reproduce run A's losses for steps k+1..N and
-    end with the same LoRA tensors. ``rtol``/``atol`` default to exact (CPU runs are bit-identical)."""
+def final_weights(output_dir: Path, *, seed: str = "resume") -> dict[str, Any]:
+    """What a run ended with: its LoRA tensors (final output, else newest checkpoint), or the full model's."""
+    from safetensors.torch import load_file
+
+    output_dir = Path(output_dir)
+    lora = lora_dir(output_dir)
+    for name in LORA_FILES:
+        if (lora / name).is_file():
+            return load_file(str(lora / name))
+    if weight_files(output_dir):
+        return weights_on_disk(output_dir, seed=seed)
+    ckpts = list_checkpoints(output_dir)
+    if ckpts and weight_files(ckpts[-1]):
+        return weights_on_disk(ckpts[-1], seed=seed)
+    raise OracleFailure(seed, f"{output_dir.name}: no weights on disk (neither {LORA_FILES} nor a full model)")
+
+
+def checkpoint_weights(checkpoint: Path, *, seed: str = "resume") -> dict[str, Any]:
+    """The LoRA tensors of a checkpoint, or its full model."""
+    from safetensors.torch import load_file
+
+    for name in LORA_FILES:
+        if (Path(checkpoint) / name).is_file():
+            return load_file(str(Path(checkpoint) / name))
+    return weights_on_disk(checkpoint, seed=seed)
+
+
+def _max_difference(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float, atol: float
+                    ) -> tuple[str | None, float, bool]:
+    """(worst key, its max abs difference, all within tolerance) over tensors of equal names and shapes."""
     import torch
 
-    a, b = losses_by_step(read_log_history(uninterrupted)), losses_by_step(read_log_history(resumed))
+    worst, worst_diff, close = None, 0.0, True
+    for key in sorted(a):
+        x, y = a[key].float(), b[key].float()
+        diff = (x - y).abs().max().item() if x.numel() else 0.0
+        if diff > worst_diff:
+            worst, worst_diff = key, diff
+        if not torch.allclose(x, y, rtol=rtol, atol=atol):
+            close = False
+    return worst, worst_diff, close
+
+
+def assert_resume_equivalent(uninterrupted: Path, resumed: Path, resumed_from_step: int, *,
+                             rtol: float = 0.0, atol: float = 0.0, keys: tuple[str, ...] = ("loss",),
+                             seed: str = "002") -> None:
+    """Run B (resumed from ``checkpoint-k``) must reproduce run A's logged ``keys`` (loss; the learning rate
+    too where the schedule matters) for every step k+1..N, and end with the same weights (LoRA tensors, or
+    the full model). ``rtol``/``atol`` default to exact: CPU runs are bit-identical."""
     k = resumed_from_step
-    want = {s: v for s, v in a.items() if s > k}
-    if not want:
-        raise OracleFailure(seed, f"uninterrupted run logged no loss after step {k}; nothing to compare")
-    missing = sorted(set(want) - set(b))
-    if missing:
-        raise OracleFailure(seed, f"resumed run logged no loss for steps {missing} (logged steps: {sorted(b)}): it "
-                                  f"did not continue from step {k}")
-    for step in sorted(want):
-        if not math.isclose(b[step], want[step], rel_tol=rtol, abs_tol=atol):
-            raise OracleFailure(seed, f"resumed from checkpoint-{k}: loss at step {step} is {b[step]!r}, the "
-                                      f"uninterrupted run had {want[step]!r} (rtol={rtol}, atol={atol}); resume did "
-                                      f"not restore adapter weights, optimizer, scheduler or data position")
-    ta, tb = _adapter_tensors(lora_dir(uninterrupted)), _adapter_tensors(lora_dir(resumed))
+    history_a, history_b = read_log_history(uninterrupted), read_log_history(resumed)
+    for key in keys:
+        a, b = losses_by_step(history_a, key), losses_by_step(history_b, key)
+        want = {s: v for s, v in a.items() if s > k}
+        if not want:
+            raise OracleFailure(seed, f"uninterrupted run logged no {key} after step {k}; nothing to compare")
+        missing = sorted(set(want) - set(b))
+        if missing:
+            raise OracleFailure(seed, f"resumed run logged no {key} for steps {missing} (logged steps: "
+                                      f"{sorted(b)}): it did not continue from step {k} to step {max(want)}")
+        for step in sorted(want):
+            if not math.isclose(b[step], want[step], rel_tol=rtol, abs_tol=atol):
+                what = ("the LR schedule was not restored (it restarted or moved)" if key == "learning_rate" else
+                        "resume did not restore the weights, optimizer, scheduler, RNG or data position")
+                raise OracleFailure(seed, f"resumed from checkpoint-{k}: {key} at step {step} is {b[step]!r}, the "
+                                          f"uninterrupted run had {want[step]!r} (rtol={rtol}, atol={atol}): {what}")
+    ta, tb = final_weights(uninterrupted, seed=seed), final_weights(resumed, seed=seed)
     if set(ta) != set(tb):
-        raise OracleFailure(seed, f"final adapters hold different tensors: {sorted(set(ta) ^ set(tb))[:3]}")
-    for key in sorted(ta):
-        if not torch.allclose(ta[key], tb[key], rtol=rtol, atol=atol):
-            diff = (ta[key].float() - tb[key].float()).abs().max().item()
-            raise OracleFailure(seed, f"final LoRA tensor {key} differs from the uninterrupted run by {diff:.3g}")
+        raise OracleFailure(seed, f"final weights hold different tensors: {sorted(set(ta) ^ set(tb))[:3]}")
+    worst, diff, close = _max_difference(ta, tb, rtol, atol)
+    if not close:
+        raise OracleFailure(seed, f"final tensor {worst} differs from the uninterrupted run by {diff:.3g} "
+                                  f"(rtol={rtol}, atol={atol})")
+
+
+# --------------------------------------------------------------------------- resume is a resume
+def stat_fingerprint(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime_ns) of every file under ``directory``: a rewrite changes it even when the
+    bytes come out the same (a deterministic restart rewrites identical checkpoints)."""
+    directory = Path(directory)
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            out[str(path.relative_to(directory))] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def checkpoints_fingerprint(output_dir: Path, up_to_step: int) -> dict[str, Any]:
+    """:func:`stat_fingerprint` of every ``checkpoint-N`` with N <= ``up_to_step``."""
+    return {c.name: stat_fingerprint(c) for c in list_checkpoints(output_dir) if int(c.name.split("-")[1]) <= up_to_step}
+
+
+def assert_resumed_not_restarted(output_dir: Path, k: int, max_steps: int, before: Mapping[str, Any], *,
+                                 save_steps: int = 1, seed: str = "resume") -> None:
+    """The run resumed in ``output_dir`` from checkpoint-k continued it: checkpoints <= k are untouched (a
+    restart rewrites them), every save step after k has its checkpoint, up to ``max_steps``, each step
+    is logged once, and the final weights differ from checkpoint-k's (it trained)."""
+    after = checkpoints_fingerprint(output_dir, k)
+    if after != before:
+        changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+        raise OracleFailure(seed, f"resuming from checkpoint-{k} rewrote or removed {changed}: the run trained "
+                                  f"steps <= {k} again instead of continuing")
+    have = {int(c.name.split("-")[1]) for c in list_checkpoints(output_dir)}
+    want = {s for s in range(k + 1, max_steps + 1) if s % save_steps == 0}
+    if want - have:
+        raise OracleFailure(seed, f"resumed from checkpoint-{k}, the run left no checkpoint for steps "
+                                  f"{sorted(want - have)} (on disk: {sorted(have)}): it did not reach max_steps="
+                                  f"{max_steps}")
+    steps = [int(h["step"]) for h in read_log_history(output_dir) if "loss" in h]
+    twice = sorted({s for s in steps if steps.count(s) > 1})
+    if twice:
+        raise OracleFailure(seed, f"steps {twice} are logged more than once after resuming from checkpoint-{k}: "
+                                  f"they were trained again")
+    ckpt = Path(output_dir) / f"checkpoint-{k}"
+    _, diff, _ = _max_difference(checkpoint_weights(ckpt, seed=seed), final_weights(output_dir, seed=seed), 0, 0)
+    if diff == 0.0:
+        raise OracleFailure(seed, f"the final weights equal checkpoint-{k}'s: the resumed run did not train")
+
+
+def assert_resumed_into_new_dir(output_dir: Path, k: int, *, seed: str = "002") -> None:
+    """A run resumed from checkpoint-k into a new ``output_dir`` saves only steps after k: a
+    ``checkpoint-N`` with N <= k there was trained again from step 0."""
+    again = [c.name for c in list_checkpoints(output_dir) if int(c.name.split("-")[1]) <= k]
+    if again:
+        raise OracleFailure(seed, f"resumed from checkpoint-{k} into {Path(output_dir).name}, the run saved {again}: "
+                                  f"it trained steps <= {k} again (resume_from was not applied)")
+
+
+def assert_follows_checkpoint(resumed: Path, perturbed: Path, k: int, *, seed: str = "resume") -> None:
+    """A run resumed from a *perturbed* copy of checkpoint-k must differ from one resumed from the original:
+    its loss at step k+1 and its final weights follow the weights it read. Equal results mean the
+    checkpoint's weights were never read (a restart from step 0, or weights taken from elsewhere)."""
+    a, b = losses_by_step(read_log_history(resumed)), losses_by_step(read_log_history(perturbed))
+    if k + 1 in a and k + 1 in b and a[k + 1] == b[k + 1]:
+        raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the loss at step {k + 1} "
+                                  f"unchanged ({a[k + 1]!r}): the resumed run did not start from checkpoint-{k}")
+    _, diff, _ = _max_difference(final_weights(resumed, seed=seed), final_weights(perturbed, seed=seed), 0, 0)
+    if diff == 0.0:
+        raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the final weights "
+                                  f"unchanged: the resumed run did not start from checkpoint-{k}")
+
+
+def assert_consumed_in_order(uninterrupted: list[int], resumed: list[int], k: int, samples_per_step: int, *,
+                             seed: str = "resume") -> None:
+    """The resumed run consumed exactly the samples the uninterrupted run consumed after step k, in the same
+    order (transformers' ``test_resume_batch_order``): no replay of steps 1..k, no skipped or repeated
+    samples, the resumed epoch's own shuffle."""
+    done = k * samples_per_step
+    want = uninterrupted[done:]
+    if resumed == want:
+        return
+    if len(resumed) != len(want):
+        raise OracleFailure(seed, f"resumed from checkpoint-{k}, the run consumed {len(resumed)} samples, the "
+                                  f"uninterrupted run {len(want)} after step {k} ({samples_per_step} per step): "
+                                  + ("it trained the first steps again" if len(resumed) > len(want) else
+                                     "it skipped training"))
+    first = next(i for i, (x, y) in enumerate(zip(resumed, want)) if x != y)
+    raise OracleFailure(seed, f"resumed from checkpoint-{k}, sample #{done + first} consumed is {resumed[first]} but "
+                              f"the uninterrupted run consumed {want[first]} there (resumed order "
+                              f"{resumed[:12]}..., expected {want[:12]}...): the data position or the epoch's "
+                              f"shuffle was not restored")
+
+
+def assert_missing_state_reported(missing: Path, error: BaseException | None, output: str, *,
+                                  seed: str = "resume") -> None:
+    """Resuming from a checkpoint that lacks ``missing`` (optimizer or scheduler state) must fail or warn,
+    naming the file; a run that silently continues with a fresh one is a failure."""
+    name = Path(missing).name
+    if error is not None and name in str(error):
+        return
+    if name in output:
+        return
+    got = (f"it raised {type(error).__name__}: {str(error)[:200]}" if error is not None else
+           "it trained to the end without an error or a warning naming it")
+    raise OracleFailure(seed, f"{Path(missing).parent.name} has no {name}; resuming from it must fail or warn "
+                              f"naming {name}, but {got}: a silent fresh "
+                              f"{'optimizer' if 'optim' in name else 'LR schedule' if 'sched' in name else 'state'}")
 
 
 # --------------------------------------------------------------------------- seed 004

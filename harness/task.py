@@ -52,6 +52,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "lora_dropout": 0.0,
     "target_modules": "all-linear",
     "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
     "num_generations": 4,
     "max_completion_length": 8,
     "load_args": True,

@@ -13,13 +13,20 @@ Correct behaviour: run A trains N steps; run B resumes from A's ``checkpoint-k``
 call chain and continues to N. Loading succeeds, B's losses for k+1..N and its final LoRA tensors
 equal A's (exactly on CPU), and the saved LoRA reloads into a fresh quantised UNet through that
 chain with every tensor equal to the file and the same denoiser output for A and B.
+
+A resume must be a resume (issue 19): B saves nothing at or before step k, leaves A's checkpoints
+untouched, and a run resumed from a *perturbed* copy of checkpoint-k ends elsewhere than B.
 """
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from harness.oracles import assert_diffusion_lora_reloads, assert_resume_equivalent, dir_fingerprint
+from harness.faults import perturb_weights
+from harness.oracles import (assert_diffusion_lora_reloads, assert_follows_checkpoint, assert_resume_equivalent,
+                             assert_resumed_into_new_dir, checkpoints_fingerprint, dir_fingerprint)
 
 from ._support import quant_params, spec
 
@@ -50,28 +57,63 @@ def uninterrupted(ft_adapter, tiny_assets, tiny_unet, tmp_path_factory, ft_devic
     def get(quant):
         if quant not in runs:
             out = tmp_path_factory.mktemp(f"diffusion-{quant or 'none'}")
-            runs[quant] = ft_adapter.train(spec(tiny_assets, out, model_dir=tiny_unet, method="diffusion",
-                                                train_type="lora", quantization=quant, max_steps=N_STEPS,
-                                                save_steps=SAVE_EVERY, learning_rate=1e-2,
-                                                per_device_train_batch_size=2, device=ft_device))
+            runs[quant] = ft_adapter.train(diffusion_spec(tiny_assets, tiny_unet, out, quant, ft_device))
         return runs[quant]
 
     return get
 
 
+def diffusion_spec(assets, unet_dir, output_dir, quant, device, **fields):
+    return spec(assets, output_dir, model_dir=unet_dir, method="diffusion", train_type="lora", quantization=quant,
+                max_steps=N_STEPS, save_steps=SAVE_EVERY, learning_rate=1e-2, per_device_train_batch_size=2,
+                device=device, **fields)
+
+
+@pytest.fixture(scope="module")
+def resumed(ft_adapter, uninterrupted, tiny_assets, tiny_unet, tmp_path_factory, ft_device):
+    """Run B per (quantisation, k), cached: resumed from A's checkpoint-k into a new directory."""
+    runs = {}
+
+    def get(quant, k):
+        if (quant, k) not in runs:
+            run_a = uninterrupted(quant)
+            before = dir_fingerprint(tiny_unet), checkpoints_fingerprint(run_a.output_dir, k)
+            out = tmp_path_factory.mktemp(f"diffusion-resumed-{quant or 'none'}-k{k}") / "out"
+            runs[quant, k] = ft_adapter.train(diffusion_spec(tiny_assets, tiny_unet, out, quant, ft_device,
+                                                             resume_from=run_a.checkpoint(k)))
+            assert dir_fingerprint(tiny_unet) == before[0], "seed 002: resuming modified the base UNet on disk"
+            assert checkpoints_fingerprint(run_a.output_dir, k) == before[1], (
+                f"seed 002: resuming from {run_a.output_dir.name}/checkpoint-{k} rewrote that run's checkpoints")
+        return runs[quant, k]
+
+    return get
+
+
+def _skip_bnb_on_cpu(quant, device):
+    if quant in BNB and device != "cuda":
+        pytest.skip("diffusers quantises a UNet with bitsandbytes on CUDA only (the cuda variant runs it)")
+
+
 @pytest.mark.parametrize("k", [2, 4])
 @pytest.mark.parametrize("quant", QUANTS)
-def test_resume_matches_uninterrupted(ft_adapter, uninterrupted, tiny_assets, tiny_unet, tmp_path, quant, k,
-                                      ft_device):
-    if quant in BNB and ft_device != "cuda":
-        pytest.skip("diffusers quantises a UNet with bitsandbytes on CUDA only (the cuda variant runs it)")
-    run_a = uninterrupted(quant)
-    before = dir_fingerprint(tiny_unet)
-    run_b = ft_adapter.train(spec(tiny_assets, tmp_path / "resumed", model_dir=tiny_unet, method="diffusion",
-                                  train_type="lora", quantization=quant, max_steps=N_STEPS, save_steps=SAVE_EVERY,
-                                  learning_rate=1e-2, per_device_train_batch_size=2,
-                                  resume_from=run_a.checkpoint(k), device=ft_device))
+def test_resume_matches_uninterrupted(uninterrupted, resumed, tiny_unet, quant, k, ft_device):
+    _skip_bnb_on_cpu(quant, ft_device)
+    run_a, run_b = uninterrupted(quant), resumed(quant, k)
     tol = dict(rtol=GPU_RTOL, atol=1e-6) if ft_device == "cuda" else {}
     assert_resume_equivalent(run_a.output_dir, run_b.output_dir, k, **tol)
+    assert_resumed_into_new_dir(run_b.output_dir, k)
     assert_diffusion_lora_reloads(tiny_unet, run_a.final_dir, run_b.final_dir, quant, device=ft_device, **tol)
-    assert dir_fingerprint(tiny_unet) == before, "seed 002: resuming modified the base UNet on disk"
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_resume_reads_the_checkpoint(ft_adapter, uninterrupted, resumed, tiny_assets, tiny_unet, tmp_path, quant,
+                                     ft_device):
+    """A copy of checkpoint-4 with perturbed LoRA weights must lead elsewhere than checkpoint-4 itself."""
+    _skip_bnb_on_cpu(quant, ft_device)
+    k = 4
+    copy = tmp_path / "source" / f"checkpoint-{k}"
+    shutil.copytree(uninterrupted(quant).checkpoint(k), copy)
+    perturb_weights(copy)
+    perturbed = ft_adapter.train(diffusion_spec(tiny_assets, tiny_unet, tmp_path / "perturbed", quant, ft_device,
+                                                resume_from=copy))
+    assert_follows_checkpoint(resumed(quant, k).output_dir, perturbed.output_dir, k, seed="002")

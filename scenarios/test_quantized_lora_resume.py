@@ -10,13 +10,21 @@ losses for steps k+1..N and its final LoRA tensors equal A's — exactly on CPU 
 same float32 kernels in the same order; any difference means state was lost) and within ``GPU_RTOL``
 on CUDA (bitsandbytes CUDA kernels are not bit-deterministic). The base model on disk is untouched.
 Resuming with a different quantisation is a clear error naming both settings.
+
+A resume must be a resume (issue 19): a run that ignores ``resume_from`` and retrains from step 0 with
+the same seed reproduces A exactly, so B must also save nothing at or before step k, leave A's
+checkpoints untouched, and follow a *perturbed* copy of checkpoint-k (its weights read from disk).
 """
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from harness.oracles import assert_adapter_only_save, assert_resume_equivalent, dir_fingerprint
+from harness.faults import perturb_weights
+from harness.oracles import (assert_adapter_only_save, assert_follows_checkpoint, assert_resume_equivalent,
+                             assert_resumed_into_new_dir, checkpoints_fingerprint, dir_fingerprint)
 
 from ._support import quant_params, spec
 
@@ -47,18 +55,50 @@ def uninterrupted(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
     return get
 
 
+def resume_spec(assets, output_dir, quant, checkpoint, device):
+    return spec(assets, output_dir, train_type="lora", quantization=quant, max_steps=N_STEPS, save_steps=SAVE_EVERY,
+                learning_rate=2e-2, resume_from=checkpoint, device=device)
+
+
+@pytest.fixture(scope="module")
+def resumed(ft_adapter, uninterrupted, tiny_assets, tmp_path_factory, ft_device):
+    """Run B per (quantisation, k), cached: resumed from A's checkpoint-k into a new directory."""
+    runs = {}
+
+    def get(quant, k):
+        if (quant, k) not in runs:
+            run_a = uninterrupted(quant)
+            before = dir_fingerprint(tiny_assets.model_dir), checkpoints_fingerprint(run_a.output_dir, k)
+            out = tmp_path_factory.mktemp(f"resumed-{quant or 'none'}-k{k}") / "out"
+            runs[quant, k] = ft_adapter.train(resume_spec(tiny_assets, out, quant, run_a.checkpoint(k), ft_device))
+            assert dir_fingerprint(tiny_assets.model_dir) == before[0], (
+                "seed 002: resuming modified the base model on disk")
+            assert checkpoints_fingerprint(run_a.output_dir, k) == before[1], (
+                f"seed 002: resuming from {run_a.output_dir.name}/checkpoint-{k} rewrote that run's checkpoints")
+        return runs[quant, k]
+
+    return get
+
+
 @pytest.mark.parametrize("k", [2, 4])
 @pytest.mark.parametrize("quant", QUANTS)
-def test_resume_matches_uninterrupted(ft_adapter, uninterrupted, tiny_assets, tmp_path, quant, k, ft_device):
-    run_a = uninterrupted(quant)
-    before = dir_fingerprint(tiny_assets.model_dir)
-    run_b = ft_adapter.train(spec(tiny_assets, tmp_path / "resumed", train_type="lora", quantization=quant,
-                                  max_steps=N_STEPS, save_steps=SAVE_EVERY, learning_rate=2e-2,
-                                  resume_from=run_a.checkpoint(k), device=ft_device))
+def test_resume_matches_uninterrupted(uninterrupted, resumed, quant, k, ft_device):
+    run_a, run_b = uninterrupted(quant), resumed(quant, k)
     tol = dict(rtol=GPU_RTOL, atol=1e-6) if ft_device == "cuda" else {}
     assert_resume_equivalent(run_a.output_dir, run_b.output_dir, k, **tol)
+    assert_resumed_into_new_dir(run_b.output_dir, k)
     assert_adapter_only_save(run_b.final_dir, seed="002")
-    assert dir_fingerprint(tiny_assets.model_dir) == before, "seed 002: resuming modified the base model on disk"
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_resume_reads_the_checkpoint(ft_adapter, uninterrupted, resumed, tiny_assets, tmp_path, quant, ft_device):
+    """A copy of checkpoint-4 with perturbed LoRA weights must lead elsewhere than checkpoint-4 itself."""
+    k = 4
+    copy = tmp_path / "source" / f"checkpoint-{k}"
+    shutil.copytree(uninterrupted(quant).checkpoint(k), copy)
+    perturb_weights(copy)
+    perturbed = ft_adapter.train(resume_spec(tiny_assets, tmp_path / "perturbed", quant, copy, ft_device))
+    assert_follows_checkpoint(resumed(quant, k).output_dir, perturbed.output_dir, k, seed="002")
 
 
 @pytest.mark.ft_requires("quant-nf4", "quant-int8")

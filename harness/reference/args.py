@@ -57,7 +57,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "quantization": (None, *QUANTIZATIONS),
     "lr_scheduler_type": ("constant", "linear", "cosine"),
 }
-_NON_NEGATIVE_INT = ("max_steps", "eval_steps", "save_steps", "save_total_limit", "seed")
+_NON_NEGATIVE_INT = ("max_steps", "eval_steps", "save_steps", "save_total_limit", "seed", "warmup_steps")
 _POSITIVE_INT = ("per_device_train_batch_size", "gradient_accumulation_steps", "lora_rank",
                  "num_generations", "max_completion_length")
 _FLOAT = ("learning_rate", "lora_alpha", "lora_dropout")

@@ -179,6 +179,8 @@ def trainer_class(base):
                 return objects
 
             acc.free_memory = reset
+            if kwargs.get("resume_from_checkpoint") is not None:
+                self.ft_adapter.resume_data(self.ft_context, self)
             try:
                 return super()._inner_training_loop(*args, **kwargs)
             finally:
@@ -190,5 +192,19 @@ def trainer_class(base):
 
         def _load_from_checkpoint_default(self, resume_from_checkpoint, model=None):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            if checkpoint is not None:
+                self.ft_adapter.load_optimizer_state(self.ft_context, self, Path(checkpoint))
+
+        def _load_optimizer_and_scheduler_default(self, checkpoint):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+
+        def _load_rng_state(self, checkpoint):
+            if checkpoint is not None:
+                self.ft_adapter.load_rng_state(self.ft_context, self, Path(checkpoint))
+
+        def _load_rng_state_default(self, checkpoint):
+            return super()._load_rng_state(checkpoint)
 
     return HarnessTrainer
