@@ -427,7 +427,8 @@ def stat_fingerprint(directory: Path) -> dict[str, tuple[int, int, int]]:
 
 def checkpoints_fingerprint(output_dir: Path, up_to_step: int) -> dict[str, Any]:
     """:func:`stat_fingerprint` of every ``checkpoint-N`` with N <= ``up_to_step``."""
-    return {c.name: stat_fingerprint(c) for c in list_checkpoints(output_dir) if int(c.name.split("-")[1]) <= up_to_step}
+    return {c.name: stat_fingerprint(c) for c in list_checkpoints(output_dir)
+            if int(c.name.split("-")[1]) <= up_to_step}
 
 
 def assert_resumed_not_restarted(output_dir: Path, k: int, max_steps: int, before: Mapping[str, Any], *,

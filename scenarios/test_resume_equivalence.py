@@ -12,11 +12,11 @@ updates"); SimpleTuner PR #3027 / #3045 (LR not restored). Seed 002 is one insta
 
 Arrange: runs in which every piece of state matters — a linear schedule with warm-up, LoRA dropout 0.1
 (and a full-parameter run), gradient accumulation 2, three epochs over a 12-sample dataset whose samples
-are told apart by their words (so the consumed order is read back by :mod:`harness.probes`), eval
-every 2 steps and a checkpoint every step. Act: run A trains N=8 steps uninterrupted; run B is killed
-(SIGKILL, :class:`harness.faults.KillInTraining`) at its first training step after checkpoint-k, then
-resumed from ``latest`` to N, for k in the middle of epoch 0, exactly on the epoch boundary, and
-inside epoch 1 (3 optimizer steps per epoch). Trainer-based frameworks save only on optimizer steps,
+are told apart by their words (so the consumed order is read back by :mod:`harness.probes`), an
+evaluation and a checkpoint every step (a cadence ``load_best_model_at_end`` accepts). Act: run A trains
+N=8 steps uninterrupted; run B is killed (SIGKILL, :class:`harness.faults.KillInTraining`) at its first
+training step after checkpoint-k, then resumed from ``latest`` to N, for k in the middle of epoch 0,
+exactly on the epoch boundary, and inside epoch 1 (3 optimizer steps per epoch). Trainer-based frameworks save only on optimizer steps,
 so a save inside a gradient-accumulation window does not arise.
 
 Assert:
@@ -76,7 +76,7 @@ def run_spec(assets, data_dir: Path, output_dir: Path, kind: str, device: str, *
                     device=device, **fields).replace(dataset_dir=data_dir)
     return spec(assets, output_dir, train_type=kind, lora=lora, max_steps=N_STEPS,
                 learning_rate=1e-2 if kind == "lora" else 2e-3, lr_scheduler_type="linear", warmup_steps=2,
-                per_device_train_batch_size=BATCH, gradient_accumulation_steps=GRAD_ACC, eval_steps=2,
+                per_device_train_batch_size=BATCH, gradient_accumulation_steps=GRAD_ACC, eval_steps=1,
                 save_steps=1, seed=42, device=device, **fields).replace(dataset_dir=data_dir)
 
 

@@ -81,6 +81,83 @@ def test_resume_equivalent_catches_different_final_lora(tmp_path):
         assert_resume_equivalent(a, b, resumed_from_step=3)
 
 
+# --------------------------------------------------------------------------- a resume is a resume (issue 19)
+def test_consumed_samples_reads_templated_padded_rows(assets, tmp_path):
+    from tokenizers import Tokenizer
+
+    from harness.probes import ConsumedSamples
+
+    texts = ["w1 w2 w3 w4", "w5 w6 w7 w8", "w2 w3 w4 w5"]
+    probe = ConsumedSamples(texts, assets.model_dir, tmp_path / "p.jsonl")
+    tok = Tokenizer.from_file(str(assets.model_dir / "tokenizer.json"))
+    ids = {w: tok.token_to_id(w) for w in ("<pad>", "<|user|>", "<|assistant|>", "</s>", "w1", "w2", "w3", "w4")}
+    templated = [ids["<pad>"], ids["<|user|>"], ids["w1"], ids["<|assistant|>"], ids["w2"], ids["w3"], ids["w4"],
+                 ids["</s>"]]
+    assert probe.sample_of(templated) == 0  # turns and specials around it, padding before it
+    assert probe.sample_of(templated[:-2]) == -1  # a truncated sample is no sample
+    assert probe.sample_of(templated + [ids["w2"]]) == -1  # two samples packed in one row: not one sample
+    with pytest.raises(ValueError, match="same words"):
+        ConsumedSamples(["w1 w2", "w2 w1"], assets.model_dir, tmp_path / "q.jsonl")
+
+
+def test_consumed_in_order_names_replay_and_first_difference():
+    from harness.oracles import assert_consumed_in_order
+
+    a = [3, 1, 2, 0, 1, 0, 3, 2]
+    assert_consumed_in_order(a, a[4:], 2, 2)
+    with pytest.raises(OracleFailure, match=r"consumed 8 samples, the uninterrupted run 4 after step 2 \(2 per "
+                                            r"step\): it trained the first steps again"):
+        assert_consumed_in_order(a, a, 2, 2)
+    with pytest.raises(OracleFailure, match=r"sample #5 consumed is 1 but the uninterrupted run consumed 0 there"):
+        assert_consumed_in_order(a, [1, 1, 3, 2], 2, 2)
+
+
+def test_missing_state_must_be_named(tmp_path):
+    from harness.oracles import assert_missing_state_reported
+
+    missing = tmp_path / "checkpoint-5" / "optimizer.pt"
+    assert_missing_state_reported(missing, FileNotFoundError(f"no {missing}"), "")
+    assert_missing_state_reported(missing, None, "WARNING optimizer.pt not found: fresh optimizer")
+    with pytest.raises(OracleFailure, match=r"checkpoint-5 has no optimizer.pt; .* but it trained to the end without "
+                                            r"an error or a warning naming it: a silent fresh optimizer"):
+        assert_missing_state_reported(missing, None, "all good")
+    with pytest.raises(OracleFailure, match=r"but it raised KeyError: 'state'"):
+        assert_missing_state_reported(missing, KeyError("state"), "")
+
+
+def test_perturb_weights_changes_every_shard_and_refuses_an_empty_dir(assets, tmp_path):
+    from harness.errors import MissingFileError
+    from harness.faults import PERTURBATION, perturb_weights
+    from harness.mutants import _reshard
+
+    ckpt = tmp_path / "checkpoint-1"
+    shutil.copytree(assets.model_dir, ckpt)
+    _reshard(ckpt, shards=3)
+    before = {f.name: load_file(str(f)) for f in ckpt.glob("model-*.safetensors")}
+    assert len(perturb_weights(ckpt)) == 3
+    for name, tensors in before.items():
+        after = load_file(str(ckpt / name))
+        assert all(torch.allclose(after[k], v + PERTURBATION) for k, v in tensors.items())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingFileError, match="no weights to perturb"):
+        perturb_weights(tmp_path / "empty")
+
+
+def test_resumed_into_new_dir_and_follows_checkpoint(tmp_path):
+    from harness.oracles import assert_follows_checkpoint, assert_resumed_into_new_dir
+
+    out = _run(tmp_path / "b", {s: v for s, v in LOSSES.items() if s > 3})
+    (out / "checkpoint-4").mkdir()
+    assert_resumed_into_new_dir(out, 3)
+    with pytest.raises(OracleFailure, match=r"the run saved \['checkpoint-4'\]: it trained steps <= 4 again"):
+        assert_resumed_into_new_dir(out, 4)
+    same = _run(tmp_path / "same", {s: v for s, v in LOSSES.items() if s > 3})
+    with pytest.raises(OracleFailure, match="left the loss at step 4 unchanged"):
+        assert_follows_checkpoint(out, same, 3)
+    moved = _run(tmp_path / "moved", {**LOSSES, 4: 3.1}, scale=1.5)
+    assert_follows_checkpoint(out, moved, 3)
+
+
 # --------------------------------------------------------------------------- best checkpoint
 def _full_checkpoint(assets, out: Path, step: int, delta: float) -> Path:
     ckpt = out / f"checkpoint-{step}"
