@@ -29,6 +29,7 @@ __all__ = [
     "build_tokenizer",
     "build_model",
     "write_datasets",
+    "write_varied_datasets",
     "write_jsonl",
     "read_jsonl",
     "read_texts",
@@ -155,6 +156,14 @@ def write_datasets(dataset_dir: str | os.PathLike, n_train: int = 48, n_eval: in
     for name, rows in (("train", train), ("eval", evals), ("prompts", prompts)):
         write_jsonl(dataset_dir / f"{name}.jsonl", rows)
     return dataset_dir
+
+
+def write_varied_datasets(dataset_dir: str | os.PathLike, lengths: tuple[int, ...], n_eval: int = 4) -> Path:
+    """Like :func:`write_datasets`, with ``train.jsonl`` sample *i* counting up for ``lengths[i]`` words: samples
+    of clearly different lengths, for scenarios where padding and token weighting matter."""
+    dataset_dir = write_datasets(dataset_dir, n_train=len(lengths), n_eval=n_eval)
+    write_jsonl(Path(dataset_dir) / "train.jsonl", [{"text": _words(i, +1, n)} for i, n in enumerate(lengths)])
+    return Path(dataset_dir)
 
 
 def build_assets(root: str | os.PathLike, arch: str = "llama", seed: int = 0) -> TinyAssets:

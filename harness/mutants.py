@@ -41,6 +41,7 @@ __all__ = [
     "LaterEpochReplaysEpochZero",
     "MissingTrainingStateIgnored",
     "ResumeFromIgnored",
+    "MeanOfMicroBatchMeans",
     "MUTANTS",
 ]
 
@@ -321,6 +322,18 @@ class ResumeFromIgnored(ReferenceAdapter):
         return None
 
 
+class MeanOfMicroBatchMeans(ReferenceAdapter):
+    """Issue 20 — transformers before PR #34191 (4.46), ms-swift #2361, LLaMA-Factory #6211, axolotl #2039,
+    trl #2175: each micro-batch's loss is its own token mean and the window's loss is the mean of those
+    means, so with samples of different lengths a token in a short micro-batch weighs more than one in a
+    long micro-batch; gradient accumulation no longer equals the large batch."""
+
+    name = "mutant:mean-of-micro-batch-means"
+
+    def accumulation_loss(self, ctx: RunContext, trainer) -> None:
+        trainer.model_accepts_loss_kwargs = False  # Trainer then averages each micro-batch and divides by k
+
+
 #: mutant class name -> the scenario modules it must fail (and it must pass all the others)
 MUTANTS: dict[str, tuple[str, ...]] = {
     # also: a forced saved lora becomes the base of LoRA-on-checkpoint runs, and a forced saved
@@ -350,4 +363,6 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "MissingTrainingStateIgnored": ("test_resume_equivalence",),
     # also: a run that ignores the checkpoint cannot refuse its quantisation or its poisoned pickles
     "ResumeFromIgnored": ("test_resume_equivalence", "test_quantized_lora_resume", "test_diffusion_lora_resume"),
+    # the resume scenario accumulates too, but its two runs share the bug, so they still agree
+    "MeanOfMicroBatchMeans": ("test_grad_accumulation",),
 }

@@ -38,6 +38,7 @@ __all__ = [
     "assert_consumed_in_order",
     "assert_missing_state_reported",
     "final_weights",
+    "assert_runs_agree",
     "checkpoints_fingerprint",
     "assert_diffusion_lora_reloads",
     "assert_best_checkpoint_kept",
@@ -56,6 +57,7 @@ SEEDS = {
     "pickle": "hostile-checkpoint: loading a checkpoint must never unpickle arbitrary code",
     "dist": "distributed-save: a sharded full-parameter run must save the whole model",
     "resume": "resume-equivalence: an interrupted-and-resumed run must be the run it continues",
+    "ga": "grad-accumulation: k micro-batches must train exactly like one batch k times larger",
 }
 
 
@@ -452,10 +454,10 @@ def assert_resumed_not_restarted(output_dir: Path, k: int, max_steps: int, befor
     if twice:
         raise OracleFailure(seed, f"steps {twice} are logged more than once after resuming from checkpoint-{k}: "
                                   f"they were trained again")
-    ckpt = Path(output_dir) / f"checkpoint-{k}"
-    _, diff, _ = _max_difference(checkpoint_weights(ckpt, seed=seed), final_weights(output_dir, seed=seed), 0, 0)
+    ckpt, last = Path(output_dir) / f"checkpoint-{k}", list_checkpoints(output_dir)[-1]
+    _, diff, _ = _max_difference(checkpoint_weights(ckpt, seed=seed), checkpoint_weights(last, seed=seed), 0, 0)
     if diff == 0.0:
-        raise OracleFailure(seed, f"the final weights equal checkpoint-{k}'s: the resumed run did not train")
+        raise OracleFailure(seed, f"{last.name}'s weights equal checkpoint-{k}'s: the resumed run did not train")
 
 
 def assert_resumed_into_new_dir(output_dir: Path, k: int, *, seed: str = "002") -> None:
@@ -475,10 +477,14 @@ def assert_follows_checkpoint(resumed: Path, perturbed: Path, k: int, *, seed: s
     if k + 1 in a and k + 1 in b and a[k + 1] == b[k + 1]:
         raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the loss at step {k + 1} "
                                   f"unchanged ({a[k + 1]!r}): the resumed run did not start from checkpoint-{k}")
-    _, diff, _ = _max_difference(final_weights(resumed, seed=seed), final_weights(perturbed, seed=seed), 0, 0)
+    # the newest checkpoint is the trained state (a final save may be the best checkpoint reloaded, even one <= k)
+    last_a, last_b = list_checkpoints(resumed), list_checkpoints(perturbed)
+    wa = checkpoint_weights(last_a[-1], seed=seed) if last_a else final_weights(resumed, seed=seed)
+    wb = checkpoint_weights(last_b[-1], seed=seed) if last_b else final_weights(perturbed, seed=seed)
+    _, diff, _ = _max_difference(wa, wb, 0, 0)
     if diff == 0.0:
-        raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the final weights "
-                                  f"unchanged: the resumed run did not start from checkpoint-{k}")
+        raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the weights the run ended "
+                                  f"with unchanged: the resumed run did not start from checkpoint-{k}")
 
 
 def assert_consumed_in_order(uninterrupted: list[int], resumed: list[int], k: int, samples_per_step: int, *,
@@ -516,6 +522,38 @@ def assert_missing_state_reported(missing: Path, error: BaseException | None, ou
     raise OracleFailure(seed, f"{Path(missing).parent.name} has no {name}; resuming from it must fail or warn "
                               f"naming {name}, but {got}: a silent fresh "
                               f"{'optimizer' if 'optim' in name else 'LR schedule' if 'sched' in name else 'state'}")
+
+
+# --------------------------------------------------------------------------- equivalent runs
+def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rtol: float, weight_atol: float,
+                      what: str, seed: str) -> None:
+    """Two runs that must train the same model: every logged ``keys`` value per step within ``rtol``, and
+    the weights of every checkpoint both saved (and the final ones) within ``weight_atol`` (max abs)."""
+    history_e, history_a = read_log_history(expected), read_log_history(actual)
+    for key in keys:
+        e, a = losses_by_step(history_e, key), losses_by_step(history_a, key)
+        if not e:
+            raise OracleFailure(seed, f"{Path(expected).name} logged no {key}: nothing to compare")
+        missing = sorted(set(e) - set(a))
+        if missing:
+            raise OracleFailure(seed, f"{what}: logged no {key} for steps {missing} (logged: {sorted(a)})")
+        for step in sorted(e):
+            if not math.isclose(a[step], e[step], rel_tol=rtol, abs_tol=1e-12):
+                raise OracleFailure(seed, f"{what}: {key} at step {step} is {a[step]!r}, expected {e[step]!r} "
+                                          f"(relative difference {abs(a[step] - e[step]) / abs(e[step] or 1):.3g} > "
+                                          f"{rtol:g})")
+    steps = sorted({c.name for c in list_checkpoints(expected)} & {c.name for c in list_checkpoints(actual)},
+                   key=lambda n: int(n.split("-")[1]))
+    pairs = [(Path(expected) / n, Path(actual) / n, n) for n in steps]
+    pairs.append((Path(expected), Path(actual), "final weights"))
+    for dir_e, dir_a, label in pairs:
+        we = final_weights(dir_e, seed=seed) if label == "final weights" else checkpoint_weights(dir_e, seed=seed)
+        wa = final_weights(dir_a, seed=seed) if label == "final weights" else checkpoint_weights(dir_a, seed=seed)
+        if set(we) != set(wa):
+            raise OracleFailure(seed, f"{what}: {label} hold different tensors: {sorted(set(we) ^ set(wa))[:3]}")
+        worst, diff, _ = _max_difference(we, wa, 0.0, 0.0)
+        if diff > weight_atol:
+            raise OracleFailure(seed, f"{what}: {label}: {worst} differs by {diff:.3g} (> {weight_atol:g})")
 
 
 # --------------------------------------------------------------------------- seed 004

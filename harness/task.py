@@ -92,7 +92,8 @@ def lora_config(values: dict[str, Any]):
 
 
 def sft_datasets(dataset_dir: Path, tok) -> tuple[list[dict], list[dict]]:
-    """Tokenised train/eval examples (all the same length: no padding, exact per-token eval loss)."""
+    """Tokenised train/eval examples (the shipped data has equal lengths: no padding, an exact per-token eval
+    loss; the gradient-accumulation scenario's train data varies in length and is padded by :func:`collate`)."""
     from .models import read_texts
 
     out = []
@@ -109,13 +110,24 @@ def sft_datasets(dataset_dir: Path, tok) -> tuple[list[dict], list[dict]]:
 
 
 def collate(batch: list[dict]) -> dict:
-    """Stack equal-length examples (the tiny datasets never need padding)."""
+    """Stack equal-length examples as they are; pad examples of different lengths on the *right* (the
+    tiny tokenizer's ``<pad>``, label -100, attention mask 0), so every real token keeps its position
+    and, the model being causal, never sees a pad: a sample's loss does not depend on its batch."""
     import torch
 
+    from .models import SPECIAL_TOKENS
+
     lengths = {len(x["input_ids"]) for x in batch}
-    if len(lengths) != 1:
-        raise ConfigError(None, "input_ids", "equal-length examples in the tiny datasets", sorted(lengths))
-    return {k: torch.tensor([x[k] for x in batch]) for k in batch[0]}
+    if len(lengths) == 1:
+        return {k: torch.tensor([x[k] for x in batch]) for k in batch[0]}
+    width, pad = max(lengths), SPECIAL_TOKENS.index("<pad>")
+    out = {"input_ids": [], "labels": [], "attention_mask": []}
+    for x in batch:
+        n = len(x["input_ids"])
+        out["input_ids"].append(list(x["input_ids"]) + [pad] * (width - n))
+        out["labels"].append(list(x["labels"]) + [-100] * (width - n))
+        out["attention_mask"].append([1] * n + [0] * (width - n))
+    return {k: torch.tensor(v) for k, v in out.items()}
 
 
 def counting_reward(prompts, completions, **_: Any) -> list[float]:

@@ -151,6 +151,7 @@ def test_resumed_into_new_dir_and_follows_checkpoint(tmp_path):
     assert_resumed_into_new_dir(out, 3)
     with pytest.raises(OracleFailure, match=r"the run saved \['checkpoint-4'\]: it trained steps <= 4 again"):
         assert_resumed_into_new_dir(out, 4)
+    (out / "checkpoint-4").rmdir()
     same = _run(tmp_path / "same", {s: v for s, v in LOSSES.items() if s > 3})
     with pytest.raises(OracleFailure, match="left the loss at step 4 unchanged"):
         assert_follows_checkpoint(out, same, 3)

@@ -10,7 +10,7 @@ quantisation, LoRA or full), :meth:`build_trainer` (the shared HF wiring of :mod
 reference's policy callback and atomic saves), training, :meth:`save_final`. Every hook receives the
 run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resolve_args`,
 :meth:`prepare_resume`, :meth:`check_resume_state`, :meth:`load_checkpoint_weights`, :meth:`load_optimizer_state`,
-:meth:`load_rng_state`, :meth:`resume_data`, :meth:`load_diffusion_lora`,
+:meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`load_diffusion_lora`,
 :meth:`finalize_checkpoint`, :meth:`checkpoint_policy`, :meth:`rotate_checkpoints`, :attr:`atomic_saves`.
 """
 
@@ -164,6 +164,12 @@ class ReferenceAdapter(Adapter):
         skips the batches already consumed (not ``ignore_data_skip``); nothing to change here — the seam
         exists so a mutant can put an upstream data-order bug back."""
 
+    def accumulation_loss(self, ctx: RunContext, trainer) -> None:
+        """Gradient accumulation (only runs with ``gradient_accumulation_steps`` > 1 reach this): the loss of an
+        accumulation window is the sum over its tokens divided by the window's token count (Trainer passes
+        ``num_items_in_batch`` to the model: transformers PR #34191), so k micro-batches equal one batch k
+        times larger. Nothing to change; the seam lets a mutant put the pre-4.46 mean of means back."""
+
     def load_checkpoint_weights(self, ctx: RunContext, trainer, checkpoint: Path, model) -> None:
         """Resume: LoRA tensors by name (works on every quantised base), full weights as Trainer does."""
         from .trainer import load_lora_weights_by_name
@@ -304,6 +310,8 @@ class ReferenceAdapter(Adapter):
                                    callbacks=[PolicyCallback(policy, ctx.values["metric"], self, ctx)],
                                    wrap=trainer_class)
         trainer.ft_adapter, trainer.ft_context = self, ctx
+        if ctx.values["gradient_accumulation_steps"] > 1:
+            self.accumulation_loss(ctx, trainer)
         return trainer
 
     # ------------------------------------------------------------------ saving
