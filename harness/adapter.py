@@ -56,6 +56,7 @@ CAPABILITIES = frozenset(
         "quanto-int4",  # optimum-quanto int4 base
         "best-checkpoint",  # eval/save cadence, save_total_limit, metric for best
         "distributed",  # world_size > 1
+        "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
         "gpu",  # device="cuda"
     }
 )
@@ -328,6 +329,13 @@ class Adapter:
         """Run the framework as a user would and return where the files are."""
         raise NotImplementedError(f"{type(self).__name__}.train")
 
+    def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
+        """The framework's own LoRA merge/export (``swift export --merge_lora``, ``llamafactory-cli export``,
+        PEFT ``merge_and_unload``): merge the adapter in ``adapter_dir`` into the base it names and write a
+        self-contained full model (weights, config, tokenizer) to ``output_dir``; return that directory.
+        Declare the ``merge`` capability when you implement it."""
+        raise NotImplementedError(f"{type(self).__name__}.merge (declare the 'merge' capability only with it)")
+
     def metric_name(self, metric: str) -> str:
         """The name the framework logs ``metric`` under."""
         return self.metric_names.get(metric, metric)
@@ -339,7 +347,7 @@ class Adapter:
 
 #: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
 OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
-                    "resolve_args")
+                    "resolve_args", "merge")
 
 
 def _import_target(target: str) -> Any:

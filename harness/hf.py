@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer"]
+__all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer", "merge_lora"]
 
 
 def dtype_kwargs(dtype: Any = None) -> dict[str, Any]:
@@ -100,3 +100,27 @@ def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any
                                 data_collator=collate, processing_class=tok, callbacks=list(callbacks), **extra)
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def merge_lora(adapter_dir: Path, output_dir: Path, *, scaling: float | None = None) -> Path:
+    """PEFT's merge: the base ``adapter_config.json`` names, in float32, plus the adapter, ``merge_and_unload``,
+    ``save_pretrained`` with the tokenizer (the adapter dir's, else the base's). ``scaling`` overrides the
+    LoRA scale (only a mutant does: the correct one is ``lora_alpha / r``)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .layout import adapter_base
+
+    adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+    base = adapter_base(adapter_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), **dtype_kwargs(),
+                                                                           local_files_only=True), str(adapter_dir))
+    if scaling is not None:
+        for module in model.modules():
+            if isinstance(getattr(module, "scaling", None), dict):
+                module.scaling = {name: scaling for name in module.scaling}
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(output_dir))
+    tok_dir = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base
+    AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True).save_pretrained(str(output_dir))
+    return output_dir

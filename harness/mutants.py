@@ -42,6 +42,7 @@ __all__ = [
     "MissingTrainingStateIgnored",
     "ResumeFromIgnored",
     "MeanOfMicroBatchMeans",
+    "MergeWithoutLoraScale",
     "MUTANTS",
 ]
 
@@ -334,6 +335,16 @@ class MeanOfMicroBatchMeans(ReferenceAdapter):
         trainer.model_accepts_loss_kwargs = False  # Trainer then averages each micro-batch and divides by k
 
 
+class MergeWithoutLoraScale(ReferenceAdapter):
+    """Issue 20 — peft #1043 / #2321 family: the merge adds ``B @ A`` without the ``lora_alpha / r`` scale the
+    adapter trained with, so the merged model is not the trained one (with alpha == r it would not show)."""
+
+    name = "mutant:merge-without-lora-scale"
+
+    def merge_scaling(self, adapter_dir: Path) -> float | None:
+        return 1.0
+
+
 #: mutant class name -> the scenario modules it must fail (and it must pass all the others)
 MUTANTS: dict[str, tuple[str, ...]] = {
     # also: a forced saved lora becomes the base of LoRA-on-checkpoint runs, and a forced saved
@@ -365,4 +376,5 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "ResumeFromIgnored": ("test_resume_equivalence", "test_quantized_lora_resume", "test_diffusion_lora_resume"),
     # the resume scenario accumulates too, but its two runs share the bug, so they still agree
     "MeanOfMicroBatchMeans": ("test_grad_accumulation",),
+    "MergeWithoutLoraScale": ("test_lora_merge",),
 }

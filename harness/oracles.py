@@ -39,6 +39,7 @@ __all__ = [
     "assert_missing_state_reported",
     "final_weights",
     "assert_runs_agree",
+    "assert_merged_is_trained_model",
     "checkpoints_fingerprint",
     "assert_diffusion_lora_reloads",
     "assert_best_checkpoint_kept",
@@ -58,6 +59,7 @@ SEEDS = {
     "dist": "distributed-save: a sharded full-parameter run must save the whole model",
     "resume": "resume-equivalence: an interrupted-and-resumed run must be the run it continues",
     "ga": "grad-accumulation: k micro-batches must train exactly like one batch k times larger",
+    "merge": "lora-merge: the merged model must be the trained model",
 }
 
 
@@ -554,6 +556,56 @@ def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rt
         worst, diff, _ = _max_difference(we, wa, 0.0, 0.0)
         if diff > weight_atol:
             raise OracleFailure(seed, f"{what}: {label}: {worst} differs by {diff:.3g} (> {weight_atol:g})")
+
+
+# --------------------------------------------------------------------------- LoRA merge
+def eval_logits(model, dataset_dir: Path, tokenizer_dir: Path):
+    """The model's float32 logits on every ``eval.jsonl`` text (one batch: the texts have equal lengths)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    ids = torch.tensor([tok(t)["input_ids"] for t in _eval_texts(dataset_dir)])
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def assert_merged_is_trained_model(merged: Path, adapter_dir: Path, dataset_dir: Path, *, quantization: str | None,
+                                   atol: float, seed: str = "merge") -> None:
+    """A merged LoRA export is the trained model: a self-contained full model (no adapter files, no
+    ``lora_`` / ``base_model.model.`` keys) whose logits on the eval set equal those of the model the LoRA
+    trained as — the base the adapter names, loaded as in training (``quantization``), plus the adapter —
+    within ``atol``."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from .hf import load_causal_lm
+    from .layout import adapter_base
+
+    merged, adapter_dir = Path(merged), Path(adapter_dir)
+    leftovers = [n for n in ("adapter_config.json", *LORA_FILES) if (merged / n).is_file()]
+    if leftovers:
+        raise OracleFailure(seed, f"{merged.name} still holds {leftovers}: a loader takes it for an adapter, not a "
+                                  f"merged model")
+    if not weight_files(merged):
+        raise OracleFailure(seed, f"{merged.name} holds no full-model weights (model.safetensors or an index)")
+    keys = [k for k in weights_on_disk(merged, seed=seed) if "lora_" in k or k.startswith("base_model.model.")]
+    if keys:
+        raise OracleFailure(seed, f"{merged.name} holds adapter tensors after merging, e.g. {keys[0]} "
+                                  f"({len(keys)} in all): the LoRA was not merged into the base weights")
+    base = adapter_base(adapter_dir)
+    assert_self_contained(merged, base, seed=seed)
+    trained = PeftModel.from_pretrained(load_causal_lm(base, quantization, "cpu"), str(adapter_dir))
+    want = eval_logits(trained, dataset_dir, base)
+    got = eval_logits(AutoModelForCausalLM.from_pretrained(str(merged), **dtype_kwargs(), local_files_only=True),
+                      dataset_dir, merged)
+    diff = (got - want).abs().max().item()
+    if diff > atol:
+        on = f"the {quantization} base" if quantization else "the base"
+        raise OracleFailure(seed, f"{merged.name}: logits on eval.jsonl differ from {on} + the adapter it trained by "
+                                  f"{diff:.3g} (> atol {atol:g}): the merge changed the model (wrong LoRA scale, wrong "
+                                  f"base, or a lossy merge of a quantised base)")
 
 
 # --------------------------------------------------------------------------- seed 004

@@ -54,7 +54,7 @@ class TransformersAdapter(Adapter):
 
     name = "transformers"
     capabilities = frozenset({"sft", "grpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8",
-                              "quanto-int4", "best-checkpoint", "gpu"})
+                              "quanto-int4", "best-checkpoint", "merge", "gpu"})
 
     def __init__(self, **options: str):
         check_options("transformers", options, OPTIONS)
@@ -66,6 +66,10 @@ class TransformersAdapter(Adapter):
 
     def versions(self) -> dict[str, str]:
         return library_versions("transformers", "peft", "trl", "torch")
+
+    def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
+        """PEFT's ``merge_and_unload`` on the base the adapter names, then ``save_pretrained`` (as users do)."""
+        return hf.merge_lora(adapter_dir, output_dir)
 
     def train(self, spec: RunSpec) -> RunResult:
         with cpu_threads(spec.device):

@@ -195,6 +195,24 @@ class ReferenceAdapter(Adapter):
         n = check_lora_loaded(unet, checkpoint)
         log.info("resumed %d diffusion LoRA tensors from %s", n, checkpoint)
 
+    # ------------------------------------------------------------------ merging
+    def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
+        """PEFT ``merge_and_unload`` into the float32 base the adapter names (:func:`harness.hf.merge_lora`),
+        with the LoRA scale of :meth:`merge_scaling`. A LoRA trained on a quantised base is refused: merging
+        into the dequantised or the original weights gives a different model than the one trained."""
+        from .. import hf
+
+        saved = Path(adapter_dir) / argres.ARGS_FILE
+        quant = read_json(saved).get("quantization") if saved.is_file() else None
+        if quant is not None:
+            raise ConfigError(saved, "quantization", "an unquantised training base to merge into (merging a LoRA "
+                                                     "trained on a quantised base is not faithful)", quant)
+        return hf.merge_lora(adapter_dir, output_dir, scaling=self.merge_scaling(Path(adapter_dir)))
+
+    def merge_scaling(self, adapter_dir: Path) -> float | None:
+        """The LoRA scale used to merge: None means PEFT's own ``lora_alpha / r`` from adapter_config.json."""
+        return None
+
     # ------------------------------------------------------------------ training
     def train(self, spec: RunSpec) -> RunResult:
         from . import distributed

@@ -1,0 +1,47 @@
+"""LoRA merge — the merged model is the trained model.
+
+The story: transformers #31293, peft #1043 / #2321 / #2502, unsloth-zoo PR #810, verl #4553 / #4761:
+merging into a quantised base, merged dirs still holding ``lora_`` / ``base_model.model.`` keys, merges
+against the wrong base or with the wrong scale. The export "works" and the served model is not the one
+that was trained.
+
+Arrange: LoRA (r=4, alpha=16: a scale of 4, so a merge that forgets it shows) trained for 6 steps on an
+unquantised and on an nf4 base. Act: the framework's own merge/export (``adapter.merge``: PEFT
+``merge_and_unload`` for the reference and plain transformers; ``swift export --merge_lora``,
+``llamafactory-cli export`` where wired). Assert: the merged directory is a self-contained model with no
+adapter files or keys (the seed 003 oracle), and its logits on the eval set equal those of the model
+that trained — the base loaded as in training plus the adapter — within a measured tolerance. For the
+nf4 base a faithful merge is impossible to the bit (the trained model computed with nf4 weights): the
+merge must be refused (an error naming the quantisation) or be faithful to the nf4 model.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.adapter import LoraSpec
+from harness.oracles import assert_merged_is_trained_model
+
+from ._support import quant_params, spec
+
+pytestmark = [pytest.mark.ft_seed("merge"), pytest.mark.ft_requires("sft", "lora", "merge")]
+
+#: measured on the reference (CPU float32, transformers 5.23 / peft 0.21): merged vs base + adapter logits
+#: differ by <= 1.2e-6 (logits of magnitude ~1); a merge without the alpha/r scale moves them by 1.09, and
+#: merging an nf4-trained LoRA onto the float32 base by 0.18. Bound: 1e-4.
+ATOL = 1e-4
+
+
+@pytest.mark.parametrize("quant", quant_params(None, "nf4"))
+def test_merged_model_is_the_trained_model(ft_adapter, tiny_assets, tmp_path, quant, ft_device):
+    if ft_device != "cpu":
+        pytest.skip("merging is a CPU export step")
+    run = ft_adapter.train(spec(tiny_assets, tmp_path / "lora", train_type="lora", quantization=quant,
+                                lora=LoraSpec(r=4, alpha=16.0), max_steps=6, learning_rate=2e-2, seed=42))
+    try:
+        merged = ft_adapter.merge(run.final_dir, tmp_path / "merged")
+    except Exception as exc:  # noqa: BLE001 - a refusal is correct only for a quantised base, and must say why
+        if quant is not None and ("quant" in str(exc).lower() or quant in str(exc)):
+            return
+        raise
+    assert_merged_is_trained_model(merged, run.final_dir, tiny_assets.dataset_dir, quantization=quant, atol=ATOL)
