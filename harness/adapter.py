@@ -56,6 +56,7 @@ CAPABILITIES = frozenset(
         "quanto-int4",  # optimum-quanto int4 base
         "best-checkpoint",  # eval/save cadence, save_total_limit, metric for best
         "distributed",  # world_size > 1
+        "packing",  # packing=True: samples packed into rows without attending across their boundaries
         "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
         "gpu",  # device="cuda"
     }
@@ -157,6 +158,7 @@ _CLI_FIELDS = (
     "gradient_accumulation_steps",
     "lr_scheduler_type",
     "warmup_steps",
+    "packing",
     "eval_steps",
     "save_steps",
     "save_total_limit",
@@ -192,6 +194,7 @@ class RunSpec:
     gradient_accumulation_steps: int | None = None
     lr_scheduler_type: Literal["constant", "linear", "cosine"] | None = None
     warmup_steps: int | None = None
+    packing: bool | None = None
     eval_steps: int | None = None
     save_steps: int | None = None
     save_total_limit: int | None = None

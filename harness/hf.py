@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer", "merge_lora"]
+__all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer", "merge_lora", "packing_collator"]
 
 
 def dtype_kwargs(dtype: Any = None) -> dict[str, Any]:
@@ -63,8 +63,17 @@ def load_causal_lm(model_dir: Path, quantization: str | None, device: str):
     return AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
 
 
+def packing_collator(*, position_ids: bool = True):
+    """transformers' padding-free packing (``DataCollatorWithFlattening``): a batch becomes one row, each sample's
+    first label -100 and, with ``position_ids``, positions restarting per sample — from which transformers'
+    masking builds the block-diagonal causal mask (when the forward has no cache; see the reference)."""
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_position_ids=position_ids)
+
+
 def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any], dataset_dir: Path, *,
-                  callbacks: Sequence[Any] = (), wrap: Callable[[type], type] | None = None):
+                  callbacks: Sequence[Any] = (), wrap: Callable[[type], type] | None = None, collator: Any = None):
     """A ``Trainer`` (SFT on train/eval.jsonl, next-token accuracy when the metric asks for it) or a TRL
     ``GRPOTrainer`` (prompts.jsonl, :func:`harness.task.counting_reward`) over ``targs``; ``wrap`` may
     subclass the trainer class (the reference's atomic saves). The per-step printer is removed: the logs
@@ -97,7 +106,7 @@ def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any
         args = TrainingArguments(**{"eval_strategy": "steps" if eval_steps else "no",
                                     "eval_steps": eval_steps or None, "per_device_eval_batch_size": 8, **targs})
         trainer = wrap(Trainer)(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                data_collator=collate, processing_class=tok, callbacks=list(callbacks), **extra)
+                                data_collator=collator or collate, processing_class=tok, callbacks=list(callbacks), **extra)
     trainer.remove_callback(PrinterCallback)
     return trainer
 

@@ -146,11 +146,12 @@ def _words(start: int, step: int, n: int = SEQ_WORDS) -> str:
     return " ".join(f"w{(start + step * i) % DATA_WORDS}" for i in range(n))
 
 
-def write_datasets(dataset_dir: str | os.PathLike, n_train: int = 48, n_eval: int = 16) -> Path:
-    """Write ``train.jsonl`` (counting up), ``eval.jsonl`` (counting down) and ``prompts.jsonl``."""
+def write_datasets(dataset_dir: str | os.PathLike, n_train: int = 48, n_eval: int = 16, stride: int = 1) -> Path:
+    """Write ``train.jsonl`` (counting up, sample *i* from word ``i * stride``), ``eval.jsonl`` (counting down)
+    and ``prompts.jsonl``."""
     dataset_dir = Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    train = [{"text": _words(i, +1)} for i in range(n_train)]
+    train = [{"text": _words(i * stride, +1)} for i in range(n_train)]
     evals = [{"text": _words(7 * i + 3, -1)} for i in range(n_eval)]
     prompts = [{"prompt": _words(i * 5, +1, 4)} for i in range(8)]
     for name, rows in (("train", train), ("eval", evals), ("prompts", prompts)):

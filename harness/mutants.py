@@ -43,6 +43,7 @@ __all__ = [
     "ResumeFromIgnored",
     "MeanOfMicroBatchMeans",
     "MergeWithoutLoraScale",
+    "PackingWithoutBoundaries",
     "MUTANTS",
 ]
 
@@ -345,6 +346,20 @@ class MergeWithoutLoraScale(ReferenceAdapter):
         return 1.0
 
 
+class PackingWithoutBoundaries(ReferenceAdapter):
+    """Issue 20 — trl #3067 / PR #3526, ms-swift #4439, LLaMA-Factory PR #4224: packed samples are concatenated
+    with positions running on across them, so nothing marks the boundaries and each sample attends to the
+    ones packed before it; the loss still falls, so it is silent."""
+
+    name = "mutant:packing-without-boundaries"
+
+    def packing_collator(self, ctx: RunContext, model):
+        from .hf import packing_collator
+
+        model.config.use_cache = False
+        return packing_collator(position_ids=False)
+
+
 #: mutant class name -> the scenario modules it must fail (and it must pass all the others)
 MUTANTS: dict[str, tuple[str, ...]] = {
     # also: a forced saved lora becomes the base of LoRA-on-checkpoint runs, and a forced saved
@@ -377,4 +392,5 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     # the resume scenario accumulates too, but its two runs share the bug, so they still agree
     "MeanOfMicroBatchMeans": ("test_grad_accumulation",),
     "MergeWithoutLoraScale": ("test_lora_merge",),
+    "PackingWithoutBoundaries": ("test_packing",),
 }

@@ -60,6 +60,7 @@ SEEDS = {
     "resume": "resume-equivalence: an interrupted-and-resumed run must be the run it continues",
     "ga": "grad-accumulation: k micro-batches must train exactly like one batch k times larger",
     "merge": "lora-merge: the merged model must be the trained model",
+    "packing": "packing: packed samples must train exactly as if run alone",
 }
 
 

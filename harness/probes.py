@@ -23,7 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["training_forwards", "ConsumedSamples"]
+__all__ = ["training_forwards", "ConsumedSamples", "TRIMMED"]
+
+#: how many of a sample's words a row may lack and still be that sample (one word glued to a template
+#: marker at each end of a turn, e.g. ms-swift's qwen template ``...\nw1<|im_end|>``)
+TRIMMED = 2
 
 
 @contextlib.contextmanager
@@ -69,8 +73,18 @@ class ConsumedSamples:
         self._ctx: contextlib.AbstractContextManager | None = None
 
     def sample_of(self, row: Sequence[int]) -> int:
-        """The index of the sample whose words are exactly ``row``'s sample-vocabulary tokens, or -1."""
-        return self.index.get(tuple(sorted(t for t in row if t in self.vocab)), -1)
+        """The index of the sample whose words are exactly ``row``'s sample-vocabulary tokens; else of the one
+        sample they are all part of with at most :data:`TRIMMED` words missing (a template may glue a turn's
+        first or last word to its own markers, so the tokenizer no longer sees that word); else -1."""
+        from collections import Counter
+
+        words = tuple(sorted(t for t in row if t in self.vocab))
+        if words in self.index:
+            return self.index[words]
+        have = Counter(words)
+        near = [i for key, i in self.index.items()
+                if 0 < len(key) - len(words) <= TRIMMED and not have - Counter(key)]
+        return near[0] if len(near) == 1 else -1
 
     def _record(self, input_ids) -> None:
         rows = input_ids.detach().cpu().tolist()

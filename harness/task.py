@@ -53,6 +53,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "target_modules": "all-linear",
     "lr_scheduler_type": "constant",
     "warmup_steps": 0,
+    "packing": False,
     "num_generations": 4,
     "max_completion_length": 8,
     "load_args": True,

@@ -85,7 +85,8 @@ class ResumeRuns:
 
     def __init__(self, adapter, assets, root: Path, device: str):
         self.adapter, self.assets, self.root, self.device = adapter, assets, root, device
-        self.data_dir = write_datasets(root / "data", n_train=N_TRAIN, n_eval=4)
+        # stride 2: no sample's words are all inside another's, even with a word lost at each end to a template
+        self.data_dir = write_datasets(root / "data", n_train=N_TRAIN, n_eval=4, stride=2)
         self.texts = read_texts(self.data_dir / "train.jsonl")
         self._cache: dict = {}
 

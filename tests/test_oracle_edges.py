@@ -94,7 +94,8 @@ def test_consumed_samples_reads_templated_padded_rows(assets, tmp_path):
     templated = [ids["<pad>"], ids["<|user|>"], ids["w1"], ids["<|assistant|>"], ids["w2"], ids["w3"], ids["w4"],
                  ids["</s>"]]
     assert probe.sample_of(templated) == 0  # turns and specials around it, padding before it
-    assert probe.sample_of(templated[:-2]) == -1  # a truncated sample is no sample
+    assert probe.sample_of(templated[:-2]) == 0  # a word glued to a template marker: still that sample
+    assert probe.sample_of([ids["w2"], ids["w3"], ids["w4"]]) == -1  # inside samples 0 and 2 alike: ambiguous
     assert probe.sample_of(templated + [ids["w2"]]) == -1  # two samples packed in one row: not one sample
     with pytest.raises(ValueError, match="same words"):
         ConsumedSamples(["w1 w2", "w2 w1"], assets.model_dir, tmp_path / "q.jsonl")

@@ -54,7 +54,7 @@ class TransformersAdapter(Adapter):
 
     name = "transformers"
     capabilities = frozenset({"sft", "grpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8",
-                              "quanto-int4", "best-checkpoint", "merge", "gpu"})
+                              "quanto-int4", "best-checkpoint", "packing", "merge", "gpu"})
 
     def __init__(self, **options: str):
         check_options("transformers", options, OPTIONS)
@@ -98,7 +98,8 @@ class TransformersAdapter(Adapter):
                 p.requires_grad_(True)
         targs = training_arguments(values, spec.output_dir, spec.device,
                                    load_best_model_at_end=self.load_best_model_at_end)
-        trainer = hf.build_trainer(values, model, tok, targs, spec.dataset_dir)
+        collator = hf.packing_collator() if values.get("packing") else None  # the padding-free recipe, as documented
+        trainer = hf.build_trainer(values, model, tok, targs, spec.dataset_dir, collator=collator)
         resume = spec.resume_from
         trainer.train(resume_from_checkpoint=True if resume == "latest" else (str(resume) if resume else None))
         trainer.save_model(str(spec.output_dir))
