@@ -165,18 +165,16 @@ class RankZeroShardSave(ReferenceAdapter):
 
     name = "mutant:rank-zero-shard-save"
 
-    def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
-        super().finalize_checkpoint(ctx, directory, final)
+    def distributed_weights(self, ctx: RunContext, directory: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
         from .reference.distributed import world_size
 
         weights = Path(directory) / "model.safetensors"
-        if world_size() > 1 and weights.is_file():
-            from safetensors.torch import load_file, save_file
-
-            tensors = load_file(str(weights))
-            n = world_size()
-            save_file({k: v.chunk(n, dim=0)[0].contiguous() for k, v in tensors.items()}, str(weights),
-                      metadata={"format": "pt"})
+        tensors = load_file(str(weights))
+        n = world_size()
+        save_file({k: v.chunk(n, dim=0)[0].contiguous() for k, v in tensors.items()}, str(weights),
+                  metadata={"format": "pt"})
 
 
 def _reshard(directory: Path, shards: int, keep: int | None = None) -> None:
@@ -211,8 +209,8 @@ class ShardedSave(ReferenceAdapter):
 
     name = "control:sharded-save"
 
-    def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
-        super().finalize_checkpoint(ctx, directory, final)
+    def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        super().finalize_weights(ctx, directory, final)
         _reshard(directory, shards=3)
 
 
@@ -222,8 +220,8 @@ class IndexWithFirstShardOnly(ReferenceAdapter):
 
     name = "mutant:index-with-first-shard-only"
 
-    def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
-        super().finalize_checkpoint(ctx, directory, final)
+    def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        super().finalize_weights(ctx, directory, final)
         _reshard(directory, shards=3, keep=1)
 
 
@@ -379,8 +377,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "ShardedSave": (),  # a correct control: must pass everything
     # every scenario that reads a full save: the index names shards the disk lacks
     "IndexWithFirstShardOnly": ("test_args_precedence", "test_best_checkpoint", "test_checkpoint_layout",
-                                "test_crash_during_save", "test_full_ft_as_lora_base", "test_grpo_full_save",
-                                "test_resume_equivalence"),
+                                "test_crash_during_save", "test_full_ft_as_lora_base", "test_grad_accumulation",
+                                "test_grpo_full_save", "test_packing", "test_resume_equivalence"),
     "ScheduleRestartsOnResume": ("test_resume_equivalence",),  # seed 002 trains at a constant LR
     "RngNotRestoredOnResume": ("test_resume_equivalence",),  # only dropout and sampling draw on the RNG
     # also seed 002: its k=2/4 resumes are mid-epoch (12 steps per epoch)

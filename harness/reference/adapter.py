@@ -12,7 +12,8 @@ run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resol
 :meth:`prepare_resume`, :meth:`check_resume_state`, :meth:`load_checkpoint_weights`, :meth:`load_optimizer_state`,
 :meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`,
 :meth:`merge_scaling`, :meth:`load_diffusion_lora`,
-:meth:`finalize_checkpoint`, :meth:`checkpoint_policy`, :meth:`rotate_checkpoints`, :attr:`atomic_saves`.
+:meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
+:meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`.
 """
 
 from __future__ import annotations
@@ -115,8 +116,24 @@ class ReferenceAdapter(Adapter):
                      best_step)
 
     def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
-        """Complete a saved directory before it is renamed into place: args.json records the run."""
+        """Complete a saved directory before it is renamed into place: args.json records the run; a full
+        model's weights go through :meth:`finalize_weights`."""
         argres.write_args_file(directory, ctx.resolved, {"model_dir": str(ctx.spec.model_dir)})
+        if (Path(directory) / "model.safetensors").is_file():
+            self.finalize_weights(ctx, Path(directory), final)
+
+    def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        """A full model's weights (only saves that hold ``model.safetensors`` reach this) are complete as
+        ``save_model`` wrote them; in a multi-process run :meth:`distributed_weights` has the last word."""
+        from .distributed import world_size
+
+        if world_size() > 1:
+            self.distributed_weights(ctx, directory)
+
+    def distributed_weights(self, ctx: RunContext, directory: Path) -> None:
+        """Multi-process runs only: FSDP2's ``save_model`` gathered the full state dict on rank 0, so the
+        file already holds the consolidated model. (Separate seams keep each mutant's reach exact: the
+        detection matrix runs a mutant only where the reference touches what it overrides.)"""
 
     def prepare_resume(self, ctx: RunContext, checkpoint: Path) -> Path:
         """Vet a checkpoint before resuming from it: trainer_state.json parses and has a step, and

@@ -120,7 +120,8 @@ class PolicyCallback(TrainerCallback):
                 state.best_model_checkpoint = str(self.output_dir / f"checkpoint-{state.global_step}")
 
     def on_save(self, args, state, control, **kwargs):
-        self.adapter.rotate_checkpoints(self.ctx, self.policy, None if self.best is None else self.best[0])
+        if self.policy.save_total_limit:  # without a limit nothing is ever rotated
+            self.adapter.rotate_checkpoints(self.ctx, self.policy, None if self.best is None else self.best[0])
 
 
 def trainer_class(base):
