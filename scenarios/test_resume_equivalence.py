@@ -190,7 +190,8 @@ def test_resume_continues_from_checkpoint(runs, kind, k):
 def test_resume_without_training_state_is_not_silent(runs, missing, capfd, caplog, recwarn):
     """transformers' ``_load_optimizer_and_scheduler`` skips absent state silently: that must fail or warn."""
     k = 5
-    out = runs.copy_of_interrupted("lora", k, f"no-{missing}")
+    # (the directory's name must not contain the file's: a framework logging its output_dir would "name" it)
+    out = runs.copy_of_interrupted("lora", k, f"state-missing-{['optimizer.pt', 'scheduler.pt'].index(missing)}")
     (out / f"checkpoint-{k}" / missing).unlink()
     error = None
     try:

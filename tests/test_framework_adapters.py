@@ -216,3 +216,9 @@ def test_run_in_fork_reports_the_framework_error():
     seen = []
     run_in_fork(lambda: seen.append(1))
     assert seen == [], "the run happens in the child: the parent's state is untouched"
+
+
+def test_swift_lora_alpha_is_an_int_where_integral():
+    """ms-swift 3.x parses --lora_alpha as int: "8.0" is refused (SystemExit 2); 4.x takes the int too."""
+    assert swift_cli({"lora_alpha": 8.0}, V4_FIELDS) == {"lora_alpha": 8}
+    assert swift_cli({"lora_alpha": 2.5}, V4_FIELDS) == {"lora_alpha": 2.5}

@@ -99,6 +99,8 @@ def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
             out.update(QUANT_ARGS[value])
         elif key == "metric":
             out["metric_for_best_model"] = METRIC_NAMES.get(value, value).removeprefix("eval_")
+        elif key == "lora_alpha" and float(value).is_integer():
+            out[key] = int(value)  # swift 3.x parses --lora_alpha as int and refuses "8.0"
         elif key not in ("method", "save_on_best"):  # no swift equivalent: handled by build_argv / not offered
             out[key] = value
     return out
