@@ -85,7 +85,9 @@ class LlamaFactoryAdapter(Adapter):
     """LLaMA-Factory ``run_exp`` with the config a user would write."""
 
     name = "llamafactory"
-    capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint", "gpu"})
+    #: no "packing" yet: LLaMA-Factory's packing / neat_packing are not wired (see the README)
+    capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint", "merge",
+                              "gpu"})
 
     def __init__(self, **options: str):
         check_options("llamafactory", options, OPTIONS)
@@ -100,6 +102,18 @@ class LlamaFactoryAdapter(Adapter):
 
     def versions(self) -> dict[str, str]:
         return {"llamafactory": self.version, **library_versions("transformers", "peft", "trl")}
+
+    def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
+        """``llamafactory-cli export`` with the config its docs give for merging LoRA: the base the adapter names,
+        the adapter, ``finetuning_type: lora``, ``export_dir`` (run through ``export_model(config)`` in a fork)."""
+        cfg = {"model_name_or_path": str(adapter_base(Path(adapter_dir))), "adapter_name_or_path": str(adapter_dir),
+               "template": self.template, "finetuning_type": "lora", "export_dir": str(output_dir),
+               "export_device": "cpu", "export_legacy_format": False}
+        from llamafactory.train.tuner import export_model
+
+        with cpu_threads("cpu"):
+            run_in_fork(lambda: export_model(cfg))
+        return Path(output_dir)
 
     def train(self, spec: RunSpec) -> RunResult:
         import tempfile

@@ -217,7 +217,7 @@ class SwiftAdapter(Adapter):
         self.name = f"swift {self.version}" + (f"[load_args={_fmt(self.load_args)}]" if self.load_args is not None
                                                else "")
         caps = {"args", "sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8", "quanto-int4",
-                "best-checkpoint", "gpu"}
+                "best-checkpoint", "merge", "gpu"}  # no "packing": swift packs only with flash attention (CUDA)
         if self._has_grpo():
             caps.add("grpo")
         if not _transformers_drives_bnb_here():
@@ -326,6 +326,15 @@ class SwiftAdapter(Adapter):
             raise RuntimeError(f"swift {entry} left no checkpoint in {spec.output_dir} (argv: {' '.join(argv)})")
         return collect_result(spec, ckpts[-1], None)
 
+    def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
+        """``swift export --adapters DIR --merge_lora true --output_dir OUT``: swift reads the model, template and
+        quantisation from the adapter's ``args.json`` (and, for a quantised training base, merges into the
+        original unquantised model: peft #2321)."""
+        argv = ["--adapters", str(adapter_dir), "--merge_lora", "true", "--output_dir", str(output_dir)]
+        with cpu_threads("cpu"):
+            run_in_fork(lambda: self._run("export", argv))
+        return Path(output_dir)
+
     def _rlhf_fields(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self._rlhf_class())}
 
@@ -335,7 +344,7 @@ class SwiftAdapter(Adapter):
         if not hasattr(torch.cpu, "max_memory_reserved"):  # ms-swift 3.10.2-3.11.x call it on every log step
             torch.cpu.max_memory_reserved = lambda device=None: 0  # a CPU machine setting, not a training fix
         if self.major >= 4:
-            from swift.pipelines import rlhf_main, sft_main
+            from swift.pipelines import export_main, rlhf_main, sft_main
         else:
-            from swift.llm import rlhf_main, sft_main
-        (rlhf_main if entry == "rlhf" else sft_main)(list(argv))
+            from swift.llm import export_main, rlhf_main, sft_main
+        {"rlhf": rlhf_main, "sft": sft_main, "export": export_main}[entry](list(argv))
