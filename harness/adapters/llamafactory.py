@@ -9,7 +9,9 @@ passes through LLaMA-Factory unchanged, so the cadence keys are the transformers
 checkpoints and no ``resume_from_checkpoint`` resumes from the last one.
 
 LLaMA-Factory has no layered args files (no ``args`` capability), no GRPO, and quantises on the fly
-with bitsandbytes, HQQ or EETQ only (no optimum-quanto). Options (``--ft-adapter-option KEY=VALUE``):
+with bitsandbytes, HQQ or EETQ only (no optimum-quanto). ``packing=True`` becomes ``packing`` +
+``neat_packing`` (no attention across packed samples); ``merge`` is ``llamafactory-cli export``'s
+``export_model(config)``. Options (``--ft-adapter-option KEY=VALUE``):
 
 ``load_best_model_at_end``  true/false (default false), passed through to TrainingArguments.
 ``template``                LLaMA-Factory template (default ``empty``).
@@ -76,6 +78,8 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
             cfg["greater_is_better"] = values["greater_is_better"]
         if values["metric"] == "eval_accuracy":
             cfg["compute_accuracy"] = True
+    if values.get("packing"):
+        cfg.update(packing=True, neat_packing=True)  # neat_packing: no cross-attention between packed samples
     if spec.resume_from is not None and spec.resume_from != "latest":
         cfg["resume_from_checkpoint"] = str(spec.resume_from)
     return cfg
@@ -85,9 +89,8 @@ class LlamaFactoryAdapter(Adapter):
     """LLaMA-Factory ``run_exp`` with the config a user would write."""
 
     name = "llamafactory"
-    #: no "packing" yet: LLaMA-Factory's packing / neat_packing are not wired (see the README)
     capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint", "merge",
-                              "gpu"})
+                              "packing", "gpu"})
 
     def __init__(self, **options: str):
         check_options("llamafactory", options, OPTIONS)

@@ -8,6 +8,9 @@ differences are mapped, not assumed: 3.x calls the training type ``train_type`` 
 ``TrainArguments``; 4.x calls it ``tuner_type`` and uses ``SftArguments``. Only keys the installed
 version's argument class knows are passed.
 
+``merge`` is ``swift export --adapters DIR --merge_lora true``. No ``packing`` capability: ms-swift packs only
+with a flash-attention implementation (CUDA).
+
 ``resolve_args`` asks swift itself: it builds the argument dataclass with the command-line values,
 skips ``__post_init__`` (which loads the model) and runs swift's own checkpoint discovery and
 ``load_args`` code on it, then reports where each value came from by comparing it with the command
