@@ -130,6 +130,10 @@ def _install(output_dir: Path, point: KillPoint) -> None:
                 namespace[name] = replacements[id(value)]
 
 
+#: the armed training-kill hooks of this (child) process, kept referenced for its lifetime
+_ARMED: list[Any] = []
+
+
 def _install_training_kill(output_dir: Path, point: KillInTraining) -> None:
     from .probes import training_forwards
 
@@ -140,9 +144,6 @@ def _install_training_kill(output_dir: Path, point: KillInTraining) -> None:
     hook = training_forwards(maybe_kill)
     hook.__enter__()  # never left: the child ends with os._exit
     _ARMED.append(hook)  # a dropped generator would be closed, removing the hook
-
-
-_ARMED: list[Any] = []
 
 
 #: what :func:`perturb_weights` adds to every floating-point weight

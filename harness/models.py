@@ -30,6 +30,7 @@ __all__ = [
     "build_model",
     "write_datasets",
     "write_varied_datasets",
+    "VARIED_LENGTHS",
     "write_jsonl",
     "read_jsonl",
     "read_texts",
@@ -159,7 +160,12 @@ def write_datasets(dataset_dir: str | os.PathLike, n_train: int = 48, n_eval: in
     return dataset_dir
 
 
-def write_varied_datasets(dataset_dir: str | os.PathLike, lengths: tuple[int, ...], n_eval: int = 4) -> Path:
+#: training-sample lengths (words) of clearly different sizes: batches of 4 mix short and long samples
+VARIED_LENGTHS = (2, 11, 3, 10, 4, 11, 2, 9, 3, 11, 5, 8, 2, 10, 3, 11)
+
+
+def write_varied_datasets(dataset_dir: str | os.PathLike, lengths: tuple[int, ...] = VARIED_LENGTHS,
+                          n_eval: int = 4) -> Path:
     """Like :func:`write_datasets`, with ``train.jsonl`` sample *i* counting up for ``lengths[i]`` words: samples
     of clearly different lengths, for scenarios where padding and token weighting matter."""
     dataset_dir = write_datasets(dataset_dir, n_train=len(lengths), n_eval=n_eval)

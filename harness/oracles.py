@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .hf import dtype_kwargs
-from .layout import LORA_FILES, list_checkpoints, lora_dir, read_log_history, read_safetensors_header, weight_files
+from .layout import (LORA_FILES, list_checkpoints, lora_dir, read_log_history, read_safetensors_header, step_of,
+                     weight_files)
 
 __all__ = [
     "OracleFailure",
@@ -284,13 +285,21 @@ def assert_lora_base_is(adapter_dir: Path, expected_base: Path, *, seed: str = "
 
 
 # --------------------------------------------------------------------------- seed 002
-def _adapter_tensors(directory: Path) -> dict[str, Any]:
+def _lora_tensors(directory: Path) -> dict[str, Any] | None:
+    """The LoRA tensors a directory holds (PEFT's or diffusers' file), or None."""
     from safetensors.torch import load_file
 
     for name in LORA_FILES:
         if (Path(directory) / name).is_file():
             return load_file(str(Path(directory) / name))
-    raise OracleFailure("002", f"{Path(directory).name}: none of {LORA_FILES} (LoRA weights not saved)")
+    return None
+
+
+def _adapter_tensors(directory: Path) -> dict[str, Any]:
+    tensors = _lora_tensors(directory)
+    if tensors is None:
+        raise OracleFailure("002", f"{Path(directory).name}: none of {LORA_FILES} (LoRA weights not saved)")
+    return tensors
 
 
 def assert_diffusion_lora_reloads(model_dir: Path, dir_a: Path, dir_b: Path, quantization: str | None, *,
@@ -344,13 +353,10 @@ def _assert_unet_lora_equals_file(unet, directory: Path, quantization: str | Non
 
 def final_weights(output_dir: Path, *, seed: str = "resume") -> dict[str, Any]:
     """What a run ended with: its LoRA tensors (final output, else newest checkpoint), or the full model's."""
-    from safetensors.torch import load_file
-
     output_dir = Path(output_dir)
-    lora = lora_dir(output_dir)
-    for name in LORA_FILES:
-        if (lora / name).is_file():
-            return load_file(str(lora / name))
+    lora = _lora_tensors(lora_dir(output_dir))
+    if lora is not None:
+        return lora
     if weight_files(output_dir):
         return weights_on_disk(output_dir, seed=seed)
     ckpts = list_checkpoints(output_dir)
@@ -361,12 +367,15 @@ def final_weights(output_dir: Path, *, seed: str = "resume") -> dict[str, Any]:
 
 def checkpoint_weights(checkpoint: Path, *, seed: str = "resume") -> dict[str, Any]:
     """The LoRA tensors of a checkpoint, or its full model."""
-    from safetensors.torch import load_file
+    lora = _lora_tensors(checkpoint)
+    return lora if lora is not None else weights_on_disk(checkpoint, seed=seed)
 
-    for name in LORA_FILES:
-        if (Path(checkpoint) / name).is_file():
-            return load_file(str(Path(checkpoint) / name))
-    return weights_on_disk(checkpoint, seed=seed)
+
+def trained_weights(output_dir: Path, *, seed: str = "resume") -> dict[str, Any]:
+    """The state the run trained to: its newest checkpoint's weights (a final save may be a best checkpoint
+    reloaded by ``load_best_model_at_end``, even one before a resume point), else its final weights."""
+    ckpts = list_checkpoints(output_dir)
+    return checkpoint_weights(ckpts[-1], seed=seed) if ckpts else final_weights(output_dir, seed=seed)
 
 
 def _max_difference(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float, atol: float
@@ -432,8 +441,7 @@ def stat_fingerprint(directory: Path) -> dict[str, tuple[int, int, int]]:
 
 def checkpoints_fingerprint(output_dir: Path, up_to_step: int) -> dict[str, Any]:
     """:func:`stat_fingerprint` of every ``checkpoint-N`` with N <= ``up_to_step``."""
-    return {c.name: stat_fingerprint(c) for c in list_checkpoints(output_dir)
-            if int(c.name.split("-")[1]) <= up_to_step}
+    return {c.name: stat_fingerprint(c) for c in list_checkpoints(output_dir) if step_of(c) <= up_to_step}
 
 
 def assert_resumed_not_restarted(output_dir: Path, k: int, max_steps: int, before: Mapping[str, Any], *,
@@ -446,7 +454,7 @@ def assert_resumed_not_restarted(output_dir: Path, k: int, max_steps: int, befor
         changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
         raise OracleFailure(seed, f"resuming from checkpoint-{k} rewrote or removed {changed}: the run trained "
                                   f"steps <= {k} again instead of continuing")
-    have = {int(c.name.split("-")[1]) for c in list_checkpoints(output_dir)}
+    have = {step_of(c) for c in list_checkpoints(output_dir)}
     want = {s for s in range(k + 1, max_steps + 1) if s % save_steps == 0}
     if want - have:
         raise OracleFailure(seed, f"resumed from checkpoint-{k}, the run left no checkpoint for steps "
@@ -457,16 +465,17 @@ def assert_resumed_not_restarted(output_dir: Path, k: int, max_steps: int, befor
     if twice:
         raise OracleFailure(seed, f"steps {twice} are logged more than once after resuming from checkpoint-{k}: "
                                   f"they were trained again")
-    ckpt, last = Path(output_dir) / f"checkpoint-{k}", list_checkpoints(output_dir)[-1]
-    _, diff, _ = _max_difference(checkpoint_weights(ckpt, seed=seed), checkpoint_weights(last, seed=seed), 0, 0)
+    ckpt = Path(output_dir) / f"checkpoint-{k}"
+    _, diff, _ = _max_difference(checkpoint_weights(ckpt, seed=seed), trained_weights(output_dir, seed=seed), 0, 0)
     if diff == 0.0:
-        raise OracleFailure(seed, f"{last.name}'s weights equal checkpoint-{k}'s: the resumed run did not train")
+        raise OracleFailure(seed, f"{list_checkpoints(output_dir)[-1].name}'s weights equal checkpoint-{k}'s: the "
+                                  f"resumed run did not train")
 
 
 def assert_resumed_into_new_dir(output_dir: Path, k: int, *, seed: str = "002") -> None:
     """A run resumed from checkpoint-k into a new ``output_dir`` saves only steps after k: a
     ``checkpoint-N`` with N <= k there was trained again from step 0."""
-    again = [c.name for c in list_checkpoints(output_dir) if int(c.name.split("-")[1]) <= k]
+    again = [c.name for c in list_checkpoints(output_dir) if step_of(c) <= k]
     if again:
         raise OracleFailure(seed, f"resumed from checkpoint-{k} into {Path(output_dir).name}, the run saved {again}: "
                                   f"it trained steps <= {k} again (resume_from was not applied)")
@@ -480,11 +489,7 @@ def assert_follows_checkpoint(resumed: Path, perturbed: Path, k: int, *, seed: s
     if k + 1 in a and k + 1 in b and a[k + 1] == b[k + 1]:
         raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the loss at step {k + 1} "
                                   f"unchanged ({a[k + 1]!r}): the resumed run did not start from checkpoint-{k}")
-    # the newest checkpoint is the trained state (a final save may be the best checkpoint reloaded, even one <= k)
-    last_a, last_b = list_checkpoints(resumed), list_checkpoints(perturbed)
-    wa = checkpoint_weights(last_a[-1], seed=seed) if last_a else final_weights(resumed, seed=seed)
-    wb = checkpoint_weights(last_b[-1], seed=seed) if last_b else final_weights(perturbed, seed=seed)
-    _, diff, _ = _max_difference(wa, wb, 0, 0)
+    _, diff, _ = _max_difference(trained_weights(resumed, seed=seed), trained_weights(perturbed, seed=seed), 0, 0)
     if diff == 0.0:
         raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the weights the run ended "
                                   f"with unchanged: the resumed run did not start from checkpoint-{k}")
@@ -545,13 +550,11 @@ def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rt
                 raise OracleFailure(seed, f"{what}: {key} at step {step} is {a[step]!r}, expected {e[step]!r} "
                                           f"(relative difference {abs(a[step] - e[step]) / abs(e[step] or 1):.3g} > "
                                           f"{rtol:g})")
-    steps = sorted({c.name for c in list_checkpoints(expected)} & {c.name for c in list_checkpoints(actual)},
-                   key=lambda n: int(n.split("-")[1]))
-    pairs = [(Path(expected) / n, Path(actual) / n, n) for n in steps]
-    pairs.append((Path(expected), Path(actual), "final weights"))
-    for dir_e, dir_a, label in pairs:
-        we = final_weights(dir_e, seed=seed) if label == "final weights" else checkpoint_weights(dir_e, seed=seed)
-        wa = final_weights(dir_a, seed=seed) if label == "final weights" else checkpoint_weights(dir_a, seed=seed)
+    both = sorted({step_of(c) for c in list_checkpoints(expected)} & {step_of(c) for c in list_checkpoints(actual)})
+    loads = [(f"checkpoint-{n}", checkpoint_weights, f"checkpoint-{n}") for n in both]
+    loads.append(("final weights", final_weights, "."))
+    for label, load, sub in loads:
+        we, wa = load(Path(expected) / sub, seed=seed), load(Path(actual) / sub, seed=seed)
         if set(we) != set(wa):
             raise OracleFailure(seed, f"{what}: {label} hold different tensors: {sorted(set(we) ^ set(wa))[:3]}")
         worst, diff, _ = _max_difference(we, wa, 0.0, 0.0)

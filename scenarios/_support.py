@@ -17,6 +17,19 @@ def spec(assets: TinyAssets, output_dir: Path, *, model_dir: Path | None = None,
                    dataset_dir=assets.dataset_dir, **fields)
 
 
+def device_tolerance(device: str, gpu_rtol: float) -> dict[str, float]:
+    """Oracle tolerances: exact on CPU (the same float32 kernels in the same order), ``gpu_rtol`` (atol 1e-6)
+    on CUDA, whose kernels are not bit-deterministic."""
+    return dict(rtol=gpu_rtol, atol=1e-6) if device == "cuda" else {}
+
+
+def captured_output(capfd, caplog, recwarn) -> str:
+    """Everything a call printed (this process and its forks), logged and warned since the fixtures were last
+    read, as one text: where a scenario accepts "warns, naming X"."""
+    captured = capfd.readouterr()
+    return "\n".join([captured.out, captured.err, caplog.text, *(f"warning: {w.message}" for w in recwarn)])
+
+
 def quant_params(*names: str | None) -> list:
     """``pytest.param`` per quantisation (``None`` = unquantised), each marked with its capability."""
     return [pytest.param(q, id=q or "none",

@@ -28,7 +28,7 @@ from harness.faults import perturb_weights
 from harness.oracles import (assert_diffusion_lora_reloads, assert_follows_checkpoint, assert_resume_equivalent,
                              assert_resumed_into_new_dir, checkpoints_fingerprint, dir_fingerprint)
 
-from ._support import quant_params, spec
+from ._support import device_tolerance, quant_params, spec
 
 pytestmark = [pytest.mark.ft_seed("002"), pytest.mark.ft_requires("diffusion", "lora", "resume")]
 
@@ -99,7 +99,7 @@ def _skip_bnb_on_cpu(quant, device):
 def test_resume_matches_uninterrupted(uninterrupted, resumed, tiny_unet, quant, k, ft_device):
     _skip_bnb_on_cpu(quant, ft_device)
     run_a, run_b = uninterrupted(quant), resumed(quant, k)
-    tol = dict(rtol=GPU_RTOL, atol=1e-6) if ft_device == "cuda" else {}
+    tol = device_tolerance(ft_device, GPU_RTOL)
     assert_resume_equivalent(run_a.output_dir, run_b.output_dir, k, **tol)
     assert_resumed_into_new_dir(run_b.output_dir, k)
     assert_diffusion_lora_reloads(tiny_unet, run_a.final_dir, run_b.final_dir, quant, device=ft_device, **tol)

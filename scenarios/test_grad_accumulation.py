@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.models import write_varied_datasets
+from harness.models import VARIED_LENGTHS as LENGTHS, write_varied_datasets
 from harness.oracles import assert_runs_agree
 
 from ._support import spec
 
 pytestmark = [pytest.mark.ft_seed("ga"), pytest.mark.ft_requires("sft", "full")]
 
-#: training samples of clearly different lengths (words); batches of 4 mix short and long ones
-LENGTHS = (2, 11, 3, 10, 4, 11, 2, 9, 3, 11, 5, 8, 2, 10, 3, 11)
 LARGE_BATCH = 4
 STEPS = 3
 LR = 1e-3

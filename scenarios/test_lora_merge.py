@@ -23,7 +23,7 @@ import pytest
 from harness.adapter import LoraSpec
 from harness.oracles import assert_merged_is_trained_model
 
-from ._support import quant_params, spec
+from ._support import captured_output, quant_params, spec
 
 pytestmark = [pytest.mark.ft_seed("merge"), pytest.mark.ft_requires("sft", "lora", "merge")]
 
@@ -48,7 +48,5 @@ def test_merged_model_is_the_trained_model(ft_adapter, tiny_assets, tmp_path, qu
         if quant is not None and "quant" in said.lower():
             return
         raise
-    captured = capfd.readouterr()
-    output = "\n".join([captured.out, captured.err, caplog.text, *(f"warning: {w.message}" for w in recwarn)])
     assert_merged_is_trained_model(merged, run.final_dir, tiny_assets.dataset_dir, quantization=quant, atol=ATOL,
-                                   output=output)
+                                   output=captured_output(capfd, caplog, recwarn))

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.models import write_varied_datasets
+from harness.models import VARIED_LENGTHS as LENGTHS, write_varied_datasets
 from harness.oracles import assert_runs_agree
 
 from ._support import spec
 
 pytestmark = [pytest.mark.ft_seed("packing"), pytest.mark.ft_requires("sft", "full", "packing")]
 
-LENGTHS = (2, 11, 3, 10, 4, 11, 2, 9, 3, 11, 5, 8, 2, 10, 3, 11)
 #: measured on the reference (CPU float32, transformers 5.23), one 16-sample batch per step: packed vs padded loss
 #: differs by 1.2e-7 relative, grad norm by 7.5e-8 relative, weights by 4.4e-6 after two AdamW steps at lr 1e-3;
 #: packing without boundaries moves the loss by 9.3e-3 relative, the grad norm by 4.2e-2 and the weights by

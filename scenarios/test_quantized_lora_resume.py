@@ -26,7 +26,7 @@ from harness.faults import perturb_weights
 from harness.oracles import (assert_adapter_only_save, assert_follows_checkpoint, assert_resume_equivalent,
                              assert_resumed_into_new_dir, checkpoints_fingerprint, dir_fingerprint)
 
-from ._support import quant_params, spec
+from ._support import device_tolerance, quant_params, spec
 
 pytestmark = [pytest.mark.ft_seed("002"), pytest.mark.ft_requires("sft", "lora", "resume")]
 
@@ -84,8 +84,7 @@ def resumed(ft_adapter, uninterrupted, tiny_assets, tmp_path_factory, ft_device)
 @pytest.mark.parametrize("quant", QUANTS)
 def test_resume_matches_uninterrupted(uninterrupted, resumed, quant, k, ft_device):
     run_a, run_b = uninterrupted(quant), resumed(quant, k)
-    tol = dict(rtol=GPU_RTOL, atol=1e-6) if ft_device == "cuda" else {}
-    assert_resume_equivalent(run_a.output_dir, run_b.output_dir, k, **tol)
+    assert_resume_equivalent(run_a.output_dir, run_b.output_dir, k, **device_tolerance(ft_device, GPU_RTOL))
     assert_resumed_into_new_dir(run_b.output_dir, k)
     assert_adapter_only_save(run_b.final_dir, seed="002")
 

@@ -51,7 +51,7 @@ from harness.oracles import (assert_consumed_in_order, assert_follows_checkpoint
                              checkpoints_fingerprint)
 from harness.probes import ConsumedSamples
 
-from ._support import spec
+from ._support import captured_output, device_tolerance, spec
 
 pytestmark = [pytest.mark.ft_seed("resume"), pytest.mark.ft_requires("sft", "resume")]
 
@@ -153,17 +153,14 @@ def runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
     return ResumeRuns(ft_adapter, tiny_assets, tmp_path_factory.mktemp("resume"), ft_device)
 
 
-def _tolerance(device: str) -> dict:
-    return dict(rtol=GPU_RTOL, atol=1e-6) if device == "cuda" else {}
-
-
 @pytest.mark.parametrize("k", POINTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_resume_equals_uninterrupted(runs, kind, k, ft_device):
     """Loss and learning rate at every step after k, and the final weights, equal the uninterrupted run's."""
     run_a, _ = runs.uninterrupted(kind)
     run_b, _, _ = runs.resumed(kind, k)
-    assert_resume_equivalent(run_a, run_b, k, keys=("loss", "learning_rate"), seed="resume", **_tolerance(ft_device))
+    assert_resume_equivalent(run_a, run_b, k, keys=("loss", "learning_rate"), seed="resume",
+                             **device_tolerance(ft_device, GPU_RTOL))
 
 
 @pytest.mark.parametrize("k", POINTS)
@@ -202,9 +199,7 @@ def test_resume_without_training_state_is_not_silent(runs, missing, capfd, caplo
         runs.adapter.train(runs.spec(out, "lora", resume_from="latest"))
     except Exception as exc:  # noqa: BLE001 - judged by the oracle: it must name the file
         error = exc
-    captured = capfd.readouterr()
-    output = "\n".join([captured.out, captured.err, caplog.text, *(str(w.message) for w in recwarn)])
-    assert_missing_state_reported(out / f"checkpoint-{k}" / missing, error, output)
+    assert_missing_state_reported(out / f"checkpoint-{k}" / missing, error, captured_output(capfd, caplog, recwarn))
 
 
 @pytest.mark.ft_requires("grpo", "lora")
@@ -213,7 +208,7 @@ def test_grpo_resume_equals_uninterrupted(runs, ft_device):
     run_a, _ = runs.uninterrupted("grpo")
     run_b, _, _ = runs.resumed("grpo", GRPO_K)
     assert_resume_equivalent(run_a, run_b, GRPO_K, keys=("loss", "reward", "learning_rate"), seed="resume",
-                             **_tolerance(ft_device))
+                             **device_tolerance(ft_device, GPU_RTOL))
 
 
 @pytest.mark.ft_requires("grpo", "lora")

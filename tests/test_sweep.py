@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -565,18 +566,24 @@ def test_run_failure_line_finds_the_exception():
     assert sweep.run_failure_line("nothing here\n") == "nothing here"
 
 
+def _broken_run(env, printed: str, adapter: dict) -> None:
+    """<env>/bin/ft-harness that prints ``printed``, writes a report holding ``adapter`` to its ``-o`` file and
+    exits 3: a run that broke after writing a report."""
+    report = json.dumps({"format": "ft-harness-report/1", "adapters": [adapter], "scenarios": []})
+    script = env.path / "bin" / "ft-harness"
+    script.write_text(f"#!/bin/sh\necho {shlex.quote(printed)}\n"
+                      "for a; do if [ \"$prev\" = -o ]; then out=$a; fi; prev=$a; done\n"
+                      f"printf '%s' {shlex.quote(report)} > \"$out\"\nexit 3\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+
 def test_a_report_without_tests_and_a_bad_exit_is_a_run_error(tmp_path, fake_uv):
     uv, _ = fake_uv
     b = _builder(tmp_path, uv)
     pins = select_pins("ms-swift", "3.10.2")
     env = b.ensure(pins)
-    script = env.path / "bin" / "ft-harness"
-    script.write_text("#!/bin/sh\necho \"INTERNALERROR> ModuleNotFoundError: No module named 'json_repair'\"\n"
-                      "for a; do if [ \"$prev\" = -o ]; then out=$a; fi; prev=$a; done\n"
-                      "printf '{\"format\": \"ft-harness-report/1\", \"adapters\": [{\"target\": \"swift\", "
-                      "\"name\": \"swift\", \"exit_code\": 3, \"duration_s\": 0, \"tests\": []}], "
-                      "\"scenarios\": []}' > \"$out\"\nexit 3\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    _broken_run(env, "INTERNALERROR> ModuleNotFoundError: No module named 'json_repair'",
+                {"target": "swift", "name": "swift", "exit_code": 3, "duration_s": 0, "tests": []})
     res = sweep.run_version(b, pins, tmp_path / "out", k_expr="x", log=lambda m: None)
     assert res.report is None
     assert res.error == "run: exit 3: ModuleNotFoundError: No module named 'json_repair'"
@@ -589,15 +596,10 @@ def test_a_report_with_only_a_session_error_is_a_run_error(tmp_path, fake_uv):
     b = _builder(tmp_path, uv)
     pins = select_pins("llamafactory", "0.9.0")
     env = b.ensure(pins)
-    script = env.path / "bin" / "ft-harness"
-    script.write_text("#!/bin/sh\necho \"INTERNALERROR> ImportError: pyarrow requires NumPy 2.0 or newer, found 1.26.4\"\n"
-                      "for a; do if [ \"$prev\" = -o ]; then out=$a; fi; prev=$a; done\n"
-                      "printf '{\"format\": \"ft-harness-report/1\", \"adapters\": [{\"target\": \"llamafactory\", "
-                      "\"name\": \"llamafactory\", \"exit_code\": 3, \"duration_s\": 0, \"versions\": {}, \"tests\": "
-                      "[{\"nodeid\": \"<session>\", \"scenario\": \"<session>\", \"outcome\": \"error\", "
-                      "\"reason\": \"pytest exited with 3\", \"duration_s\": 0, \"seed\": null}]}], "
-                      "\"scenarios\": []}' > \"$out\"\nexit 3\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    _broken_run(env, "INTERNALERROR> ImportError: pyarrow requires NumPy 2.0 or newer, found 1.26.4",
+                {"target": "llamafactory", "name": "llamafactory", "exit_code": 3, "duration_s": 0, "versions": {},
+                 "tests": [{"nodeid": "<session>", "scenario": "<session>", "outcome": "error",
+                            "reason": "pytest exited with 3", "duration_s": 0, "seed": None}]})
     out = tmp_path / "out"
     res = sweep.run_version(b, pins, out, k_expr="x", log=lambda m: None)
     assert res.report is None
