@@ -339,6 +339,22 @@ class Adapter:
         Declare the ``merge`` capability when you implement it."""
         raise NotImplementedError(f"{type(self).__name__}.merge (declare the 'merge' capability only with it)")
 
+    def evaluate(self, directory: Path, spec: RunSpec) -> Mapping[str, float]:
+        """Re-evaluate a saved directory (a checkpoint or the final output) on ``spec.dataset_dir``'s ``eval.jsonl`` the
+        way the framework evaluated it during ``train(spec)``: metric name (as the framework logs it) -> value.
+
+        Every re-evaluating oracle calls this and compares the result with the metric the run logged at that step.
+        The default is the harness's formula (:func:`harness.hf.evaluate_saved`: the directory reloaded as a user
+        reloads it, per-token cross-entropy and next-token accuracy over eval.jsonl's plain text), which is what a
+        Trainer given the task's datasets logs. A framework that evaluates another way (a chat template, an EOS
+        token, prompt tokens masked from the labels) overrides this with its own data pipeline, loading the
+        directory as its users do; otherwise its logged metrics cannot be reproduced and those oracles fail, saying so.
+        """
+        from .hf import evaluate_saved
+
+        values = evaluate_saved(directory, spec.dataset_dir, spec.quantization, spec.device)
+        return {self.metric_name(k): v for k, v in values.items()}
+
     def metric_name(self, metric: str) -> str:
         """The name the framework logs ``metric`` under."""
         return self.metric_names.get(metric, metric)
@@ -350,7 +366,7 @@ class Adapter:
 
 #: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
 OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
-                    "resolve_args", "merge")
+                    "resolve_args", "merge", "evaluate")
 
 
 def _import_target(target: str) -> Any:

@@ -18,6 +18,7 @@ __all__ = [
     "QuantizationMismatchError",
     "AdapterLoadError",
     "SaveError",
+    "ArrangementError",
 ]
 
 
@@ -103,3 +104,12 @@ class SaveError(HarnessError, OSError):
     def __init__(self, path: str | os.PathLike, why: str):
         self.path = str(path)
         super().__init__(f"{path}: could not save checkpoint ({why}); earlier checkpoints were left intact")
+
+
+class ArrangementError(HarnessError):
+    """A scenario could not arrange the precondition of its bug (the best evaluation between two saves, a run
+    killed at its kill point): the run cannot show the bug, so the scenario gives no verdict on it. The message
+    starts with what was to be arranged and says what happened instead."""
+
+    def __init__(self, message: str):
+        super().__init__(f"arrange: {message}")

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer", "merge_lora", "packing_collator"]
+__all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer", "merge_lora", "packing_collator",
+           "load_saved", "evaluate_saved"]
 
 
 def dtype_kwargs(dtype: Any = None) -> dict[str, Any]:
@@ -133,3 +134,42 @@ def merge_lora(adapter_dir: Path, output_dir: Path, *, scaling: float | None = N
     tok_dir = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base
     AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True).save_pretrained(str(output_dir))
     return output_dir
+
+
+def load_saved(directory: Path, quantization: str | None = None, device: str = "cpu"):
+    """A saved directory loaded the way a user loads it: ``AutoModelForCausalLM.from_pretrained`` on a full model;
+    for an adapter, ``PeftModel.from_pretrained`` on the base its ``adapter_config.json`` names (quantised as the run
+    was). Returns ``(model, tokenizer_dir)``: the directory's own tokenizer, else the base's."""
+    from .layout import adapter_base, is_adapter_dir
+
+    directory = Path(directory)
+    if is_adapter_dir(directory):
+        from peft import PeftModel
+
+        base = adapter_base(directory)
+        model = PeftModel.from_pretrained(load_causal_lm(base, quantization, device), str(directory))
+        return model, directory if (directory / "tokenizer.json").is_file() else base
+    return load_causal_lm(directory, None, device), directory
+
+
+def evaluate_saved(directory: Path, dataset_dir: Path, quantization: str | None = None,
+                   device: str = "cpu") -> dict[str, float]:
+    """The harness's evaluation formula, on a saved directory reloaded by :func:`load_saved`: ``eval_loss`` is the
+    per-token mean cross-entropy of next-token prediction over every token of ``eval.jsonl``'s texts (no template, no
+    EOS; all eval texts have equal length, so it equals Trainer's batch-weighted mean), ``eval_accuracy`` next-token
+    accuracy over the same positions: what the reference and plain transformers log (:func:`build_trainer`)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from .models import read_texts
+
+    model, tok_dir = load_saved(directory, quantization, device)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    model.eval()
+    ids = torch.tensor([tok(t)["input_ids"] for t in read_texts(Path(dataset_dir) / "eval.jsonl")],
+                       device=model.device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    pred, target = logits[:, :-1], ids[:, 1:]
+    loss = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1)).item()
+    return {"eval_loss": loss, "eval_accuracy": (pred.argmax(-1) == target).float().mean().item()}

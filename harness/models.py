@@ -147,13 +147,14 @@ def _words(start: int, step: int, n: int = SEQ_WORDS) -> str:
     return " ".join(f"w{(start + step * i) % DATA_WORDS}" for i in range(n))
 
 
-def write_datasets(dataset_dir: str | os.PathLike, n_train: int = 48, n_eval: int = 16, stride: int = 1) -> Path:
-    """Write ``train.jsonl`` (counting up, sample *i* from word ``i * stride``), ``eval.jsonl`` (counting down)
-    and ``prompts.jsonl``."""
+def write_datasets(dataset_dir: str | os.PathLike, n_train: int = 48, n_eval: int = 16, stride: int = 1,
+                   eval_direction: int = -1) -> Path:
+    """Write ``train.jsonl`` (counting up, sample *i* from word ``i * stride``), ``eval.jsonl`` (counting down; with
+    ``eval_direction=+1`` counting up like the training set) and ``prompts.jsonl``."""
     dataset_dir = Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     train = [{"text": _words(i * stride, +1)} for i in range(n_train)]
-    evals = [{"text": _words(7 * i + 3, -1)} for i in range(n_eval)]
+    evals = [{"text": _words(7 * i + 3, eval_direction)} for i in range(n_eval)]
     prompts = [{"prompt": _words(i * 5, +1, 4)} for i in range(8)]
     for name, rows in (("train", train), ("eval", evals), ("prompts", prompts)):
         write_jsonl(dataset_dir / f"{name}.jsonl", rows)

@@ -44,6 +44,11 @@ __all__ = [
     "MeanOfMicroBatchMeans",
     "MergeWithoutLoraScale",
     "PackingWithoutBoundaries",
+    "BestCheckpointMislabelled",
+    "RotationSortsByName",
+    "EvaluatesOnTrainSplit",
+    "ResumeForgetsBest",
+    "FullSaveInBf16",
     "MUTANTS",
 ]
 
@@ -359,6 +364,76 @@ class PackingWithoutBoundaries(ReferenceAdapter):
 
 
 #: mutant class name -> the scenario modules it must fail (and it must pass all the others)
+class BestCheckpointMislabelled(ReferenceAdapter):
+    """#18 — ``best_model_checkpoint`` names a checkpoint that exists but is not the best: the newest one already on
+    disk when the new best is saved (the pointer is taken before the save that it should point at)."""
+
+    name = "mutant:best-checkpoint-mislabelled"
+
+    def best_checkpoint_path(self, ctx: RunContext, step: int) -> Path:
+        from .layout import list_checkpoints
+
+        earlier = [c for c in list_checkpoints(ctx.output_dir) if int(c.name.split("-")[1]) < step]
+        return earlier[-1] if earlier else super().best_checkpoint_path(ctx, step)
+
+
+class RotationSortsByName(ReferenceAdapter):
+    """#18 / transformers' early rotation — checkpoints sorted by *name*, so ``checkpoint-10`` is "older" than
+    ``checkpoint-9``: rotation keeps the best but removes the newest save, the one a resume needs."""
+
+    name = "mutant:rotation-sorts-by-name"
+
+    def rotate_checkpoints(self, ctx: RunContext, policy: CheckpointPolicy, best_step: int | None) -> None:
+        from .layout import list_checkpoints
+
+        ckpts = sorted(list_checkpoints(ctx.output_dir), key=lambda c: c.name)
+        by_name = {i: c for i, c in enumerate(ckpts)}  # position in name order stands for the step
+        best = next((i for i, c in by_name.items() if best_step is not None and c.name == f"checkpoint-{best_step}"),
+                    None)
+        for i in policy.to_delete(sorted(by_name), best):
+            shutil.rmtree(by_name[i])
+
+
+class EvaluatesOnTrainSplit(ReferenceAdapter):
+    """#18 — the run logs its evaluations on the training split instead of eval.jsonl (a dataset-mapping slip):
+    every logged eval metric, and so the best checkpoint, is computed on the wrong data."""
+
+    name = "mutant:evaluates-on-train-split"
+
+    def build_trainer(self, ctx: RunContext, model, tok):
+        trainer = super().build_trainer(ctx, model, tok)
+        if getattr(trainer, "eval_dataset", None) is not None:
+            trainer.eval_dataset = trainer.train_dataset
+        return trainer
+
+
+class ResumeForgetsBest(ReferenceAdapter):
+    """#18 — a resumed run starts best tracking afresh: the first evaluation after the resume is "the best", and
+    rotation removes the real best, saved before the interruption."""
+
+    name = "mutant:resume-forgets-best"
+
+    def restore_best(self, ctx: RunContext, state) -> tuple[int, float] | None:
+        return None
+
+
+class FullSaveInBf16(ReferenceAdapter):
+    """#18 — a full save written in a lower dtype than the model trained in (bf16 files, a float32 config): the
+    saved model is not the trained one (every re-evaluation drifts) and a resume continues from rounded weights."""
+
+    name = "mutant:full-save-in-bf16"
+
+    def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        super().finalize_weights(ctx, directory, final)
+        weights = Path(directory) / "model.safetensors"
+        tensors = load_file(str(weights))
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()},
+                  str(weights), metadata={"format": "pt"})
+
+
 MUTANTS: dict[str, tuple[str, ...]] = {
     # also: a forced saved lora becomes the base of LoRA-on-checkpoint runs, and a forced saved
     # quantisation hides the requested one on resume (no mismatch error)
@@ -391,4 +466,9 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "MeanOfMicroBatchMeans": ("test_grad_accumulation",),
     "MergeWithoutLoraScale": ("test_lora_merge",),
     "PackingWithoutBoundaries": ("test_packing",),
+    "BestCheckpointMislabelled": ("test_best_checkpoint",),
+    "RotationSortsByName": ("test_best_checkpoint",),
+    "EvaluatesOnTrainSplit": ("test_best_checkpoint",),
+    "ResumeForgetsBest": ("test_best_checkpoint",),
+    "FullSaveInBf16": ("test_best_checkpoint",),
 }

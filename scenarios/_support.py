@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from harness.adapter import QUANTIZATIONS, RunSpec
+from harness.adapter import QUANTIZATIONS, Adapter, RunSpec
 from harness.models import TinyAssets
+from harness.oracles import EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator
 
 
 def spec(assets: TinyAssets, output_dir: Path, *, model_dir: Path | None = None, **fields: Any) -> RunSpec:
@@ -21,6 +22,18 @@ def device_tolerance(device: str, gpu_rtol: float) -> dict[str, float]:
     """Oracle tolerances: exact on CPU (the same float32 kernels in the same order), ``gpu_rtol`` (atol 1e-6)
     on CUDA, whose kernels are not bit-deterministic."""
     return dict(rtol=gpu_rtol, atol=1e-6) if device == "cuda" else {}
+
+
+def evaluator(adapter: Any, run: RunSpec) -> Evaluator:
+    """How the oracles re-evaluate what ``run`` saved: the adapter's ``evaluate`` bound to the run, marked as the
+    framework's own formula when the adapter overrides the contract's default."""
+    own = getattr(type(adapter), "evaluate", Adapter.evaluate) is not Adapter.evaluate
+    return Evaluator(lambda directory: adapter.evaluate(directory, run), own_formula=own, name=adapter.name)
+
+
+def eval_rtol(device: str) -> float:
+    """The oracles' measured re-evaluation tolerance for ``device`` (see :data:`harness.oracles.EVAL_RTOL`)."""
+    return EVAL_RTOL_CUDA if device == "cuda" else EVAL_RTOL
 
 
 def captured_output(capfd, caplog, recwarn) -> str:

@@ -96,8 +96,8 @@ def test_swift_unknown_quantization_is_a_clear_error():
 def test_llamafactory_config(tmp_path):
     values = {**DEFAULTS, "train_type": "lora", "quantization": "int8", "eval_steps": 5, "save_steps": 20,
               "save_total_limit": 2, "metric": "eval_loss"}
-    cfg = build_config(_spec(tmp_path, resume_from=tmp_path / "out" / "checkpoint-2"), values, tmp_path / "d",
-                       load_best_model_at_end=True)
+    cfg = build_config(_spec(tmp_path, resume_from=tmp_path / "out" / "checkpoint-2", metric="eval_loss"), values,
+                       tmp_path / "d", load_best_model_at_end=True)
     assert cfg["finetuning_type"] == "lora" and cfg["lora_target"] == "all"
     assert cfg["quantization_bit"] == 8 and cfg["quantization_method"] == "bnb"
     assert cfg["eval_dataset"] == "ft_eval" and cfg["metric_for_best_model"] == "loss"
@@ -105,6 +105,7 @@ def test_llamafactory_config(tmp_path):
     assert cfg["resume_from_checkpoint"].endswith("checkpoint-2") and cfg["use_cpu"] is True
     latest = build_config(_spec(tmp_path, resume_from="latest"), values, tmp_path / "d")
     assert "resume_from_checkpoint" not in latest, "LLaMA-Factory resumes from the last checkpoint by itself"
+    assert "metric_for_best_model" not in latest, "a user's config names a metric only when the run names one"
     with pytest.raises(ConfigError, match="quanto"):
         build_config(_spec(tmp_path), {**values, "quantization": "quanto-int8"}, tmp_path / "d")
 
@@ -112,9 +113,14 @@ def test_llamafactory_config(tmp_path):
 def test_transformers_training_arguments():
     values = {**DEFAULTS, "eval_steps": 5, "save_steps": 20, "save_total_limit": 1, "metric": "eval_accuracy",
               "greater_is_better": True}
-    kw = training_arguments(values, Path("/o"), "cpu", load_best_model_at_end=False)
+    kw = training_arguments(values, Path("/o"), "cpu", load_best_model_at_end=False,
+                            given={"metric": "eval_accuracy", "greater_is_better": True})
     assert kw["metric_for_best_model"] == "accuracy" and kw["eval_steps"] == 5 and kw["save_steps"] == 20
     assert kw["save_total_limit"] == 1 and kw["use_cpu"] is True and kw["load_best_model_at_end"] is False
+    assert kw["greater_is_better"] is True
+    unnamed = training_arguments(values, Path("/o"), "cpu", load_best_model_at_end=False)
+    assert "metric_for_best_model" not in unnamed and "greater_is_better" not in unnamed, (
+        "no best tracking unless the run names a metric: what a user's default config does")
     plain = training_arguments(DEFAULTS, Path("/o"), "cpu", load_best_model_at_end=False)
     assert plain["save_strategy"] == "no" and "eval_strategy" not in plain
 

@@ -13,8 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.models import build_assets
-from harness.oracles import (OracleFailure, assert_best_checkpoint_kept, assert_diffusion_lora_reloads,
-                             assert_resume_equivalent, assert_same_weights, evaluate_checkpoint)
+from harness.hf import evaluate_saved
+from harness.oracles import (Evaluator, OracleFailure, assert_best_checkpoint_kept, assert_diffusion_lora_reloads,
+                             assert_evaluated_at, assert_resume_equivalent, assert_same_weights,
+                             assert_saves_reproduce_log)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +162,7 @@ def test_resumed_into_new_dir_and_follows_checkpoint(tmp_path):
     assert_follows_checkpoint(out, moved, 3)
 
 
-# --------------------------------------------------------------------------- best checkpoint
+# --------------------------------------------------------------------------- best checkpoint, reload
 def _full_checkpoint(assets, out: Path, step: int, delta: float) -> Path:
     ckpt = out / f"checkpoint-{step}"
     shutil.copytree(assets.model_dir, ckpt)
@@ -169,13 +171,19 @@ def _full_checkpoint(assets, out: Path, step: int, delta: float) -> Path:
     return ckpt
 
 
+def _judge(assets, own_formula: bool = False, shift: float = 0.0) -> Evaluator:
+    """The harness formula (as Adapter.evaluate's default), optionally offset: a framework whose own formula differs."""
+    return Evaluator(lambda d: {k: v + shift for k, v in evaluate_saved(d, assets.dataset_dir).items()},
+                     own_formula=own_formula, name="test-adapter")
+
+
 @pytest.fixture(scope="module")
 def evaluated(assets, tmp_path_factory):
-    """Three full checkpoints with real eval losses (re-evaluated by the oracle's own formula)."""
+    """Three full checkpoints with real eval losses (re-evaluated by the harness's own formula)."""
     out = tmp_path_factory.mktemp("best-src")
     losses = {}
     for step, delta in ((2, 0.0), (4, 0.02), (6, 0.05)):
-        losses[step] = evaluate_checkpoint(_full_checkpoint(assets, out, step, delta), assets.dataset_dir)
+        losses[step] = evaluate_saved(_full_checkpoint(assets, out, step, delta), assets.dataset_dir)["eval_loss"]
     return out, losses
 
 
@@ -193,7 +201,8 @@ def test_best_checkpoint_passes_and_returns_the_best_step(evaluated, assets, tmp
     _, losses = evaluated
     best = min(losses, key=losses.get)
     out = _output(evaluated, tmp_path, losses, best_model_checkpoint=str(tmp_path / "out" / f"checkpoint-{best}"))
-    assert assert_best_checkpoint_kept(out, assets.dataset_dir) == best
+    assert assert_best_checkpoint_kept(out, _judge(assets), newest_step=6) == best
+    assert set(assert_saves_reproduce_log(out, _judge(assets))) == {"checkpoint-2", "checkpoint-4", "checkpoint-6"}
 
 
 def test_best_checkpoint_not_on_disk(evaluated, assets, tmp_path):
@@ -202,7 +211,7 @@ def test_best_checkpoint_not_on_disk(evaluated, assets, tmp_path):
     out = _output(evaluated, tmp_path, logged)
     with pytest.raises(OracleFailure, match=r"was logged at step 5, but there is no checkpoint-5 on disk "
                                             r"\(checkpoints: \[2, 4, 6\]\)"):
-        assert_best_checkpoint_kept(out, assets.dataset_dir)
+        assert_best_checkpoint_kept(out, _judge(assets))
 
 
 def test_best_checkpoint_first_of_equal_values_is_the_best(evaluated, assets, tmp_path):
@@ -210,7 +219,7 @@ def test_best_checkpoint_first_of_equal_values_is_the_best(evaluated, assets, tm
     best = min(losses, key=losses.get)
     logged = {**losses, 7: losses[best]}  # a later tie is no improvement
     out = _output(evaluated, tmp_path, logged)
-    assert assert_best_checkpoint_kept(out, assets.dataset_dir) == best
+    assert assert_best_checkpoint_kept(out, _judge(assets)) == best
 
 
 def test_best_checkpoint_recorded_path_must_exist(evaluated, assets, tmp_path):
@@ -218,33 +227,101 @@ def test_best_checkpoint_recorded_path_must_exist(evaluated, assets, tmp_path):
     out = _output(evaluated, tmp_path, losses, best_model_checkpoint="/nowhere/checkpoint-2")
     with pytest.raises(OracleFailure, match=r"names best_model_checkpoint='/nowhere/checkpoint-2', which does not "
                                             r"exist on disk"):
-        assert_best_checkpoint_kept(out, assets.dataset_dir)
+        assert_best_checkpoint_kept(out, _judge(assets))
+
+
+def test_best_checkpoint_recorded_must_name_the_best(evaluated, assets, tmp_path):
+    """best_model_checkpoint names a checkpoint that exists but is not the best one."""
+    _, losses = evaluated
+    best, worst = min(losses, key=losses.get), max(losses, key=losses.get)
+    out = _output(evaluated, tmp_path, losses, best_model_checkpoint=str(tmp_path / "out" / f"checkpoint-{worst}"))
+    with pytest.raises(OracleFailure, match=rf"names best_model_checkpoint=.*checkpoint-{worst}', which exists, but "
+                                            rf"is not the best: the best logged eval_loss is .* at step {best}"):
+        assert_best_checkpoint_kept(out, _judge(assets))
+
+
+def test_best_checkpoint_newest_save_must_survive(evaluated, assets, tmp_path):
+    _, losses = evaluated
+    out = _output(evaluated, tmp_path, losses, keep=(2, 4))
+    with pytest.raises(OracleFailure, match=r"the newest save, checkpoint-6 \(the one a resume needs\), is not on "
+                                            r"disk \(checkpoints: \[2, 4\]\): rotation removed it"):
+        assert_best_checkpoint_kept(out, _judge(assets), newest_step=6)
 
 
 def test_best_checkpoint_rotation_limit(evaluated, assets, tmp_path):
     _, losses = evaluated
     out = _output(evaluated, tmp_path, losses)
     with pytest.raises(OracleFailure, match=r"3 checkpoints on disk \(\[2, 4, 6\]\) with save_total_limit=1"):
-        assert_best_checkpoint_kept(out, assets.dataset_dir, save_total_limit=1)
+        assert_best_checkpoint_kept(out, _judge(assets), save_total_limit=1)
 
 
 def test_best_checkpoint_with_other_weights_is_caught(evaluated, assets, tmp_path):
-    """The best step's directory exists but holds another model (re-evaluation disagrees with the log while
-    another checkpoint calibrates the formula)."""
+    """The best step's directory exists but holds another model (its own trainer_state would say otherwise: not
+    read)."""
     _, losses = evaluated
     best = min(losses, key=losses.get)
     worst = max(losses, key=losses.get)
     out = _output(evaluated, tmp_path, losses)
     shutil.copy(out / f"checkpoint-{worst}" / "model.safetensors", out / f"checkpoint-{best}" / "model.safetensors")
+    _state(out / f"checkpoint-{best}", [{"step": best, "eval_loss": losses[best]}], global_step=best)
     with pytest.raises(OracleFailure, match=rf"re-evaluating checkpoint-{best} gives eval_loss=.*but .* was logged at "
                                             rf"step {best}: the checkpoint does not hold the best model"):
-        assert_best_checkpoint_kept(out, assets.dataset_dir)
+        assert_best_checkpoint_kept(out, _judge(assets))
+    with pytest.raises(OracleFailure, match=rf"checkpoint-{best} reloaded gives eval_loss=.*, but the run logged .* "
+                                            rf"\(step {best}\) for it \(rtol 2e-06; 2 other save\(s\) reproduce "
+                                            rf"theirs\): the saved model is not the model the run evaluated"):
+        assert_saves_reproduce_log(out, _judge(assets))
+
+
+def test_other_formula_without_evaluate_hook_fails_saying_how_to_fix(evaluated, assets, tmp_path):
+    """A framework whose logged metric the default formula cannot reproduce fails, whatever its own record says:
+    no fallback to the checkpoint's trainer_state (the old _same_formula); the message says how to fix the adapter."""
+    _, losses = evaluated
+    out = _output(evaluated, tmp_path, {s: v + 0.3 for s, v in losses.items()})  # the framework's own formula
+    with pytest.raises(OracleFailure, match=r"checkpoint-\d does not reproduce its logged value either: either the "
+                                            r"run evaluated something other than eval.jsonl, or test-adapter computes "
+                                            r"the metric differently .* give the adapter an evaluate\(directory, spec\)"):
+        assert_best_checkpoint_kept(out, _judge(assets))
+    with pytest.raises(OracleFailure, match=r"no save reproduces the eval_loss the run logged for it \(3 of 3 "
+                                            r"reloaded and re-evaluated by test-adapter: .*give the adapter an "
+                                            r"evaluate"):
+        assert_saves_reproduce_log(out, _judge(assets))
+    # with the framework's formula behind Adapter.evaluate, the same directory is judged correct
+    assert assert_best_checkpoint_kept(out, _judge(assets, own_formula=True, shift=0.3)) == min(losses,
+                                                                                               key=losses.get)
+    assert_saves_reproduce_log(out, _judge(assets, own_formula=True, shift=0.3))
+
+
+def test_final_output_reproduces_last_or_best(evaluated, assets, tmp_path):
+    """The final output reproduces the metric logged at the last step, or at the best (load_best_model_at_end)."""
+    src, losses = evaluated
+    best = min(losses, key=losses.get)
+    out = _output(evaluated, tmp_path, losses)
+    shutil.copy(src / f"checkpoint-{best}" / "model.safetensors", out / "model.safetensors")
+    shutil.copy(src / f"checkpoint-{best}" / "config.json", out / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / f"checkpoint-{best}" / name, out / name)
+    assert "the final output" in assert_saves_reproduce_log(out, _judge(assets))
+    save_file({k: v * 1.5 for k, v in load_file(str(out / "model.safetensors")).items()},
+              str(out / "model.safetensors"))
+    with pytest.raises(OracleFailure, match=rf"the final output reloaded gives eval_loss=.* but the run logged .* "
+                                            rf"\(step 6\) or .* \(step {best}\) for it"):
+        assert_saves_reproduce_log(out, _judge(assets))
+
+
+def test_evaluated_at_cadence(evaluated, assets, tmp_path):
+    _, losses = evaluated
+    out = _output(evaluated, tmp_path, losses)
+    assert_evaluated_at(out, [2, 4], last_step=6)
+    with pytest.raises(OracleFailure, match=r"eval_loss was to be logged at steps \[2, 3\] .* but was logged at "
+                                            r"\[2, 4, 6\]"):
+        assert_evaluated_at(out, [2, 3], last_step=6)
 
 
 def test_best_checkpoint_without_evaluations(evaluated, assets, tmp_path):
     out = _output(evaluated, tmp_path, {})
     with pytest.raises(OracleFailure, match=r"no 'eval_loss' in the logged history; nothing was evaluated"):
-        assert_best_checkpoint_kept(out, assets.dataset_dir)
+        assert_best_checkpoint_kept(out, _judge(assets))
 
 
 # --------------------------------------------------------------------------- same weights

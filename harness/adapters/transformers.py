@@ -3,8 +3,9 @@ the reference's fixes: what the libraries do by themselves is what the scenarios
 
 * the model (or, for a LoRA output directory, base + adapter through transformers' PEFT integration)
   is loaded with ``AutoModelForCausalLM.from_pretrained``; LoRA is ``peft.get_peft_model``;
-* ``Trainer`` / ``trl.GRPOTrainer`` with ``save_steps``, ``eval_steps``, ``save_total_limit``,
-  ``metric_for_best_model`` as given; ``load_best_model_at_end`` is an option;
+* ``Trainer`` / ``trl.GRPOTrainer`` with ``save_steps``, ``eval_steps``, ``save_total_limit`` as given, and
+  ``metric_for_best_model`` / ``greater_is_better`` only when the run names them (as a user's config would);
+  ``load_best_model_at_end`` is an option;
 * resume is ``trainer.train(resume_from_checkpoint=...)``; the final model is ``trainer.save_model``
   plus ``trainer.save_state()``.
 
@@ -18,7 +19,7 @@ There are no saved argument files in plain transformers, so the ``args`` capabil
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +36,21 @@ OPTIONS = {
 }
 
 
-def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str, *,
-                       load_best_model_at_end: bool) -> dict[str, Any]:
-    """RunSpec values -> transformers TrainingArguments keywords, the way a framework passes them through:
-    the task's shared arguments plus Trainer's own rotation (``save_total_limit``) and best tracking."""
+def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str, *, load_best_model_at_end: bool,
+                       given: Collection[str] = ()) -> dict[str, Any]:
+    """RunSpec values -> transformers TrainingArguments keywords, the way a user passes them: the task's shared
+    arguments plus Trainer's own rotation (``save_total_limit``) and best tracking. ``metric_for_best_model`` and
+    ``greater_is_better`` only when the run names them (``given``: the keys on the command line); Trainer's own
+    default (``"loss"``) applies when ``load_best_model_at_end`` is on, and no best tracking otherwise."""
     kwargs = hf.training_arguments(values, output_dir, device)
     kwargs["save_total_limit"] = values.get("save_total_limit") or None
     if values.get("eval_steps"):
         kwargs.update(eval_strategy="steps", eval_steps=values["eval_steps"], per_device_eval_batch_size=8,
-                      metric_for_best_model=str(values["metric"]).removeprefix("eval_"),
-                      greater_is_better=values.get("greater_is_better"),
                       load_best_model_at_end=load_best_model_at_end)
+        if "metric" in given:
+            kwargs["metric_for_best_model"] = str(values["metric"]).removeprefix("eval_")
+        if "greater_is_better" in given:
+            kwargs["greater_is_better"] = values["greater_is_better"]
     return kwargs
 
 
@@ -97,7 +102,7 @@ class TransformersAdapter(Adapter):
             for p in model.parameters():
                 p.requires_grad_(True)
         targs = training_arguments(values, spec.output_dir, spec.device,
-                                   load_best_model_at_end=self.load_best_model_at_end)
+                                   load_best_model_at_end=self.load_best_model_at_end, given=spec.cli_args())
         collator = hf.packing_collator() if values.get("packing") else None  # the padding-free recipe, as documented
         trainer = hf.build_trainer(values, model, tok, targs, spec.dataset_dir, collator=collator)
         resume = spec.resume_from

@@ -115,6 +115,17 @@ class ReferenceAdapter(Adapter):
             log.info("rotated out %s (save_total_limit=%d, best=%s)", ckpts[step].name, policy.save_total_limit,
                      best_step)
 
+    def restore_best(self, ctx: RunContext, state) -> tuple[int, float] | None:
+        """A resumed run's best evaluation so far (step, value), from the trainer state the checkpoint restored: a
+        resume continues the whole run's best tracking, so rotation after it still keeps the best of the whole log."""
+        if state.best_global_step and state.best_metric is not None:
+            return state.best_global_step, state.best_metric
+        return None
+
+    def best_checkpoint_path(self, ctx: RunContext, step: int) -> Path:
+        """What ``best_model_checkpoint`` records for a new best evaluated (and saved) at ``step``."""
+        return ctx.output_dir / f"checkpoint-{step}"
+
     def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
         """Complete a saved directory before it is renamed into place: args.json records the run; a full
         model's weights go through :meth:`finalize_weights`."""

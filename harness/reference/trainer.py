@@ -103,8 +103,7 @@ class PolicyCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         # resumed runs: restore the best from the loaded trainer state
-        if state.best_global_step and state.best_metric is not None:
-            self.best = (state.best_global_step, state.best_metric)
+        self.best = self.adapter.restore_best(self.ctx, state)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
@@ -117,9 +116,12 @@ class PolicyCallback(TrainerCallback):
             state.best_global_step = state.global_step
             if self.policy.should_save(state.global_step, new_best=True):
                 control.should_save = True
-                state.best_model_checkpoint = str(self.output_dir / f"checkpoint-{state.global_step}")
+                state.best_model_checkpoint = str(self.adapter.best_checkpoint_path(self.ctx, state.global_step))
 
     def on_save(self, args, state, control, **kwargs):
+        if self.best is not None and (self.output_dir / f"checkpoint-{self.best[0]}").is_dir():
+            # Trainer re-derives the pointer from best_global_step at each save; the adapter's record is the one kept
+            state.best_model_checkpoint = str(self.adapter.best_checkpoint_path(self.ctx, self.best[0]))
         if self.policy.save_total_limit:  # without a limit nothing is ever rotated
             self.adapter.rotate_checkpoints(self.ctx, self.policy, None if self.best is None else self.best[0])
 
