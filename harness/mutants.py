@@ -470,5 +470,7 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "RotationSortsByName": ("test_best_checkpoint",),
     "EvaluatesOnTrainSplit": ("test_best_checkpoint",),
     "ResumeForgetsBest": ("test_best_checkpoint",),
-    "FullSaveInBf16": ("test_best_checkpoint",),
+    # every scenario that checks a full save's tensors (dtype) or reloads one to re-evaluate it
+    "FullSaveInBf16": ("test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_grpo_full_save",
+                       "test_resume_equivalence"),
 }

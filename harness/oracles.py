@@ -669,10 +669,13 @@ class Evaluator:
 
     def __init__(self, evaluate: Callable[[Path], Mapping[str, float]], *, own_formula: bool, name: str):
         self._evaluate, self.own_formula, self.name = evaluate, own_formula, name
+        self._seen: dict[Path, Mapping[str, float]] = {}  # one evaluation per directory (a framework's may be a run)
 
     def __call__(self, directory: Path, metric: str, seed: str) -> float:
         try:
-            values = self._evaluate(Path(directory))
+            if Path(directory) not in self._seen:
+                self._seen[Path(directory)] = self._evaluate(Path(directory))
+            values = self._seen[Path(directory)]
         except OracleFailure:
             raise
         except Exception as exc:  # the verdict: what the run saved does not load the way its users load it

@@ -30,7 +30,7 @@ from .. import hf
 from ..runtime import cpu_threads, library_versions, run_in_fork
 from ._common import check_options, collect_result, convert_datasets, parse_bool
 
-__all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "QUANT_KEYS"]
+__all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "build_eval_config", "QUANT_KEYS"]
 
 OPTIONS = {
     "load_best_model_at_end": "true/false, default false: TrainingArguments.load_best_model_at_end",
@@ -87,6 +87,27 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     return cfg
 
 
+def build_eval_config(directory: Path, spec: RunSpec, dataset_dir: Path, output_dir: Path, *,
+                      template: str = "empty") -> dict[str, Any]:
+    """The config that evaluates a saved directory as LLaMA-Factory evaluated it during training (``do_train: false,
+    do_eval: true``): a full directory as ``model_name_or_path``; an adapter on the base its adapter_config.json
+    names; the same template, eval data, cutoff and eval batch size; ``compute_accuracy`` for next-token accuracy."""
+    directory = Path(directory)
+    cfg: dict[str, Any] = {"stage": "sft", "do_train": False, "do_eval": True, "template": template}
+    if is_adapter_dir(directory):
+        cfg.update(model_name_or_path=str(adapter_base(directory)), adapter_name_or_path=str(directory),
+                   finetuning_type="lora")
+        if spec.quantization in QUANT_KEYS:
+            cfg.update(QUANT_KEYS[spec.quantization])
+    else:
+        cfg.update(model_name_or_path=str(directory), finetuning_type="full")
+    cfg.update(eval_dataset="ft_eval", dataset_dir=str(dataset_dir), cutoff_len=64, overwrite_cache=True,
+               preprocessing_num_workers=None, per_device_eval_batch_size=8, output_dir=str(output_dir),
+               report_to="none", use_cpu=spec.device == "cpu", bf16=False, fp16=False, disable_tqdm=True,
+               compute_accuracy=spec.cli_args().get("metric") == "eval_accuracy")
+    return cfg
+
+
 class LlamaFactoryAdapter(Adapter):
     """LLaMA-Factory ``run_exp`` with the config a user would write."""
 
@@ -119,6 +140,23 @@ class LlamaFactoryAdapter(Adapter):
         with cpu_threads("cpu"):
             run_in_fork(lambda: export_model(cfg))
         return Path(output_dir)
+
+    def evaluate(self, directory: Path, spec: RunSpec) -> dict[str, float]:
+        """LLaMA-Factory's own evaluation of a saved directory (its template: prompt masked, response + EOS
+        supervised), ``do_eval`` through ``run_exp``: the formula its logged eval metrics come from."""
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ft-llamafactory-eval-") as tmp:
+            data = Path(tmp) / "data"
+            convert_datasets(Path(spec.dataset_dir), data, "alpaca")
+            cfg = build_eval_config(Path(directory), spec, data, Path(tmp) / "out", template=self.template)
+            from llamafactory.train.tuner import run_exp
+
+            with cpu_threads(spec.device):
+                run_in_fork(lambda: run_exp(cfg))
+            results = json.loads((Path(tmp) / "out" / "eval_results.json").read_text(encoding="utf-8"))
+        return {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
 
     def train(self, spec: RunSpec) -> RunResult:
         import tempfile

@@ -329,6 +329,29 @@ class SwiftAdapter(Adapter):
             raise RuntimeError(f"swift {entry} left no checkpoint in {spec.output_dir} (argv: {' '.join(argv)})")
         return collect_result(spec, ckpts[-1], None)
 
+    def evaluate(self, directory: Path, spec: RunSpec) -> dict[str, float]:
+        """ms-swift's own evaluation of a saved directory. swift has no evaluate-only mode for ``sft``, so this is the
+        command a user would run to see it: ``swift sft`` from the directory (``--model DIR`` for a full save,
+        ``--adapters DIR`` for an adapter) for one step at learning rate 0 with an evaluation at step 1 — the weights
+        are unchanged (AdamW's update and decoupled weight decay both scale with the learning rate), and the logged
+        eval metrics come from swift's template, data pipeline and loss."""
+        import tempfile
+
+        from ..layout import read_log_history
+
+        adapter = is_adapter_dir(Path(directory))
+        with tempfile.TemporaryDirectory(prefix="ft-swift-eval-") as tmp:
+            run = RunSpec(model_dir=Path(directory), output_dir=Path(tmp) / "out", dataset_dir=spec.dataset_dir,
+                          train_type="lora" if adapter else "full", quantization=spec.quantization if adapter else None,
+                          max_steps=1, learning_rate=0.0, eval_steps=1, save_steps=1, device=spec.device,
+                          metric=spec.cli_args().get("metric"))
+            self.train(run)
+            history = read_log_history(run.output_dir)
+        evals = [h for h in history if any(k.startswith("eval_") for k in h)]
+        if not evals:
+            raise RuntimeError(f"swift logged no evaluation when re-evaluating {directory}")
+        return {k: float(v) for k, v in evals[0].items() if k.startswith("eval_") and isinstance(v, (int, float))}
+
     def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
         """``swift export --adapters DIR --merge_lora true --output_dir OUT``: swift reads the model, template and
         quantisation from the adapter's ``args.json`` (and, for a quantised training base, merges into the
