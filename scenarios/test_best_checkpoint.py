@@ -53,6 +53,7 @@ def test_rotation_keeps_best(ft_adapter, tiny_assets, tmp_path, ft_device):
     assert_best_checkpoint_kept(result.output_dir, tiny_assets.dataset_dir, save_total_limit=1)
 
 
+@pytest.mark.ft_metric("eval_accuracy")
 def test_maximised_metric(ft_adapter, tiny_assets, tmp_path, ft_device):
     """The same guarantee for a metric to maximise (next-token accuracy on the eval set)."""
     result = ft_adapter.train(spec(tiny_assets, tmp_path / "run", train_type="full", max_steps=30, eval_steps=3,
