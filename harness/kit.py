@@ -228,8 +228,12 @@ class ConfigFileAdapter(Adapter):
         raise NotImplementedError(f"{type(self).__name__}.write_config")
 
     def launch(self, config: Any, spec: RunSpec) -> None:
-        """Run the framework on ``config``; called in a forked child (import the framework here)."""
+        """Run the framework on ``config``; called in a forked child."""
         raise NotImplementedError(f"{type(self).__name__}.launch")
+
+    def preload(self) -> None:
+        """Import the framework's heavy modules; called in this process before every fork, so each forked run
+        starts with them imported (an import that takes a minute is paid once per session, not once per run)."""
 
     def final_dir(self, spec: RunSpec) -> Path:
         """Where the framework writes the final model (default: the output directory itself)."""
@@ -250,6 +254,7 @@ class ConfigFileAdapter(Adapter):
             data = ({} if self.dataset_format is None else
                     convert_datasets(spec.dataset_dir, workdir / "data", self.dataset_format, eval_file=spec.eval_file))
             config = self.write_config(spec, values, data, workdir)
+            self.preload()
             with cpu_threads(spec.device):
                 run_in_fork(lambda: self.launch(config, spec))
         finally:
