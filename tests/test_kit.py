@@ -259,3 +259,26 @@ def test_axolotl_adapter_loads_without_axolotl(tmp_path):
     path = adapter.write_config(spec, _values(eval_steps=2), DATA, tmp_path)
     cfg = yaml.safe_load(path.read_text())
     assert path.name == "axolotl.yml" and cfg["load_best_model_at_end"] is True and cfg["lora_mlp_kernel"] is False
+
+
+# ---------------------------------------------------------------------------------------------- the worked example
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "myfw-adapter"
+
+
+def test_worked_example_gets_a_first_green_scenario():
+    """The README's out-of-tree example package: its known-failures file parses, and its adapter passes a scenario."""
+    import subprocess
+    import sys
+
+    from harness.adapter import read_known_failures
+
+    known = read_known_failures(EXAMPLE / "myfw_adapter" / "known-failures.txt")
+    assert set(known) == {"test_crash_during_save.py::",
+                          "test_resume_equivalence.py::test_resume_without_training_state_is_not_silent"}
+    root = str(EXAMPLE.parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, str(EXAMPLE)]), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "scenarios", "-p", "no:cacheprovider", "-q",
+                           "-m", "not ft_gpu", "-k", "test_checkpoint_layout", "--ft-adapter",
+                           "myfw_adapter.adapter:MyFwAdapter"], env=env, cwd=str(EXAMPLE), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, f"expected 2 passed, got:\n{proc.stdout[-3000:]}"
