@@ -29,7 +29,7 @@ The process-model rules (each one cost a newcomer time; :class:`ConfigFileAdapte
    code running in the test's process tree *as Python*. An adapter that must launch a subprocess sets
    ``launches_subprocess = True``: those scenarios are then skipped, not failed.
 2. Limit torch to one thread for tiny CPU runs (:func:`cpu_threads`), set *before* the fork: a forked child with a
-   full OpenMP pool can deadlock, and one thread is faster at this size (2.9 s vs 26.8 s per axolotl run).
+   full OpenMP pool can deadlock, and one thread is faster at this size (issue 22 measured 2.9 s vs 26.8 s per tiny axolotl run).
 3. A child killed by SIGKILL while fault injection is on must kill the parent the same way (:func:`run_in_fork` does
    it), so the crash scenario sees the kill it asked for instead of an error.
 
