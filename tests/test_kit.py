@@ -259,6 +259,7 @@ def test_axolotl_adapter_loads_without_axolotl(tmp_path):
     path = adapter.write_config(spec, _values(eval_steps=2), DATA, tmp_path)
     cfg = yaml.safe_load(path.read_text())
     assert path.name == "axolotl.yml" and cfg["load_best_model_at_end"] is True and cfg["lora_mlp_kernel"] is False
+    assert adapter.trained_with[tmp_path / "o"]["output_dir"] == str(tmp_path / "o"), "merge-lora reuses the YAML"
 
 
 # ---------------------------------------------------------------------------------------------- the worked example

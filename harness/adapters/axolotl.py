@@ -108,8 +108,13 @@ class AxolotlAdapter(ConfigFileAdapter):
     unavailable_metrics = {"eval_accuracy": "axolotl logs no next-token accuracy (eval_causal_lm_metrics are "
                                             "generation metrics: sacrebleu, comet, ter, chrf, perplexity)"}
 
+    def __init__(self, **options: str):
+        super().__init__(**options)
+        self.trained_with: dict[Path, dict[str, Any]] = {}
+
     def write_config(self, spec, values, data, workdir):
         cfg = build_config(spec, values, data, workdir, load_best_model_at_end=self.flag("load_best_model_at_end"))
+        self.trained_with[Path(spec.output_dir)] = cfg  # merge-lora reuses it, as users pass their training YAML
         return write_config_file(workdir / "axolotl.yml", cfg)
 
     def launch(self, config: Path, spec: RunSpec) -> None:
@@ -123,9 +128,16 @@ class AxolotlAdapter(ConfigFileAdapter):
         import axolotl.common.datasets  # noqa: F401
 
     def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
-        """``axolotl merge-lora cfg.yml --lora-model-dir DIR``: it writes ``<output_dir>/merged``."""
-        cfg = {"base_model": str(adapter_base(Path(adapter_dir))), "adapter": "lora", "output_dir": str(output_dir),
-               **CPU_KEYS}
+        """``axolotl merge-lora train.yml --lora-model-dir DIR``: the YAML the adapter was trained with (quantisation
+        included: axolotl's merge then simulates the NF4 base), else one for its base; axolotl writes
+        ``<output_dir>/merged``."""
+        adapter_dir, out = Path(adapter_dir), Path(output_dir)
+        cfg = self.trained_with.get(adapter_dir) or self.trained_with.get(adapter_dir.parent)
+        if cfg is None:
+            spec = RunSpec(model_dir=adapter_base(adapter_dir), output_dir=out, dataset_dir=out)
+            cfg = build_config(spec, {**self.run_values(spec)[1], "train_type": "lora"},
+                               {"train": out / "unused.jsonl", "eval": out / "unused.jsonl"}, out)
+        cfg = {**cfg, "output_dir": str(out)}
         path = write_config_file(Path(output_dir).parent / f"{Path(output_dir).name}-axolotl.yml", cfg)
         self.preload()
         with cpu_threads("cpu"):
