@@ -225,6 +225,8 @@ def test_axolotl_config_maps_the_run(tmp_path):
     for key, value in CPU_KEYS.items():  # the LoRA kernels need CUDA: on CPU they must be off
         assert cfg[key] == value, f"CPU run: expected {key}={value!r}, found {cfg.get(key)!r}"
     assert "save_on_best" not in cfg and "resume_from_checkpoint" not in cfg
+    unlimited = build_config(spec, _values(max_steps=6, save_steps=1), DATA, tmp_path)
+    assert unlimited["save_total_limit"] == 7, "no limit typed: every checkpoint kept (axolotl's own default is 4)"
 
 
 def test_axolotl_config_variants(tmp_path):
@@ -242,6 +244,7 @@ def test_axolotl_config_variants(tmp_path):
     assert "adapter" not in full and full["base_model"] == str(adapter_dir)
     assert full["resume_from_checkpoint"] == str(tmp_path / "o" / "checkpoint-2")
     assert full["sample_packing"] is True and full["load_in_8bit"] is True
+    assert (full["micro_batch_size"], full["sequence_len"]) == (1, 64 * 4), "a batch's tokens as one packed row"
     nf4 = build_config(spec, _values(quantization="nf4", target_modules=("q_proj", "v_proj")), DATA, tmp_path)
     assert nf4["adapter"] == "qlora" and nf4["load_in_4bit"] is True and nf4["lora_target_modules"] == ["q_proj",
                                                                                                          "v_proj"]

@@ -63,8 +63,9 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
         cfg.update(QUANT_KEYS[quant])
     cfg.update(save_strategy="steps", save_steps=values["save_steps"]) if values.get("save_steps") else cfg.update(
         save_strategy="no")
-    if values.get("save_total_limit"):
-        cfg["save_total_limit"] = values["save_total_limit"]
+    # unset or 0, axolotl rotates to 4 checkpoints (builders/base.py: `save_total_limit or 4`): "keep them all",
+    # what the scenarios assume, must be written as a limit no run reaches
+    cfg["save_total_limit"] = values.get("save_total_limit") or values["max_steps"] + 1
     if values.get("eval_steps"):
         cfg.update(test_datasets=ds(data["eval"]), eval_strategy="steps", eval_steps=values["eval_steps"],
                    eval_batch_size=8, metric_for_best_model=values["metric"],
@@ -74,7 +75,9 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
     else:
         cfg["eval_strategy"] = "no"
     if values.get("packing"):  # sdpa (above) is one of the backends axolotl names as isolating packed samples
-        cfg.update(sample_packing=True, eval_sample_packing=False)
+        # packed, micro_batch_size counts rows of sequence_len tokens: the batch's token budget becomes one row
+        cfg.update(sample_packing=True, eval_sample_packing=False, micro_batch_size=1,
+                   sequence_len=64 * values["per_device_train_batch_size"])
     if spec.resume_from == "latest":
         cfg["auto_resume_from_checkpoints"] = True
     elif spec.resume_from is not None:
