@@ -126,17 +126,26 @@ def test_child_sigkill_is_an_error_outside_fault_injection():
 
 def test_child_sigkill_kills_the_parent_during_fault_injection():
     """Rule 3: while fault injection is on, the runner dies by SIGKILL as its child did."""
-    pid = os.fork()
-    if pid == 0:  # a stand-in for the fault-injection child of harness.faults
-        try:
-            from harness import faults
+    import tempfile
+    import traceback
 
-            faults.INJECTING = True
-            kit.run_in_fork(lambda: os.kill(os.getpid(), signal.SIGKILL))
-        finally:
-            os._exit(3)  # reached only when the SIGKILL was not passed on
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"expected SIGKILL, status {status}"
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as why:
+        pid = os.fork()
+        if pid == 0:  # a stand-in for the fault-injection child of harness.faults
+            try:
+                import importlib
+
+                # the module run_in_fork consults (sys.modules'; pytester's in-process runs may leave the package
+                # attribute pointing at an older copy)
+                importlib.import_module("harness.faults").INJECTING = True
+                kit.run_in_fork(lambda: os.kill(os.getpid(), signal.SIGKILL))
+            except BaseException:  # noqa: BLE001 - reported through the file
+                Path(why.name).write_text(traceback.format_exc())
+            finally:
+                os._exit(3)  # reached only when the SIGKILL was not passed on
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+            f"expected the runner to die by SIGKILL, found status {status}: {why.read()}")
 
 
 def test_run_command_names_the_exit_status(tmp_path):
