@@ -34,6 +34,7 @@ __all__ = [
     "Adapter",
     "KnownFailure",
     "load_adapter",
+    "effective_capabilities",
     "read_known_failures",
     "parse_adapter_options",
     "split_adapter_spec",
@@ -59,6 +60,9 @@ CAPABILITIES = frozenset(
         "packing",  # packing=True: samples packed into rows without attending across their boundaries
         "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
         "gpu",  # device="cuda"
+        # implied unless the adapter sets launches_subprocess = True: training runs in this process or a fork of it,
+        # so fault injection can kill it at a file write (the crash scenario)
+        "in-process",
     }
 )
 
@@ -207,6 +211,12 @@ class RunSpec:
     world_size: int = 1
     cli: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, str] = field(default_factory=dict)
+    #: what every scenario relies on without typing it (the README's "what scenarios assume"): pass these to the
+    #: framework explicitly. The seed is ``seed`` when typed, else :data:`harness.task.TASK_DEFAULTS`' (see
+    #: :meth:`run_seed`); the loss (and the eval metrics when ``eval_steps`` is set) is logged every
+    #: ``logging_steps``; evaluation reads ``dataset_dir / eval_file``, training ``dataset_dir / "train.jsonl"``.
+    logging_steps: int = 1
+    eval_file: str = "eval.jsonl"
 
     def __post_init__(self) -> None:
         for name in ("model_dir", "output_dir", "dataset_dir", "resume_from"):
@@ -230,6 +240,15 @@ class RunSpec:
             )
         args.update(self.cli)
         return args
+
+    def run_seed(self) -> int:
+        """The seed this run uses: the typed ``seed``, else the task default (42). Pass it to the framework even when
+        the user typed none: a framework that shuffles from the global RNG is otherwise not reproducible."""
+        if self.seed is not None:
+            return self.seed
+        from .task import TASK_DEFAULTS
+
+        return int(TASK_DEFAULTS["seed"])
 
     def replace(self, **changes: Any) -> "RunSpec":
         import dataclasses
@@ -307,6 +326,12 @@ class Adapter:
     #: harness argument key -> the framework's key for it in its saved argument files (ms-swift 4: train_type ->
     #: tuner_type); scenarios read the framework's files through this map and never spell framework keys
     arg_names: Mapping[str, str] = {}
+    #: harness metric name -> why the framework cannot log it (e.g. ``{"eval_accuracy": "no token accuracy"}``);
+    #: a scenario marked ``ft_metric(name)`` is then skipped with that reason instead of failing
+    unavailable_metrics: Mapping[str, str] = {}
+    #: True when ``train`` runs the framework in a *subprocess* (a CLI by name): fault injection cannot kill it at a
+    #: file write, so scenarios needing the implied ``in-process`` capability (the crash scenario) are skipped
+    launches_subprocess: bool = False
 
     def versions(self) -> Mapping[str, str]:
         """Installed versions to show in reports (framework first, then libraries); default none."""
@@ -366,7 +391,7 @@ class Adapter:
 
 #: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
 OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
-                    "resolve_args", "merge", "evaluate")
+                    "resolve_args", "merge", "evaluate", "unavailable_metrics", "launches_subprocess")
 
 
 def _import_target(target: str) -> Any:
@@ -419,6 +444,12 @@ def split_adapter_spec(spec: str) -> tuple[str, dict[str, str]]:
     return target.strip(), parse_adapter_options(pairs, flag=f"--adapter {spec!r}")
 
 
+def effective_capabilities(adapter: Any) -> frozenset[str]:
+    """The declared capabilities plus the implied ``in-process`` (unless the adapter launches a subprocess)."""
+    implied = set() if getattr(adapter, "launches_subprocess", False) else {"in-process"}
+    return frozenset(adapter.capabilities) | implied
+
+
 def load_adapter(target: str | None = None, options: Mapping[str, str] | None = None) -> FrameworkAdapter:
     """Instantiate an adapter from ``module:Class`` / entry-point name (default: the reference).
 
@@ -466,11 +497,14 @@ def validate_adapter(adapter: Any, target: str = "") -> None:
 
     if adapter.model_arch not in ARCHITECTURES:
         raise AdapterLoadError(f"adapter {label!r}: model_arch {adapter.model_arch!r} is not one of {ARCHITECTURES}")
-    for member in ("metric_names", "arg_names"):
+    for member in ("metric_names", "arg_names", "unavailable_metrics"):
         mapping = getattr(adapter, member)
         if not isinstance(mapping, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                         for k, v in mapping.items()):
             raise AdapterLoadError(f"adapter {label!r}: {member} must map str to str, got {mapping!r}")
+    if not isinstance(adapter.launches_subprocess, bool):
+        raise AdapterLoadError(f"adapter {label!r}: launches_subprocess must be True or False, "
+                               f"got {adapter.launches_subprocess!r}")
     if not callable(adapter.versions) or not callable(adapter.resolve_args) or not callable(adapter.train):
         raise AdapterLoadError(f"adapter {label!r}: versions, resolve_args and train must be methods")
 

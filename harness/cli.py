@@ -123,6 +123,7 @@ def _list() -> int:
                 seed = markers(item, "ft_seed")
                 row["seed"] = seed[0].args[0] if seed else row["seed"]
                 caps = {c for m in markers(item, "ft_requires") for c in m.args}
+                caps |= {f"metric {m.args[0]}" for m in item.iter_markers("ft_metric") if m.args}  # logged metric
                 row["common"] = caps if row["common"] is None else row["common"] & caps
                 param = item.name[len(item.originalname):].strip("[]")
                 row["params"][param] = caps

@@ -9,6 +9,7 @@ Options:
 
 Markers (the unprefixed names ``requires``, ``seed``, ``gpu``, ``slow`` still work for one release and warn):
   ft_requires(*capabilities)   skip, naming the capability, when the adapter lacks one
+  ft_metric(name)              skip, with the adapter's reason, when the adapter declares it cannot log that metric
   ft_seed(id)                  the documented failure a scenario reproduces (for reports)
   ft_gpu                       needs CUDA; skipped with a reason when absent (select with ``-m ft_gpu`` or ``-m gpu``)
   ft_slow                      long-running
@@ -36,7 +37,8 @@ from pathlib import Path
 
 import pytest
 
-from .adapter import FrameworkAdapter, load_adapter, parse_adapter_options, read_known_failures
+from .adapter import (FrameworkAdapter, effective_capabilities, load_adapter, parse_adapter_options,
+                      read_known_failures)
 
 _ADAPTER_KEY = pytest.StashKey[object]()
 _KNOWN_KEY = pytest.StashKey[dict]()
@@ -74,6 +76,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, (alias, text) in MARKERS.items():
         config.addinivalue_line("markers", text)
         config.addinivalue_line("markers", f"{alias}: deprecated alias of {name}")
+    config.addinivalue_line("markers", "ft_metric(name): skip when the adapter declares it cannot log this metric")
     if hasattr(config, "workerinput"):  # an xdist worker: the controller writes the report
         return
     if config.getoption("ft_report") or config.getoption("ft_progress"):
@@ -141,7 +144,7 @@ def markers(item: pytest.Item, name: str) -> list[pytest.Mark]:
 
 def is_scenario_item(item: pytest.Item) -> bool:
     return "ft_adapter" in getattr(item, "fixturenames", ()) or any(
-        m.name in MARKERS for m in item.iter_markers())
+        m.name in MARKERS or m.name == "ft_metric" for m in item.iter_markers())
 
 
 def _cuda_available() -> bool:
@@ -157,7 +160,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     adapter = get_adapter(config)
     return [f"ft-harness adapter: {adapter.name} ({type(adapter).__module__}.{type(adapter).__qualname__}); "
-            f"capabilities: {', '.join(sorted(adapter.capabilities))}"]
+            f"capabilities: {', '.join(sorted(effective_capabilities(adapter)))}"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m/-k deselection: alias markers must be in place for `-m gpu`
@@ -181,15 +184,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not any("ft_adapter" in getattr(i, "fixturenames", ()) for i in scenario_items):
         return
     adapter = get_adapter(config)
-    caps = frozenset(adapter.capabilities)
+    caps = effective_capabilities(adapter)
+    unavailable = dict(getattr(adapter, "unavailable_metrics", {}))
     known = known_failures(config)
     used: set[str] = set()
     for item in scenario_items:
         needed = [c for m in markers(item, "ft_requires") for c in m.args]
         missing = [c for c in needed if c not in caps]
         if missing:
+            why = " (it launches a subprocess)" if missing == ["in-process"] else ""
             item.add_marker(pytest.mark.skip(
-                reason=f"adapter {adapter.name!r} lacks capability {', '.join(repr(c) for c in missing)}"))
+                reason=f"adapter {adapter.name!r} lacks capability {', '.join(repr(c) for c in missing)}{why}"))
+            continue
+        metric = next((m.args[0] for m in item.iter_markers("ft_metric") if m.args and m.args[0] in unavailable), None)
+        if metric is not None:
+            item.add_marker(pytest.mark.skip(
+                reason=f"adapter {adapter.name!r} cannot log metric {metric!r}: {unavailable[metric]}"))
             continue
         sid = scenario_id(item)
         for key, entry in known.items():

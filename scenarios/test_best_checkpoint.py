@@ -82,6 +82,7 @@ def test_rotation_keeps_best(ft_adapter, tiny_assets, tmp_path, ft_device):
                                 rtol=eval_rtol(ft_device))
 
 
+@pytest.mark.ft_metric("eval_accuracy")
 def test_maximised_metric(ft_adapter, tiny_assets, tmp_path, ft_device):
     """The same guarantee for a metric to maximise (next-token accuracy), with a real mid-run maximum: the eval set
     counts up like the training set, so accuracy rises as the model learns (0.17 at step 2, 0.909 at 12 on the

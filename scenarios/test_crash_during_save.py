@@ -18,7 +18,7 @@ from harness.oracles import assert_checkpoints_complete, read_log_history
 
 from ._support import spec
 
-pytestmark = [pytest.mark.ft_seed("crash"), pytest.mark.ft_requires("sft", "full", "resume")]
+pytestmark = [pytest.mark.ft_seed("crash"), pytest.mark.ft_requires("sft", "full", "resume", "in-process")]
 
 POINTS = [KillPoint(after_checkpoint=2, nth_write=1, partial=True),
           KillPoint(after_checkpoint=2, nth_write=2, partial=False),

@@ -53,7 +53,7 @@ from harness.probes import ConsumedSamples
 
 from ._support import captured_output, device_tolerance, spec
 
-pytestmark = [pytest.mark.ft_seed("resume"), pytest.mark.ft_requires("sft", "resume")]
+pytestmark = [pytest.mark.ft_seed("resume"), pytest.mark.ft_requires("sft", "resume", "in-process")]
 
 N_STEPS = 8
 BATCH, GRAD_ACC = 2, 2

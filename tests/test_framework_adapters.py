@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.adapter import RunSpec, load_adapter, split_adapter_spec
-from harness.adapters import _common
+from harness import kit
 from harness.adapters.llamafactory import build_config
 from harness.adapters.swift import QUANT_ARGS, build_argv, swift_cli, type_key
 from harness.adapters.transformers import TransformersAdapter, training_arguments
@@ -126,18 +126,18 @@ def test_transformers_training_arguments():
 
 
 def test_convert_datasets_formats(tiny_assets, tmp_path):
-    files = _common.convert_datasets(tiny_assets.dataset_dir, tmp_path / "m", "messages")
+    files = kit.convert_datasets(tiny_assets.dataset_dir, tmp_path / "m", "messages")
     row = json.loads(files["train"].read_text().splitlines()[0])
     first = json.loads((tiny_assets.dataset_dir / "train.jsonl").read_text().splitlines()[0])["text"]
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
     assert " ".join(m["content"] for m in row["messages"]) == first
-    files = _common.convert_datasets(tiny_assets.dataset_dir, tmp_path / "a", "alpaca")
+    files = kit.convert_datasets(tiny_assets.dataset_dir, tmp_path / "a", "alpaca")
     info = json.loads((tmp_path / "a" / "dataset_info.json").read_text())
     assert set(info) == {"ft_train", "ft_eval"} and info["ft_train"]["file_name"] == "train.jsonl"
     row = json.loads(files["eval"].read_text().splitlines()[0])
     assert set(row) == {"instruction", "output"}
     with pytest.raises(ValueError, match="unknown dataset format"):
-        _common.convert_datasets(tiny_assets.dataset_dir, tmp_path / "x", "sharegpt")
+        kit.convert_datasets(tiny_assets.dataset_dir, tmp_path / "x", "sharegpt")
 
 
 def test_adapter_options_are_checked():

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 #: the ground floor: neutral knowledge everyone may use; imports nothing but itself
-GROUND = ("harness.adapter", "harness.errors", "harness.layout", "harness.task", "harness.runtime", "harness.hf",
+GROUND = ("harness.adapter", "harness.errors", "harness.layout", "harness.task", "harness.runtime", "harness.kit", "harness.hf",
           "harness.probes", "harness.models", "harness.diffusion", "harness.strategies")
 JUDGED = ("harness.reference", "harness.adapters", "harness.mutants")
 UPPER = ("harness.plugin", "harness.report", "harness.cli", "harness.sweep", "harness.sweep_pins", "harness.html_report")

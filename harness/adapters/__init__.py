@@ -7,8 +7,10 @@ entry point         class                                        installs with
 ``swift``           :class:`harness.adapters.swift.SwiftAdapter`  ``ft-harness[swift]`` (3.x or 4.x)
 ``llamafactory``    :class:`harness.adapters.llamafactory.LlamaFactoryAdapter`  ``ft-harness[llamafactory]``
 ``simpletuner``     :class:`harness.adapters.simpletuner.SimpleTunerAdapter`  ``ft-harness[simpletuner]``
+``axolotl``         :class:`harness.adapters.axolotl.AxolotlAdapter`  ``ft-harness[axolotl]`` (Python 3.12)
 ==================  ===========================================  ==========================
 
-Each module imports its framework only inside ``train``; argument mapping and config building are
+LLaMA-Factory and axolotl are built on :class:`harness.kit.ConfigFileAdapter`. Each module imports its framework
+only inside ``train``; argument mapping and config building are
 plain functions that the default self-tests cover without the framework installed.
 """

@@ -23,18 +23,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapter import Adapter, RunResult, RunSpec
 from ..errors import ConfigError
+from ..kit import ConfigFileAdapter, convert_datasets, cpu_threads, run_in_fork
 from ..layout import adapter_base, is_adapter_dir
 from .. import hf
-from ..runtime import cpu_threads, library_versions, run_in_fork
-from ._common import check_options, collect_result, convert_datasets, parse_bool
+from ..adapter import RunSpec
 
 __all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "build_eval_config", "QUANT_KEYS"]
 
 OPTIONS = {
-    "load_best_model_at_end": "true/false, default false: TrainingArguments.load_best_model_at_end",
-    "template": "LLaMA-Factory template (default empty)",
+    "load_best_model_at_end": ("false", "true/false, default false: TrainingArguments.load_best_model_at_end"),
+    "template": ("empty", "LLaMA-Factory template (default empty)"),
 }
 
 QUANT_KEYS: dict[str, dict[str, Any]] = {
@@ -72,11 +71,9 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
         cfg["save_total_limit"] = values["save_total_limit"]
     if eval_steps:
         cfg.update(eval_dataset="ft_eval", eval_strategy="steps", eval_steps=eval_steps, per_device_eval_batch_size=8,
+                   metric_for_best_model=str(values["metric"]).removeprefix("eval_"),
                    load_best_model_at_end=load_best_model_at_end)
-        given = spec.cli_args()  # a user's config names the metric only when they chose one
-        if "metric" in given:
-            cfg["metric_for_best_model"] = str(values["metric"]).removeprefix("eval_")
-        if "greater_is_better" in given:
+        if values.get("greater_is_better") is not None:
             cfg["greater_is_better"] = values["greater_is_better"]
         if values["metric"] == "eval_accuracy":
             cfg["compute_accuracy"] = True
@@ -108,32 +105,36 @@ def build_eval_config(directory: Path, spec: RunSpec, dataset_dir: Path, output_
     return cfg
 
 
-class LlamaFactoryAdapter(Adapter):
+class LlamaFactoryAdapter(ConfigFileAdapter):
     """LLaMA-Factory ``run_exp`` with the config a user would write."""
 
     name = "llamafactory"
+    framework = "llamafactory"
+    libraries = ("transformers", "peft", "trl")
+    dataset_format = "alpaca"
+    options = OPTIONS
     capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint", "merge",
                               "packing", "gpu"})
 
     def __init__(self, **options: str):
-        check_options("llamafactory", options, OPTIONS)
-        self.load_best_model_at_end = parse_bool("llamafactory", "load_best_model_at_end",
-                                                 options.get("load_best_model_at_end", "false"))
-        self.template = options.get("template", "empty")
-        import llamafactory
+        import llamafactory  # noqa: F401 - a missing framework is an error when the adapter is chosen
 
-        self.version = llamafactory.__version__
-        self.name = f"llamafactory {self.version}" + ("[load_best_model_at_end=true]"
-                                                      if self.load_best_model_at_end else "")
+        super().__init__(**options)
 
-    def versions(self) -> dict[str, str]:
-        return {"llamafactory": self.version, **library_versions("transformers", "peft", "trl")}
+    def write_config(self, spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Path], workdir: Path):
+        return build_config(spec, values, data["train"].parent, template=self.option_values["template"],
+                            load_best_model_at_end=self.flag("load_best_model_at_end"))
+
+    def launch(self, config: Mapping[str, Any], spec: RunSpec) -> None:
+        from llamafactory.train.tuner import run_exp
+
+        run_exp(dict(config))
 
     def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
         """``llamafactory-cli export`` with the config its docs give for merging LoRA: the base the adapter names,
         the adapter, ``finetuning_type: lora``, ``export_dir`` (run through ``export_model(config)`` in a fork)."""
         cfg = {"model_name_or_path": str(adapter_base(Path(adapter_dir))), "adapter_name_or_path": str(adapter_dir),
-               "template": self.template, "finetuning_type": "lora", "export_dir": str(output_dir),
+               "template": self.option_values["template"], "finetuning_type": "lora", "export_dir": str(output_dir),
                "export_device": "cpu", "export_legacy_format": False}
         from llamafactory.train.tuner import export_model
 
@@ -150,25 +151,11 @@ class LlamaFactoryAdapter(Adapter):
         with tempfile.TemporaryDirectory(prefix="ft-llamafactory-eval-") as tmp:
             data = Path(tmp) / "data"
             convert_datasets(Path(spec.dataset_dir), data, "alpaca")
-            cfg = build_eval_config(Path(directory), spec, data, Path(tmp) / "out", template=self.template)
+            cfg = build_eval_config(Path(directory), spec, data, Path(tmp) / "out",
+                                    template=self.option_values["template"])
             from llamafactory.train.tuner import run_exp
 
             with cpu_threads(spec.device):
                 run_in_fork(lambda: run_exp(cfg))
             results = json.loads((Path(tmp) / "out" / "eval_results.json").read_text(encoding="utf-8"))
         return {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
-
-    def train(self, spec: RunSpec) -> RunResult:
-        import tempfile
-
-        resolved = self.resolve_args(spec.cli_args(), spec.model_dir)
-        with tempfile.TemporaryDirectory(prefix="ft-llamafactory-") as tmp:
-            data = Path(tmp) / "data"
-            convert_datasets(Path(spec.dataset_dir), data, "alpaca")
-            cfg = build_config(spec, resolved.values, data, template=self.template,
-                               load_best_model_at_end=self.load_best_model_at_end)
-            from llamafactory.train.tuner import run_exp
-
-            with cpu_threads(spec.device):
-                run_in_fork(lambda: run_exp(cfg))
-        return collect_result(spec, Path(spec.output_dir), resolved)

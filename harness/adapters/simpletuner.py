@@ -42,7 +42,7 @@ from typing import Any
 from ..adapter import Adapter, RunResult, RunSpec
 from ..errors import ConfigError
 from ..runtime import library_versions
-from ._common import check_options, checkpoints_in, collect_result
+from ..kit import check_options, checkpoints_in, collect_result
 
 __all__ = ["SimpleTunerAdapter", "OPTIONS", "build_config", "PRECISION", "LAUNCHER"]
 

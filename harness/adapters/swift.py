@@ -36,7 +36,7 @@ from ..adapter import Adapter, ResolvedArgs, RunResult, RunSpec, Source
 from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
 from ..runtime import cpu_threads, library_versions, run_in_fork
-from ._common import check_options, checkpoints_in, collect_result, convert_datasets, parse_bool
+from ..kit import check_options, checkpoints_in, collect_result, convert_datasets, parse_bool
 
 __all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
 

@@ -26,7 +26,7 @@ from typing import Any
 from ..adapter import Adapter, RunResult, RunSpec
 from .. import hf
 from ..runtime import cpu_threads, library_versions
-from ._common import check_options, collect_result, parse_bool
+from ..kit import check_options, collect_result, parse_bool
 
 __all__ = ["TransformersAdapter", "OPTIONS", "training_arguments"]
 

@@ -1,0 +1,148 @@
+"""axolotl (``pip install ft-harness[axolotl]``, 0.21.0 on Python 3.12), driven as its users drive it: a YAML config,
+then ``axolotl train cfg.yml`` (here its own ``load_cfg`` + ``do_train``, in a forked child) and ``axolotl merge-lora``.
+
+The tiny texts are ``type: completion`` datasets (``{"text": ...}``, trained on whole); the eval set is a
+``test_datasets`` entry. axolotl reads only its YAML (no saved-args layers: no ``args`` capability), has no token
+accuracy metric, and keeps its own defaults where a user would (e.g. its step-0 evaluation). CPU settings a user on
+CPU must write: the four ``lora_*_kernel`` flags off (axolotl's Triton LoRA kernels are on by default and need CUDA),
+no bf16/tf32, ``attn_implementation: sdpa`` (what axolotl's packing warning asks for), ``dataset_num_proc: 1``. ``save_on_best`` has no axolotl key and is not passed.
+Options (``--ft-adapter-option KEY=VALUE``): see :data:`OPTIONS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..adapter import RunSpec
+from ..errors import ConfigError
+from ..kit import ConfigFileAdapter, cpu_threads, run_in_fork, write_config_file
+from ..layout import adapter_base, is_adapter_dir
+
+__all__ = ["AxolotlAdapter", "OPTIONS", "build_config"]
+
+OPTIONS = {"load_best_model_at_end": ("false", "true/false: axolotl's load_best_model_at_end")}
+QUANT_KEYS = {"nf4": {"load_in_4bit": True, "adapter": "qlora"}, "int8": {"load_in_8bit": True}}
+CPU_KEYS = {"lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False,
+            "lora_embedding_kernel": False, "bf16": False, "fp16": False, "tf32": False,
+            "attn_implementation": "sdpa", "gradient_checkpointing": False}
+
+
+def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Path], workdir: Path, *,
+                 load_best_model_at_end: bool = False) -> dict[str, Any]:
+    """The axolotl YAML for one run (``values``: the command line over the task defaults, seed and logging set)."""
+    model_dir, lora = Path(spec.model_dir), values["train_type"] == "lora"
+    cfg: dict[str, Any] = {"base_model": str(model_dir)}
+    if lora and is_adapter_dir(model_dir):  # continue a LoRA: its base, the adapter as lora_model_dir
+        cfg.update(base_model=str(adapter_base(model_dir)), lora_model_dir=str(model_dir))
+    ds = lambda p: [{"path": str(p), "ds_type": "json", "type": "completion", "split": "train"}]  # noqa: E731
+    cfg.update(datasets=ds(data["train"]), dataset_prepared_path=str(workdir / "prepared"), val_set_size=0,
+               output_dir=str(spec.output_dir), sequence_len=64, max_steps=values["max_steps"],
+               micro_batch_size=values["per_device_train_batch_size"],
+               gradient_accumulation_steps=values["gradient_accumulation_steps"], learning_rate=values["learning_rate"],
+               lr_scheduler=values["lr_scheduler_type"], warmup_steps=values.get("warmup_steps") or 0,
+               optimizer="adamw_torch", weight_decay=0.0, seed=values["seed"], logging_steps=values["logging_steps"],
+               dataset_num_proc=1, dataloader_num_workers=0, save_safetensors=True)
+    if lora:
+        tm = values["target_modules"]
+        cfg.update(adapter="lora", lora_r=values["lora_rank"], lora_alpha=values["lora_alpha"],
+                   lora_dropout=values["lora_dropout"], **({"lora_target_linear": True} if tm == "all-linear" else
+                                                           {"lora_target_modules": [tm] if isinstance(tm, str) else
+                                                            list(tm)}))
+    if spec.device == "cpu":
+        cfg.update(CPU_KEYS)
+    else:
+        cfg.update(bf16="auto")
+    quant = values.get("quantization")
+    if quant is not None:
+        if quant not in QUANT_KEYS:
+            raise ConfigError(None, "quantization", f"one of {sorted(QUANT_KEYS)} (axolotl quantises with "
+                                                    f"bitsandbytes)", quant)
+        cfg.update(QUANT_KEYS[quant])
+    cfg.update(save_strategy="steps", save_steps=values["save_steps"]) if values.get("save_steps") else cfg.update(
+        save_strategy="no")
+    # unset or 0, axolotl rotates to 4 checkpoints (builders/base.py: `save_total_limit or 4`): "keep them all",
+    # what the scenarios assume, must be written as a limit no run reaches
+    cfg["save_total_limit"] = values.get("save_total_limit") or values["max_steps"] + 1
+    if values.get("eval_steps"):
+        cfg.update(test_datasets=ds(data["eval"]), eval_strategy="steps", eval_steps=values["eval_steps"],
+                   eval_batch_size=8, metric_for_best_model=values["metric"],
+                   load_best_model_at_end=load_best_model_at_end)
+        if values.get("greater_is_better") is not None:
+            cfg["greater_is_better"] = values["greater_is_better"]
+    else:
+        cfg["eval_strategy"] = "no"
+    if values.get("packing"):  # sdpa (above) is one of the backends axolotl names as isolating packed samples
+        # packed, micro_batch_size counts rows of sequence_len tokens: the batch's token budget becomes one row
+        cfg.update(sample_packing=True, eval_sample_packing=False, micro_batch_size=1,
+                   sequence_len=64 * values["per_device_train_batch_size"])
+    if spec.resume_from == "latest":
+        cfg["auto_resume_from_checkpoints"] = True
+    elif spec.resume_from is not None:
+        cfg["resume_from_checkpoint"] = str(spec.resume_from)
+    return cfg
+
+
+def _run(command: str, config_path: Path, **kwargs: Any) -> None:
+    """``axolotl <command> cfg.yml`` as its CLI runs it: load_cfg, then the command (in this, a forked, process)."""
+    from axolotl.cli.config import load_cfg
+
+    if command == "train":
+        from axolotl.cli.args import TrainerCliArgs
+        from axolotl.cli.train import do_train
+
+        do_train(load_cfg(str(config_path)), TrainerCliArgs())
+    else:
+        from axolotl.cli.merge_lora import do_cli
+
+        do_cli(config=str(config_path), **kwargs)
+
+
+class AxolotlAdapter(ConfigFileAdapter):
+    """axolotl with the YAML a user would write."""
+
+    name = framework = "axolotl"
+    libraries = ("transformers", "peft", "trl", "torch")
+    options = OPTIONS
+    capabilities = frozenset({"sft", "full", "lora", "resume", "best-checkpoint", "packing", "merge", "quant-nf4",
+                              "quant-int8", "gpu"})
+    unavailable_metrics = {"eval_accuracy": "axolotl logs no next-token accuracy (eval_causal_lm_metrics are "
+                                            "generation metrics: sacrebleu, comet, ter, chrf, perplexity)"}
+
+    def __init__(self, **options: str):
+        super().__init__(**options)
+        self.trained_with: dict[Path, dict[str, Any]] = {}
+
+    def write_config(self, spec, values, data, workdir):
+        cfg = build_config(spec, values, data, workdir, load_best_model_at_end=self.flag("load_best_model_at_end"))
+        self.trained_with[Path(spec.output_dir)] = cfg  # merge-lora reuses it, as users pass their training YAML
+        return write_config_file(workdir / "axolotl.yml", cfg)
+
+    def launch(self, config: Path, spec: RunSpec) -> None:
+        _run("train", config)
+
+    def preload(self) -> None:
+        os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")  # no telemetry (nothing outside is reachable here)
+        import axolotl.cli.merge_lora  # noqa: F401
+        import axolotl.cli.train  # noqa: F401
+        import axolotl.train  # noqa: F401
+        import axolotl.common.datasets  # noqa: F401
+
+    def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
+        """``axolotl merge-lora train.yml --lora-model-dir DIR``: the YAML the adapter was trained with (quantisation
+        included: axolotl's merge then simulates the NF4 base), else one for its base; axolotl writes
+        ``<output_dir>/merged``."""
+        adapter_dir, out = Path(adapter_dir), Path(output_dir)
+        cfg = self.trained_with.get(adapter_dir) or self.trained_with.get(adapter_dir.parent)
+        if cfg is None:
+            spec = RunSpec(model_dir=adapter_base(adapter_dir), output_dir=out, dataset_dir=out)
+            cfg = build_config(spec, {**self.run_values(spec)[1], "train_type": "lora"},
+                               {"train": out / "unused.jsonl", "eval": out / "unused.jsonl"}, out)
+        cfg = {**cfg, "output_dir": str(out)}
+        path = write_config_file(Path(output_dir).parent / f"{Path(output_dir).name}-axolotl.yml", cfg)
+        self.preload()
+        with cpu_threads("cpu"):
+            run_in_fork(lambda: _run("merge-lora", path, lora_model_dir=str(adapter_dir)))
+        return Path(output_dir) / "merged"

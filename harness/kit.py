@@ -1,0 +1,262 @@
+"""The adapter-authoring kit: everything a framework adapter needs besides its own config (README "Writing an adapter").
+
+A framework that users drive through a config file or a command line (axolotl's YAML, LLaMA-Factory's
+``llamafactory-cli train cfg.yaml``, a ``train.py --flags``) plugs in by subclassing :class:`ConfigFileAdapter` and
+writing two methods::
+
+    class MyAdapter(ConfigFileAdapter):
+        name = "myframework"
+        framework = "myframework"                       # distribution name, for the report header
+        capabilities = frozenset({"sft", "full", "lora", "resume"})
+        dataset_format = "alpaca"                       # what convert_datasets writes for it
+
+        def write_config(self, spec, values, data, workdir):   # the file a user would write
+            return {"model": str(spec.model_dir), "train_file": str(data["train"]), ...}
+
+        def launch(self, config, spec):                        # runs in a forked child
+            import myframework
+            myframework.train(config)
+
+The base supplies the rest: argument resolution without saved layers (the command line over
+:data:`harness.task.TASK_DEFAULTS`), the dataset conversion, the fork runner with the process-model rules, collecting
+the log history and checkpoints into a :class:`~harness.adapter.RunResult`, declared options with defaults and
+per-option known failures.
+
+The process-model rules (each one cost a newcomer time; :class:`ConfigFileAdapter` follows all three):
+
+1. Train in this process or in a fork of it (:func:`run_in_fork`), never in a subprocess when you can avoid it: the
+   crash and resume scenarios kill the run at a file write or a training step by fault injection, which only reaches
+   code running in the test's process tree *as Python*. An adapter that must launch a subprocess sets
+   ``launches_subprocess = True``: those scenarios are then skipped, not failed.
+2. Limit torch to one thread for tiny CPU runs (:func:`cpu_threads`), set *before* the fork: a forked child with a
+   full OpenMP pool can deadlock, and one thread is faster at this size (issue 22 measured 2.9 s vs 26.8 s per tiny axolotl run).
+3. A child killed by SIGKILL while fault injection is on must kill the parent the same way (:func:`run_in_fork` does
+   it), so the crash scenario sees the kill it asked for instead of an error.
+
+Nothing here imports a framework; the default self-tests cover it without any installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .adapter import Adapter, KnownFailure, ResolvedArgs, RunResult, RunSpec
+from .layout import list_checkpoints, read_log_history
+from .runtime import FrameworkError, cpu_threads, library_versions, run_in_fork
+from .task import TASK_DEFAULTS, counting_reward
+
+__all__ = [
+    "ConfigFileAdapter", "parse_bool", "check_options", "convert_datasets", "DATASET_FORMATS", "collect_result",
+    "checkpoints_in", "write_config_file", "run_command", "counting_reward", "run_in_fork", "cpu_threads",
+    "library_versions", "FrameworkError", "TASK_DEFAULTS",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(adapter: str, key: str, value: str | bool) -> bool:
+    """An adapter option's boolean value (``true/false/1/0/yes/no/on/off``), or a clear error."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise TypeError(f"{adapter} adapter option {key}={value!r}: expected true or false")
+
+
+def check_options(adapter: str, options: Mapping[str, Any], known: Mapping[str, str]) -> None:
+    """Refuse unknown options, listing the known ones with their meaning."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        listing = "; ".join(f"{k}: {v}" for k, v in sorted(known.items())) or "none"
+        raise TypeError(f"unknown {adapter} adapter options {unknown} (known: {listing})")
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+# The tiny SFT rows are plain texts ("w3 w4 w5 ..."); a chat/instruction format splits one after its first word.
+def _split(text: str) -> tuple[str, str]:
+    first, _, rest = text.partition(" ")
+    return first, rest
+
+
+#: format -> (SFT row from a text, GRPO prompt row from a prompt)
+DATASET_FORMATS: dict[str, tuple[Any, Any]] = {
+    # ms-swift, TRL conversational: a user turn with the first word, the assistant turn the rest
+    "messages": (lambda t: {"messages": [{"role": "user", "content": _split(t)[0]},
+                                         {"role": "assistant", "content": _split(t)[1]}]},
+                 lambda p: {"messages": [{"role": "user", "content": p}]}),
+    # LLaMA-Factory, axolotl ``type: alpaca``: instruction = the first word, output = the rest
+    "alpaca": (lambda t: {"instruction": _split(t)[0], "output": _split(t)[1]},
+               lambda p: {"instruction": p, "output": ""}),
+    # raw text (axolotl ``type: completion``, TRL language modelling): the whole text is trained on
+    "completion": (lambda t: {"text": t}, lambda p: {"prompt": p}),
+    # prompt-only (TRL GRPO standard format): SFT rows as prompt + completion, prompts as {"prompt": ...}
+    "prompt-only": (lambda t: {"prompt": _split(t)[0], "completion": " " + _split(t)[1]}, lambda p: {"prompt": p}),
+}
+
+
+def convert_datasets(dataset_dir: Path, out_dir: Path, fmt: str, *, eval_file: str = "eval.jsonl") -> dict[str, Path]:
+    """The tiny datasets in a framework's format (:data:`DATASET_FORMATS`); returns ``{"train", "eval", "prompts"}
+    -> file`` (``prompts`` only when ``prompts.jsonl`` exists). ``"alpaca"`` also writes a LLaMA-Factory
+    ``dataset_info.json`` naming the files ``ft_train`` / ``ft_eval``."""
+    from .models import read_jsonl, read_texts, write_jsonl
+
+    if fmt not in DATASET_FORMATS:
+        raise ValueError(f"unknown dataset format {fmt!r} ({', '.join(DATASET_FORMATS)})")
+    row, prompt_row = DATASET_FORMATS[fmt]
+    src, out_dir = Path(dataset_dir), Path(out_dir)
+    files = {"train": write_jsonl(out_dir / "train.jsonl", [row(t) for t in read_texts(src / "train.jsonl")]),
+             "eval": write_jsonl(out_dir / "eval.jsonl", [row(t) for t in read_texts(src / eval_file)])}
+    if (src / "prompts.jsonl").is_file():
+        files["prompts"] = write_jsonl(out_dir / "prompts.jsonl",
+                                       [prompt_row(r["prompt"]) for r in read_jsonl(src / "prompts.jsonl")])
+    if fmt == "alpaca":
+        info = {f"ft_{name}": {"file_name": path.name, "columns": {"prompt": "instruction", "response": "output"}}
+                for name, path in files.items() if name != "prompts"}
+        (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- results
+def checkpoints_in(output_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` directories of a run, oldest first (none when the directory is missing)."""
+    return list_checkpoints(Path(output_dir)) if Path(output_dir).is_dir() else []
+
+
+def collect_result(spec: RunSpec, final_dir: Path, resolved: ResolvedArgs | None) -> RunResult:
+    """A RunResult from the files on disk (log history from the newest trainer_state.json)."""
+    output_dir = Path(spec.output_dir)
+    try:
+        history = tuple(read_log_history(output_dir))
+    except FileNotFoundError:
+        history = ()
+    return RunResult(output_dir=output_dir, checkpoints=tuple(checkpoints_in(output_dir)), final_dir=Path(final_dir),
+                     log_history=history, resolved=resolved)
+
+
+def write_config_file(path: Path, config: Mapping[str, Any]) -> Path:
+    """``config`` as YAML (PyYAML when installed; else JSON, which every YAML reader reads) at ``path``."""
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - PyYAML comes with transformers/huggingface_hub
+        text = json.dumps(config, indent=2)
+    else:
+        text = yaml.safe_dump(dict(config), sort_keys=False)
+    Path(path).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def run_command(argv: list[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
+    """Run a framework's CLI in a subprocess (rule 1: then set ``launches_subprocess = True``); its output, or a
+    :class:`FrameworkError` naming the exit status with the output's tail."""
+    import os
+    import subprocess
+
+    proc = subprocess.run(argv, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise FrameworkError(f"{' '.join(argv[:3])} ... exited with {proc.returncode}; output tail:\n"
+                             f"{proc.stdout[-3000:]}")
+    return proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- the base class
+class ConfigFileAdapter(Adapter):
+    """Base of an adapter for a framework driven by a config file or command line; see the module docstring.
+
+    Class attributes a subclass sets (besides :class:`~harness.adapter.Adapter`'s ``name``, ``capabilities``, ...):
+
+    * ``framework``: the distribution name (its version heads the report and the adapter's name);
+    * ``libraries``: further distributions whose versions the report shows;
+    * ``dataset_format``: a key of :data:`DATASET_FORMATS` (``None``: the subclass converts the data itself);
+    * ``options``: option -> ``(default, meaning)``; ``--ft-adapter-option KEY=VALUE`` values land in
+      ``self.option_values`` (strings; :meth:`flag` reads a boolean one). An option set to something other
+      than its default is shown in the adapter's name: ``axolotl 0.21.0[sample_packing=false]``;
+    * ``known_failures``: as in the contract, for every option setting;
+    * ``known_failures_when``: ``"option=value"`` -> ``{scenario id (prefix): reason}``, added when that option
+      has that value (an option-dependent known failure).
+
+    Override :meth:`write_config` (return the config; write files into ``workdir`` if the framework reads them)
+    and :meth:`launch` (runs the framework in a forked child, torch on one thread). Optionally :meth:`final_dir`
+    (default: ``spec.output_dir``) and :meth:`resolve_args` (default: no saved layers; declare ``args`` only with
+    the framework's real layering).
+    """
+
+    framework: str = ""
+    libraries: tuple[str, ...] = ("transformers", "peft", "trl", "torch")
+    dataset_format: str | None = "completion"
+    options: Mapping[str, tuple[str, str]] = {}
+    known_failures_when: Mapping[str, Mapping[str, KnownFailure]] = {}
+
+    def __init__(self, **options: str):
+        label = self.framework or self.name
+        check_options(label, options, {k: meaning for k, (_, meaning) in self.options.items()})
+        self.option_values = {k: str(default) for k, (default, _) in self.options.items()} | dict(options)
+        known = dict(type(self).known_failures)
+        for key, entries in self.known_failures_when.items():
+            option, _, value = key.partition("=")
+            if option not in self.options:
+                raise TypeError(f"{label} known_failures_when[{key!r}]: {option!r} is not an option "
+                                f"({sorted(self.options)})")
+            if self.option_values[option].strip().lower() == value.strip().lower():
+                known.update(entries)
+        self.known_failures = known
+        version = self.versions().get(self.framework, "") if self.framework else ""
+        changed = [f"{k}={v}" for k, v in self.option_values.items()
+                   if str(self.options[k][0]).strip().lower() != v.strip().lower()]
+        self.name = " ".join(p for p in (type(self).name, version) if p) + (f"[{','.join(changed)}]" if changed else "")
+
+    def flag(self, option: str) -> bool:
+        """A boolean option's value."""
+        return parse_bool(self.framework or self.name, option, self.option_values[option])
+
+    def versions(self) -> dict[str, str]:
+        return library_versions(*((self.framework,) if self.framework else ()), *self.libraries)
+
+    # -- what a subclass writes
+    def write_config(self, spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Path], workdir: Path) -> Any:
+        """The framework's config for this run. ``values``: the resolved command line over the task defaults, plus
+        ``seed`` (always set) and ``logging_steps``; ``data``: :func:`convert_datasets`' files."""
+        raise NotImplementedError(f"{type(self).__name__}.write_config")
+
+    def launch(self, config: Any, spec: RunSpec) -> None:
+        """Run the framework on ``config``; called in a forked child."""
+        raise NotImplementedError(f"{type(self).__name__}.launch")
+
+    def preload(self) -> None:
+        """Import the framework's heavy modules; called in this process before every fork, so each forked run
+        starts with them imported (an import that takes a minute is paid once per session, not once per run)."""
+
+    def final_dir(self, spec: RunSpec) -> Path:
+        """Where the framework writes the final model (default: the output directory itself)."""
+        return Path(spec.output_dir)
+
+    # -- what the base supplies
+    def run_values(self, spec: RunSpec) -> tuple[ResolvedArgs, dict[str, Any]]:
+        """The resolved arguments and the values a config is built from (seed and logging cadence explicit)."""
+        resolved = self.resolve_args(spec.cli_args(), spec.model_dir)
+        values = {**resolved.values, "seed": resolved.get("seed", spec.run_seed()),
+                  "logging_steps": spec.logging_steps}
+        return resolved, values
+
+    def train(self, spec: RunSpec) -> RunResult:
+        resolved, values = self.run_values(spec)
+        workdir = Path(tempfile.mkdtemp(prefix=f"ft-{self.framework or 'adapter'}-"))
+        try:
+            data = ({} if self.dataset_format is None else
+                    convert_datasets(spec.dataset_dir, workdir / "data", self.dataset_format, eval_file=spec.eval_file))
+            config = self.write_config(spec, values, data, workdir)
+            self.preload()
+            with cpu_threads(spec.device):
+                run_in_fork(lambda: self.launch(config, spec))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return collect_result(spec, self.final_dir(spec), resolved)

@@ -1,0 +1,297 @@
+"""The adapter-authoring kit (harness/kit.py) and the axolotl adapter's own logic, without any framework installed:
+the ConfigFileAdapter base end to end on a toy framework, the process-model rules, the dataset converters,
+options and per-option known failures, unavailable metrics, the implied ``in-process`` capability, axolotl's YAML."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch  # imported here so pytester's in-process runs never unload/reload it
+
+from harness import kit
+from harness.adapter import RunSpec, effective_capabilities, load_adapter, validate_adapter
+from harness.errors import AdapterLoadError, ConfigError
+from harness.task import TASK_DEFAULTS
+
+
+class ToyFramework(kit.ConfigFileAdapter):
+    """A 'framework' whose launch writes what a Trainer writes: one checkpoint and the final trainer_state.json."""
+
+    name = "toy"
+    capabilities = frozenset({"sft", "full"})
+    dataset_format = "alpaca"
+    options = {"fast": ("false", "true/false: a switch"), "template": ("plain", "a template name")}
+    known_failures = {"test_a.py::test_always": "always red"}
+    known_failures_when = {"fast=true": {"test_a.py::test_fast": "red only when fast"}}
+
+    def write_config(self, spec, values, data, workdir):
+        cfg = {"out": str(spec.output_dir), "seed": values["seed"], "logging_steps": values["logging_steps"],
+               "train": str(data["train"]), "first_row": json.loads(data["train"].read_text().splitlines()[0]),
+               "eval_rows": len(data["eval"].read_text().splitlines())}
+        return kit.write_config_file(workdir / "toy.yml", cfg)
+
+    def launch(self, config, spec):
+        import yaml
+
+        cfg = yaml.safe_load(Path(config).read_text())
+        out = Path(cfg["out"])
+        state = {"log_history": [{"step": 1, "loss": 1.0}], "global_step": 1,
+                 "config": cfg, "threads": torch.get_num_threads(), "pid": os.getpid()}
+        (out / "checkpoint-1").mkdir(parents=True)
+        (out / "checkpoint-1" / "trainer_state.json").write_text(json.dumps(state))
+
+
+def test_config_file_adapter_end_to_end(tiny_assets, tmp_path):
+    adapter = ToyFramework()
+    validate_adapter(adapter)
+    result = adapter.train(RunSpec(model_dir=tiny_assets.model_dir, output_dir=tmp_path / "out",
+                                   dataset_dir=tiny_assets.dataset_dir, train_type="full", max_steps=1))
+    assert [c.name for c in result.checkpoints] == ["checkpoint-1"] and result.final_dir == tmp_path / "out"
+    assert result.log_history == ({"step": 1, "loss": 1.0},)
+    state = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())
+    cfg = state["config"]
+    assert cfg["seed"] == TASK_DEFAULTS["seed"] and cfg["logging_steps"] == 1, "seed and cadence are explicit"
+    assert set(cfg["first_row"]) == {"instruction", "output"} and cfg["eval_rows"] == 16
+    assert state["threads"] == 1, f"torch must run on one thread in the forked child, found {state['threads']}"
+    assert state["pid"] != os.getpid(), "launch runs in a forked child"
+    assert not Path(cfg["train"]).exists(), "the converted data lives in a temporary directory, removed after the run"
+    assert result.resolved["train_type"] == "full" and result.resolved.source_of("train_type").kind == "cli"
+
+
+def test_run_spec_states_seed_logging_and_eval_data(tmp_path):
+    spec = RunSpec(model_dir=tmp_path, output_dir=tmp_path, dataset_dir=tmp_path)
+    assert (spec.run_seed(), spec.logging_steps, spec.eval_file) == (42, 1, "eval.jsonl")
+    assert spec.replace(seed=7).run_seed() == 7
+    assert "logging_steps" not in spec.cli_args() and "eval_file" not in spec.cli_args(), "not command-line fields"
+
+
+def test_options_defaults_name_and_per_option_known_failures():
+    plain = ToyFramework()
+    assert plain.option_values == {"fast": "false", "template": "plain"} and plain.name == "toy"
+    assert plain.flag("fast") is False and set(plain.known_failures) == {"test_a.py::test_always"}
+    fast = ToyFramework(fast="TRUE")
+    assert fast.flag("fast") is True and fast.name == "toy[fast=TRUE]"
+    assert set(fast.known_failures) == {"test_a.py::test_always", "test_a.py::test_fast"}
+    assert set(ToyFramework.known_failures) == {"test_a.py::test_always"}, "the class attribute is left alone"
+    with pytest.raises(TypeError, match=r"unknown toy adapter options \['slow'\].*fast: true/false"):
+        ToyFramework(slow="1")
+    with pytest.raises(TypeError, match="expected true or false"):
+        ToyFramework(fast="maybe").flag("fast")
+
+
+def test_known_failures_when_must_name_an_option():
+    class Wrong(ToyFramework):
+        known_failures_when = {"nope=true": {"test_a.py::test_x": "r"}}
+
+    with pytest.raises(TypeError, match="'nope' is not an option"):
+        Wrong()
+
+
+@pytest.mark.parametrize("fmt, keys", [("completion", {"text"}), ("messages", {"messages"}),
+                                       ("alpaca", {"instruction", "output"}), ("prompt-only", {"prompt", "completion"})])
+def test_dataset_formats(tiny_assets, tmp_path, fmt, keys):
+    files = kit.convert_datasets(tiny_assets.dataset_dir, tmp_path, fmt)
+    first = json.loads((tiny_assets.dataset_dir / "train.jsonl").read_text().splitlines()[0])["text"]
+    row = json.loads(files["train"].read_text().splitlines()[0])
+    assert set(row) == keys, f"{fmt}: expected keys {keys}, found {set(row)}"
+    text = {"completion": lambda r: r["text"], "messages": lambda r: " ".join(m["content"] for m in r["messages"]),
+            "alpaca": lambda r: f"{r['instruction']} {r['output']}",
+            "prompt-only": lambda r: r["prompt"] + r["completion"]}[fmt](row)
+    assert text == first, f"{fmt}: the row must hold the whole text {first!r}, found {text!r}"
+    prompt = json.loads(files["prompts"].read_text().splitlines()[0])
+    assert prompt, f"{fmt}: prompts are converted too"
+
+
+def test_eval_file_is_read(tiny_assets, tmp_path):
+    (tmp_path / "src").mkdir()
+    for name in ("train.jsonl", "prompts.jsonl"):
+        (tmp_path / "src" / name).write_text((tiny_assets.dataset_dir / name).read_text())
+    (tmp_path / "src" / "other.jsonl").write_text('{"text": "w1 w2"}\n')
+    files = kit.convert_datasets(tmp_path / "src", tmp_path / "out", "completion", eval_file="other.jsonl")
+    assert files["eval"].read_text().strip() == '{"text": "w1 w2"}'
+
+
+def test_reference_reward_is_offered():
+    assert kit.counting_reward(["w1 w2"], ["w3 w4"]) == [1.0]
+
+
+def test_child_sigkill_is_an_error_outside_fault_injection():
+    with pytest.raises(kit.FrameworkError, match="died with signal 9"):
+        kit.run_in_fork(lambda: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def test_child_sigkill_kills_the_parent_during_fault_injection():
+    """Rule 3: while fault injection is on, the runner dies by SIGKILL as its child did."""
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as why:
+        pid = os.fork()
+        if pid == 0:  # a stand-in for the fault-injection child of harness.faults
+            try:
+                import importlib
+
+                # the module run_in_fork consults (sys.modules'; pytester's in-process runs may leave the package
+                # attribute pointing at an older copy)
+                importlib.import_module("harness.faults").INJECTING = True
+                kit.run_in_fork(lambda: os.kill(os.getpid(), signal.SIGKILL))
+            except BaseException:  # noqa: BLE001 - reported through the file
+                Path(why.name).write_text(traceback.format_exc())
+            finally:
+                os._exit(3)  # reached only when the SIGKILL was not passed on
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+            f"expected the runner to die by SIGKILL, found status {status}: {why.read()}")
+
+
+def test_run_command_names_the_exit_status(tmp_path):
+    assert kit.run_command(["python3", "-c", "print('ok')"]).strip() == "ok"
+    with pytest.raises(kit.FrameworkError, match=r"exited with 2; output tail:\nbad"):
+        kit.run_command(["python3", "-c", "import sys; print('bad'); sys.exit(2)"])
+
+
+def test_in_process_capability_is_implied_unless_a_subprocess_is_launched():
+    adapter = ToyFramework()
+    assert "in-process" in effective_capabilities(adapter)
+    adapter.launches_subprocess = True
+    assert "in-process" not in effective_capabilities(adapter)
+    adapter.launches_subprocess = "yes"
+    with pytest.raises(AdapterLoadError, match="launches_subprocess must be True or False"):
+        validate_adapter(adapter)
+
+
+PLUGIN_ADAPTER = '''
+from harness.adapter import Adapter
+
+class NoAccuracy(Adapter):
+    name = "noacc"
+    capabilities = frozenset({"sft"})
+    unavailable_metrics = {"eval_accuracy": "logs no token accuracy"}
+
+class Spawner(NoAccuracy):
+    name = "spawner"
+    launches_subprocess = True
+'''
+
+PLUGIN_SCENARIOS = '''
+import pytest
+
+@pytest.mark.ft_metric("eval_accuracy")
+def test_accuracy(ft_adapter):
+    pass
+
+@pytest.mark.ft_metric("eval_loss")
+def test_loss(ft_adapter):
+    pass
+
+@pytest.mark.ft_requires("sft", "in-process")
+def test_crash(ft_adapter):
+    pass
+'''
+
+
+@pytest.mark.parametrize("target, skipped", [("NoAccuracy", {"test_accuracy": "cannot log metric 'eval_accuracy': "
+                                                                                "logs no token accuracy"}),
+                                             ("Spawner", {"test_accuracy": "cannot log metric",
+                                                          "test_crash": "lacks capability 'in-process' (it launches "
+                                                                        "a subprocess)"})])
+def test_plugin_skips_unavailable_metrics_and_subprocess_adapters(pytester, target, skipped):
+    pytester.makepyfile(kit_adapter=PLUGIN_ADAPTER, test_scen=PLUGIN_SCENARIOS)
+    pytester.syspathinsert()
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs", "--ft-adapter", f"kit_adapter:{target}")
+    result.assert_outcomes(passed=3 - len(skipped), skipped=len(skipped))
+    for test, reason in skipped.items():
+        assert any(test in line or reason in line for line in result.stdout.lines), result.stdout.str()
+        assert reason in result.stdout.str(), f"expected the skip reason {reason!r} in:\n{result.stdout.str()}"
+
+
+# ---------------------------------------------------------------------------------------------- axolotl
+from harness.adapters.axolotl import CPU_KEYS, AxolotlAdapter, build_config  # noqa: E402
+
+DATA = {"train": Path("/d/train.jsonl"), "eval": Path("/d/eval.jsonl")}
+
+
+def _values(**kw):
+    return {**TASK_DEFAULTS, "logging_steps": 1, **kw}
+
+
+def test_axolotl_config_maps_the_run(tmp_path):
+    spec = RunSpec(model_dir=tmp_path / "m", output_dir=tmp_path / "o", dataset_dir=tmp_path / "d")
+    cfg = build_config(spec, _values(max_steps=6, save_steps=2, save_total_limit=1, eval_steps=3, seed=5,
+                                     per_device_train_batch_size=2, gradient_accumulation_steps=2), DATA, tmp_path)
+    assert cfg["base_model"] == str(tmp_path / "m") and cfg["output_dir"] == str(tmp_path / "o")
+    assert cfg["datasets"] == [{"path": "/d/train.jsonl", "ds_type": "json", "type": "completion", "split": "train"}]
+    assert cfg["test_datasets"][0]["path"] == "/d/eval.jsonl" and cfg["val_set_size"] == 0
+    assert (cfg["max_steps"], cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]) == (6, 2, 2)
+    assert (cfg["save_strategy"], cfg["save_steps"], cfg["save_total_limit"]) == ("steps", 2, 1)
+    assert (cfg["eval_strategy"], cfg["eval_steps"], cfg["metric_for_best_model"]) == ("steps", 3, "eval_loss")
+    assert (cfg["seed"], cfg["logging_steps"], cfg["lr_scheduler"]) == (5, 1, "constant")
+    assert cfg["adapter"] == "lora" and cfg["lora_r"] == 4 and cfg["lora_target_linear"] is True
+    for key, value in CPU_KEYS.items():  # the LoRA kernels need CUDA: on CPU they must be off
+        assert cfg[key] == value, f"CPU run: expected {key}={value!r}, found {cfg.get(key)!r}"
+    assert "save_on_best" not in cfg and "resume_from_checkpoint" not in cfg
+    unlimited = build_config(spec, _values(max_steps=6, save_steps=1), DATA, tmp_path)
+    assert unlimited["save_total_limit"] == 7, "no limit typed: every checkpoint kept (axolotl's own default is 4)"
+
+
+def test_axolotl_config_variants(tmp_path):
+    adapter_dir = tmp_path / "lora-out"
+    adapter_dir.mkdir()
+    (adapter_dir / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/base"}))
+    (adapter_dir / "adapter_model.safetensors").write_bytes(b"")
+    spec = RunSpec(model_dir=adapter_dir, output_dir=tmp_path / "o", dataset_dir=tmp_path / "d",
+                   resume_from="latest")
+    cfg = build_config(spec, _values(), DATA, tmp_path)
+    assert (cfg["base_model"], cfg["lora_model_dir"]) == ("/base", str(adapter_dir)), "a LoRA continues on its base"
+    assert cfg["auto_resume_from_checkpoints"] is True and cfg["eval_strategy"] == "no" and "test_datasets" not in cfg
+    full = build_config(spec.replace(resume_from=tmp_path / "o" / "checkpoint-2"), _values(train_type="full",
+                        packing=True, quantization="int8", target_modules=("q_proj",)), DATA, tmp_path)
+    assert "adapter" not in full and full["base_model"] == str(adapter_dir)
+    assert full["resume_from_checkpoint"] == str(tmp_path / "o" / "checkpoint-2")
+    assert full["sample_packing"] is True and full["load_in_8bit"] is True
+    assert (full["micro_batch_size"], full["sequence_len"]) == (1, 64 * 4), "a batch's tokens as one packed row"
+    nf4 = build_config(spec, _values(quantization="nf4", target_modules=("q_proj", "v_proj")), DATA, tmp_path)
+    assert nf4["adapter"] == "qlora" and nf4["load_in_4bit"] is True and nf4["lora_target_modules"] == ["q_proj",
+                                                                                                         "v_proj"]
+    with pytest.raises(ConfigError, match="quantization"):
+        build_config(spec, _values(quantization="quanto-int8"), DATA, tmp_path)
+
+
+def test_axolotl_adapter_loads_without_axolotl(tmp_path):
+    adapter = load_adapter("axolotl[load_best_model_at_end=true]")
+    assert isinstance(adapter, AxolotlAdapter) and adapter.name.endswith("[load_best_model_at_end=true]")
+    assert "args" not in adapter.capabilities and "eval_accuracy" in adapter.unavailable_metrics
+    spec = RunSpec(model_dir=tmp_path / "m", output_dir=tmp_path / "o", dataset_dir=tmp_path / "d", eval_steps=2)
+    import yaml
+
+    path = adapter.write_config(spec, _values(eval_steps=2), DATA, tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    assert path.name == "axolotl.yml" and cfg["load_best_model_at_end"] is True and cfg["lora_mlp_kernel"] is False
+    assert adapter.trained_with[tmp_path / "o"]["output_dir"] == str(tmp_path / "o"), "merge-lora reuses the YAML"
+
+
+# ---------------------------------------------------------------------------------------------- the worked example
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "myfw-adapter"
+
+
+def test_worked_example_gets_a_first_green_scenario():
+    """The README's out-of-tree example package: its known-failures file parses, and its adapter passes a scenario."""
+    import subprocess
+    import sys
+
+    from harness.adapter import read_known_failures
+
+    known = read_known_failures(EXAMPLE / "myfw_adapter" / "known-failures.txt")
+    assert set(known) == {"test_crash_during_save.py::",
+                          "test_resume_equivalence.py::test_resume_without_training_state_is_not_silent"}
+    root = str(EXAMPLE.parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, str(EXAMPLE)]), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "scenarios", "-p", "no:cacheprovider", "-q",
+                           "-m", "not ft_gpu", "-k", "test_checkpoint_layout", "--ft-adapter",
+                           "myfw_adapter.adapter:MyFwAdapter"], env=env, cwd=str(EXAMPLE), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, f"expected 2 passed, got:\n{proc.stdout[-3000:]}"
