@@ -58,6 +58,7 @@ CAPABILITIES = frozenset(
         "distributed",  # world_size > 1
         "packing",  # packing=True: samples packed into rows without attending across their boundaries
         "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
+        "data",  # training_batches(spec): the tokenised, collated batches the framework would train on
         "gpu",  # device="cuda"
     }
 )
@@ -339,6 +340,14 @@ class Adapter:
         Declare the ``merge`` capability when you implement it."""
         raise NotImplementedError(f"{type(self).__name__}.merge (declare the 'merge' capability only with it)")
 
+    def training_batches(self, spec: RunSpec) -> list[Mapping[str, Sequence[Sequence[int]]]]:
+        """The batches the framework would feed the model for ``spec``, one epoch in training order, without training:
+        each a mapping with ``input_ids``, ``labels`` and ``attention_mask``, one row of ints per sample, as its collator
+        returns them (labels aligned with the inputs, -100 where nothing is learnt; the model shifts them). Read from
+        the framework's own data path (its template, tokenisation, truncation, padding and collator). Declare the
+        ``data`` capability when you implement it."""
+        raise NotImplementedError(f"{type(self).__name__}.training_batches (declare the 'data' capability only with it)")
+
     def metric_name(self, metric: str) -> str:
         """The name the framework logs ``metric`` under."""
         return self.metric_names.get(metric, metric)
@@ -350,7 +359,8 @@ class Adapter:
 
 #: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
 OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
-                    "resolve_args", "merge")
+                    "resolve_args", "merge",
+                    "training_batches")
 
 
 def _import_target(target: str) -> Any:

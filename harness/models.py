@@ -30,6 +30,8 @@ __all__ = [
     "build_model",
     "write_datasets",
     "write_varied_datasets",
+    "write_chat_datasets",
+    "CHAT_TRAIN",
     "VARIED_LENGTHS",
     "write_jsonl",
     "read_jsonl",
@@ -45,7 +47,10 @@ SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
 #: is an exact per-token mean that an oracle can recompute.
 SEQ_WORDS = 11
 
+#: the tiny chat template; it starts with the BOS token, as real templates for a BOS-adding tokenizer do (Llama 2/3),
+#: so a chat rendered by the template is tokenised *without* adding special tokens (else: two BOS, open-r1 PR #462)
 CHAT_TEMPLATE = (
+    "{{ bos_token }}"
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
     "{% else %}<|assistant|> {{ m['content'] }} </s> {% endif %}"
@@ -217,3 +222,29 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ConfigError(path, f"line {lineno}", "a JSON object", line.strip()[:60]) from exc
     return rows
+
+
+#: chat training data for the train/serve format scenarios (issue 21): prompt/completion rows and multi-turn chats of
+#: different lengths (so every batch of 4 pads), every row's assistant turns unique (a supervised span names its row)
+CHAT_TRAIN: tuple[dict, ...] = (
+    {"prompt": "w1 w2", "completion": "w3 w4 w5"},
+    {"messages": [{"role": "user", "content": "w6"}, {"role": "assistant", "content": "w7 w8"},
+                  {"role": "user", "content": "w9 w10 w11"}, {"role": "assistant", "content": "w12 w13 w14 w15"}]},
+    {"prompt": "w16 w17 w18 w19 w20", "completion": "w21"},
+    {"messages": [{"role": "user", "content": "w22 w23"}, {"role": "assistant", "content": "w24 w25 w26"}]},
+    {"messages": [{"role": "user", "content": "w27"}, {"role": "assistant", "content": "w28"},
+                  {"role": "user", "content": "w29"}, {"role": "assistant", "content": "w30 w31"},
+                  {"role": "user", "content": "w32 w33"}, {"role": "assistant", "content": "w34"}]},
+    {"prompt": "w35", "completion": "w36 w37 w38 w39 w40 w41"},
+    {"messages": [{"role": "user", "content": "w42 w43 w44"}, {"role": "assistant", "content": "w45 w46"}]},
+    {"prompt": "w47 w0 w1", "completion": "w2 w3"},
+)
+
+
+def write_chat_datasets(dataset_dir: str | os.PathLike) -> Path:
+    """Like :func:`write_datasets`, with ``train.jsonl`` and ``eval.jsonl`` holding :data:`CHAT_TRAIN`: rows with
+    ``prompt``/``completion`` or ``messages`` (user/assistant turns) instead of ``text``."""
+    dataset_dir = write_datasets(dataset_dir, n_train=8, n_eval=4)
+    for name in ("train", "eval"):
+        write_jsonl(Path(dataset_dir) / f"{name}.jsonl", [dict(r) for r in CHAT_TRAIN])
+    return Path(dataset_dir)

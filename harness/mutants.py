@@ -44,6 +44,7 @@ __all__ = [
     "MeanOfMicroBatchMeans",
     "MergeWithoutLoraScale",
     "PackingWithoutBoundaries",
+    "PadIsEosInCollator",
     "MUTANTS",
 ]
 
@@ -391,4 +392,29 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "MeanOfMicroBatchMeans": ("test_grad_accumulation",),
     "MergeWithoutLoraScale": ("test_lora_merge",),
     "PackingWithoutBoundaries": ("test_packing",),
+    "PadIsEosInCollator": ("test_label_masking",),
 }
+
+
+class PadIsEosInCollator(ReferenceAdapter):
+    """Issue 21 — trl #1623 (back again per PR #3091): the collator pads with the EOS (``pad_token = eos_token``, as
+    Llama recipes set it) and masks the labels *by value* (``labels[input_ids == pad_token_id] = -100``, as
+    ``DataCollatorForLanguageModeling`` does), so the EOS that ends every assistant turn is masked with the padding:
+    the model never learns to stop."""
+
+    name = "mutant:pad-is-eos-in-collator"
+
+    def chat_collator(self, ctx: RunContext, tok):
+        base = super().chat_collator(ctx, tok)
+        eos = tok.eos_token_id
+
+        def collate(features):
+            pad, tok.pad_token = tok.pad_token, tok.eos_token  # the recipe's pad = eos, for this batch's padding
+            try:
+                batch = base(features)
+            finally:
+                tok.pad_token = pad
+            batch["labels"][batch["input_ids"] == eos] = -100
+            return batch
+
+        return collate

@@ -46,6 +46,7 @@ __all__ = [
     "assert_best_checkpoint_kept",
     "dir_fingerprint",
     "evaluate_checkpoint",
+    "assert_batches_teach_assistant",
 ]
 
 #: seed id -> one-line title used in failure messages and reports
@@ -62,6 +63,7 @@ SEEDS = {
     "ga": "grad-accumulation: k micro-batches must train exactly like one batch k times larger",
     "merge": "lora-merge: the merged model must be the trained model",
     "packing": "packing: packed samples must train exactly as if run alone",
+    "labels": "label-masking: every training sample must teach its assistant turns, through their end, and nothing else",
 }
 
 
@@ -774,3 +776,102 @@ def assert_same_weights(directory: Path, expected_dir: Path, *, atol: float, see
     if worst[1] > atol:
         raise OracleFailure(seed, f"{Path(directory).name}: {worst[0]} differs from the single-process run by "
                                   f"{worst[1]:.3g} (> atol {atol})")
+
+
+# --------------------------------------------------------------------------- issue 21: label masking
+def _spans(positions: list[int]) -> list[list[int]]:
+    """Contiguous runs of sorted positions."""
+    out: list[list[int]] = []
+    for p in positions:
+        if out and p == out[-1][-1] + 1:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
+def assert_batches_teach_assistant(batches: Iterable[Mapping[str, Any]], dataset_dir: Path, tokenizer_dir: Path, *,
+                                   turn_end: str | None = None, seed: str = "labels") -> int:
+    """Every training sample teaches exactly its assistant turns, each through its turn end, and nothing else.
+
+    ``batches``: the collated batches a framework trains on (``Adapter.training_batches``). Per sample (row of a
+    batch): no label on a padding position (attention mask 0); at least one supervised token (label != -100);
+    every label equal to the input token at its position (labels aligned with the inputs; the model shifts them);
+    at most one BOS among the attended tokens; the supervised positions form one span per assistant turn, and the
+    spans, less their last token, are the token ids of one ``train.jsonl`` row's assistant contents, in order, and each
+    span's last token is the turn end (``turn_end``, default the tokenizer's EOS). One epoch covers every row.
+    Returns the number of samples checked."""
+    from transformers import AutoTokenizer
+
+    from .models import read_jsonl
+    from .task import chat_messages
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    path = Path(dataset_dir) / "train.jsonl"
+    rows = read_jsonl(path)
+    expected: dict[tuple[tuple[int, ...], ...], int] = {}
+    for i, row in enumerate(rows):
+        turns = [m["content"] for m in chat_messages(row, path, i) if m["role"] == "assistant"]
+        expected[tuple(tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in turns)] = i
+    end_token = turn_end or tok.eos_token
+    end_id = tok.convert_tokens_to_ids(end_token)
+    bos_id = tok.bos_token_id
+
+    def show(ids: Iterable[int]) -> str:
+        return " ".join(tok.convert_ids_to_tokens(list(ids)))
+
+    seen: set[int] = set()
+    checked = 0
+    for b, batch in enumerate(batches):
+        missing = [k for k in ("input_ids", "labels", "attention_mask") if batch.get(k) is None]
+        if missing:
+            raise OracleFailure(seed, f"batch {b} has no {missing}: cannot tell padding from tokens")
+        for r, (ids, labels, mask) in enumerate(zip(batch["input_ids"], batch["labels"], batch["attention_mask"])):
+            ids, labels, mask = list(ids), list(labels), list(mask)
+            real = [i for i, m in enumerate(mask) if m]
+            where = f"batch {b} sample {r} ({show(ids[i] for i in real)!r})"
+            if not (len(ids) == len(labels) == len(mask)):
+                raise OracleFailure(seed, f"{where}: input_ids, labels and attention_mask have lengths "
+                                          f"{len(ids)}, {len(labels)}, {len(mask)}")
+            padded = [i for i, m in enumerate(mask) if not m and labels[i] != -100]
+            if padded:
+                raise OracleFailure(seed, f"{where}: {len(padded)} padding positions (attention mask 0) carry a label, "
+                                          f"first at {padded[0]}: label {show([labels[padded[0]]])!r}; expected -100 on "
+                                          f"padding: the loss trains the model to predict padding")
+            supervised = [i for i in real if labels[i] != -100]
+            if not supervised:
+                raise OracleFailure(seed, f"{where}: every label is -100: the sample teaches nothing (trl #1820/#980: "
+                                          f"the response template was not found in the tokenised sample)")
+            shifted = [i for i in supervised if labels[i] != ids[i]]
+            if shifted:
+                i = shifted[0]
+                raise OracleFailure(seed, f"{where}: the label at position {i} is {show([labels[i]])!r} but the input "
+                                          f"there is {show([ids[i]])!r} ({len(shifted)} such positions): labels are not "
+                                          f"aligned with the inputs (a mask shifted by the padding: trl PR #550)")
+            bos = sum(ids[i] == bos_id for i in real) if bos_id is not None else 0
+            if bos > 1:
+                raise OracleFailure(seed, f"{where}: {bos} BOS tokens {tok.bos_token!r}; expected at most one (a template "
+                                          f"that writes the BOS, tokenised with special tokens added again: open-r1 "
+                                          f"PR #462, DeepSeek-R1 #151)")
+            spans = [[ids[i] for i in span] for span in _spans(supervised)]
+            contents = tuple(tuple(s[:-1]) if s[-1] == end_id else tuple(s) for s in spans)
+            row = expected.get(contents)
+            if row is None:
+                wanted = min(expected, key=lambda k: abs(len(k) - len(contents)))
+                raise OracleFailure(seed, f"{where}: supervised spans {[show(s) for s in spans]} are not the assistant "
+                                          f"turns of any training sample (each turn's content, then {end_token!r}; e.g. "
+                                          f"{[show(t) + ' ' + end_token for t in wanted]}): a prompt, user turn or header "
+                                          f"is trained on, or an assistant turn is masked")
+            unended = [show(s) for s in spans if s[-1] != end_id]
+            if unended:
+                raise OracleFailure(seed, f"{where}: assistant turn {unended[0]!r} is supervised without its turn end: "
+                                          f"{end_token!r} carries label -100 ({len(unended)} of {len(spans)} turns); the "
+                                          f"model never learns to stop (trl #1623: a pad token equal to the EOS masks "
+                                          f"the EOS)")
+            seen.add(row)
+            checked += 1
+    unseen = sorted(set(range(len(rows))) - seen)
+    if unseen:
+        raise OracleFailure(seed, f"one epoch of training batches never holds train.jsonl rows {[u + 1 for u in unseen]} "
+                                  f"(of {len(rows)}; {checked} samples seen): dropped or truncated away")
+    return checked

@@ -10,7 +10,7 @@ quantisation, LoRA or full), :meth:`build_trainer` (the shared HF wiring of :mod
 reference's policy callback and atomic saves), training, :meth:`save_final`. Every hook receives the
 run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resolve_args`,
 :meth:`prepare_resume`, :meth:`check_resume_state`, :meth:`load_checkpoint_weights`, :meth:`load_optimizer_state`,
-:meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`,
+:meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`,
 :meth:`merge_scaling`, :meth:`load_diffusion_lora`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`.
@@ -31,6 +31,7 @@ from typing import Any
 
 from ..adapter import CAPABILITIES, Adapter, ResolvedArgs, RunResult, RunSpec
 from ..errors import ConfigError, MissingFileError, QuantizationMismatchError
+from ..task import is_chat_dataset
 from . import args as argres
 from ..layout import adapter_base, is_adapter_dir, latest_checkpoint, list_checkpoints, read_json, step_of
 from .io import atomic_write_text, check_pickled_state
@@ -224,6 +225,25 @@ class ReferenceAdapter(Adapter):
         model.config.use_cache = False
         return hf.packing_collator()
 
+    def chat_collator(self, ctx: RunContext, tok):
+        """Chat data (only runs on ``messages`` / ``prompt``+``completion`` rows reach this): transformers'
+        ``DataCollatorForSeq2Seq`` (:func:`harness.hf.chat_collator`): padding on the tokenizer's side with its pad
+        token, labels padded with -100 by position. A pad token equal to the EOS (trl #1623) then masks nothing real."""
+        from .. import hf
+
+        return hf.chat_collator(tok)
+
+    def training_batches(self, spec: RunSpec) -> list[Mapping[str, Any]]:
+        """One epoch of the batches a run of ``spec`` trains on: the run's own start, load and trainer (its dataset,
+        collator and sampler), the train dataloader read once; nothing is trained or saved."""
+        from .. import hf
+        from ..runtime import cpu_threads
+
+        with cpu_threads(spec.device):
+            ctx = self.start(spec)
+            model, tok = self.load(ctx)
+            return hf.epoch_batches(self.build_trainer(ctx, model, tok).get_train_dataloader())
+
     # ------------------------------------------------------------------ merging
     def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
         """PEFT ``merge_and_unload`` into the float32 base the adapter names (:func:`harness.hf.merge_lora`),
@@ -354,6 +374,8 @@ class ReferenceAdapter(Adapter):
         if distributed.is_worker():
             targs.update(distributed.fsdp_arguments())
         collator = self.packing_collator(ctx, model) if ctx.values["packing"] else None
+        if collator is None and is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
+            collator = self.chat_collator(ctx, tok)
         trainer = hf.build_trainer(ctx.values, model, tok, targs, ctx.spec.dataset_dir,
                                    callbacks=[PolicyCallback(policy, ctx.values["metric"], self, ctx)],
                                    wrap=trainer_class, collator=collator)
