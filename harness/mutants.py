@@ -45,6 +45,7 @@ __all__ = [
     "MergeWithoutLoraScale",
     "PackingWithoutBoundaries",
     "PadIsEosInCollator",
+    "SavedTokenizerWithoutTemplate",
     "MUTANTS",
 ]
 
@@ -369,7 +370,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "ResumeDropsOptimizerState": ("test_quantized_lora_resume", "test_diffusion_lora_resume",
                                   "test_resume_equivalence"),
     # also: the best checkpoint cannot be re-loaded for re-evaluation without its config
-    "WeightsOnlyIntermediateCheckpoints": ("test_full_ft_as_lora_base", "test_best_checkpoint"),
+    "WeightsOnlyIntermediateCheckpoints": ("test_full_ft_as_lora_base", "test_best_checkpoint",
+                                           "test_saved_template"),
     "PlainTrainerBestCheckpoint": ("test_best_checkpoint",),
     "RotationDeletesBest": ("test_best_checkpoint",),
     "NonAtomicSave": ("test_crash_during_save",),
@@ -393,6 +395,7 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "MergeWithoutLoraScale": ("test_lora_merge",),
     "PackingWithoutBoundaries": ("test_packing",),
     "PadIsEosInCollator": ("test_label_masking",),
+    "SavedTokenizerWithoutTemplate": ("test_saved_template",),
 }
 
 
@@ -418,3 +421,21 @@ class PadIsEosInCollator(ReferenceAdapter):
             return batch
 
         return collate
+
+
+class SavedTokenizerWithoutTemplate(ReferenceAdapter):
+    """Issue 21 — LLaMA-Factory #5836 / #5904, OpenRLHF #1069: the tokenizer saved with each checkpoint and the final
+    model lacks the chat template the run trained with (no ``chat_template.jinja``, no ``chat_template`` key), so a
+    server renders its own default format."""
+
+    name = "mutant:saved-tokenizer-without-template"
+
+    def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
+        import json
+
+        super().finalize_chat_format(ctx, directory)
+        (Path(directory) / "chat_template.jinja").unlink(missing_ok=True)
+        config = Path(directory) / "tokenizer_config.json"
+        saved = json.loads(config.read_text(encoding="utf-8"))
+        saved.pop("chat_template", None)
+        config.write_text(json.dumps(saved, indent=2), encoding="utf-8")

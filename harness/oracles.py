@@ -47,6 +47,8 @@ __all__ = [
     "dir_fingerprint",
     "evaluate_checkpoint",
     "assert_batches_teach_assistant",
+    "training_sample_of",
+    "assert_saved_format",
 ]
 
 #: seed id -> one-line title used in failure messages and reports
@@ -64,6 +66,7 @@ SEEDS = {
     "merge": "lora-merge: the merged model must be the trained model",
     "packing": "packing: packed samples must train exactly as if run alone",
     "labels": "label-masking: every training sample must teach its assistant turns, through their end, and nothing else",
+    "template": "saved-template: every saved tokenizer must encode a chat exactly as training did, and stop where it ends",
 }
 
 
@@ -875,3 +878,73 @@ def assert_batches_teach_assistant(batches: Iterable[Mapping[str, Any]], dataset
         raise OracleFailure(seed, f"one epoch of training batches never holds train.jsonl rows {[u + 1 for u in unseen]} "
                                   f"(of {len(rows)}; {checked} samples seen): dropped or truncated away")
     return checked
+
+
+# --------------------------------------------------------------------------- issue 21: the saved chat format
+def training_sample_of(batches: Iterable[Mapping[str, Any]], conversation: list[Mapping[str, str]], tokenizer_dir: Path,
+                       *, seed: str = "template") -> list[int]:
+    """The attended token ids of the training sample that holds ``conversation`` (every message's content tokens in
+    order), from a framework's collated batches (``Adapter.training_batches``)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    words = [t for m in conversation for t in tok(m["content"], add_special_tokens=False)["input_ids"]]
+    for batch in batches:
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            real = [t for t, m in zip(ids, mask) if m]
+            it = iter(real)
+            if all(any(t == w for t in it) for w in words):
+                return real
+    raise OracleFailure(seed, f"no training sample holds the conversation {[m['content'] for m in conversation]}")
+
+
+def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapping[str, str]],
+                        training_ids: list[int], *, seed: str = "template") -> None:
+    """A saved directory carries the format its run trained in: its tokenizer is on disk with a chat template,
+    ``apply_chat_template(conversation)`` gives exactly ``training_ids`` (the tokens the run trained on), the
+    generation config that serves it (the directory's, else — an adapter — its base's) stops at the template's turn
+    end, and every special token of the base tokenizer keeps its id."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from .layout import TOKENIZER_FILES, adapter_base, is_adapter_dir
+    from .task import template_turn_end
+
+    directory = Path(directory)
+    label = directory.name
+    absent = [n for n in TOKENIZER_FILES if not (directory / n).is_file()]
+    if absent:
+        raise OracleFailure(seed, f"{label} holds no tokenizer ({absent} missing): it cannot be served in the format "
+                                  f"it was trained in")
+    tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    if not tok.chat_template:
+        raise OracleFailure(seed, f"{label}: the saved tokenizer has no chat template (no chat_template.jinja, none in "
+                                  f"tokenizer_config.json): a server falls back to a default format the model never "
+                                  f"saw (LLaMA-Factory #5836 / #5904, OpenRLHF #1069)")
+    served = tok.apply_chat_template(list(conversation), tokenize=True)
+    served = list(served["input_ids"] if hasattr(served, "keys") else served)
+    if served != list(training_ids):
+        def show(ids):
+            return " ".join(tok.convert_ids_to_tokens(list(ids)))
+
+        raise OracleFailure(seed, f"{label}: apply_chat_template of the training conversation gives {show(served)!r}, "
+                                  f"but the run trained on {show(training_ids)!r}: the saved template is not the one "
+                                  f"the model was trained with (LLaMA-Factory #7785 / #5476, Qwen3-VL #1488)")
+    base = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    for attr in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        want, got = getattr(base, attr), getattr(tok, attr)
+        if want is not None and (got != want or tok.convert_tokens_to_ids(want) != base.convert_tokens_to_ids(want)):
+            raise OracleFailure(seed, f"{label}: {attr} is {got!r} (id {getattr(tok, attr + '_id')}), the base "
+                                      f"tokenizer's is {want!r} (id {getattr(base, attr + '_id')}): special-token ids "
+                                      f"changed between training base and saved model")
+    end = template_turn_end(tok)
+    config_dir = directory if (directory / "generation_config.json").is_file() else (
+        adapter_base(directory) if is_adapter_dir(directory) else None)
+    if config_dir is None or not (Path(config_dir) / "generation_config.json").is_file():
+        raise OracleFailure(seed, f"{label}: a full model without generation_config.json: generation stops only at "
+                                  f"config.json's eos, not at the template's turn end")
+    eos = GenerationConfig.from_pretrained(str(config_dir)).eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    if end is not None and end not in eos:
+        raise OracleFailure(seed, f"{label}: generation_config.json ({Path(config_dir).name}) has eos_token_id {eos}, "
+                                  f"which lacks the template's turn end {tok.convert_ids_to_tokens(end)!r} (id {end}): "
+                                  f"served generation never stops at the end of a turn (ms-swift #2831)")

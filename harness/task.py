@@ -29,6 +29,7 @@ __all__ = [
     "is_chat_dataset",
     "chat_messages",
     "encode_chat",
+    "template_turn_end",
 ]
 
 #: The values a run has when the command line leaves them unset (and the reference's defaults).
@@ -229,3 +230,16 @@ def encode_chat(tok, messages: list[dict[str, str]]) -> dict[str, list[int]]:
                                                      "the whole chat's", tok.chat_template)
         labels[start:len(upto)] = ids[start:len(upto)]
     return {"input_ids": ids, "labels": labels}
+
+
+def template_turn_end(tok) -> int | None:
+    """The token id a tokenizer's chat template writes right after an assistant turn's content (its turn end: the EOS
+    for the tiny template, ``<|im_end|>`` for ChatML), or None when the template writes nothing after it."""
+    content = tok("w2", add_special_tokens=False)["input_ids"]
+    text = tok.apply_chat_template([{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"}],
+                                   tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for i in range(len(ids) - len(content), -1, -1):
+        if ids[i:i + len(content)] == content:
+            return ids[i + len(content)] if i + len(content) < len(ids) else None
+    return None

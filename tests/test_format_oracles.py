@@ -3,10 +3,13 @@ failure branch is reached deliberately and its message checked — and the corre
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from harness.models import CHAT_TRAIN, build_tokenizer, write_chat_datasets
-from harness.oracles import OracleFailure, assert_batches_teach_assistant
+from harness.oracles import OracleFailure, assert_batches_teach_assistant, assert_saved_format
 from harness.task import chat_messages, encode_chat
 
 
@@ -107,3 +110,73 @@ def test_chat_encoding_has_one_bos_and_supervises_turn_ends(chat):
     assert tokens.count("<s>") == 1 and tokens[0] == "<s>"
     assert [t for t, lab in zip(tokens, enc["labels"]) if lab != -100] == ["w7", "w8", "</s>", "w12", "w13", "w14",
                                                                             "w15", "</s>"]
+
+
+# --------------------------------------------------------------------------- the saved chat format
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    from harness.models import build_assets
+
+    assets = build_assets(tmp_path_factory.mktemp("saved"))
+    conversation = chat_messages(CHAT_TRAIN[1])
+    tok = build_tokenizer()
+    return assets.model_dir, conversation, encode_chat(tok, conversation)["input_ids"]
+
+
+def _copy(model_dir, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(model_dir, tmp_path / "saved"))
+
+
+def test_saved_format_passes_on_the_training_tokenizer(saved, tmp_path):
+    model_dir, conversation, ids = saved
+    assert_saved_format(_copy(model_dir, tmp_path), model_dir, conversation, ids)
+
+
+def _no_tokenizer(d):
+    (d / "tokenizer.json").unlink()
+
+
+def _no_template(d):
+    (d / "chat_template.jinja").unlink()
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+
+def _other_template(d):
+    (d / "chat_template.jinja").write_text((d / "chat_template.jinja").read_text().replace("{{ bos_token }}", ""))
+
+
+def _pad_changed(d):
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["pad_token"] = "</s>"
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+
+def _eos_without_turn_end(d):
+    cfg = json.loads((d / "generation_config.json").read_text())
+    cfg["eos_token_id"] = [4]
+    (d / "generation_config.json").write_text(json.dumps(cfg))
+
+
+def _no_generation_config(d):
+    (d / "generation_config.json").unlink()
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (_no_tokenizer, "holds no tokenizer (['tokenizer.json'] missing)"),
+    (_no_template, "the saved tokenizer has no chat template"),
+    (_other_template, "apply_chat_template of the training conversation gives '<|user|> w6"),
+    (_pad_changed, "pad_token is '</s>' (id 3), the base tokenizer's is '<pad>' (id 0)"),
+    (_eos_without_turn_end, "has eos_token_id [4], which lacks the template's turn end '</s>' (id 3)"),
+    (_no_generation_config, "a full model without generation_config.json"),
+])
+def test_saved_format_failures_are_named(saved, tmp_path, break_it, message):
+    model_dir, conversation, ids = saved
+    directory = _copy(model_dir, tmp_path)
+    break_it(directory)
+    with pytest.raises(OracleFailure, match="saved-template") as info:
+        assert_saved_format(directory, model_dir, conversation, ids)
+    assert message in str(info.value)

@@ -10,7 +10,7 @@ quantisation, LoRA or full), :meth:`build_trainer` (the shared HF wiring of :mod
 reference's policy callback and atomic saves), training, :meth:`save_final`. Every hook receives the
 run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resolve_args`,
 :meth:`prepare_resume`, :meth:`check_resume_state`, :meth:`load_checkpoint_weights`, :meth:`load_optimizer_state`,
-:meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`,
+:meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`, :meth:`finalize_chat_format`,
 :meth:`merge_scaling`, :meth:`load_diffusion_lora`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`.
@@ -31,7 +31,7 @@ from typing import Any
 
 from ..adapter import CAPABILITIES, Adapter, ResolvedArgs, RunResult, RunSpec
 from ..errors import ConfigError, MissingFileError, QuantizationMismatchError
-from ..task import is_chat_dataset
+from ..task import is_chat_dataset, template_turn_end
 from . import args as argres
 from ..layout import adapter_base, is_adapter_dir, latest_checkpoint, list_checkpoints, read_json, step_of
 from .io import atomic_write_text, check_pickled_state
@@ -122,6 +122,30 @@ class ReferenceAdapter(Adapter):
         argres.write_args_file(directory, ctx.resolved, {"model_dir": str(ctx.spec.model_dir)})
         if (Path(directory) / "model.safetensors").is_file():
             self.finalize_weights(ctx, Path(directory), final)
+        if is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
+            self.finalize_chat_format(ctx, Path(directory))
+
+    def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
+        """Chat runs only (``messages`` / ``prompt``+``completion`` data reach this): every save carries the format the
+        run trained in. The tokenizer the run encoded with (chat template included) is what Trainer saved; a full
+        save's ``generation_config.json`` must stop at the template's turn end, so the turn-end token is added to its
+        ``eos_token_id`` when missing (LLaMA-Factory #5836 / ms-swift #2831: a saved model that does not stop)."""
+        from transformers import AutoTokenizer, GenerationConfig
+
+        from ..layout import TOKENIZER_FILES
+
+        if not all((directory / name).is_file() for name in TOKENIZER_FILES):
+            raise MissingFileError(directory, TOKENIZER_FILES[0], "a chat run saves the tokenizer it trained with")
+        config_file = directory / "generation_config.json"
+        if not config_file.is_file():
+            return  # an adapter save: served with its base's generation config
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        end = template_turn_end(tok)
+        config = GenerationConfig.from_pretrained(str(directory))
+        eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        if end is not None and end not in eos:
+            config.eos_token_id = [e for e in eos if e is not None] + [end]
+            config.save_pretrained(str(directory))
 
     def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
         """A full model's weights (only saves that hold ``model.safetensors`` reach this) are complete as
