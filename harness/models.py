@@ -31,6 +31,8 @@ __all__ = [
     "write_datasets",
     "write_varied_datasets",
     "write_chat_datasets",
+    "write_token_datasets",
+    "NEW_TOKENS",
     "CHAT_TRAIN",
     "VARIED_LENGTHS",
     "write_jsonl",
@@ -96,7 +98,7 @@ def build_tokenizer():
     return fast
 
 
-def _config(arch: str, vocab_size: int, tok):
+def _config(arch: str, vocab_size: int, tok, tie_word_embeddings: bool = False):
     common = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -108,7 +110,7 @@ def _config(arch: str, vocab_size: int, tok):
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     if arch == "llama":
         from transformers import LlamaConfig
@@ -121,14 +123,16 @@ def _config(arch: str, vocab_size: int, tok):
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHITECTURES}")
 
 
-def build_model(model_dir: str | os.PathLike, arch: str = "llama", seed: int = 0) -> Path:
-    """Create and save a tiny causal LM (+ tokenizer + generation config) in ``model_dir``."""
+def build_model(model_dir: str | os.PathLike, arch: str = "llama", seed: int = 0, *,
+                tie_word_embeddings: bool = False) -> Path:
+    """Create and save a tiny causal LM (+ tokenizer + generation config) in ``model_dir``; ``tie_word_embeddings``:
+    one matrix for the input embeddings and the output head (Qwen2-0.5B style; saved without ``lm_head.weight``)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     model_dir = Path(model_dir)
     tok = build_tokenizer()
-    config = _config(arch, len(tok), tok)
+    config = _config(arch, len(tok), tok, tie_word_embeddings)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(
@@ -247,4 +251,24 @@ def write_chat_datasets(dataset_dir: str | os.PathLike) -> Path:
     dataset_dir = write_datasets(dataset_dir, n_train=8, n_eval=4)
     for name in ("train", "eval"):
         write_jsonl(Path(dataset_dir) / f"{name}.jsonl", [dict(r) for r in CHAT_TRAIN])
+    return Path(dataset_dir)
+
+
+#: special tokens a run adds to the tiny vocabulary (``new_special_tokens``): the embeddings are resized by two rows
+NEW_TOKENS = ("<|tool|>", "<|/tool|>")
+
+
+def write_token_datasets(dataset_dir: str | os.PathLike, tokens: tuple[str, ...] = NEW_TOKENS) -> Path:
+    """Like :func:`write_datasets` (equal lengths: an exact per-token eval loss), with ``tokens`` written into every
+    train and eval text (words 3 and 8 of 11), so that a run that adds them as special tokens trains their rows and
+    its eval loss depends on them."""
+    dataset_dir = write_datasets(dataset_dir, n_train=16, n_eval=4)
+    for name in ("train", "eval"):
+        path = Path(dataset_dir) / f"{name}.jsonl"
+        rows = []
+        for text in read_texts(path):
+            words = text.split()
+            words[3], words[8] = tokens[0], tokens[-1]
+            rows.append({"text": " ".join(words)})
+        write_jsonl(path, rows)
     return Path(dataset_dir)

@@ -46,6 +46,8 @@ __all__ = [
     "PackingWithoutBoundaries",
     "PadIsEosInCollator",
     "SavedTokenizerWithoutTemplate",
+    "LmHeadRetiedOnSave",
+    "ResizedRowsNotSaved",
     "MUTANTS",
 ]
 
@@ -381,7 +383,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     # every scenario that reads a full save: the index names shards the disk lacks
     "IndexWithFirstShardOnly": ("test_args_precedence", "test_best_checkpoint", "test_checkpoint_layout",
                                 "test_crash_during_save", "test_full_ft_as_lora_base", "test_grad_accumulation",
-                                "test_grpo_full_save", "test_packing", "test_resume_equivalence"),
+                                "test_grpo_full_save", "test_packing", "test_resume_equivalence",
+                                "test_embeddings_saved"),
     "ScheduleRestartsOnResume": ("test_resume_equivalence",),  # seed 002 trains at a constant LR
     "RngNotRestoredOnResume": ("test_resume_equivalence",),  # only dropout and sampling draw on the RNG
     # also seed 002: its k=2/4 resumes are mid-epoch (12 steps per epoch)
@@ -396,6 +399,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "PackingWithoutBoundaries": ("test_packing",),
     "PadIsEosInCollator": ("test_label_masking",),
     "SavedTokenizerWithoutTemplate": ("test_saved_template",),
+    "LmHeadRetiedOnSave": ("test_embeddings_saved",),
+    "ResizedRowsNotSaved": ("test_embeddings_saved",),
 }
 
 
@@ -439,3 +444,45 @@ class SavedTokenizerWithoutTemplate(ReferenceAdapter):
         saved = json.loads(config.read_text(encoding="utf-8"))
         saved.pop("chat_template", None)
         config.write_text(json.dumps(saved, indent=2), encoding="utf-8")
+
+
+class LmHeadRetiedOnSave(ReferenceAdapter):
+    """Issue 21 — NeMo Automodel #2571, DeepSpeed #1896, peft #2777: a full save of an *untied* model (here: one whose
+    vocabulary the run resized) writes ``tie_word_embeddings: true`` and no ``lm_head.weight``, as if the head were the
+    embeddings; a loader re-ties them and the trained output head is gone, without an error."""
+
+    name = "mutant:lm-head-retied-on-save"
+
+    def finalize_embeddings(self, ctx: RunContext, directory: Path) -> None:
+        import json
+
+        from safetensors.torch import load_file, save_file
+
+        super().finalize_embeddings(ctx, directory)
+        weights, config_file = Path(directory) / "model.safetensors", Path(directory) / "config.json"
+        if not weights.is_file() or not config_file.is_file():
+            return
+        tensors = load_file(str(weights))
+        if tensors.pop("lm_head.weight", None) is None:
+            return
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["tie_word_embeddings"] = True
+        config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+class ResizedRowsNotSaved(ReferenceAdapter):
+    """Issue 21 — unsloth #9326, peft PR #1147 (``save_embedding_layers``): LoRA on a vocabulary the run resized trains
+    the embeddings' new rows but saves only the LoRA matrices; reloading base + resize + adapter gives the added tokens
+    fresh rows, so the served model is not the trained one."""
+
+    name = "mutant:resized-rows-not-saved"
+
+    def finalize_embeddings(self, ctx: RunContext, directory: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        super().finalize_embeddings(ctx, directory)
+        adapter = Path(directory) / "adapter_model.safetensors"
+        if adapter.is_file():
+            tensors = load_file(str(adapter))
+            save_file({k: v for k, v in tensors.items() if "lora_" in k}, str(adapter), metadata={"format": "pt"})

@@ -49,6 +49,7 @@ __all__ = [
     "assert_batches_teach_assistant",
     "training_sample_of",
     "assert_saved_format",
+    "assert_embeddings_saved",
 ]
 
 #: seed id -> one-line title used in failure messages and reports
@@ -67,6 +68,7 @@ SEEDS = {
     "packing": "packing: packed samples must train exactly as if run alone",
     "labels": "label-masking: every training sample must teach its assistant turns, through their end, and nothing else",
     "template": "saved-template: every saved tokenizer must encode a chat exactly as training did, and stop where it ends",
+    "embeddings": "embeddings-saved: tied and resized embeddings must be saved as trained and reload to the logged eval",
 }
 
 
@@ -948,3 +950,98 @@ def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapp
         raise OracleFailure(seed, f"{label}: generation_config.json ({Path(config_dir).name}) has eos_token_id {eos}, "
                                   f"which lacks the template's turn end {tok.convert_ids_to_tokens(end)!r} (id {end}): "
                                   f"served generation never stops at the end of a turn (ms-swift #2831)")
+
+
+# --------------------------------------------------------------------------- issue 21: embeddings on disk
+def _embedding_key(tensors: Mapping[str, Any]) -> str | None:
+    return next((k for k in sorted(tensors) if k.endswith("embed_tokens.weight")), None)
+
+
+def _saved_embeddings(directory: Path, seed: str) -> Any:
+    """The input-embedding matrix a directory holds: a full model's, or a LoRA adapter's whole-module copy
+    (PEFT ``modules_to_save`` / ``save_embedding_layers``); None when it holds none."""
+    directory = Path(directory)
+    tensors = _lora_tensors(directory) if (directory / "adapter_config.json").is_file() else weights_on_disk(
+        directory, seed=seed)
+    key = _embedding_key(tensors or {})
+    return None if key is None else tensors[key]
+
+
+def assert_embeddings_saved(output_dir: Path, base_dir: Path, dataset_dir: Path, *, new_tokens: tuple[str, ...] = (),
+                            rel_tol: float, seed: str = "embeddings") -> None:
+    """Tied and resized embeddings survive save and reload. For the final directory of ``output_dir``: the saved
+    tokenizer holds ``new_tokens``; a full save's ``config.json`` tie flag agrees with its tensors (tied: no
+    ``lm_head.weight`` or one equal to the embeddings; untied: an ``lm_head.weight`` of its own) and its embeddings
+    hold a row per token; an adapter of a resized run holds the full-size embeddings; the added tokens' rows differ
+    between the first checkpoint and the final save (they were trained); and reloading the final directory — the full
+    directory, or the base resized to the saved tokenizer plus the adapter — reproduces the last logged ``eval_loss``
+    within ``rel_tol``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .layout import is_adapter_dir
+
+    output_dir = Path(output_dir)
+    evals = {int(h["step"]): float(h["eval_loss"]) for h in read_log_history(output_dir) if "eval_loss" in h}
+    if not evals:
+        raise OracleFailure(seed, f"{output_dir.name}: no eval_loss logged; nothing to reproduce")
+    step = max(evals)
+    tok = AutoTokenizer.from_pretrained(str(output_dir), local_files_only=True)
+    absent = [t for t in new_tokens if t not in tok.get_vocab()]
+    if absent:
+        raise OracleFailure(seed, f"{output_dir.name}: the saved tokenizer lacks the added tokens {absent} "
+                                  f"({len(tok)} tokens): the model cannot be served with the vocabulary it trained on")
+    new_ids = [tok.convert_tokens_to_ids(t) for t in new_tokens]
+    adapter = is_adapter_dir(output_dir)
+    if not adapter:
+        config = json.loads((output_dir / "config.json").read_text(encoding="utf-8"))
+        tied = bool(config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings")))
+        tensors = weights_on_disk(output_dir, seed=seed)
+        head, embed = tensors.get("lm_head.weight"), tensors.get(_embedding_key(tensors) or "")
+        if tied and head is not None and embed is not None and not torch.equal(head, embed):
+            raise OracleFailure(seed, f"{output_dir.name}: config.json says tie_word_embeddings=true but lm_head.weight "
+                                      f"on disk differs from the embeddings by {(head - embed).abs().max().item():.3g}: "
+                                      f"a loader ties them and silently drops one (DeepSpeed #1896, peft #2777)")
+        if not tied and head is None:
+            raise OracleFailure(seed, f"{output_dir.name}: config.json says tie_word_embeddings=false but no "
+                                      f"lm_head.weight is on disk: a loader initialises the output head at random "
+                                      f"(NeMo Automodel #2571)")
+    embed = _saved_embeddings(output_dir, seed)
+    if new_tokens and embed is None:
+        raise OracleFailure(seed, f"{output_dir.name}: the adapter holds no embedding matrix although the vocabulary "
+                                  f"grew by {len(new_tokens)} tokens: the added tokens' trained rows were not saved: "
+                                  f"a reload gives them fresh rows (unsloth #9326; PEFT modules_to_save / save_embedding_layers, peft PR #1147)")
+    if embed is not None and embed.shape[0] < len(tok):
+        raise OracleFailure(seed, f"{output_dir.name}: the saved embeddings have {embed.shape[0]} rows, the saved "
+                                  f"tokenizer {len(tok)} tokens: the resized rows were not saved")
+    checkpoints = list_checkpoints(output_dir)
+    if new_tokens and checkpoints:
+        first = _saved_embeddings(checkpoints[0], seed)
+        if first is not None and torch.equal(first[new_ids], embed[new_ids]):
+            raise OracleFailure(seed, f"{output_dir.name}: the rows of {list(new_tokens)} are identical in "
+                                      f"{checkpoints[0].name} and the final save: the added tokens were not trained")
+    if adapter:
+        from peft import PeftModel
+
+        from .layout import adapter_base
+
+        base = AutoModelForCausalLM.from_pretrained(str(adapter_base(output_dir)), **dtype_kwargs(),
+                                                    local_files_only=True)
+        if base.get_input_embeddings().weight.shape[0] != len(tok):
+            base.resize_token_embeddings(len(tok))
+        model = PeftModel.from_pretrained(base, str(output_dir))
+        how = "base + resize + adapter" if new_tokens else "base + adapter"
+    else:
+        _present_weight_files(output_dir, seed)
+        model = AutoModelForCausalLM.from_pretrained(str(output_dir), **dtype_kwargs(), local_files_only=True)
+        how = f"the full directory (config.json tie_word_embeddings={tied})"
+    model.eval()
+    ids = torch.tensor([tok(t)["input_ids"] for t in _eval_texts(dataset_dir)])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    got = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).item()
+    if not math.isclose(got, evals[step], rel_tol=rel_tol):
+        raise OracleFailure(seed, f"{output_dir.name}: reloading {how} gives eval_loss {got:.6g}, the run logged "
+                                  f"{evals[step]:.6g} at step {step} (relative difference "
+                                  f"{abs(got - evals[step]) / abs(evals[step]):.3g} > {rel_tol:g}): what was saved is "
+                                  f"not the model that was evaluated")

@@ -62,6 +62,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "max_completion_length": 8,
     "load_args": True,
     "allow_quantization_change": False,
+    "new_special_tokens": (),  # tokens added to the tokenizer (and rows to the embeddings) before training
 }
 
 

@@ -10,7 +10,7 @@ quantisation, LoRA or full), :meth:`build_trainer` (the shared HF wiring of :mod
 reference's policy callback and atomic saves), training, :meth:`save_final`. Every hook receives the
 run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resolve_args`,
 :meth:`prepare_resume`, :meth:`check_resume_state`, :meth:`load_checkpoint_weights`, :meth:`load_optimizer_state`,
-:meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`, :meth:`finalize_chat_format`,
+:meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`, :meth:`finalize_chat_format`, :meth:`finalize_embeddings`, :meth:`resized_vocab_modules`,
 :meth:`merge_scaling`, :meth:`load_diffusion_lora`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`.
@@ -124,6 +124,9 @@ class ReferenceAdapter(Adapter):
             self.finalize_weights(ctx, Path(directory), final)
         if is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
             self.finalize_chat_format(ctx, Path(directory))
+        config = read_json(Path(directory) / "config.json") if (Path(directory) / "config.json").is_file() else {}
+        if ctx.values.get("new_special_tokens") or config.get("tie_word_embeddings"):
+            self.finalize_embeddings(ctx, Path(directory))
 
     def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
         """Chat runs only (``messages`` / ``prompt``+``completion`` data reach this): every save carries the format the
@@ -146,6 +149,40 @@ class ReferenceAdapter(Adapter):
         if end is not None and end not in eos:
             config.eos_token_id = [e for e in eos if e is not None] + [end]
             config.save_pretrained(str(directory))
+
+    def resized_vocab_modules(self, ctx: RunContext, model) -> list[str]:
+        """LoRA on a resized vocabulary (``new_special_tokens``; only those runs reach this): the input embeddings and
+        the output head are trained whole and saved in the adapter (PEFT ``modules_to_save``), so the added tokens'
+        rows learn and an adapter reloads onto base + resize (unsloth #9326, peft PR #1147). Returns their module
+        names (the head only when it is not tied to the embeddings)."""
+        names = [model.get_input_embeddings()]
+        if not model.config.get_text_config().tie_word_embeddings:
+            names.append(model.get_output_embeddings())
+        by_module = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+        return [by_module[id(m)] for m in names]
+
+    def finalize_embeddings(self, ctx: RunContext, directory: Path) -> None:
+        """Runs with tied embeddings or a resized vocabulary only: a full save's ``config.json`` tie flag must agree
+        with its tensors (tied: no separate ``lm_head.weight``, or one equal to the embeddings; untied: one of its
+        own), and its embeddings must hold a row per token of the saved tokenizer. transformers' ``save_pretrained``
+        writes it so; a save that disagrees is refused rather than left for a loader to re-tie or re-initialise."""
+        from ..errors import CheckpointError
+        from ..layout import weight_files
+        from safetensors import safe_open
+
+        if not weight_files(directory) or not (directory / "config.json").is_file():
+            return  # an adapter save: modules_to_save carries the rows (resized_vocab_modules)
+        tensors: dict[str, Any] = {}
+        for file in weight_files(directory):
+            if not file.is_file():
+                continue  # (only a broken save lacks a shard its index lists; the oracles judge that)
+            with safe_open(str(file), "pt") as fh:
+                tensors.update({k: fh.get_tensor(k) for k in fh.keys() if "embed_tokens" in k or "lm_head" in k})
+        config = read_json(directory / "config.json")
+        head = tensors.get("lm_head.weight")
+        if not config.get("tie_word_embeddings", False) and head is None:
+            raise CheckpointError(directory, "config.json says the embeddings are not tied but no lm_head.weight was "
+                                             "saved", "config.json")
 
     def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
         """A full model's weights (only saves that hold ``model.safetensors`` reach this) are complete as
@@ -362,6 +399,10 @@ class ReferenceAdapter(Adapter):
         model_dir = Path(spec.model_dir)
         tok = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else ctx.base_dir)
         model = load_model(ctx.base_dir, values["quantization"], spec.device)
+        new_tokens = list(values.get("new_special_tokens") or ())
+        if new_tokens:  # the vocabulary grows before any adapter: a LoRA output of a resized run needs the rows
+            tok.add_tokens(new_tokens, special_tokens=True)
+            model.resize_token_embeddings(len(tok))
         if ctx.adapter_dir is not None:
             from peft import PeftModel
 
@@ -372,7 +413,10 @@ class ReferenceAdapter(Adapter):
             from peft import get_peft_model
 
             torch.manual_seed(values["seed"])
-            model = get_peft_model(model, lora_config(values))
+            config = lora_config(values)
+            if new_tokens:
+                config.modules_to_save = self.resized_vocab_modules(ctx, model)
+            model = get_peft_model(model, config)
         elif values["train_type"] == "full":
             for p in model.parameters():
                 p.requires_grad_(True)
