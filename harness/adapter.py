@@ -59,6 +59,7 @@ CAPABILITIES = frozenset(
         "packing",  # packing=True: samples packed into rows without attending across their boundaries
         "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
         "data",  # training_batches(spec): the tokenised, collated batches the framework would train on
+        "new-tokens",  # cli new_special_tokens: the framework adds the tokens and resizes the embeddings before training
         "gpu",  # device="cuda"
     }
 )

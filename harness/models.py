@@ -50,12 +50,13 @@ SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
 SEQ_WORDS = 11
 
 #: the tiny chat template; it starts with the BOS token, as real templates for a BOS-adding tokenizer do (Llama 2/3),
-#: so a chat rendered by the template is tokenised *without* adding special tokens (else: two BOS, open-r1 PR #462)
+#: so a chat rendered by the template is tokenised *without* adding special tokens (else: two BOS, open-r1 PR #462);
+#: ``{% generation %}`` marks each assistant turn through its turn end (TRL's ``assistant_only_loss`` needs the markers)
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
-    "{% else %}<|assistant|> {{ m['content'] }} </s> {% endif %}"
+    "{% else %}<|assistant|> {% generation %}{{ m['content'] }} </s>{% endgeneration %} {% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
 )

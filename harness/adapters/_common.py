@@ -14,7 +14,8 @@ from typing import Any
 from ..adapter import ResolvedArgs, RunResult, RunSpec
 from ..layout import list_checkpoints, read_log_history
 
-__all__ = ["parse_bool", "check_options", "convert_datasets", "collect_result", "checkpoints_in"]
+__all__ = ["parse_bool", "check_options", "convert_datasets", "collect_result", "checkpoints_in", "chat_as_messages",
+           "convert_chat_datasets"]
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -98,3 +99,32 @@ def collect_result(spec: RunSpec, final_dir: Path, resolved: ResolvedArgs | None
         history = ()
     return RunResult(output_dir=output_dir, checkpoints=tuple(checkpoints_in(output_dir)), final_dir=Path(final_dir),
                      log_history=history, resolved=resolved)
+
+
+def chat_as_messages(path: Path) -> list[dict[str, Any]]:
+    """A chat dataset (``messages`` or ``prompt``/``completion`` rows) as ``{"messages": [...]}`` rows only: one format
+    for the whole file (TRL, ms-swift), a prompt/completion row becoming one user/assistant exchange."""
+    from ..models import read_jsonl
+    from ..task import chat_messages
+
+    return [{"messages": chat_messages(row, path, i)} for i, row in enumerate(read_jsonl(path))]
+
+
+def convert_chat_datasets(dataset_dir: Path, out_dir: Path, fmt: str) -> dict[str, Path]:
+    """A chat dataset in a framework's format; returns ``{"train", "eval"} -> file``. ``fmt``: ``"messages"`` (ms-swift,
+    TRL: ``{"messages": [{"role", "content"}, ...]}``), ``"sharegpt"`` (LLaMA-Factory: the same rows with a
+    ``dataset_info.json`` naming them ``ft_train`` / ``ft_eval``, ``formatting: sharegpt`` and OpenAI-style tags)."""
+    from ..models import write_jsonl
+
+    out_dir = Path(out_dir)
+    files = {name: write_jsonl(out_dir / f"{name}.jsonl", chat_as_messages(Path(dataset_dir) / f"{name}.jsonl"))
+             for name in ("train", "eval")}
+    if fmt == "sharegpt":
+        tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                "system_tag": "system"}
+        info = {f"ft_{name}": {"file_name": path.name, "formatting": "sharegpt", "columns": {"messages": "messages"},
+                               "tags": tags} for name, path in files.items()}
+        (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    elif fmt != "messages":
+        raise ValueError(f"unknown chat dataset format {fmt!r} (messages, sharegpt)")
+    return files
