@@ -967,15 +967,35 @@ def _saved_embeddings(directory: Path, seed: str) -> Any:
     return None if key is None else tensors[key]
 
 
-def assert_embeddings_saved(output_dir: Path, base_dir: Path, dataset_dir: Path, *, new_tokens: tuple[str, ...] = (),
-                            rel_tol: float, seed: str = "embeddings") -> None:
+def batches_loss(model, batches: Iterable[Mapping[str, Any]]) -> float:
+    """The token-mean cross-entropy of ``model`` on collated batches (``Adapter.training_batches``: input ids,
+    attention mask, labels aligned with the inputs, -100 where nothing is scored), every scored token weighing the
+    same: Trainer's eval loss when the eval set is one batch."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            ids = torch.tensor(batch["input_ids"])
+            logits = model(input_ids=ids, attention_mask=torch.tensor(batch["attention_mask"])).logits.float()
+            labels = torch.tensor(batch["labels"])[:, 1:]
+            scored = labels != -100
+            losses = torch.nn.functional.cross_entropy(logits[:, :-1][scored], labels[scored], reduction="sum")
+            total, count = total + losses.item(), count + int(scored.sum())
+    return total / max(count, 1)
+
+
+def assert_embeddings_saved(output_dir: Path, base_dir: Path, eval_batches: list[Mapping[str, Any]], *,
+                            new_tokens: tuple[str, ...] = (), rel_tol: float, seed: str = "embeddings") -> None:
     """Tied and resized embeddings survive save and reload. For the final directory of ``output_dir``: the saved
     tokenizer holds ``new_tokens``; a full save's ``config.json`` tie flag agrees with its tensors (tied: no
     ``lm_head.weight`` or one equal to the embeddings; untied: an ``lm_head.weight`` of its own) and its embeddings
     hold a row per token; an adapter of a resized run holds the full-size embeddings; the added tokens' rows differ
     between the first checkpoint and the final save (they were trained); and reloading the final directory — the full
     directory, or the base resized to the saved tokenizer plus the adapter — reproduces the last logged ``eval_loss``
-    within ``rel_tol``."""
+    within ``rel_tol``, scored on ``eval_batches``: the eval set as the framework itself encodes and collates it (its
+    template and labels: the loss it logged is over those)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -1027,19 +1047,16 @@ def assert_embeddings_saved(output_dir: Path, base_dir: Path, dataset_dir: Path,
 
         base = AutoModelForCausalLM.from_pretrained(str(adapter_base(output_dir)), **dtype_kwargs(),
                                                     local_files_only=True)
-        if base.get_input_embeddings().weight.shape[0] != len(tok):
-            base.resize_token_embeddings(len(tok))
+        rows = embed.shape[0] if embed is not None else len(tok)  # a framework may pad the vocabulary (LLaMA-Factory: 64)
+        if base.get_input_embeddings().weight.shape[0] != rows:
+            base.resize_token_embeddings(rows)
         model = PeftModel.from_pretrained(base, str(output_dir))
         how = "base + resize + adapter" if new_tokens else "base + adapter"
     else:
         _present_weight_files(output_dir, seed)
         model = AutoModelForCausalLM.from_pretrained(str(output_dir), **dtype_kwargs(), local_files_only=True)
         how = f"the full directory (config.json tie_word_embeddings={tied})"
-    model.eval()
-    ids = torch.tensor([tok(t)["input_ids"] for t in _eval_texts(dataset_dir)])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
-    got = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).item()
+    got = batches_loss(model, eval_batches)
     if not math.isclose(got, evals[step], rel_tol=rel_tol):
         raise OracleFailure(seed, f"{output_dir.name}: reloading {how} gives eval_loss {got:.6g}, the run logged "
                                   f"{evals[step]:.6g} at step {step} (relative difference "

@@ -15,7 +15,9 @@ tokens added by the run (``new_special_tokens``: :data:`harness.models.NEW_TOKEN
 text); full and LoRA, 4 steps, a checkpoint at step 2, the eval at step 4. Assert (``assert_embeddings_saved``): the
 final save's tie flag agrees with its tensors; the saved tokenizer holds the added tokens, the embeddings (the full
 model's, or the adapter's whole-module copy) hold a row per token, and the added rows changed between checkpoint-2 and
-the end; reloading the full directory, or base + resize + adapter, reproduces the logged eval loss.
+the end; reloading the full directory, or base + resize + adapter, reproduces the logged eval loss on the eval set as
+the framework encodes it (``training_batches`` of the eval rows, capability ``data``: its template decides which tokens
+its eval loss scores).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from harness.oracles import assert_embeddings_saved
 
 from ._support import spec
 
-pytestmark = [pytest.mark.ft_seed("embeddings"), pytest.mark.ft_requires("sft")]
+pytestmark = [pytest.mark.ft_seed("embeddings"), pytest.mark.ft_requires("sft", "data")]
 
 #: measured on the reference (CPU float32, transformers 5.23 / peft 0.21): reloaded vs logged eval loss are equal
 #: (relative difference 0.0 in all four cases: one batch of the same 4 equal-length texts as Trainer's eval); the
@@ -49,8 +51,20 @@ def test_embeddings_survive_save_and_reload(ft_adapter, tiny_assets, tmp_path, m
         model_dir = build_model(tmp_path / "tied", arch=ft_adapter.model_arch, tie_word_embeddings=True)
     else:
         new_tokens = NEW_TOKENS
-    run = ft_adapter.train(spec(tiny_assets, tmp_path / "out", model_dir=model_dir, train_type=train_type,
-                                max_steps=4, save_steps=2, eval_steps=4, learning_rate=1e-2, seed=42, device=ft_device,
-                                cli={"new_special_tokens": list(new_tokens)} if new_tokens else {}
-                                ).replace(dataset_dir=data))
-    assert_embeddings_saved(run.final_dir, model_dir, data, new_tokens=new_tokens, rel_tol=EVAL_RTOL)
+    run_spec = spec(tiny_assets, tmp_path / "out", model_dir=model_dir, train_type=train_type, max_steps=4,
+                    save_steps=2, eval_steps=4, learning_rate=1e-2, seed=42, device=ft_device,
+                    cli={"new_special_tokens": list(new_tokens)} if new_tokens else {}).replace(dataset_dir=data)
+    # the eval set as the framework encodes it (its template decides which tokens its logged eval loss scores)
+    eval_batches = ft_adapter.training_batches(run_spec.replace(dataset_dir=eval_as_train(data, tmp_path / "eval"),
+                                                                output_dir=tmp_path / "eval-out"))
+    run = ft_adapter.train(run_spec)
+    assert_embeddings_saved(run.final_dir, model_dir, eval_batches, new_tokens=new_tokens, rel_tol=EVAL_RTOL)
+
+
+def eval_as_train(data, out):
+    """A copy of the dataset whose training set is the eval set (what ``training_batches`` reads)."""
+    import shutil
+
+    shutil.copytree(data, out)
+    shutil.copy(out / "eval.jsonl", out / "train.jsonl")
+    return out

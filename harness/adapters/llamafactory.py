@@ -14,7 +14,12 @@ with bitsandbytes, HQQ or EETQ only (no optimum-quanto). ``packing=True`` become
 ``export_model(config)``. Options (``--ft-adapter-option KEY=VALUE``):
 
 ``load_best_model_at_end``  true/false (default false), passed through to TrainingArguments.
-``template``                LLaMA-Factory template (default ``empty``).
+``template``                LLaMA-Factory template (default ``empty`` for text data; for chat data none, so that
+                            LLaMA-Factory parses the tokenizer's own chat template, ``parse_template``).
+
+Chat data (``messages`` / ``prompt``+``completion`` rows) becomes sharegpt ``messages`` rows; ``training_batches``
+runs the training config and stops at ``Trainer.train()`` to read one epoch of its dataloader;
+``new_special_tokens`` becomes ``add_special_tokens`` (0.9.5; ``new_special_tokens`` before) + ``resize_vocab: true``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
 from .. import hf
 from ..runtime import cpu_threads, library_versions, run_in_fork
-from ._common import check_options, collect_result, convert_datasets, parse_bool
+from ..task import is_chat_dataset
+from ._common import check_options, collect_result, convert_chat_datasets, convert_datasets, parse_bool
 
 __all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "QUANT_KEYS"]
 
@@ -43,8 +49,8 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *, template: str = "empty",
-                 load_best_model_at_end: bool = False) -> dict[str, Any]:
+def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *, template: str | None = "empty",
+                 load_best_model_at_end: bool = False, special_tokens_key: str = "add_special_tokens") -> dict[str, Any]:
     """The ``llamafactory-cli train`` config for one RunSpec (``values``: CLI over defaults)."""
     model_dir = Path(spec.model_dir)
     cfg: dict[str, Any] = {"stage": "sft", "do_train": True, "template": template, "finetuning_type":
@@ -80,6 +86,9 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
             cfg["compute_accuracy"] = True
     if values.get("packing"):
         cfg.update(packing=True, neat_packing=True)  # neat_packing: no cross-attention between packed samples
+    new_tokens = list(values.get("new_special_tokens") or ())
+    if new_tokens:  # LLaMA-Factory adds them, resizes, and (LoRA) trains/saves embed + head as additional_target
+        cfg.update({special_tokens_key: ",".join(new_tokens), "resize_vocab": True})
     if spec.resume_from is not None and spec.resume_from != "latest":
         cfg["resume_from_checkpoint"] = str(spec.resume_from)
     return cfg
@@ -90,16 +99,24 @@ class LlamaFactoryAdapter(Adapter):
 
     name = "llamafactory"
     capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint", "merge",
-                              "packing", "gpu"})
+                              "packing", "data", "new-tokens", "gpu"})
 
     def __init__(self, **options: str):
         check_options("llamafactory", options, OPTIONS)
         self.load_best_model_at_end = parse_bool("llamafactory", "load_best_model_at_end",
                                                  options.get("load_best_model_at_end", "false"))
         self.template = options.get("template", "empty")
+        self.template_given = "template" in options
         import llamafactory
 
         self.version = llamafactory.__version__
+        import dataclasses
+
+        from llamafactory.hparams import ModelArguments
+
+        #: 0.9.5 calls the comma-separated token list add_special_tokens; earlier releases new_special_tokens
+        fields = {f.name for f in dataclasses.fields(ModelArguments)}
+        self.special_tokens_key = "add_special_tokens" if "add_special_tokens" in fields else "new_special_tokens"
         self.name = f"llamafactory {self.version}" + ("[load_best_model_at_end=true]"
                                                       if self.load_best_model_at_end else "")
 
@@ -118,17 +135,58 @@ class LlamaFactoryAdapter(Adapter):
             run_in_fork(lambda: export_model(cfg))
         return Path(output_dir)
 
+    def _config(self, spec: RunSpec, tmp: Path) -> tuple[dict[str, Any], Any]:
+        """(config, resolved): the dataset converted into ``tmp`` — chat rows as sharegpt ``messages`` with
+        ``template`` left to LLaMA-Factory's parsing of the tokenizer's own chat template (unless the ``template``
+        option names one), text rows as alpaca with ``template``."""
+        resolved = self.resolve_args(spec.cli_args(), spec.model_dir)
+        data = Path(tmp) / "data"
+        chat = is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl")
+        if chat:
+            convert_chat_datasets(Path(spec.dataset_dir), data, "sharegpt")
+        else:
+            convert_datasets(Path(spec.dataset_dir), data, "alpaca")
+        template = self.template if (self.template_given or not chat) else None
+        return build_config(spec, resolved.values, data, template=template,
+                            load_best_model_at_end=self.load_best_model_at_end,
+                            special_tokens_key=self.special_tokens_key), resolved
+
     def train(self, spec: RunSpec) -> RunResult:
         import tempfile
 
-        resolved = self.resolve_args(spec.cli_args(), spec.model_dir)
         with tempfile.TemporaryDirectory(prefix="ft-llamafactory-") as tmp:
-            data = Path(tmp) / "data"
-            convert_datasets(Path(spec.dataset_dir), data, "alpaca")
-            cfg = build_config(spec, resolved.values, data, template=self.template,
-                               load_best_model_at_end=self.load_best_model_at_end)
+            cfg, resolved = self._config(spec, Path(tmp))
             from llamafactory.train.tuner import run_exp
 
             with cpu_threads(spec.device):
                 run_in_fork(lambda: run_exp(cfg))
         return collect_result(spec, Path(spec.output_dir), resolved)
+
+    def training_batches(self, spec: RunSpec) -> list[Mapping[str, Any]]:
+        """``run_exp(config)`` as for training — LLaMA-Factory's ``get_dataset`` (template, tokenisation, cutoff) and its
+        ``SFTDataCollatorWith4DAttentionMask`` inside its own ``CustomSeq2SeqTrainer`` — stopped at ``train()``: the
+        child writes one epoch of the trainer's train dataloader and exits before any step."""
+        import json
+        import os
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ft-llamafactory-") as tmp:
+            cfg, _ = self._config(spec, Path(tmp))
+            out = Path(tmp) / "batches.json"
+
+            def dump_batches() -> None:
+                from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+                from llamafactory.train.tuner import run_exp
+
+                def train(trainer, *args, **kwargs):
+                    out.write_text(json.dumps(hf.epoch_batches(trainer.get_train_dataloader())), encoding="utf-8")
+                    os._exit(0)  # the batches are out; no step, no save
+
+                CustomSeq2SeqTrainer.train = train
+                run_exp(cfg)
+
+            with cpu_threads(spec.device):
+                run_in_fork(dump_batches)
+            if not out.is_file():
+                raise RuntimeError("LLaMA-Factory's run ended without reaching Trainer.train(): no batches")
+            return json.loads(out.read_text(encoding="utf-8"))

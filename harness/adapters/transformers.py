@@ -106,13 +106,8 @@ class TransformersAdapter(Adapter):
             return self._train(spec)
 
     def training_batches(self, spec: RunSpec) -> list[Mapping[str, Any]]:
-        """One epoch of TRL ``SFTTrainer``'s train dataloader for chat data (``assistant_only_loss``), built as
-        :meth:`train` builds it; nothing is trained."""
-        from ..errors import ConfigError
-
-        if not is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
-            raise ConfigError(Path(spec.dataset_dir) / "train.jsonl", "rows", "chat rows (messages or prompt/completion)",
-                              "text")
+        """One epoch of the train dataloader of the trainer :meth:`train` builds (TRL ``SFTTrainer`` with
+        ``assistant_only_loss`` for chat data, ``Trainer`` for text); nothing is trained."""
         with cpu_threads(spec.device):
             return hf.epoch_batches(self._train(spec, build_only=True).get_train_dataloader())
 
