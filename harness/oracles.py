@@ -914,10 +914,14 @@ def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapp
     directory = Path(directory)
     label = directory.name
     absent = [n for n in TOKENIZER_FILES if not (directory / n).is_file()]
+    tok_dir = directory
+    if absent and is_adapter_dir(directory):  # an adapter without a tokenizer is served with its base's
+        tok_dir, label = adapter_base(directory), f"{directory.name} (no tokenizer of its own: its base's)"
+        absent = [n for n in TOKENIZER_FILES if not (Path(tok_dir) / n).is_file()]
     if absent:
         raise OracleFailure(seed, f"{label} holds no tokenizer ({absent} missing): it cannot be served in the format "
                                   f"it was trained in")
-    tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     if not tok.chat_template:
         raise OracleFailure(seed, f"{label}: the saved tokenizer has no chat template (no chat_template.jinja, none in "
                                   f"tokenizer_config.json): a server falls back to a default format the model never "
@@ -1006,11 +1010,18 @@ def assert_embeddings_saved(output_dir: Path, base_dir: Path, eval_batches: list
     if not evals:
         raise OracleFailure(seed, f"{output_dir.name}: no eval_loss logged; nothing to reproduce")
     step = max(evals)
-    tok = AutoTokenizer.from_pretrained(str(output_dir), local_files_only=True)
+    own = all((output_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+    if not own and is_adapter_dir(output_dir):
+        from .layout import adapter_base
+
+        tok_dir, whose = adapter_base(output_dir), "its base's tokenizer (the adapter holds none)"
+    else:
+        tok_dir, whose = output_dir, "the saved tokenizer"
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     absent = [t for t in new_tokens if t not in tok.get_vocab()]
     if absent:
-        raise OracleFailure(seed, f"{output_dir.name}: the saved tokenizer lacks the added tokens {absent} "
-                                  f"({len(tok)} tokens): the model cannot be served with the vocabulary it trained on")
+        raise OracleFailure(seed, f"{output_dir.name}: {whose} lacks the added tokens {absent} ({len(tok)} tokens): "
+                                  f"the model cannot be served with the vocabulary it trained on")
     new_ids = [tok.convert_tokens_to_ids(t) for t in new_tokens]
     adapter = is_adapter_dir(output_dir)
     if not adapter:
