@@ -429,7 +429,7 @@ class PadIsEosInCollator(ReferenceAdapter):
 
 
 class SavedTokenizerWithoutTemplate(ReferenceAdapter):
-    """Issue 21 — LLaMA-Factory #5836 / #5904, OpenRLHF #1069: the tokenizer saved with each checkpoint and the final
+    """Issue 21 — LLaMA-Factory #5836 / #5904, ms-swift #2831: the tokenizer saved with each checkpoint and the final
     model lacks the chat template the run trained with (no ``chat_template.jinja``, no ``chat_template`` key), so a
     server renders its own default format."""
 

@@ -925,7 +925,7 @@ def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapp
     if not tok.chat_template:
         raise OracleFailure(seed, f"{label}: the saved tokenizer has no chat template (no chat_template.jinja, none in "
                                   f"tokenizer_config.json): a server falls back to a default format the model never "
-                                  f"saw (LLaMA-Factory #5836 / #5904, OpenRLHF #1069)")
+                                  f"saw (LLaMA-Factory #5836 / #5904, ms-swift #2831)")
     served = tok.apply_chat_template(list(conversation), tokenize=True)
     served = list(served["input_ids"] if hasattr(served, "keys") else served)
     if served != list(training_ids):
@@ -953,7 +953,7 @@ def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapp
     if end is not None and end not in eos:
         raise OracleFailure(seed, f"{label}: generation_config.json ({Path(config_dir).name}) has eos_token_id {eos}, "
                                   f"which lacks the template's turn end {tok.convert_ids_to_tokens(end)!r} (id {end}): "
-                                  f"served generation never stops at the end of a turn (ms-swift #2831)")
+                                  f"served generation never stops at the end of a turn (open-r1 PR #663)")
 
 
 # --------------------------------------------------------------------------- issue 21: embeddings on disk

@@ -2,13 +2,16 @@
 
 The story: the run trained and evaluated well; the saved files load into a different model, without an error.
 
-* peft #2777 (and #2018 / #2244 / #1750, PR #2803): LoRA with tied embeddings — ``modules_to_save`` / trainable
-  tokens on a tied ``embed_tokens`` / ``lm_head`` pair saved or reloaded untied, or the head dropped.
-* NeMo Automodel #2571, DeepSpeed #1896: the config's ``tie_word_embeddings`` and the tensors on disk disagree — a
+* peft #2777 (and #2018 / #2244 / #1750; PR #2803 "ensure weight tying"): ``modules_to_save`` on a tied
+  ``embed_tokens`` / ``lm_head`` pair trains two separate copies and saves both, while ``config.json`` keeps
+  ``tie_word_embeddings=true``: a merged model reloaded with ``from_pretrained`` re-ties them and generates nonsense.
+* NeMo Automodel #2571, DeepSpeed #1896 (listed by issue 21): the config's ``tie_word_embeddings`` and the tensors on disk disagree — a
   separate head saved for a tied model (a loader re-ties and drops it), or no head saved for an untied one (a loader
   initialises it at random).
-* unsloth #9326: new special tokens added, ``embed_tokens`` / ``lm_head`` silently not trained or not saved in the
-  adapter; peft PR #1147 (``save_embedding_layers``): an adapter of a resized model must carry the embeddings.
+* unsloth #9326 (listed by issue 21; its fix, unsloth PR #9331, "silent dropping of embed_tokens/lm_head"): new
+  tokens' ``embed_tokens`` / ``lm_head`` rows silently not trained or not saved; peft PR #1147 and its docs (PR #1335):
+  an adapter of a resized model must store the embedding layers, and inference resizes the base the same way before
+  loading it.
 
 Arrange: a tiny model with ``tie_word_embeddings=True`` (Qwen2-0.5B style), and the untied tiny model with two special
 tokens added by the run (``new_special_tokens``: :data:`harness.models.NEW_TOKENS`, written into every train and eval

@@ -2,9 +2,10 @@
 
 The story: what the model trains on is not what the user meant, and the loss still falls.
 
-* trl #1623 (and PR #3091, which notes it came back): with ``pad_token = eos_token`` (every Llama recipe) the
-  collator masks labels *by token value* (``labels[input_ids == pad_token_id] = -100``), so the EOS that ends each
-  answer is masked too and the fine-tuned model never learns to stop.
+* trl #976 / PR #988 (``DataCollatorForCompletionOnlyLM`` inherits ``labels[labels == pad_token_id] = -100``) and
+  trl #1623 "Learning to generate EOS tokens" (the EOS sits where the attention mask is 0; PR #3091 notes that #2405
+  re-introduced it): with ``pad_token = eos_token`` (every Llama/Mistral recipe) the EOS that ends each answer is
+  masked with the padding and the fine-tuned model never learns to stop.
 * trl #1820 / #980: the response template is not found in the tokenised sample (it tokenises differently in
   context), every label becomes -100 and the sample teaches nothing (a warning at best).
 * trl PR #550, NeMo Automodel PR #2314 / #3704: masks computed for right padding applied to left-padded rows: labels

@@ -2,12 +2,16 @@
 
 The story: the model trained well and serves badly, because what was saved with it is not the format it trained in.
 
-* LLaMA-Factory #5836 / #5904: the exported / saved tokenizer has no chat template, or the framework's template
-  replaced the model's own; LLaMA-Factory #7785 / #5476: the saved template and the training template differ, so
-  a server renders prompts the model never saw.
-* ms-swift #2831: the saved model does not stop — ``generation_config.json``'s ``eos_token_id`` lacks the template's
-  turn-end token.
-* OpenRLHF #1069, Qwen3-VL #1488: checkpoints written without the tokenizer files, or with different stop tokens.
+* LLaMA-Factory #5836 (Llama 3 models not saving the chat template) / #5904 (SFT of a Gemma-2 base: the saved tokenizer
+  has no chat template, ``apply_chat_template`` fails at inference); ms-swift #2831 (llama2 fine-tune: no
+  ``chat_template`` in the saved ``tokenizer_config.json``).
+* LLaMA-Factory #5476 (0.8.3: the saved ``chat_template`` of a Qwen2 fine-tune was rewritten by the framework's own
+  template handling; the maintainers' answer: copy the original tokenizer files back) and #7785: the saved template and
+  the training template differ, so a server renders prompts the model never saw.
+* open-r1 PR #663: the saved ``generation_config.json`` keeps the base's EOS while the chat turns end with another token
+  (``pipeline()`` never stops) — the generation config must stop at the template's turn end.
+* OpenRLHF #1069, Qwen3-VL #1488 (listed by issue 21; not re-read for this module): saves without the tokenizer files
+  or with different stop tokens.
 
 Arrange: chat data (prompt/completion rows and multi-turn chats, :data:`harness.models.CHAT_TRAIN`), the tiny model
 whose tokenizer has a chat template; full and LoRA runs of 2 steps saving every step. Act: train, and read the

@@ -132,7 +132,7 @@ class ReferenceAdapter(Adapter):
         """Chat runs only (``messages`` / ``prompt``+``completion`` data reach this): every save carries the format the
         run trained in. The tokenizer the run encoded with (chat template included) is what Trainer saved; a full
         save's ``generation_config.json`` must stop at the template's turn end, so the turn-end token is added to its
-        ``eos_token_id`` when missing (LLaMA-Factory #5836 / ms-swift #2831: a saved model that does not stop)."""
+        ``eos_token_id`` when missing (open-r1 PR #663: a saved model whose generation config does not stop at the turn end)."""
         from transformers import AutoTokenizer, GenerationConfig
 
         from ..layout import TOKENIZER_FILES
