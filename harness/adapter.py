@@ -59,6 +59,8 @@ CAPABILITIES = frozenset(
         "distributed",  # world_size > 1
         "packing",  # packing=True: samples packed into rows without attending across their boundaries
         "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
+        "data",  # training_batches(spec): the tokenised, collated batches the framework would train on
+        "new-tokens",  # cli new_special_tokens: the framework adds the tokens and resizes the embeddings before training
         "gpu",  # device="cuda"
         # implied unless the adapter sets launches_subprocess = True: training runs in this process or a fork of it,
         # so fault injection can kill it at a file write (the crash scenario)
@@ -380,6 +382,14 @@ class Adapter:
         values = evaluate_saved(directory, spec.dataset_dir, spec.quantization, spec.device)
         return {self.metric_name(k): v for k, v in values.items()}
 
+    def training_batches(self, spec: RunSpec) -> list[Mapping[str, Sequence[Sequence[int]]]]:
+        """The batches the framework would feed the model for ``spec``, one epoch in training order, without training:
+        each a mapping with ``input_ids``, ``labels`` and ``attention_mask``, one row of ints per sample, as its collator
+        returns them (labels aligned with the inputs, -100 where nothing is learnt; the model shifts them). Read from
+        the framework's own data path (its template, tokenisation, truncation, padding and collator). Declare the
+        ``data`` capability when you implement it."""
+        raise NotImplementedError(f"{type(self).__name__}.training_batches (declare the 'data' capability only with it)")
+
     def metric_name(self, metric: str) -> str:
         """The name the framework logs ``metric`` under."""
         return self.metric_names.get(metric, metric)
@@ -391,7 +401,8 @@ class Adapter:
 
 #: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
 OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
-                    "resolve_args", "merge", "evaluate", "unavailable_metrics", "launches_subprocess")
+                    "resolve_args", "merge", "evaluate", "unavailable_metrics", "launches_subprocess",
+                    "training_batches")
 
 
 def _import_target(target: str) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer", "merge_lora", "packing_collator",
-           "load_saved", "evaluate_saved"]
+           "load_saved", "evaluate_saved", "chat_collator", "epoch_batches"]
 
 
 def dtype_kwargs(dtype: Any = None) -> dict[str, Any]:
@@ -173,3 +173,24 @@ def evaluate_saved(directory: Path, dataset_dir: Path, quantization: str | None 
     pred, target = logits[:, :-1], ids[:, 1:]
     loss = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1)).item()
     return {"eval_loss": loss, "eval_accuracy": (pred.argmax(-1) == target).float().mean().item()}
+
+
+def chat_collator(tok):
+    """transformers' ``DataCollatorForSeq2Seq`` for tokenised chats: pads on the tokenizer's ``padding_side`` with its
+    pad token (attention mask 0) and pads the labels with -100 *by position*, so a pad token that is also the EOS
+    (Llama recipes set ``pad_token = eos_token``) never unmasks or masks a real token's label."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
+
+
+def epoch_batches(dataloader) -> list[dict[str, list[list[int]]]]:
+    """One epoch of a training dataloader as plain lists: ``input_ids``, ``labels``, ``attention_mask`` per batch (an
+    absent attention mask is all ones)."""
+    out = []
+    for batch in dataloader:
+        ids = batch["input_ids"].tolist()
+        mask = batch["attention_mask"].tolist() if batch.get("attention_mask") is not None else [[1] * len(r)
+                                                                                                  for r in ids]
+        out.append({"input_ids": ids, "labels": batch["labels"].tolist(), "attention_mask": mask})
+    return out

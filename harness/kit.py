@@ -51,7 +51,7 @@ from .runtime import FrameworkError, cpu_threads, library_versions, run_in_fork
 from .task import TASK_DEFAULTS, counting_reward
 
 __all__ = [
-    "ConfigFileAdapter", "parse_bool", "check_options", "convert_datasets", "DATASET_FORMATS", "collect_result",
+    "ConfigFileAdapter", "parse_bool", "check_options", "convert_datasets", "chat_as_messages", "convert_chat_datasets", "DATASET_FORMATS", "collect_result",
     "checkpoints_in", "write_config_file", "run_command", "counting_reward", "run_in_fork", "cpu_threads",
     "library_versions", "FrameworkError", "TASK_DEFAULTS",
 ]
@@ -260,3 +260,32 @@ class ConfigFileAdapter(Adapter):
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return collect_result(spec, self.final_dir(spec), resolved)
+
+
+def chat_as_messages(path: Path) -> list[dict[str, Any]]:
+    """A chat dataset (``messages`` or ``prompt``/``completion`` rows) as ``{"messages": [...]}`` rows only: one format
+    for the whole file (TRL, ms-swift), a prompt/completion row becoming one user/assistant exchange."""
+    from ..models import read_jsonl
+    from ..task import chat_messages
+
+    return [{"messages": chat_messages(row, path, i)} for i, row in enumerate(read_jsonl(path))]
+
+
+def convert_chat_datasets(dataset_dir: Path, out_dir: Path, fmt: str) -> dict[str, Path]:
+    """A chat dataset in a framework's format; returns ``{"train", "eval"} -> file``. ``fmt``: ``"messages"`` (ms-swift,
+    TRL: ``{"messages": [{"role", "content"}, ...]}``), ``"sharegpt"`` (LLaMA-Factory: the same rows with a
+    ``dataset_info.json`` naming them ``ft_train`` / ``ft_eval``, ``formatting: sharegpt`` and OpenAI-style tags)."""
+    from ..models import write_jsonl
+
+    out_dir = Path(out_dir)
+    files = {name: write_jsonl(out_dir / f"{name}.jsonl", chat_as_messages(Path(dataset_dir) / f"{name}.jsonl"))
+             for name in ("train", "eval")}
+    if fmt == "sharegpt":
+        tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                "system_tag": "system"}
+        info = {f"ft_{name}": {"file_name": path.name, "formatting": "sharegpt", "columns": {"messages": "messages"},
+                               "tags": tags} for name, path in files.items()}
+        (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    elif fmt != "messages":
+        raise ValueError(f"unknown chat dataset format {fmt!r} (messages, sharegpt)")
+    return files

@@ -30,6 +30,10 @@ __all__ = [
     "build_model",
     "write_datasets",
     "write_varied_datasets",
+    "write_chat_datasets",
+    "write_token_datasets",
+    "NEW_TOKENS",
+    "CHAT_TRAIN",
     "VARIED_LENGTHS",
     "write_jsonl",
     "read_jsonl",
@@ -45,10 +49,14 @@ SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
 #: is an exact per-token mean that an oracle can recompute.
 SEQ_WORDS = 11
 
+#: the tiny chat template; it starts with the BOS token, as real templates for a BOS-adding tokenizer do (Llama 2/3),
+#: so a chat rendered by the template is tokenised *without* adding special tokens (else: two BOS, open-r1 PR #462);
+#: ``{% generation %}`` marks each assistant turn through its turn end (TRL's ``assistant_only_loss`` needs the markers)
 CHAT_TEMPLATE = (
+    "{{ bos_token }}"
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
-    "{% else %}<|assistant|> {{ m['content'] }} </s> {% endif %}"
+    "{% else %}<|assistant|> {% generation %}{{ m['content'] }} </s>{% endgeneration %} {% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
 )
@@ -91,7 +99,7 @@ def build_tokenizer():
     return fast
 
 
-def _config(arch: str, vocab_size: int, tok):
+def _config(arch: str, vocab_size: int, tok, tie_word_embeddings: bool = False):
     common = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -103,7 +111,7 @@ def _config(arch: str, vocab_size: int, tok):
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     if arch == "llama":
         from transformers import LlamaConfig
@@ -116,14 +124,16 @@ def _config(arch: str, vocab_size: int, tok):
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHITECTURES}")
 
 
-def build_model(model_dir: str | os.PathLike, arch: str = "llama", seed: int = 0) -> Path:
-    """Create and save a tiny causal LM (+ tokenizer + generation config) in ``model_dir``."""
+def build_model(model_dir: str | os.PathLike, arch: str = "llama", seed: int = 0, *,
+                tie_word_embeddings: bool = False) -> Path:
+    """Create and save a tiny causal LM (+ tokenizer + generation config) in ``model_dir``; ``tie_word_embeddings``:
+    one matrix for the input embeddings and the output head (Qwen2-0.5B style; saved without ``lm_head.weight``)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     model_dir = Path(model_dir)
     tok = build_tokenizer()
-    config = _config(arch, len(tok), tok)
+    config = _config(arch, len(tok), tok, tie_word_embeddings)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(
@@ -218,3 +228,49 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ConfigError(path, f"line {lineno}", "a JSON object", line.strip()[:60]) from exc
     return rows
+
+
+#: chat training data for the train/serve format scenarios (issue 21): prompt/completion rows and multi-turn chats of
+#: different lengths (so every batch of 4 pads), every row's assistant turns unique (a supervised span names its row)
+CHAT_TRAIN: tuple[dict, ...] = (
+    {"prompt": "w1 w2", "completion": "w3 w4 w5"},
+    {"messages": [{"role": "user", "content": "w6"}, {"role": "assistant", "content": "w7 w8"},
+                  {"role": "user", "content": "w9 w10 w11"}, {"role": "assistant", "content": "w12 w13 w14 w15"}]},
+    {"prompt": "w16 w17 w18 w19 w20", "completion": "w21"},
+    {"messages": [{"role": "user", "content": "w22 w23"}, {"role": "assistant", "content": "w24 w25 w26"}]},
+    {"messages": [{"role": "user", "content": "w27"}, {"role": "assistant", "content": "w28"},
+                  {"role": "user", "content": "w29"}, {"role": "assistant", "content": "w30 w31"},
+                  {"role": "user", "content": "w32 w33"}, {"role": "assistant", "content": "w34"}]},
+    {"prompt": "w35", "completion": "w36 w37 w38 w39 w40 w41"},
+    {"messages": [{"role": "user", "content": "w42 w43 w44"}, {"role": "assistant", "content": "w45 w46"}]},
+    {"prompt": "w47 w0 w1", "completion": "w2 w3"},
+)
+
+
+def write_chat_datasets(dataset_dir: str | os.PathLike) -> Path:
+    """Like :func:`write_datasets`, with ``train.jsonl`` and ``eval.jsonl`` holding :data:`CHAT_TRAIN`: rows with
+    ``prompt``/``completion`` or ``messages`` (user/assistant turns) instead of ``text``."""
+    dataset_dir = write_datasets(dataset_dir, n_train=8, n_eval=4)
+    for name in ("train", "eval"):
+        write_jsonl(Path(dataset_dir) / f"{name}.jsonl", [dict(r) for r in CHAT_TRAIN])
+    return Path(dataset_dir)
+
+
+#: special tokens a run adds to the tiny vocabulary (``new_special_tokens``): the embeddings are resized by two rows
+NEW_TOKENS = ("<|tool|>", "<|/tool|>")
+
+
+def write_token_datasets(dataset_dir: str | os.PathLike, tokens: tuple[str, ...] = NEW_TOKENS) -> Path:
+    """Like :func:`write_datasets` (equal lengths: an exact per-token eval loss), with ``tokens`` written into every
+    train and eval text (words 3 and 8 of 11), so that a run that adds them as special tokens trains their rows and
+    its eval loss depends on them."""
+    dataset_dir = write_datasets(dataset_dir, n_train=16, n_eval=4)
+    for name in ("train", "eval"):
+        path = Path(dataset_dir) / f"{name}.jsonl"
+        rows = []
+        for text in read_texts(path):
+            words = text.split()
+            words[3], words[8] = tokens[0], tokens[-1]
+            rows.append({"text": " ".join(words)})
+        write_jsonl(path, rows)
+    return Path(dataset_dir)

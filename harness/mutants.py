@@ -49,6 +49,10 @@ __all__ = [
     "EvaluatesOnTrainSplit",
     "ResumeForgetsBest",
     "FullSaveInBf16",
+    "PadIsEosInCollator",
+    "SavedTokenizerWithoutTemplate",
+    "LmHeadRetiedOnSave",
+    "ResizedRowsNotSaved",
     "MUTANTS",
 ]
 
@@ -443,7 +447,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "ResumeDropsOptimizerState": ("test_quantized_lora_resume", "test_diffusion_lora_resume",
                                   "test_resume_equivalence"),
     # also: the best checkpoint cannot be re-loaded for re-evaluation without its config
-    "WeightsOnlyIntermediateCheckpoints": ("test_full_ft_as_lora_base", "test_best_checkpoint"),
+    "WeightsOnlyIntermediateCheckpoints": ("test_full_ft_as_lora_base", "test_best_checkpoint",
+                                           "test_saved_template"),
     "PlainTrainerBestCheckpoint": ("test_best_checkpoint",),
     "RotationDeletesBest": ("test_best_checkpoint",),
     "NonAtomicSave": ("test_crash_during_save",),
@@ -453,7 +458,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     # every scenario that reads a full save: the index names shards the disk lacks
     "IndexWithFirstShardOnly": ("test_args_precedence", "test_best_checkpoint", "test_checkpoint_layout",
                                 "test_crash_during_save", "test_full_ft_as_lora_base", "test_grad_accumulation",
-                                "test_grpo_full_save", "test_packing", "test_resume_equivalence"),
+                                "test_grpo_full_save", "test_packing", "test_resume_equivalence",
+                                "test_embeddings_saved"),
     "ScheduleRestartsOnResume": ("test_resume_equivalence",),  # seed 002 trains at a constant LR
     "RngNotRestoredOnResume": ("test_resume_equivalence",),  # only dropout and sampling draw on the RNG
     # also seed 002: its k=2/4 resumes are mid-epoch (12 steps per epoch)
@@ -473,4 +479,92 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     # every scenario that checks a full save's tensors (dtype) or reloads one to re-evaluate it
     "FullSaveInBf16": ("test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_grpo_full_save",
                        "test_resume_equivalence"),
+    "PadIsEosInCollator": ("test_label_masking",),
+    "SavedTokenizerWithoutTemplate": ("test_saved_template",),
+    "LmHeadRetiedOnSave": ("test_embeddings_saved",),
+    "ResizedRowsNotSaved": ("test_embeddings_saved",),
 }
+
+
+class PadIsEosInCollator(ReferenceAdapter):
+    """Issue 21 — trl #1623 (back again per PR #3091): the collator pads with the EOS (``pad_token = eos_token``, as
+    Llama recipes set it) and masks the labels *by value* (``labels[input_ids == pad_token_id] = -100``, as
+    ``DataCollatorForLanguageModeling`` does), so the EOS that ends every assistant turn is masked with the padding:
+    the model never learns to stop."""
+
+    name = "mutant:pad-is-eos-in-collator"
+
+    def chat_collator(self, ctx: RunContext, tok):
+        base = super().chat_collator(ctx, tok)
+        eos = tok.eos_token_id
+
+        def collate(features):
+            pad, tok.pad_token = tok.pad_token, tok.eos_token  # the recipe's pad = eos, for this batch's padding
+            try:
+                batch = base(features)
+            finally:
+                tok.pad_token = pad
+            batch["labels"][batch["input_ids"] == eos] = -100
+            return batch
+
+        return collate
+
+
+class SavedTokenizerWithoutTemplate(ReferenceAdapter):
+    """Issue 21 — LLaMA-Factory #5836 / #5904, ms-swift #2831: the tokenizer saved with each checkpoint and the final
+    model lacks the chat template the run trained with (no ``chat_template.jinja``, no ``chat_template`` key), so a
+    server renders its own default format."""
+
+    name = "mutant:saved-tokenizer-without-template"
+
+    def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
+        import json
+
+        super().finalize_chat_format(ctx, directory)
+        (Path(directory) / "chat_template.jinja").unlink(missing_ok=True)
+        config = Path(directory) / "tokenizer_config.json"
+        saved = json.loads(config.read_text(encoding="utf-8"))
+        saved.pop("chat_template", None)
+        config.write_text(json.dumps(saved, indent=2), encoding="utf-8")
+
+
+class LmHeadRetiedOnSave(ReferenceAdapter):
+    """Issue 21 — NeMo Automodel #2571, DeepSpeed #1896, peft #2777: a full save of an *untied* model (here: one whose
+    vocabulary the run resized) writes ``tie_word_embeddings: true`` and no ``lm_head.weight``, as if the head were the
+    embeddings; a loader re-ties them and the trained output head is gone, without an error."""
+
+    name = "mutant:lm-head-retied-on-save"
+
+    def finalize_embeddings(self, ctx: RunContext, directory: Path) -> None:
+        import json
+
+        from safetensors.torch import load_file, save_file
+
+        super().finalize_embeddings(ctx, directory)
+        weights, config_file = Path(directory) / "model.safetensors", Path(directory) / "config.json"
+        if not weights.is_file() or not config_file.is_file():
+            return
+        tensors = load_file(str(weights))
+        if tensors.pop("lm_head.weight", None) is None:
+            return
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["tie_word_embeddings"] = True
+        config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+class ResizedRowsNotSaved(ReferenceAdapter):
+    """Issue 21 — unsloth #9326, peft PR #1147 (``save_embedding_layers``): LoRA on a vocabulary the run resized trains
+    the embeddings' new rows but saves only the LoRA matrices; reloading base + resize + adapter gives the added tokens
+    fresh rows, so the served model is not the trained one."""
+
+    name = "mutant:resized-rows-not-saved"
+
+    def finalize_embeddings(self, ctx: RunContext, directory: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        super().finalize_embeddings(ctx, directory)
+        adapter = Path(directory) / "adapter_model.safetensors"
+        if adapter.is_file():
+            tensors = load_file(str(adapter))
+            save_file({k: v for k, v in tensors.items() if "lora_" in k}, str(adapter), metadata={"format": "pt"})

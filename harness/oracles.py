@@ -52,6 +52,10 @@ __all__ = [
     "logged_metrics",
     "best_logged_step",
     "dir_fingerprint",
+    "assert_batches_teach_assistant",
+    "training_sample_of",
+    "assert_saved_format",
+    "assert_embeddings_saved",
 ]
 
 #: seed id -> one-line title used in failure messages and reports
@@ -68,6 +72,9 @@ SEEDS = {
     "ga": "grad-accumulation: k micro-batches must train exactly like one batch k times larger",
     "merge": "lora-merge: the merged model must be the trained model",
     "packing": "packing: packed samples must train exactly as if run alone",
+    "labels": "label-masking: every training sample must teach its assistant turns, through their end, and nothing else",
+    "template": "saved-template: every saved tokenizer must encode a chat exactly as training did, and stop where it ends",
+    "embeddings": "embeddings-saved: tied and resized embeddings must be saved as trained and reload to the logged eval",
 }
 
 
@@ -881,3 +888,295 @@ def assert_same_weights(directory: Path, expected_dir: Path, *, atol: float, see
     if worst[1] > atol:
         raise OracleFailure(seed, f"{Path(directory).name}: {worst[0]} differs from the single-process run by "
                                   f"{worst[1]:.3g} (> atol {atol})")
+
+
+# --------------------------------------------------------------------------- issue 21: label masking
+def _spans(positions: list[int]) -> list[list[int]]:
+    """Contiguous runs of sorted positions."""
+    out: list[list[int]] = []
+    for p in positions:
+        if out and p == out[-1][-1] + 1:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
+def assert_batches_teach_assistant(batches: Iterable[Mapping[str, Any]], dataset_dir: Path, tokenizer_dir: Path, *,
+                                   turn_end: str | None = None, seed: str = "labels") -> int:
+    """Every training sample teaches exactly its assistant turns, each through its turn end, and nothing else.
+
+    ``batches``: the collated batches a framework trains on (``Adapter.training_batches``). Per sample (row of a
+    batch): no label on a padding position (attention mask 0); at least one supervised token (label != -100);
+    every label equal to the input token at its position (labels aligned with the inputs; the model shifts them);
+    at most one BOS among the attended tokens; the supervised positions form one span per assistant turn, and the
+    spans, less their last token, are the token ids of one ``train.jsonl`` row's assistant contents, in order, and each
+    span's last token is the turn end (``turn_end``, default the tokenizer's EOS). One epoch covers every row.
+    Returns the number of samples checked."""
+    from transformers import AutoTokenizer
+
+    from .models import read_jsonl
+    from .task import chat_messages
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    path = Path(dataset_dir) / "train.jsonl"
+    rows = read_jsonl(path)
+    expected: dict[tuple[tuple[int, ...], ...], int] = {}
+    for i, row in enumerate(rows):
+        turns = [m["content"] for m in chat_messages(row, path, i) if m["role"] == "assistant"]
+        expected[tuple(tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in turns)] = i
+    end_token = turn_end or tok.eos_token
+    end_id = tok.convert_tokens_to_ids(end_token)
+    bos_id = tok.bos_token_id
+
+    def show(ids: Iterable[int]) -> str:
+        return " ".join(tok.convert_ids_to_tokens(list(ids)))
+
+    seen: set[int] = set()
+    checked = 0
+    for b, batch in enumerate(batches):
+        missing = [k for k in ("input_ids", "labels", "attention_mask") if batch.get(k) is None]
+        if missing:
+            raise OracleFailure(seed, f"batch {b} has no {missing}: cannot tell padding from tokens")
+        for r, (ids, labels, mask) in enumerate(zip(batch["input_ids"], batch["labels"], batch["attention_mask"])):
+            ids, labels, mask = list(ids), list(labels), list(mask)
+            real = [i for i, m in enumerate(mask) if m]
+            where = f"batch {b} sample {r} ({show(ids[i] for i in real)!r})"
+            if not (len(ids) == len(labels) == len(mask)):
+                raise OracleFailure(seed, f"{where}: input_ids, labels and attention_mask have lengths "
+                                          f"{len(ids)}, {len(labels)}, {len(mask)}")
+            padded = [i for i, m in enumerate(mask) if not m and labels[i] != -100]
+            if padded:
+                raise OracleFailure(seed, f"{where}: {len(padded)} padding positions (attention mask 0) carry a label, "
+                                          f"first at {padded[0]}: label {show([labels[padded[0]]])!r}; expected -100 on "
+                                          f"padding: the loss trains the model to predict padding")
+            supervised = [i for i in real if labels[i] != -100]
+            if not supervised:
+                raise OracleFailure(seed, f"{where}: every label is -100: the sample teaches nothing (trl #1820/#980: "
+                                          f"the response template was not found in the tokenised sample)")
+            shifted = [i for i in supervised if labels[i] != ids[i]]
+            if shifted:
+                i = shifted[0]
+                raise OracleFailure(seed, f"{where}: the label at position {i} is {show([labels[i]])!r} but the input "
+                                          f"there is {show([ids[i]])!r} ({len(shifted)} such positions): labels are not "
+                                          f"aligned with the inputs (a mask shifted by the padding: trl PR #550)")
+            bos = sum(ids[i] == bos_id for i in real) if bos_id is not None else 0
+            if bos > 1:
+                raise OracleFailure(seed, f"{where}: {bos} BOS tokens {tok.bos_token!r}; expected at most one (a template "
+                                          f"that writes the BOS, tokenised with special tokens added again: open-r1 "
+                                          f"PR #462, DeepSeek-R1 #151)")
+            spans = [[ids[i] for i in span] for span in _spans(supervised)]
+            contents = tuple(tuple(s[:-1]) if s[-1] == end_id else tuple(s) for s in spans)
+            row = expected.get(contents)
+            if row is None:
+                wanted = min(expected, key=lambda k: abs(len(k) - len(contents)))
+                raise OracleFailure(seed, f"{where}: supervised spans {[show(s) for s in spans]} are not the assistant "
+                                          f"turns of any training sample (each turn's content, then {end_token!r}; e.g. "
+                                          f"{[show(t) + ' ' + end_token for t in wanted]}): a prompt, user turn or header "
+                                          f"is trained on, or an assistant turn is masked")
+            unended = [show(s) for s in spans if s[-1] != end_id]
+            if unended:
+                raise OracleFailure(seed, f"{where}: assistant turn {unended[0]!r} is supervised without its turn end: "
+                                          f"{end_token!r} carries label -100 ({len(unended)} of {len(spans)} turns); the "
+                                          f"model never learns to stop (trl #1623: a pad token equal to the EOS masks "
+                                          f"the EOS)")
+            seen.add(row)
+            checked += 1
+    unseen = sorted(set(range(len(rows))) - seen)
+    if unseen:
+        raise OracleFailure(seed, f"one epoch of training batches never holds train.jsonl rows {[u + 1 for u in unseen]} "
+                                  f"(of {len(rows)}; {checked} samples seen): dropped or truncated away")
+    return checked
+
+
+# --------------------------------------------------------------------------- issue 21: the saved chat format
+def training_sample_of(batches: Iterable[Mapping[str, Any]], conversation: list[Mapping[str, str]], tokenizer_dir: Path,
+                       *, seed: str = "template") -> list[int]:
+    """The attended token ids of the training sample that holds ``conversation`` (every message's content tokens in
+    order), from a framework's collated batches (``Adapter.training_batches``)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    words = [t for m in conversation for t in tok(m["content"], add_special_tokens=False)["input_ids"]]
+    for batch in batches:
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            real = [t for t, m in zip(ids, mask) if m]
+            it = iter(real)
+            if all(any(t == w for t in it) for w in words):
+                return real
+    raise OracleFailure(seed, f"no training sample holds the conversation {[m['content'] for m in conversation]}")
+
+
+def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapping[str, str]],
+                        training_ids: list[int], *, seed: str = "template") -> None:
+    """A saved directory carries the format its run trained in: its tokenizer is on disk with a chat template,
+    ``apply_chat_template(conversation)`` gives exactly ``training_ids`` (the tokens the run trained on), the
+    generation config that serves it (the directory's, else — an adapter — its base's) stops at the template's turn
+    end, and every special token of the base tokenizer keeps its id."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from .layout import TOKENIZER_FILES, adapter_base, is_adapter_dir
+    from .task import template_turn_end
+
+    directory = Path(directory)
+    label = directory.name
+    absent = [n for n in TOKENIZER_FILES if not (directory / n).is_file()]
+    tok_dir = directory
+    if absent and is_adapter_dir(directory):  # an adapter without a tokenizer is served with its base's
+        tok_dir, label = adapter_base(directory), f"{directory.name} (no tokenizer of its own: its base's)"
+        absent = [n for n in TOKENIZER_FILES if not (Path(tok_dir) / n).is_file()]
+    if absent:
+        raise OracleFailure(seed, f"{label} holds no tokenizer ({absent} missing): it cannot be served in the format "
+                                  f"it was trained in")
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    if not tok.chat_template:
+        raise OracleFailure(seed, f"{label}: the saved tokenizer has no chat template (no chat_template.jinja, none in "
+                                  f"tokenizer_config.json): a server falls back to a default format the model never "
+                                  f"saw (LLaMA-Factory #5836 / #5904, ms-swift #2831)")
+    served = tok.apply_chat_template(list(conversation), tokenize=True)
+    served = list(served["input_ids"] if hasattr(served, "keys") else served)
+    if served != list(training_ids):
+        def show(ids):
+            return " ".join(tok.convert_ids_to_tokens(list(ids)))
+
+        raise OracleFailure(seed, f"{label}: apply_chat_template of the training conversation gives {show(served)!r}, "
+                                  f"but the run trained on {show(training_ids)!r}: the saved template is not the one "
+                                  f"the model was trained with (LLaMA-Factory #7785 / #5476, Qwen3-VL #1488)")
+    base = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    for attr in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        want, got = getattr(base, attr), getattr(tok, attr)
+        if want is not None and (got != want or tok.convert_tokens_to_ids(want) != base.convert_tokens_to_ids(want)):
+            raise OracleFailure(seed, f"{label}: {attr} is {got!r} (id {getattr(tok, attr + '_id')}), the base "
+                                      f"tokenizer's is {want!r} (id {getattr(base, attr + '_id')}): special-token ids "
+                                      f"changed between training base and saved model")
+    end = template_turn_end(tok)
+    config_dir = directory if (directory / "generation_config.json").is_file() else (
+        adapter_base(directory) if is_adapter_dir(directory) else None)
+    if config_dir is None or not (Path(config_dir) / "generation_config.json").is_file():
+        raise OracleFailure(seed, f"{label}: a full model without generation_config.json: generation stops only at "
+                                  f"config.json's eos, not at the template's turn end")
+    eos = GenerationConfig.from_pretrained(str(config_dir)).eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    if end is not None and end not in eos:
+        raise OracleFailure(seed, f"{label}: generation_config.json ({Path(config_dir).name}) has eos_token_id {eos}, "
+                                  f"which lacks the template's turn end {tok.convert_ids_to_tokens(end)!r} (id {end}): "
+                                  f"served generation never stops at the end of a turn (open-r1 PR #663)")
+
+
+# --------------------------------------------------------------------------- issue 21: embeddings on disk
+def _embedding_key(tensors: Mapping[str, Any]) -> str | None:
+    return next((k for k in sorted(tensors) if k.endswith("embed_tokens.weight")), None)
+
+
+def _saved_embeddings(directory: Path, seed: str) -> Any:
+    """The input-embedding matrix a directory holds: a full model's, or a LoRA adapter's whole-module copy
+    (PEFT ``modules_to_save`` / ``save_embedding_layers``); None when it holds none."""
+    directory = Path(directory)
+    tensors = _lora_tensors(directory) if (directory / "adapter_config.json").is_file() else weights_on_disk(
+        directory, seed=seed)
+    key = _embedding_key(tensors or {})
+    return None if key is None else tensors[key]
+
+
+def batches_loss(model, batches: Iterable[Mapping[str, Any]]) -> float:
+    """The token-mean cross-entropy of ``model`` on collated batches (``Adapter.training_batches``: input ids,
+    attention mask, labels aligned with the inputs, -100 where nothing is scored), every scored token weighing the
+    same: Trainer's eval loss when the eval set is one batch."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            ids = torch.tensor(batch["input_ids"])
+            logits = model(input_ids=ids, attention_mask=torch.tensor(batch["attention_mask"])).logits.float()
+            labels = torch.tensor(batch["labels"])[:, 1:]
+            scored = labels != -100
+            losses = torch.nn.functional.cross_entropy(logits[:, :-1][scored], labels[scored], reduction="sum")
+            total, count = total + losses.item(), count + int(scored.sum())
+    return total / max(count, 1)
+
+
+def assert_embeddings_saved(output_dir: Path, base_dir: Path, eval_batches: list[Mapping[str, Any]], *,
+                            new_tokens: tuple[str, ...] = (), rel_tol: float, seed: str = "embeddings") -> None:
+    """Tied and resized embeddings survive save and reload. For the final directory of ``output_dir``: the saved
+    tokenizer holds ``new_tokens``; a full save's ``config.json`` tie flag agrees with its tensors (tied: no
+    ``lm_head.weight`` or one equal to the embeddings; untied: an ``lm_head.weight`` of its own) and its embeddings
+    hold a row per token; an adapter of a resized run holds the full-size embeddings; the added tokens' rows differ
+    between the first checkpoint and the final save (they were trained); and reloading the final directory — the full
+    directory, or the base resized to the saved tokenizer plus the adapter — reproduces the last logged ``eval_loss``
+    within ``rel_tol``, scored on ``eval_batches``: the eval set as the framework itself encodes and collates it (its
+    template and labels: the loss it logged is over those)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .layout import is_adapter_dir
+
+    output_dir = Path(output_dir)
+    evals = {int(h["step"]): float(h["eval_loss"]) for h in read_log_history(output_dir) if "eval_loss" in h}
+    if not evals:
+        raise OracleFailure(seed, f"{output_dir.name}: no eval_loss logged; nothing to reproduce")
+    step = max(evals)
+    own = all((output_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+    if not own and is_adapter_dir(output_dir):
+        from .layout import adapter_base
+
+        tok_dir, whose = adapter_base(output_dir), "its base's tokenizer (the adapter holds none)"
+    else:
+        tok_dir, whose = output_dir, "the saved tokenizer"
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    absent = [t for t in new_tokens if t not in tok.get_vocab()]
+    if absent:
+        raise OracleFailure(seed, f"{output_dir.name}: {whose} lacks the added tokens {absent} ({len(tok)} tokens): "
+                                  f"the model cannot be served with the vocabulary it trained on")
+    new_ids = [tok.convert_tokens_to_ids(t) for t in new_tokens]
+    adapter = is_adapter_dir(output_dir)
+    if not adapter:
+        config = json.loads((output_dir / "config.json").read_text(encoding="utf-8"))
+        tied = bool(config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings")))
+        tensors = weights_on_disk(output_dir, seed=seed)
+        head, embed = tensors.get("lm_head.weight"), tensors.get(_embedding_key(tensors) or "")
+        if tied and head is not None and embed is not None and not torch.equal(head, embed):
+            raise OracleFailure(seed, f"{output_dir.name}: config.json says tie_word_embeddings=true but lm_head.weight "
+                                      f"on disk differs from the embeddings by {(head - embed).abs().max().item():.3g}: "
+                                      f"a loader ties them and silently drops one (DeepSpeed #1896, peft #2777)")
+        if not tied and head is None:
+            raise OracleFailure(seed, f"{output_dir.name}: config.json says tie_word_embeddings=false but no "
+                                      f"lm_head.weight is on disk: a loader initialises the output head at random "
+                                      f"(NeMo Automodel #2571)")
+    embed = _saved_embeddings(output_dir, seed)
+    if new_tokens and embed is None:
+        raise OracleFailure(seed, f"{output_dir.name}: the adapter holds no embedding matrix although the vocabulary "
+                                  f"grew by {len(new_tokens)} tokens: the added tokens' trained rows were not saved: "
+                                  f"a reload gives them fresh rows (unsloth #9326; PEFT modules_to_save / save_embedding_layers, peft PR #1147)")
+    if embed is not None and embed.shape[0] < len(tok):
+        raise OracleFailure(seed, f"{output_dir.name}: the saved embeddings have {embed.shape[0]} rows, the saved "
+                                  f"tokenizer {len(tok)} tokens: the resized rows were not saved")
+    checkpoints = list_checkpoints(output_dir)
+    if new_tokens and checkpoints:
+        first = _saved_embeddings(checkpoints[0], seed)
+        if first is not None and torch.equal(first[new_ids], embed[new_ids]):
+            raise OracleFailure(seed, f"{output_dir.name}: the rows of {list(new_tokens)} are identical in "
+                                      f"{checkpoints[0].name} and the final save: the added tokens were not trained")
+    if adapter:
+        from peft import PeftModel
+
+        from .layout import adapter_base
+
+        base = AutoModelForCausalLM.from_pretrained(str(adapter_base(output_dir)), **dtype_kwargs(),
+                                                    local_files_only=True)
+        rows = embed.shape[0] if embed is not None else len(tok)  # a framework may pad the vocabulary (LLaMA-Factory: 64)
+        if base.get_input_embeddings().weight.shape[0] != rows:
+            base.resize_token_embeddings(rows)
+        model = PeftModel.from_pretrained(base, str(output_dir))
+        how = "base + resize + adapter" if new_tokens else "base + adapter"
+    else:
+        _present_weight_files(output_dir, seed)
+        model = AutoModelForCausalLM.from_pretrained(str(output_dir), **dtype_kwargs(), local_files_only=True)
+        how = f"the full directory (config.json tie_word_embeddings={tied})"
+    got = batches_loss(model, eval_batches)
+    if not math.isclose(got, evals[step], rel_tol=rel_tol):
+        raise OracleFailure(seed, f"{output_dir.name}: reloading {how} gives eval_loss {got:.6g}, the run logged "
+                                  f"{evals[step]:.6g} at step {step} (relative difference "
+                                  f"{abs(got - evals[step]) / abs(evals[step]):.3g} > {rel_tol:g}): what was saved is "
+                                  f"not the model that was evaluated")

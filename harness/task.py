@@ -26,6 +26,10 @@ __all__ = [
     "collate",
     "counting_reward",
     "accuracy_metrics",
+    "is_chat_dataset",
+    "chat_messages",
+    "encode_chat",
+    "template_turn_end",
 ]
 
 #: The values a run has when the command line leaves them unset (and the reference's defaults).
@@ -58,6 +62,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "max_completion_length": 8,
     "load_args": True,
     "allow_quantization_change": False,
+    "new_special_tokens": (),  # tokens added to the tokenizer (and rows to the embeddings) before training
 }
 
 
@@ -102,6 +107,11 @@ def sft_datasets(dataset_dir: Path, tok) -> tuple[list[dict], list[dict]]:
         path = Path(dataset_dir) / f"{name}.jsonl"
         if not path.is_file():
             raise MissingFileError(dataset_dir, path.name, "SFT needs train.jsonl and eval.jsonl")
+        if is_chat_dataset(path):  # prompt/completion or messages rows: the chat template, assistant turns supervised
+            from .models import read_jsonl
+
+            out.append([encode_chat(tok, chat_messages(row, path, i)) for i, row in enumerate(read_jsonl(path))])
+            continue
         rows = []
         for text in read_texts(path):
             ids = tok(text)["input_ids"]
@@ -170,3 +180,67 @@ def accuracy_metrics():
         return {"accuracy": float(np.mean(preds == labels))}
 
     return preprocess, compute
+
+
+def is_chat_dataset(path: Path) -> bool:
+    """Whether a JSON-lines dataset holds chat rows (``messages``, or ``prompt`` + ``completion``) rather than ``text``."""
+    from .models import read_jsonl
+
+    rows = read_jsonl(path) if Path(path).is_file() else []
+    return bool(rows) and isinstance(rows[0], dict) and ("messages" in rows[0] or "completion" in rows[0])
+
+
+def chat_messages(row: Any, path: Path | None = None, index: int = 0) -> list[dict[str, str]]:
+    """A chat row as user/assistant messages: ``messages`` as they are, ``prompt``/``completion`` as one exchange."""
+    if isinstance(row, dict) and isinstance(row.get("messages"), list):
+        messages = row["messages"]
+    elif isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+    else:
+        raise ConfigError(path, f"line {index + 1}", "'messages' or 'prompt' + 'completion'", row)
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "system") or not isinstance(
+                m.get("content"), str):
+            raise ConfigError(path, f"line {index + 1}.messages", "{'role': user/assistant/system, 'content': str}", m)
+    return messages
+
+
+def encode_chat(tok, messages: list[dict[str, str]]) -> dict[str, list[int]]:
+    """One chat as the model should train on it: the tokenizer's chat template rendered and tokenised once (special
+    tokens added only when the template does not already start with the BOS: never two BOS), and every assistant
+    turn supervised from its first content token through the template's turn end (``</s>``) inclusive; the prompt,
+    the user turns and the assistant headers carry label -100. Each turn's span is found by rendering the chat up to
+    that turn (with the generation prompt) and up to its end: the token counts of the two renderings."""
+    def render(part, generation_prompt=False):
+        return tok.apply_chat_template(part, tokenize=False, add_generation_prompt=generation_prompt)
+
+    text = render(messages)
+    add_special = not (tok.bos_token and text.startswith(tok.bos_token))
+
+    def encode(part: str) -> list[int]:
+        return tok(part, add_special_tokens=add_special)["input_ids"]
+
+    ids = encode(text)
+    labels = [-100] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start, upto = len(encode(render(messages[:i], True))), encode(render(messages[:i + 1]))
+        if ids[:len(upto)] != upto or start > len(upto):
+            raise ConfigError(None, "chat_template", "a template whose rendering of a chat's first turns is a prefix of "
+                                                     "the whole chat's", tok.chat_template)
+        labels[start:len(upto)] = ids[start:len(upto)]
+    return {"input_ids": ids, "labels": labels}
+
+
+def template_turn_end(tok) -> int | None:
+    """The token id a tokenizer's chat template writes right after an assistant turn's content (its turn end: the EOS
+    for the tiny template, ``<|im_end|>`` for ChatML), or None when the template writes nothing after it."""
+    content = tok("w2", add_special_tokens=False)["input_ids"]
+    text = tok.apply_chat_template([{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"}],
+                                   tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for i in range(len(ids) - len(content), -1, -1):
+        if ids[i:i + len(content)] == content:
+            return ids[i + len(content)] if i + len(content) < len(ids) else None
+    return None

@@ -228,3 +228,62 @@ def test_swift_lora_alpha_is_an_int_where_integral():
     """ms-swift 3.x parses --lora_alpha as int: "8.0" is refused (SystemExit 2); 4.x takes the int too."""
     assert swift_cli({"lora_alpha": 8.0}, V4_FIELDS) == {"lora_alpha": 8}
     assert swift_cli({"lora_alpha": 2.5}, V4_FIELDS) == {"lora_alpha": 2.5}
+
+
+# --------------------------------------------------------------------------- issue 21: chat data, new tokens
+def test_convert_chat_datasets_formats(tmp_path):
+    from harness.models import CHAT_TRAIN, write_chat_datasets
+
+    data = write_chat_datasets(tmp_path / "chat")
+    files = kit.convert_chat_datasets(data, tmp_path / "m", "messages")
+    rows = [json.loads(line) for line in files["train"].read_text().splitlines()]
+    assert len(rows) == len(CHAT_TRAIN) and all(set(r) == {"messages"} for r in rows)
+    assert rows[0]["messages"] == [{"role": "user", "content": "w1 w2"}, {"role": "assistant", "content": "w3 w4 w5"}]
+    assert rows[1]["messages"] == CHAT_TRAIN[1]["messages"], "multi-turn rows pass unchanged"
+    kit.convert_chat_datasets(data, tmp_path / "s", "sharegpt")
+    info = json.loads((tmp_path / "s" / "dataset_info.json").read_text())
+    assert set(info) == {"ft_train", "ft_eval"} and info["ft_train"]["formatting"] == "sharegpt"
+    assert info["ft_train"]["tags"]["assistant_tag"] == "assistant" and info["ft_train"]["columns"] == {
+        "messages": "messages"}
+    with pytest.raises(ValueError, match="unknown chat dataset format"):
+        kit.convert_chat_datasets(data, tmp_path / "x", "alpaca")
+
+
+def test_llamafactory_new_tokens_and_template(tmp_path):
+    values = {**DEFAULTS, "new_special_tokens": ["<|tool|>", "<|/tool|>"]}
+    cfg = build_config(_spec(tmp_path), values, tmp_path / "d", template=None)
+    assert cfg["add_special_tokens"] == "<|tool|>,<|/tool|>" and cfg["resize_vocab"] is True
+    assert cfg["template"] is None, "chat data: LLaMA-Factory parses the tokenizer's own template"
+    old = build_config(_spec(tmp_path), values, tmp_path / "d", special_tokens_key="new_special_tokens")
+    assert old["new_special_tokens"] == "<|tool|>,<|/tool|>" and "add_special_tokens" not in old
+    assert "resize_vocab" not in build_config(_spec(tmp_path), DEFAULTS, tmp_path / "d")
+
+
+def test_transformers_sft_config_trains_assistant_turns_only():
+    from harness.adapters.transformers import sft_config_arguments
+
+    targs = training_arguments({**DEFAULTS, "eval_steps": 4}, Path("/o"), "cpu", load_best_model_at_end=False)
+    kw = sft_config_arguments({**DEFAULTS, "eval_steps": 4}, targs)
+    assert kw["assistant_only_loss"] is True and kw["packing"] is False and kw["eval_steps"] == 4
+    assert kw["output_dir"] == "/o" and kw["max_length"] == 64
+
+
+def test_swift_tiny_template_matches_the_tiny_chat_format():
+    """The ms-swift template registered for chat data renders what the tokenizer's own template renders."""
+    from harness.adapters.swift import TINY_TEMPLATE_META
+    from harness.models import build_tokenizer
+
+    tok = build_tokenizer()
+    meta = TINY_TEMPLATE_META
+    chat = [("w6", "w7 w8"), ("w9", "w12 w13")]
+    special = {"bos_token_id": tok.bos_token, "eos_token_id": tok.eos_token}
+
+    def text(parts, query=""):
+        return "".join(special[p[0]] if isinstance(p, list) else p.replace("{{QUERY}}", query) for p in parts)
+
+    rendered = text(meta["prefix"])
+    for i, (q, a) in enumerate(chat):
+        rendered += text(meta["prompt"], q) + a + text(meta["chat_sep"] if i < len(chat) - 1 else meta["suffix"])
+    messages = [m for q, a in chat for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    want = tok.apply_chat_template(messages, tokenize=False)
+    assert tok(rendered, add_special_tokens=False)["input_ids"] == tok(want, add_special_tokens=False)["input_ids"]

@@ -30,7 +30,7 @@ def test_loads_offline_and_tokenizer_round_trips(assets):
     assert ids[0] == tok.bos_token_id and tok.decode(ids, skip_special_tokens=True) == "w1 w2 w3"
     assert model.config.vocab_size == len(tok) and model.config.num_hidden_layers == 2
     chat = tok.apply_chat_template([{"role": "user", "content": "w1"}], tokenize=False, add_generation_prompt=True)
-    assert chat == "<|user|> w1 <|assistant|> "
+    assert chat == "<s><|user|> w1 <|assistant|> "
 
 
 def test_qwen2_variant(tmp_path):

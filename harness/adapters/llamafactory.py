@@ -14,7 +14,12 @@ with bitsandbytes, HQQ or EETQ only (no optimum-quanto). ``packing=True`` become
 ``export_model(config)``. Options (``--ft-adapter-option KEY=VALUE``):
 
 ``load_best_model_at_end``  true/false (default false), passed through to TrainingArguments.
-``template``                LLaMA-Factory template (default ``empty``).
+``template``                LLaMA-Factory template (default ``empty`` for text data; for chat data none, so that
+                            LLaMA-Factory parses the tokenizer's own chat template, ``parse_template``).
+
+Chat data (``messages`` / ``prompt``+``completion`` rows) becomes sharegpt ``messages`` rows; ``training_batches``
+runs the training config and stops at ``Trainer.train()`` to read one epoch of its dataloader;
+``new_special_tokens`` becomes ``add_special_tokens`` (0.9.5; ``new_special_tokens`` before) + ``resize_vocab: true``.
 """
 
 from __future__ import annotations
@@ -23,17 +28,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..adapter import Adapter, RunResult, RunSpec
 from ..errors import ConfigError
-from ..kit import ConfigFileAdapter, convert_datasets, cpu_threads, run_in_fork
 from ..layout import adapter_base, is_adapter_dir
 from .. import hf
-from ..adapter import RunSpec
+from ..runtime import cpu_threads, library_versions, run_in_fork
+from ..task import is_chat_dataset
+from ..kit import check_options, collect_result, convert_chat_datasets, convert_datasets, parse_bool
 
 __all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "build_eval_config", "QUANT_KEYS"]
 
 OPTIONS = {
-    "load_best_model_at_end": ("false", "true/false, default false: TrainingArguments.load_best_model_at_end"),
-    "template": ("empty", "LLaMA-Factory template (default empty)"),
+    "load_best_model_at_end": "true/false, default false: TrainingArguments.load_best_model_at_end",
+    "template": "LLaMA-Factory template (default empty)",
 }
 
 QUANT_KEYS: dict[str, dict[str, Any]] = {
@@ -42,8 +49,8 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *, template: str = "empty",
-                 load_best_model_at_end: bool = False) -> dict[str, Any]:
+def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *, template: str | None = "empty",
+                 load_best_model_at_end: bool = False, special_tokens_key: str = "add_special_tokens") -> dict[str, Any]:
     """The ``llamafactory-cli train`` config for one RunSpec (``values``: CLI over defaults)."""
     model_dir = Path(spec.model_dir)
     cfg: dict[str, Any] = {"stage": "sft", "do_train": True, "template": template, "finetuning_type":
@@ -79,6 +86,9 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
             cfg["compute_accuracy"] = True
     if values.get("packing"):
         cfg.update(packing=True, neat_packing=True)  # neat_packing: no cross-attention between packed samples
+    new_tokens = list(values.get("new_special_tokens") or ())
+    if new_tokens:  # LLaMA-Factory adds them, resizes, and (LoRA) trains/saves embed + head as additional_target
+        cfg.update({special_tokens_key: ",".join(new_tokens), "resize_vocab": True})
     if spec.resume_from is not None and spec.resume_from != "latest":
         cfg["resume_from_checkpoint"] = str(spec.resume_from)
     return cfg
@@ -105,42 +115,102 @@ def build_eval_config(directory: Path, spec: RunSpec, dataset_dir: Path, output_
     return cfg
 
 
-class LlamaFactoryAdapter(ConfigFileAdapter):
+class LlamaFactoryAdapter(Adapter):
     """LLaMA-Factory ``run_exp`` with the config a user would write."""
 
     name = "llamafactory"
-    framework = "llamafactory"
-    libraries = ("transformers", "peft", "trl")
-    dataset_format = "alpaca"
-    options = OPTIONS
     capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint", "merge",
-                              "packing", "gpu"})
+                              "packing", "data", "new-tokens", "gpu"})
 
     def __init__(self, **options: str):
-        import llamafactory  # noqa: F401 - a missing framework is an error when the adapter is chosen
+        check_options("llamafactory", options, OPTIONS)
+        self.load_best_model_at_end = parse_bool("llamafactory", "load_best_model_at_end",
+                                                 options.get("load_best_model_at_end", "false"))
+        self.template = options.get("template", "empty")
+        self.template_given = "template" in options
+        import llamafactory
 
-        super().__init__(**options)
+        self.version = llamafactory.__version__
+        import dataclasses
 
-    def write_config(self, spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Path], workdir: Path):
-        return build_config(spec, values, data["train"].parent, template=self.option_values["template"],
-                            load_best_model_at_end=self.flag("load_best_model_at_end"))
+        from llamafactory.hparams import ModelArguments
 
-    def launch(self, config: Mapping[str, Any], spec: RunSpec) -> None:
-        from llamafactory.train.tuner import run_exp
+        #: 0.9.5 calls the comma-separated token list add_special_tokens; earlier releases new_special_tokens
+        fields = {f.name for f in dataclasses.fields(ModelArguments)}
+        self.special_tokens_key = "add_special_tokens" if "add_special_tokens" in fields else "new_special_tokens"
+        self.name = f"llamafactory {self.version}" + ("[load_best_model_at_end=true]"
+                                                      if self.load_best_model_at_end else "")
 
-        run_exp(dict(config))
+    def versions(self) -> dict[str, str]:
+        return {"llamafactory": self.version, **library_versions("transformers", "peft", "trl")}
 
     def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
         """``llamafactory-cli export`` with the config its docs give for merging LoRA: the base the adapter names,
         the adapter, ``finetuning_type: lora``, ``export_dir`` (run through ``export_model(config)`` in a fork)."""
         cfg = {"model_name_or_path": str(adapter_base(Path(adapter_dir))), "adapter_name_or_path": str(adapter_dir),
-               "template": self.option_values["template"], "finetuning_type": "lora", "export_dir": str(output_dir),
+               "template": self.template, "finetuning_type": "lora", "export_dir": str(output_dir),
                "export_device": "cpu", "export_legacy_format": False}
         from llamafactory.train.tuner import export_model
 
         with cpu_threads("cpu"):
             run_in_fork(lambda: export_model(cfg))
         return Path(output_dir)
+
+    def _config(self, spec: RunSpec, tmp: Path) -> tuple[dict[str, Any], Any]:
+        """(config, resolved): the dataset converted into ``tmp`` — chat rows as sharegpt ``messages`` with
+        ``template`` left to LLaMA-Factory's parsing of the tokenizer's own chat template (unless the ``template``
+        option names one), text rows as alpaca with ``template``."""
+        resolved = self.resolve_args(spec.cli_args(), spec.model_dir)
+        data = Path(tmp) / "data"
+        chat = is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl")
+        if chat:
+            convert_chat_datasets(Path(spec.dataset_dir), data, "sharegpt")
+        else:
+            convert_datasets(Path(spec.dataset_dir), data, "alpaca")
+        template = self.template if (self.template_given or not chat) else None
+        return build_config(spec, resolved.values, data, template=template,
+                            load_best_model_at_end=self.load_best_model_at_end,
+                            special_tokens_key=self.special_tokens_key), resolved
+
+    def train(self, spec: RunSpec) -> RunResult:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ft-llamafactory-") as tmp:
+            cfg, resolved = self._config(spec, Path(tmp))
+            from llamafactory.train.tuner import run_exp
+
+            with cpu_threads(spec.device):
+                run_in_fork(lambda: run_exp(cfg))
+        return collect_result(spec, Path(spec.output_dir), resolved)
+
+    def training_batches(self, spec: RunSpec) -> list[Mapping[str, Any]]:
+        """``run_exp(config)`` as for training — LLaMA-Factory's ``get_dataset`` (template, tokenisation, cutoff) and its
+        ``SFTDataCollatorWith4DAttentionMask`` inside its own ``CustomSeq2SeqTrainer`` — stopped at ``train()``: the
+        child writes one epoch of the trainer's train dataloader and exits before any step."""
+        import json
+        import os
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ft-llamafactory-") as tmp:
+            cfg, _ = self._config(spec, Path(tmp))
+            out = Path(tmp) / "batches.json"
+
+            def dump_batches() -> None:
+                from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+                from llamafactory.train.tuner import run_exp
+
+                def train(trainer, *args, **kwargs):
+                    out.write_text(json.dumps(hf.epoch_batches(trainer.get_train_dataloader())), encoding="utf-8")
+                    os._exit(0)  # the batches are out; no step, no save
+
+                CustomSeq2SeqTrainer.train = train
+                run_exp(cfg)
+
+            with cpu_threads(spec.device):
+                run_in_fork(dump_batches)
+            if not out.is_file():
+                raise RuntimeError("LLaMA-Factory's run ended without reaching Trainer.train(): no batches")
+            return json.loads(out.read_text(encoding="utf-8"))
 
     def evaluate(self, directory: Path, spec: RunSpec) -> dict[str, float]:
         """LLaMA-Factory's own evaluation of a saved directory (its template: prompt masked, response + EOS
@@ -152,7 +222,7 @@ class LlamaFactoryAdapter(ConfigFileAdapter):
             data = Path(tmp) / "data"
             convert_datasets(Path(spec.dataset_dir), data, "alpaca")
             cfg = build_eval_config(Path(directory), spec, data, Path(tmp) / "out",
-                                    template=self.option_values["template"])
+                                    template=self.template)
             from llamafactory.train.tuner import run_exp
 
             with cpu_threads(spec.device):

@@ -21,7 +21,11 @@ Options (``--ft-adapter-option KEY=VALUE``):
 
 ``load_args``   true/false: passed as ``--load_args`` on every run (default: not passed, the
                 installed version's default applies).
-``template``    swift template name (default ``qwen``; the tiny model is a Qwen2).
+``template``    swift template name (default ``qwen`` for text data; for chat data ``ft_tiny``, the tiny chat format
+                registered with ms-swift's ``register_template``, as its docs describe for a custom model).
+
+Chat data (``messages`` / ``prompt``+``completion`` rows) is passed as ``messages`` rows; ``training_batches`` runs
+``swift sft`` and stops at ``Trainer.train()`` to read one epoch of its dataloader.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from ..adapter import Adapter, ResolvedArgs, RunResult, RunSpec, Source
 from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
 from ..runtime import cpu_threads, library_versions, run_in_fork
-from ..kit import check_options, checkpoints_in, collect_result, convert_datasets, parse_bool
+from ..kit import (check_options, checkpoints_in, collect_result, convert_chat_datasets, convert_datasets,
+                   parse_bool)
+from ..task import is_chat_dataset
 
 __all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
 
@@ -198,6 +204,24 @@ orms["ft_counting"] = FtCounting
 '''
 
 
+#: ms-swift template for the tiny chat format (its tokenizer's jinja template in ms-swift's terms), registered the way
+#: ms-swift documents a custom model's template: BOS, ``<|user|> QUERY <|assistant|> ``, the response, then the EOS
+#: (between rounds too: ms-swift trains a ``chat_sep`` that starts with the suffix, ``_add_dynamic_eos``)
+TINY_TEMPLATE = "ft_tiny"
+TINY_TEMPLATE_META = {"template_type": TINY_TEMPLATE, "prefix": [["bos_token_id"]],
+                      "prompt": ["<|user|> {{QUERY}} <|assistant|> "], "chat_sep": [["eos_token_id"], " "],
+                      "suffix": [["eos_token_id"]]}
+
+
+def register_tiny_template() -> None:
+    """Register :data:`TINY_TEMPLATE` with the installed ms-swift (4.x ``swift.template``, 3.x ``swift.llm``)."""
+    try:
+        from swift.template import TemplateMeta, register_template
+    except ImportError:  # ms-swift 3.x
+        from swift.llm import TemplateMeta, register_template
+    register_template(TemplateMeta(**TINY_TEMPLATE_META), exist_ok=True)
+
+
 class SwiftAdapter(Adapter):
     """ms-swift 3.x / 4.x through ``swift sft`` / ``swift rlhf`` argument lists, in-process."""
 
@@ -213,6 +237,7 @@ class SwiftAdapter(Adapter):
         self.load_args = (parse_bool("swift", "load_args", options["load_args"]) if "load_args" in options
                           else None)
         self.template = options.get("template", "qwen")
+        self.template_given = "template" in options
         import swift
 
         self.version = getattr(swift, "__version__", "0")
@@ -220,9 +245,11 @@ class SwiftAdapter(Adapter):
         self.name = f"swift {self.version}" + (f"[load_args={_fmt(self.load_args)}]" if self.load_args is not None
                                                else "")
         caps = {"args", "sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8", "quanto-int4",
-                "best-checkpoint", "merge", "gpu"}  # no "packing": swift packs only with flash attention (CUDA)
+                "best-checkpoint", "merge", "data", "gpu"}  # no "packing": swift packs only with flash attention (CUDA)
         if self._has_grpo():
             caps.add("grpo")
+        if "new_special_tokens" in self._fields():  # --new_special_tokens: swift adds them and resizes
+            caps.add("new-tokens")
         if not _transformers_drives_bnb_here():
             caps -= {"quant-nf4", "quant-int8"}
         self.capabilities = frozenset(caps)
@@ -310,17 +337,60 @@ class SwiftAdapter(Adapter):
         return ResolvedArgs(values=values, sources=sources, warnings=())
 
     # ------------------------------------------------------------------ training
+    def _template_for(self, spec: RunSpec) -> str:
+        """The ``template`` option when given; else the tiny chat template for chat data, ``qwen`` for text."""
+        if self.template_given or not is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
+            return self.template
+        return TINY_TEMPLATE
+
+    def _data(self, spec: RunSpec, tmp: Path) -> dict[str, Path]:
+        if is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
+            files = convert_chat_datasets(Path(spec.dataset_dir), Path(tmp) / "data", "messages")
+            return {**files, "prompts": files["train"]}
+        return convert_datasets(Path(spec.dataset_dir), Path(tmp) / "data", "messages")
+
+    def training_batches(self, spec: RunSpec) -> list[Mapping[str, Any]]:
+        """``swift sft`` with the run's arguments, stopped at ``Trainer.train()``: the child writes one epoch of the
+        trainer's train dataloader (ms-swift's template encode, its collator and sampler) and exits before any step."""
+        import json
+        import os
+        import tempfile
+
+        from .. import hf
+
+        with tempfile.TemporaryDirectory(prefix="ft-swift-") as tmp:
+            data = self._data(spec, Path(tmp))
+            entry, argv = build_argv(spec, self._fields(), data, template=self._template_for(spec),
+                                     load_args=self.load_args)
+            out = Path(tmp) / "batches.json"
+
+            def dump_batches() -> None:
+                import transformers
+
+                def train(trainer, *args, **kwargs):
+                    out.write_text(json.dumps(hf.epoch_batches(trainer.get_train_dataloader())), encoding="utf-8")
+                    os._exit(0)  # the batches are out; no step, no save
+
+                transformers.Trainer.train = train
+                self._run(entry, argv)
+
+            with cpu_threads(spec.device):
+                run_in_fork(dump_batches)
+            if not out.is_file():
+                raise RuntimeError(f"swift {entry} ended without reaching Trainer.train(): no batches")
+            return json.loads(out.read_text(encoding="utf-8"))
+
     def train(self, spec: RunSpec) -> RunResult:
         import tempfile
 
         fields = self._fields()
         with tempfile.TemporaryDirectory(prefix="ft-swift-") as tmp:
-            data = convert_datasets(Path(spec.dataset_dir), Path(tmp) / "data", "messages")
+            data = self._data(spec, Path(tmp))
             plugin = Path(tmp) / "ft_swift_plugin.py"
             plugin.write_text(_PLUGIN, encoding="utf-8")
             if spec.method == "grpo":
                 fields = fields | self._rlhf_fields()
-            entry, argv = build_argv(spec, fields, data, template=self.template, load_args=self.load_args,
+            entry, argv = build_argv(spec, fields, data, template=self._template_for(spec), load_args=self.load_args,
                                      plugin=plugin)
             with cpu_threads(spec.device):
                 run_in_fork(lambda: self._run(entry, argv))
@@ -369,6 +439,8 @@ class SwiftAdapter(Adapter):
 
         if not hasattr(torch.cpu, "max_memory_reserved"):  # ms-swift 3.10.2-3.11.x call it on every log step
             torch.cpu.max_memory_reserved = lambda device=None: 0  # a CPU machine setting, not a training fix
+        if "--template" in argv and TINY_TEMPLATE in argv:
+            register_tiny_template()
         if self.major >= 4:
             from swift.pipelines import export_main, rlhf_main, sft_main
         else:

@@ -7,7 +7,10 @@ the reference's fixes: what the libraries do by themselves is what the scenarios
   ``metric_for_best_model`` / ``greater_is_better`` only when the run names them (as a user's config would);
   ``load_best_model_at_end`` is an option;
 * resume is ``trainer.train(resume_from_checkpoint=...)``; the final model is ``trainer.save_model``
-  plus ``trainer.save_state()``.
+  plus ``trainer.save_state()``;
+* chat data (``messages`` / ``prompt``+``completion`` rows) goes through TRL ``SFTTrainer`` with
+  ``assistant_only_loss=True`` (its dataset preparation, template and collator); ``training_batches`` reads one epoch
+  of its train dataloader.
 
 There are no saved argument files in plain transformers, so the ``args`` capability is not declared
 (seed 000 is about frameworks that layer them). Options (``--ft-adapter-option KEY=VALUE``):
@@ -27,8 +30,9 @@ from ..adapter import Adapter, RunResult, RunSpec
 from .. import hf
 from ..runtime import cpu_threads, library_versions
 from ..kit import check_options, collect_result, parse_bool
+from ..task import is_chat_dataset
 
-__all__ = ["TransformersAdapter", "OPTIONS", "training_arguments"]
+__all__ = ["TransformersAdapter", "OPTIONS", "training_arguments", "sft_config_arguments", "sft_trainer"]
 
 OPTIONS = {
     "load_best_model_at_end": "true/false, default false: Trainer reloads the best checkpoint at the end",
@@ -54,12 +58,38 @@ def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str,
     return kwargs
 
 
+def sft_config_arguments(values: Mapping[str, Any], targs: Mapping[str, Any]) -> dict[str, Any]:
+    """TRL ``SFTConfig`` keywords for chat data: the Trainer arguments plus the documented switches for training on
+    the assistant turns only (``assistant_only_loss``: the template's ``{% generation %}`` spans), no packing, the
+    task's length bound, tokenisation in this process."""
+    kwargs = dict(targs)
+    kwargs.update(assistant_only_loss=True, packing=False, max_length=64, dataset_num_proc=None)
+    if values.get("eval_steps") and "eval_strategy" not in kwargs:
+        kwargs.update(eval_strategy="steps", eval_steps=values["eval_steps"], per_device_eval_batch_size=8)
+    return kwargs
+
+
+def sft_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any], dataset_dir: Path):
+    """TRL ``SFTTrainer`` on a chat dataset (rows as ``messages``), as its docs configure chat SFT."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from ..kit import chat_as_messages
+
+    data = {name: Dataset.from_list(chat_as_messages(Path(dataset_dir) / f"{name}.jsonl")) for name in ("train", "eval")}
+    trainer = SFTTrainer(model=model, args=SFTConfig(**sft_config_arguments(values, targs)), train_dataset=data["train"],
+                         eval_dataset=data["eval"], processing_class=tok)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 class TransformersAdapter(Adapter):
     """transformers Trainer + PEFT + TRL used plainly (no harness fixes)."""
 
     name = "transformers"
     capabilities = frozenset({"sft", "grpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8",
-                              "quanto-int4", "best-checkpoint", "packing", "merge", "gpu"})
+                              "quanto-int4", "best-checkpoint", "packing", "merge", "data", "gpu"})
 
     def __init__(self, **options: str):
         check_options("transformers", options, OPTIONS)
@@ -80,7 +110,13 @@ class TransformersAdapter(Adapter):
         with cpu_threads(spec.device):
             return self._train(spec)
 
-    def _train(self, spec: RunSpec) -> RunResult:
+    def training_batches(self, spec: RunSpec) -> list[Mapping[str, Any]]:
+        """One epoch of the train dataloader of the trainer :meth:`train` builds (TRL ``SFTTrainer`` with
+        ``assistant_only_loss`` for chat data, ``Trainer`` for text); nothing is trained."""
+        with cpu_threads(spec.device):
+            return hf.epoch_batches(self._train(spec, build_only=True).get_train_dataloader())
+
+    def _train(self, spec: RunSpec, build_only: bool = False) -> Any:
         import torch
         from transformers import AutoTokenizer, set_seed
 
@@ -103,8 +139,13 @@ class TransformersAdapter(Adapter):
                 p.requires_grad_(True)
         targs = training_arguments(values, spec.output_dir, spec.device,
                                    load_best_model_at_end=self.load_best_model_at_end, given=spec.cli_args())
-        collator = hf.packing_collator() if values.get("packing") else None  # the padding-free recipe, as documented
-        trainer = hf.build_trainer(values, model, tok, targs, spec.dataset_dir, collator=collator)
+        if is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
+            trainer = sft_trainer(values, model, tok, targs, Path(spec.dataset_dir))
+        else:
+            collator = hf.packing_collator() if values.get("packing") else None  # the padding-free recipe, as documented
+            trainer = hf.build_trainer(values, model, tok, targs, spec.dataset_dir, collator=collator)
+        if build_only:
+            return trainer
         resume = spec.resume_from
         trainer.train(resume_from_checkpoint=True if resume == "latest" else (str(resume) if resume else None))
         trainer.save_model(str(spec.output_dir))

@@ -10,7 +10,7 @@ quantisation, LoRA or full), :meth:`build_trainer` (the shared HF wiring of :mod
 reference's policy callback and atomic saves), training, :meth:`save_final`. Every hook receives the
 run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resolve_args`,
 :meth:`prepare_resume`, :meth:`check_resume_state`, :meth:`load_checkpoint_weights`, :meth:`load_optimizer_state`,
-:meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`,
+:meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`, :meth:`finalize_chat_format`, :meth:`finalize_embeddings`, :meth:`resized_vocab_modules`,
 :meth:`merge_scaling`, :meth:`load_diffusion_lora`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`.
@@ -31,6 +31,7 @@ from typing import Any
 
 from ..adapter import CAPABILITIES, Adapter, ResolvedArgs, RunResult, RunSpec
 from ..errors import ConfigError, MissingFileError, QuantizationMismatchError
+from ..task import is_chat_dataset, template_turn_end
 from . import args as argres
 from ..layout import adapter_base, is_adapter_dir, latest_checkpoint, list_checkpoints, read_json, step_of
 from .io import atomic_write_text, check_pickled_state
@@ -132,6 +133,67 @@ class ReferenceAdapter(Adapter):
         argres.write_args_file(directory, ctx.resolved, {"model_dir": str(ctx.spec.model_dir)})
         if (Path(directory) / "model.safetensors").is_file():
             self.finalize_weights(ctx, Path(directory), final)
+        if is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
+            self.finalize_chat_format(ctx, Path(directory))
+        config = read_json(Path(directory) / "config.json") if (Path(directory) / "config.json").is_file() else {}
+        if ctx.values.get("new_special_tokens") or config.get("tie_word_embeddings"):
+            self.finalize_embeddings(ctx, Path(directory))
+
+    def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
+        """Chat runs only (``messages`` / ``prompt``+``completion`` data reach this): every save carries the format the
+        run trained in. The tokenizer the run encoded with (chat template included) is what Trainer saved; a full
+        save's ``generation_config.json`` must stop at the template's turn end, so the turn-end token is added to its
+        ``eos_token_id`` when missing (open-r1 PR #663: a saved model whose generation config does not stop at the turn end)."""
+        from transformers import AutoTokenizer, GenerationConfig
+
+        from ..layout import TOKENIZER_FILES
+
+        if not all((directory / name).is_file() for name in TOKENIZER_FILES):
+            raise MissingFileError(directory, TOKENIZER_FILES[0], "a chat run saves the tokenizer it trained with")
+        config_file = directory / "generation_config.json"
+        if not config_file.is_file():
+            return  # an adapter save: served with its base's generation config
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        end = template_turn_end(tok)
+        config = GenerationConfig.from_pretrained(str(directory))
+        eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        if end is not None and end not in eos:
+            config.eos_token_id = [e for e in eos if e is not None] + [end]
+            config.save_pretrained(str(directory))
+
+    def resized_vocab_modules(self, ctx: RunContext, model) -> list[str]:
+        """LoRA on a resized vocabulary (``new_special_tokens``; only those runs reach this): the input embeddings and
+        the output head are trained whole and saved in the adapter (PEFT ``modules_to_save``), so the added tokens'
+        rows learn and an adapter reloads onto base + resize (unsloth #9326, peft PR #1147). Returns their module
+        names (the head only when it is not tied to the embeddings)."""
+        names = [model.get_input_embeddings()]
+        if not model.config.get_text_config().tie_word_embeddings:
+            names.append(model.get_output_embeddings())
+        by_module = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+        return [by_module[id(m)] for m in names]
+
+    def finalize_embeddings(self, ctx: RunContext, directory: Path) -> None:
+        """Runs with tied embeddings or a resized vocabulary only: a full save's ``config.json`` tie flag must agree
+        with its tensors (tied: no separate ``lm_head.weight``, or one equal to the embeddings; untied: one of its
+        own), and its embeddings must hold a row per token of the saved tokenizer. transformers' ``save_pretrained``
+        writes it so; a save that disagrees is refused rather than left for a loader to re-tie or re-initialise."""
+        from ..errors import CheckpointError
+        from ..layout import weight_files
+        from safetensors import safe_open
+
+        if not weight_files(directory) or not (directory / "config.json").is_file():
+            return  # an adapter save: modules_to_save carries the rows (resized_vocab_modules)
+        tensors: dict[str, Any] = {}
+        for file in weight_files(directory):
+            if not file.is_file():
+                continue  # (only a broken save lacks a shard its index lists; the oracles judge that)
+            with safe_open(str(file), "pt") as fh:
+                tensors.update({k: fh.get_tensor(k) for k in fh.keys() if "embed_tokens" in k or "lm_head" in k})
+        config = read_json(directory / "config.json")
+        head = tensors.get("lm_head.weight")
+        if not config.get("tie_word_embeddings", False) and head is None:
+            raise CheckpointError(directory, "config.json says the embeddings are not tied but no lm_head.weight was "
+                                             "saved", "config.json")
 
     def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
         """A full model's weights (only saves that hold ``model.safetensors`` reach this) are complete as
@@ -235,6 +297,25 @@ class ReferenceAdapter(Adapter):
         model.config.use_cache = False
         return hf.packing_collator()
 
+    def chat_collator(self, ctx: RunContext, tok):
+        """Chat data (only runs on ``messages`` / ``prompt``+``completion`` rows reach this): transformers'
+        ``DataCollatorForSeq2Seq`` (:func:`harness.hf.chat_collator`): padding on the tokenizer's side with its pad
+        token, labels padded with -100 by position. A pad token equal to the EOS (trl #1623) then masks nothing real."""
+        from .. import hf
+
+        return hf.chat_collator(tok)
+
+    def training_batches(self, spec: RunSpec) -> list[Mapping[str, Any]]:
+        """One epoch of the batches a run of ``spec`` trains on: the run's own start, load and trainer (its dataset,
+        collator and sampler), the train dataloader read once; nothing is trained or saved."""
+        from .. import hf
+        from ..runtime import cpu_threads
+
+        with cpu_threads(spec.device):
+            ctx = self.start(spec)
+            model, tok = self.load(ctx)
+            return hf.epoch_batches(self.build_trainer(ctx, model, tok).get_train_dataloader())
+
     # ------------------------------------------------------------------ merging
     def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
         """PEFT ``merge_and_unload`` into the float32 base the adapter names (:func:`harness.hf.merge_lora`),
@@ -329,6 +410,10 @@ class ReferenceAdapter(Adapter):
         model_dir = Path(spec.model_dir)
         tok = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else ctx.base_dir)
         model = load_model(ctx.base_dir, values["quantization"], spec.device)
+        new_tokens = list(values.get("new_special_tokens") or ())
+        if new_tokens:  # the vocabulary grows before any adapter: a LoRA output of a resized run needs the rows
+            tok.add_tokens(new_tokens, special_tokens=True)
+            model.resize_token_embeddings(len(tok))
         if ctx.adapter_dir is not None:
             from peft import PeftModel
 
@@ -339,7 +424,10 @@ class ReferenceAdapter(Adapter):
             from peft import get_peft_model
 
             torch.manual_seed(values["seed"])
-            model = get_peft_model(model, lora_config(values))
+            config = lora_config(values)
+            if new_tokens:
+                config.modules_to_save = self.resized_vocab_modules(ctx, model)
+            model = get_peft_model(model, config)
         elif values["train_type"] == "full":
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -365,6 +453,8 @@ class ReferenceAdapter(Adapter):
         if distributed.is_worker():
             targs.update(distributed.fsdp_arguments())
         collator = self.packing_collator(ctx, model) if ctx.values["packing"] else None
+        if collator is None and is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
+            collator = self.chat_collator(ctx, tok)
         trainer = hf.build_trainer(ctx.values, model, tok, targs, ctx.spec.dataset_dir,
                                    callbacks=[PolicyCallback(policy, ctx.values["metric"], self, ctx)],
                                    wrap=trainer_class, collator=collator)
