@@ -265,8 +265,8 @@ class ConfigFileAdapter(Adapter):
 def chat_as_messages(path: Path) -> list[dict[str, Any]]:
     """A chat dataset (``messages`` or ``prompt``/``completion`` rows) as ``{"messages": [...]}`` rows only: one format
     for the whole file (TRL, ms-swift), a prompt/completion row becoming one user/assistant exchange."""
-    from ..models import read_jsonl
-    from ..task import chat_messages
+    from .models import read_jsonl
+    from .task import chat_messages
 
     return [{"messages": chat_messages(row, path, i)} for i, row in enumerate(read_jsonl(path))]
 
@@ -275,7 +275,7 @@ def convert_chat_datasets(dataset_dir: Path, out_dir: Path, fmt: str) -> dict[st
     """A chat dataset in a framework's format; returns ``{"train", "eval"} -> file``. ``fmt``: ``"messages"`` (ms-swift,
     TRL: ``{"messages": [{"role", "content"}, ...]}``), ``"sharegpt"`` (LLaMA-Factory: the same rows with a
     ``dataset_info.json`` naming them ``ft_train`` / ``ft_eval``, ``formatting: sharegpt`` and OpenAI-style tags)."""
-    from ..models import write_jsonl
+    from .models import write_jsonl
 
     out_dir = Path(out_dir)
     files = {name: write_jsonl(out_dir / f"{name}.jsonl", chat_as_messages(Path(dataset_dir) / f"{name}.jsonl"))

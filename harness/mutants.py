@@ -474,7 +474,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "PackingWithoutBoundaries": ("test_packing",),
     "BestCheckpointMislabelled": ("test_best_checkpoint",),
     "RotationSortsByName": ("test_best_checkpoint",),
-    "EvaluatesOnTrainSplit": ("test_best_checkpoint",),
+    # also the embeddings scenario: its reload must reproduce the logged eval loss
+    "EvaluatesOnTrainSplit": ("test_best_checkpoint", "test_embeddings_saved"),
     "ResumeForgetsBest": ("test_best_checkpoint",),
     # every scenario that checks a full save's tensors (dtype) or reloads one to re-evaluate it
     "FullSaveInBf16": ("test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_grpo_full_save",

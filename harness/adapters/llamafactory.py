@@ -78,9 +78,11 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
         cfg["save_total_limit"] = values["save_total_limit"]
     if eval_steps:
         cfg.update(eval_dataset="ft_eval", eval_strategy="steps", eval_steps=eval_steps, per_device_eval_batch_size=8,
-                   metric_for_best_model=str(values["metric"]).removeprefix("eval_"),
                    load_best_model_at_end=load_best_model_at_end)
-        if values.get("greater_is_better") is not None:
+        given = spec.cli_args()  # a user's config names the metric only when they chose one
+        if "metric" in given:
+            cfg["metric_for_best_model"] = str(values["metric"]).removeprefix("eval_")
+        if "greater_is_better" in given:
             cfg["greater_is_better"] = values["greater_is_better"]
         if values["metric"] == "eval_accuracy":
             cfg["compute_accuracy"] = True
