@@ -51,7 +51,7 @@ from .runtime import FrameworkError, cpu_threads, library_versions, run_in_fork
 from .task import TASK_DEFAULTS, counting_reward
 
 __all__ = [
-    "ConfigFileAdapter", "parse_bool", "check_options", "convert_datasets", "chat_as_messages", "convert_chat_datasets", "DATASET_FORMATS", "collect_result",
+    "ConfigFileAdapter", "parse_bool", "check_options", "convert_datasets", "chat_as_messages", "convert_chat_datasets", "quantization_keys", "DATASET_FORMATS", "collect_result",
     "checkpoints_in", "write_config_file", "run_command", "counting_reward", "run_in_fork", "cpu_threads",
     "library_versions", "FrameworkError", "TASK_DEFAULTS",
 ]
@@ -289,3 +289,15 @@ def convert_chat_datasets(dataset_dir: Path, out_dir: Path, fmt: str) -> dict[st
     elif fmt != "messages":
         raise ValueError(f"unknown chat dataset format {fmt!r} (messages, sharegpt)")
     return files
+
+
+def quantization_keys(quantization: str | None, table: Mapping[str, Mapping[str, Any]], how: str) -> dict[str, Any]:
+    """The framework's config keys for ``RunSpec.quantization`` from its ``table`` (harness kind -> keys); none for an
+    unquantised run; a kind the framework cannot do is a ConfigError saying ``how`` it quantises."""
+    from .errors import ConfigError
+
+    if quantization is None:
+        return {}
+    if quantization not in table:
+        raise ConfigError(None, "quantization", f"one of {sorted(table)} ({how})", quantization)
+    return dict(table[quantization])

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..adapter import RunSpec
 from ..errors import ConfigError
-from ..kit import ConfigFileAdapter, cpu_threads, run_in_fork, write_config_file
+from ..kit import ConfigFileAdapter, cpu_threads, quantization_keys, run_in_fork, write_config_file
 from ..layout import adapter_base, is_adapter_dir
 
 __all__ = ["AxolotlAdapter", "OPTIONS", "build_config"]
@@ -55,12 +55,7 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
         cfg.update(CPU_KEYS)
     else:
         cfg.update(bf16="auto")
-    quant = values.get("quantization")
-    if quant is not None:
-        if quant not in QUANT_KEYS:
-            raise ConfigError(None, "quantization", f"one of {sorted(QUANT_KEYS)} (axolotl quantises with "
-                                                    f"bitsandbytes)", quant)
-        cfg.update(QUANT_KEYS[quant])
+    cfg.update(quantization_keys(values.get("quantization"), QUANT_KEYS, "axolotl quantises with bitsandbytes"))
     cfg.update(save_strategy="steps", save_steps=values["save_steps"]) if values.get("save_steps") else cfg.update(
         save_strategy="no")
     # unset or 0, axolotl rotates to 4 checkpoints (builders/base.py: `save_total_limit or 4`): "keep them all",

@@ -34,7 +34,8 @@ from ..layout import adapter_base, is_adapter_dir
 from .. import hf
 from ..runtime import cpu_threads, library_versions, run_in_fork
 from ..task import is_chat_dataset
-from ..kit import check_options, collect_result, convert_chat_datasets, convert_datasets, parse_bool
+from ..kit import (check_options, collect_result, convert_chat_datasets, convert_datasets, parse_bool,
+                   quantization_keys)
 
 __all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "build_eval_config", "QUANT_KEYS"]
 
@@ -64,12 +65,7 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
         cfg.update(lora_rank=values["lora_rank"], lora_alpha=values["lora_alpha"],
                    lora_dropout=values["lora_dropout"],
                    lora_target="all" if tm == "all-linear" else ",".join(tm if not isinstance(tm, str) else [tm]))
-    quant = values.get("quantization")
-    if quant is not None:
-        if quant not in QUANT_KEYS:
-            raise ConfigError(None, "quantization", f"one of {sorted(QUANT_KEYS)} (LLaMA-Factory quantises with "
-                                                    f"bitsandbytes, HQQ or EETQ)", quant)
-        cfg.update(QUANT_KEYS[quant])
+    cfg.update(quantization_keys(values.get("quantization"), QUANT_KEYS, "LLaMA-Factory quantises with bitsandbytes, HQQ or EETQ"))
     eval_steps = values.get("eval_steps") or 0
     cfg.update(hf.training_arguments(values, spec.output_dir, spec.device))  # LLaMA-Factory passes them to Trainer
     cfg.update(dataset="ft_train", dataset_dir=str(dataset_dir), cutoff_len=64, packing=False, overwrite_cache=True,
