@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer", "merge_lora", "packing_collator",
-           "load_saved", "evaluate_saved", "chat_collator", "epoch_batches"]
+           "load_saved", "eval_logits", "evaluate_saved", "chat_collator", "epoch_batches"]
 
 
 def dtype_kwargs(dtype: Any = None) -> dict[str, Any]:
@@ -152,6 +152,23 @@ def load_saved(directory: Path, quantization: str | None = None, device: str = "
     return load_causal_lm(directory, None, device), directory
 
 
+def eval_logits(model, dataset_dir: Path, tokenizer_dir: Path, *, with_ids: bool = False):
+    """The model's float32 logits on every ``eval.jsonl`` text, tokenised by ``tokenizer_dir``'s tokenizer (one batch:
+    the texts have equal lengths); with ``with_ids``, ``(logits, input_ids)``."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from .models import read_texts
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    ids = torch.tensor([tok(t)["input_ids"] for t in read_texts(Path(dataset_dir) / "eval.jsonl")],
+                       device=model.device)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    return (logits, ids) if with_ids else logits
+
+
 def evaluate_saved(directory: Path, dataset_dir: Path, quantization: str | None = None,
                    device: str = "cpu") -> dict[str, float]:
     """The harness's evaluation formula, on a saved directory reloaded by :func:`load_saved`: ``eval_loss`` is the
@@ -159,17 +176,9 @@ def evaluate_saved(directory: Path, dataset_dir: Path, quantization: str | None 
     EOS; all eval texts have equal length, so it equals Trainer's batch-weighted mean), ``eval_accuracy`` next-token
     accuracy over the same positions: what the reference and plain transformers log (:func:`build_trainer`)."""
     import torch
-    from transformers import AutoTokenizer
-
-    from .models import read_texts
 
     model, tok_dir = load_saved(directory, quantization, device)
-    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-    model.eval()
-    ids = torch.tensor([tok(t)["input_ids"] for t in read_texts(Path(dataset_dir) / "eval.jsonl")],
-                       device=model.device)
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
+    logits, ids = eval_logits(model, dataset_dir, tok_dir, with_ids=True)
     pred, target = logits[:, :-1], ids[:, 1:]
     loss = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1)).item()
     return {"eval_loss": loss, "eval_accuracy": (pred.argmax(-1) == target).float().mean().item()}

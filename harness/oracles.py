@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .hf import dtype_kwargs
+from .hf import dtype_kwargs, eval_logits
 from .layout import (LORA_FILES, list_checkpoints, lora_dir, read_log_history, read_safetensors_header, step_of,
                      weight_files)
 
@@ -601,20 +601,6 @@ def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rt
 
 
 # --------------------------------------------------------------------------- LoRA merge
-def eval_logits(model, dataset_dir: Path, tokenizer_dir: Path):
-    """The model's float32 logits on every ``eval.jsonl`` text (one batch: the texts have equal lengths)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from .models import read_texts
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    ids = torch.tensor([tok(t)["input_ids"] for t in read_texts(Path(dataset_dir) / "eval.jsonl")])
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits.float()
-
-
 def assert_merged_is_trained_model(merged: Path, adapter_dir: Path, dataset_dir: Path, *, quantization: str | None,
                                    atol: float, output: str = "", seed: str = "merge") -> None:
     """A merged LoRA export is the trained model: a self-contained full model (no adapter files, no
@@ -702,9 +688,11 @@ class Evaluator:
                 f"spec) that evaluates with the framework's own data pipeline (see harness.adapter.Adapter.evaluate)")
 
 
-def logged_metrics(output_dir: Path, metric: str) -> dict[int, float]:
-    """step -> value of ``metric`` in the run's logged history."""
-    return {int(h["step"]): float(h[metric]) for h in read_log_history(output_dir) if metric in h}
+def logged_metrics(output_dir: Path, metric: str, history: Iterable[Mapping[str, Any]] | None = None
+                   ) -> dict[int, float]:
+    """step -> value of ``metric`` in the run's logged history (``history``: already read)."""
+    history = read_log_history(output_dir) if history is None else history
+    return {int(h["step"]): float(h[metric]) for h in history if metric in h}
 
 
 def _close(a: float, b: float, rtol: float) -> bool:
@@ -722,14 +710,15 @@ def assert_saves_reproduce_log(output_dir: Path, evaluate: Evaluator, *, metric:
     is of an evaluated step: :func:`assert_best_checkpoint_kept` is what requires the best's save).
     """
     output_dir = Path(output_dir)
-    metrics = logged_metrics(output_dir, metric)
+    history = read_log_history(output_dir)
+    metrics = logged_metrics(output_dir, metric, history)
     if not metrics:
         raise OracleFailure(seed, f"{output_dir.name}: no {metric!r} in the logged history; nothing was evaluated")
     judged: list[tuple[str, Path, dict[int, float]]] = []
     for ckpt in list_checkpoints(output_dir):
         if step_of(ckpt) in metrics:
             judged.append((ckpt.name, ckpt, {step_of(ckpt): metrics[step_of(ckpt)]}))
-    last = max(int(h["step"]) for h in read_log_history(output_dir) if "step" in h)
+    last = max(int(h["step"]) for h in history if "step" in h)
     if last in metrics and (weight_files(output_dir) or (output_dir / "adapter_config.json").is_file()):
         # the last step's model, or the one a load-best-at-end reloaded: any evaluated step's (an exact match to
         # another step's logged value cannot happen by chance at this tolerance); shown: the last and the best
@@ -766,9 +755,7 @@ def _assert_dtype_is_configs(directory: Path, seed: str) -> None:
     """A full save's floating tensors are in the dtype its config.json declares (a bf16 file under a float32 config
     is a rounded copy of the trained model)."""
     directory = Path(directory)
-    headers: dict[str, dict[str, Any]] = {}
-    for f in _present_weight_files(directory, seed):
-        headers.update(read_safetensors_header(f))
+    headers, _ = _header_and_bytes(directory, seed)
     cfg = json.loads((directory / "config.json").read_text(encoding="utf-8")) if (directory / "config.json").is_file() \
         else {}
     declared = _SAFETENSORS_DTYPES.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or ""))
@@ -813,14 +800,11 @@ def assert_best_checkpoint_kept(output_dir: Path, evaluate: Evaluator, *, metric
         final_state = on_disk[max(on_disk)] / "trainer_state.json"
     if final_state.is_file():
         recorded = json.loads(final_state.read_text(encoding="utf-8")).get("best_model_checkpoint")
-        if recorded and Path(recorded).name != f"checkpoint-{best}":
+        if recorded and (Path(recorded).name != f"checkpoint-{best}" or not Path(recorded).is_dir()):
             where = "does not exist on disk" if not Path(recorded).is_dir() else "exists, but is not the best"
             raise OracleFailure(seed, f"{final_state.parent.name}/trainer_state.json names best_model_checkpoint="
                                       f"{recorded!r}, which {where}: the best logged {metric} is "
                                       f"{metrics[best]:.6g} at step {best} (checkpoint-{best})")
-        if recorded and not Path(recorded).is_dir():
-            raise OracleFailure(seed, f"{final_state.parent.name}/trainer_state.json names best_model_checkpoint="
-                                      f"{recorded!r}, which does not exist on disk")
     value = evaluate(on_disk[best], metric, seed)
     if _close(value, metrics[best], rtol):
         return best
