@@ -53,6 +53,9 @@ __all__ = [
     "SavedTokenizerWithoutTemplate",
     "LmHeadRetiedOnSave",
     "ResizedRowsNotSaved",
+    "TrainsWithSavedArgs",
+    "AdapterNamesAnotherBase",
+    "SavedAlphaDiffersFromTrained",
     "MUTANTS",
 ]
 
@@ -71,11 +74,14 @@ class ArgsJsonBeatsCli(ReferenceAdapter):
             return resolved
         source, path = layers[0]
         saved = argres.read_args_file(path)
+        beaten = [k for k in self.FORCE_LOAD
+                  if saved.get(k) is not None and not argres.same_value(saved[k], resolved.values.get(k))]
+        if not beaten:  # the saved file agrees with the resolution: nothing is beaten, the answer is the same
+            return resolved
         values, sources = dict(resolved.values), dict(resolved.sources)
-        for key in self.FORCE_LOAD:
-            if saved.get(key) is not None:
-                values[key], sources[key] = saved[key], Source(source.kind, source.path)
-        return ResolvedArgs(values=values, sources=sources, warnings=())
+        for key in beaten:
+            values[key], sources[key] = saved[key], Source(source.kind, source.path)
+        return ResolvedArgs(values=values, sources=sources, warnings=())  # silently
 
 
 class QuantizedResumeReinitLora(ReferenceAdapter):
@@ -144,7 +150,10 @@ class PlainTrainerBestCheckpoint(RotationDeletesBest):
     def checkpoint_policy(self, ctx: RunContext) -> CheckpointPolicy:
         import dataclasses
 
-        return dataclasses.replace(super().checkpoint_policy(ctx), save_on_best=False)
+        policy = super().checkpoint_policy(ctx)
+        if not policy.eval_steps:  # no evaluation, no best: plain Trainer saves exactly as the reference does
+            return policy
+        return dataclasses.replace(policy, save_on_best=False)
 
 
 class NonAtomicSave(ReferenceAdapter):
@@ -474,8 +483,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "PackingWithoutBoundaries": ("test_packing",),
     "BestCheckpointMislabelled": ("test_best_checkpoint",),
     "RotationSortsByName": ("test_best_checkpoint",),
-    # also the embeddings scenario: its reload must reproduce the logged eval loss
-    "EvaluatesOnTrainSplit": ("test_best_checkpoint", "test_embeddings_saved"),
+    # every scenario whose reload must reproduce the logged eval loss (embeddings, the trained-values run)
+    "EvaluatesOnTrainSplit": ("test_args_precedence", "test_best_checkpoint", "test_embeddings_saved"),
     "ResumeForgetsBest": ("test_best_checkpoint",),
     # every scenario that checks a full save's tensors (dtype) or reloads one to re-evaluate it
     "FullSaveInBf16": ("test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_grpo_full_save",
@@ -484,6 +493,12 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     "SavedTokenizerWithoutTemplate": ("test_saved_template",),
     "LmHeadRetiedOnSave": ("test_embeddings_saved",),
     "ResizedRowsNotSaved": ("test_embeddings_saved",),
+    "TrainsWithSavedArgs": ("test_args_precedence",),
+    # the LoRA-on-a-full-output runs: the named base's weights (seed 003) and the re-evaluation through it (seed 000)
+    "AdapterNamesAnotherBase": ("test_args_precedence", "test_full_ft_as_lora_base"),
+    # the saved config (seed 000) and every LoRA reload that re-evaluates (embeddings); merge parity compares the
+    # merged model with the same mis-scaled reload, so it cannot see it
+    "SavedAlphaDiffersFromTrained": ("test_args_precedence", "test_embeddings_saved"),
 }
 
 
@@ -569,3 +584,64 @@ class ResizedRowsNotSaved(ReferenceAdapter):
         if adapter.is_file():
             tensors = load_file(str(adapter))
             save_file({k: v for k, v in tensors.items() if "lora_" in k}, str(adapter), metadata={"format": "pt"})
+
+
+class TrainsWithSavedArgs(ReferenceAdapter):
+    """#18 — the resolution reports the command line (``resolve_args``, its log lines, no warning owed), but the run
+    trains with the saved args.json's learning rate and LoRA shape: the saved file is re-applied after the resolution
+    is logged (pytorch/examples #816 "resume will override learning rate on command line"; ms-swift #3168's
+    ``load_args`` applied over the parsed command line)."""
+
+    name = "mutant:trains-with-saved-args"
+    REAPPLIED = ("learning_rate", "lora_rank", "lora_alpha")
+
+    def effective_args(self, spec, resolved: ResolvedArgs) -> ResolvedArgs:
+        layers = argres.discover_layers(Path(spec.model_dir), Path(spec.resume_from) if spec.resume_from else None)
+        if not layers:
+            return resolved
+        saved = argres.read_args_file(layers[0][1])
+        changed = {k: saved[k] for k in self.REAPPLIED
+                   if saved.get(k) is not None and not argres.same_value(saved[k], resolved.values.get(k))}
+        if not changed:
+            return resolved
+        return ResolvedArgs(values={**resolved.values, **changed}, sources=resolved.sources,
+                            warnings=resolved.warnings)
+
+
+class AdapterNamesAnotherBase(ReferenceAdapter):
+    """#18 — LoRA trained on a fine-tuned checkpoint, but adapter_config.json names the model *that* checkpoint was
+    fine-tuned from (the hub id the framework carried along), so ``PeftModel.from_pretrained`` puts the adapter on
+    the wrong weights without an error (UniPixel #9 "checkpoints record base_model_path as Qwen instead of UniPixel
+    when finetuning from UniPixel-7B"; llm-foundry PR #1407, adapters saved without the right base name)."""
+
+    name = "mutant:adapter-names-another-base"
+
+    def finalize_adapter(self, ctx: RunContext, directory: Path) -> None:
+        import json
+
+        super().finalize_adapter(ctx, directory)
+        origin_args = Path(ctx.base_dir) / "args.json"
+        origin = json.loads(origin_args.read_text(encoding="utf-8")).get("model_dir") if origin_args.is_file() else None
+        if origin:
+            config_file = Path(directory) / "adapter_config.json"
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            config["base_model_name_or_path"] = origin
+            config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+class SavedAlphaDiffersFromTrained(ReferenceAdapter):
+    """#18 — the saved adapter_config.json records ``lora_alpha = r`` (scaling 1) whatever alpha the run trained with,
+    so a reload applies the LoRA update at another strength (diffusers #6087 "doesn't save and load the LoraConfig,
+    resulting wrong lora_alpha during inference"; mlx-examples #622)."""
+
+    name = "mutant:saved-alpha-differs-from-trained"
+
+    def finalize_adapter(self, ctx: RunContext, directory: Path) -> None:
+        import json
+
+        super().finalize_adapter(ctx, directory)
+        config_file = Path(directory) / "adapter_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if config.get("lora_alpha") != config.get("r"):
+            config["lora_alpha"] = config.get("r")
+            config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")

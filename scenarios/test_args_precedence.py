@@ -7,22 +7,32 @@ file beat the command line, and a full fine-tune ran instead of LoRA. The revers
 
 Correct behaviour: CLI > resumed checkpoint's args.json > adapter dir's args.json > base model's
 args.json > defaults, per key, each value with its source, and a warning naming key, both values
-and both sources whenever the CLI overrides a different saved value.
+and both sources whenever the CLI overrides a different saved value. And the run *trains* with what
+the resolution reports: the weights (the first optimizer step's size, the saved LoRA matrices), the
+adapter config a reload uses, the steps on disk and the framework's own saved args.json all carry the
+command-line values (pytorch/examples #816: a resume's saved learning rate beat the command line).
+
+Saved files are written in the framework's own key names (``adapter.arg_name``: ms-swift 4 reads
+``tuner_type`` where 3.x read ``train_type``); a file with a key the framework does not read tests nothing.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from harness.oracles import OracleFailure, assert_adapter_only_save, assert_full_model_saved, start_weights
+from harness.adapter import LoraSpec
+from harness.oracles import (OracleFailure, assert_adapter_only_save, assert_first_step_size, assert_full_model_saved,
+                             assert_log_matches_cli, assert_lora_trained_as_asked, assert_saved_args_match,
+                             assert_saves_reproduce_log, start_weights)
 
-from ._support import spec
+from ._support import eval_rtol, evaluator, spec
 
 REAL_RUN_PHASES = (Phase.explicit, Phase.generate)  # derandomized, no shrinking: each example is a real run
 
@@ -55,25 +65,82 @@ def _saved_train_type(adapter, directory: Path) -> str:
     return json.loads((directory / "args.json").read_text())[adapter.arg_name("train_type")]
 
 
+def _plant(adapter, directory: Path, values: dict) -> None:
+    """Write ``values`` (harness key names) into ``directory``'s args.json, in the framework's own key names, keeping
+    whatever else the framework saved there."""
+    path = directory / "args.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    saved.update({adapter.arg_name(k): v for k, v in values.items()})
+    path.write_text(json.dumps(saved), encoding="utf-8")
+
+
+def _assert_cli_beats_saved(adapter, model_dir: Path, key: str, cli_value, saved_value) -> None:
+    """resolve_args: ``--key cli_value`` over a saved ``saved_value`` resolves to the CLI value, sourced cli, with a
+    warning naming the key, both values and the file whenever the framework would otherwise have inherited it."""
+    resolved = adapter.resolve_args({key: cli_value}, model_dir)
+    assert resolved[key] == cli_value, (
+        f"seed 000: --{key} {cli_value!r} resolved to {resolved[key]!r} from {resolved.source_of(key)}; "
+        f"the saved args.json in {model_dir} beat the command line")
+    assert resolved.source_of(key).kind == "cli", f"--{key} came from {resolved.source_of(key)}, not the command line"
+    if adapter.resolve_args({}, model_dir).source_of(key).kind in ("cli", "default"):
+        return  # the framework never inherits this key from saved files (e.g. ms-swift 4 with load_args false):
+        # the CLI value overrides nothing, so no warning is owed (the priority property applies the same rule)
+    warning = [w for w in resolved.warnings if key in w]
+    assert warning, f"seed 000: no warning that --{key} {cli_value!r} overrides the saved {saved_value!r} " \
+                    f"(got {resolved.warnings})"
+    assert str(saved_value) in warning[0] and str(cli_value) in warning[0] and "args.json" in warning[0], (
+        f"the override warning must name both values and the saved file, got {warning[0]!r}")
+
+
 @REQUIRES_ARGS
 def test_cli_train_type_beats_saved_full(ft_adapter, full_ft_output):
     """resolve_args: --train_type lora on a full-FT output resolves to lora, sourced cli, with a warning naming both
     values and the file whenever the framework would otherwise have inherited the saved 'full'."""
     model_dir = full_ft_output.final_dir
     assert _saved_train_type(ft_adapter, model_dir) == "full", "arrange: the full fine-tune must record train_type=full"
-    resolved = ft_adapter.resolve_args({"train_type": "lora"}, model_dir)
-    assert resolved["train_type"] == "lora", (
-        f"seed 000: --train_type lora resolved to {resolved['train_type']!r} from {resolved.source_of('train_type')}; "
-        f"the saved args.json in {model_dir} beat the command line")
-    assert resolved.source_of("train_type").kind == "cli"
-    unset = ft_adapter.resolve_args({}, model_dir)
-    if unset.source_of("train_type").kind in ("cli", "default"):
-        return  # the framework never inherits train_type from saved files (e.g. ms-swift 4 with load_args false):
-        # the CLI value overrides nothing, so no warning is owed (the priority property applies the same rule)
-    warning = [w for w in resolved.warnings if "train_type" in w]
-    assert warning, f"seed 000: no warning that --train_type lora overrides the saved 'full' (got {resolved.warnings})"
-    assert "full" in warning[0] and "lora" in warning[0] and "args.json" in warning[0], (
-        f"the override warning must name both values and the saved file, got {warning[0]!r}")
+    _assert_cli_beats_saved(ft_adapter, model_dir, "train_type", "lora", "full")
+
+
+@REQUIRES_ARGS
+@pytest.mark.parametrize("key, cli_value, saved_value", [("lora_rank", 2, 8), ("learning_rate", 0.002, 0.0002)],
+                         ids=["lora_rank", "learning_rate"])
+def test_cli_value_beats_saved_value(ft_adapter, full_ft_output, tmp_path, key, cli_value, saved_value):
+    """The same for keys other than the training type: a saved LoRA rank or learning rate never beats the CLI's."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(full_ft_output.final_dir, model_dir, ignore=shutil.ignore_patterns("checkpoint-*"))
+    _plant(ft_adapter, model_dir, {key: saved_value})
+    _assert_cli_beats_saved(ft_adapter, model_dir, key, cli_value, saved_value)
+
+
+#: what the user types, and (planted in the base's args.json) what a saved file would say instead
+TYPED = dict(learning_rate=2e-3, lora=LoraSpec(r=2, alpha=16.0, target_modules=("q_proj", "v_proj")), max_steps=3)
+SAVED_INSTEAD = {"learning_rate": 2e-4, "lora_rank": 8, "lora_alpha": 4.0, "max_steps": 7}
+
+
+@pytest.mark.ft_requires("sft", "lora", "full")
+def test_cli_values_are_the_trained_values(ft_adapter, full_ft_output, tiny_assets, tmp_path, ft_device):
+    """LoRA on a full-FT output whose args.json says another learning rate, rank, alpha and max_steps: the run trains
+    with every command-line value. Judged on what it saved: the first Adam step moved lora_B by the typed learning
+    rate, the matrices have the typed rank on the typed modules, adapter_config.json (what a reload uses) says the
+    typed rank/alpha/modules, exactly max_steps steps are on disk and logged at the typed rate, the framework's own
+    args.json records them, and every save reloads to the metric the run logged."""
+    base = tmp_path / "base"
+    shutil.copytree(full_ft_output.final_dir, base, ignore=shutil.ignore_patterns("checkpoint-*"))
+    if (base / "args.json").is_file():  # a framework that saves its arguments: the seed's arrange
+        _plant(ft_adapter, base, SAVED_INSTEAD)
+    run = spec(tiny_assets, tmp_path / "lora", model_dir=base, train_type="lora", save_steps=1, eval_steps=1,
+               lr_scheduler_type="constant", device=ft_device, **TYPED)
+    result = ft_adapter.train(run)
+    lora = TYPED["lora"]
+    assert_first_step_size(result.output_dir / "checkpoint-1", TYPED["learning_rate"])
+    for directory in (*result.checkpoints, result.final_dir):
+        assert_lora_trained_as_asked(directory, r=lora.r, alpha=lora.alpha, target_modules=lora.target_modules)
+    assert_log_matches_cli(result.output_dir, TYPED["max_steps"], TYPED["learning_rate"])
+    if (result.final_dir / "args.json").is_file():
+        assert_saved_args_match(result.final_dir, {ft_adapter.arg_name(k): v for k, v in {
+            "learning_rate": TYPED["learning_rate"], "lora_rank": lora.r, "lora_alpha": lora.alpha,
+            "max_steps": TYPED["max_steps"]}.items()})
+    assert_saves_reproduce_log(result.output_dir, evaluator(ft_adapter, run), rtol=eval_rtol(ft_device), seed="000")
 
 
 @REQUIRES_ARGS
@@ -127,34 +194,52 @@ LAYER = st.fixed_dictionaries({}, optional={
     "max_steps": st.integers(1, 50),
     "lora_rank": st.sampled_from([2, 4, 8]),
 })
+LAYERS = ("cli", "checkpoint", "adapter", "model")
+
+
+def _write_layer(adapter, directory: Path, layer: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "args.json").write_text(json.dumps({adapter.arg_name(k): v for k, v in layer.items()}))
 
 
 @REQUIRES_ARGS
 @settings(max_examples=40, deadline=None, derandomize=True, database=None, phases=REAL_RUN_PHASES,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cli=LAYER, checkpoint=LAYER, model=LAYER)
-def test_priority_property(ft_adapter, cli, checkpoint, model):
-    """For any saved/CLI combination: a CLI value always wins; a value taken from a saved file comes from the
-    highest layer that sets it (a framework may choose not to inherit a key at all: then it is the default)."""
+@given(cli=LAYER, checkpoint=LAYER, adapter=LAYER, model=LAYER)
+# every conflict shape, explicitly (derandomized generation need not reach them): each pair of layers disagreeing
+@example(cli={"train_type": "lora"}, checkpoint={"train_type": "full"}, adapter={}, model={})
+@example(cli={"train_type": "full"}, checkpoint={}, adapter={"train_type": "lora"}, model={})
+@example(cli={"train_type": "lora"}, checkpoint={}, adapter={}, model={"train_type": "full"})
+@example(cli={}, checkpoint={"train_type": "lora"}, adapter={"train_type": "full"}, model={"train_type": "full"})
+@example(cli={}, checkpoint={}, adapter={"lora_rank": 2}, model={"lora_rank": 8})
+@example(cli={}, checkpoint={"lora_rank": 4}, adapter={}, model={"lora_rank": 8})
+@example(cli={"learning_rate": 1e-3}, checkpoint={"learning_rate": 1e-4}, adapter={"learning_rate": 2e-4},
+         model={"learning_rate": 2e-4})
+@example(cli={"lora_rank": 2, "max_steps": 3}, checkpoint={"lora_rank": 8, "max_steps": 7}, adapter={}, model={})
+def test_priority_property(ft_adapter, cli, checkpoint, adapter, model):
+    """For any saved/CLI combination over four layers (the command line; the resumed checkpoint's, the LoRA adapter
+    dir's and its base model's args.json, written in the framework's own key names): a CLI value always wins; a value
+    taken from a saved file comes from the highest layer that sets it (a framework may choose not to inherit a key at
+    all: then it is the default), and overriding a value the framework would have inherited warns."""
+    layers = dict(zip(LAYERS, (cli, checkpoint, adapter, model)))
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, ckpt_dir = Path(tmp) / "model", Path(tmp) / "checkpoint-3"
-        model_dir.mkdir()
-        ckpt_dir.mkdir()
-        (model_dir / "args.json").write_text(json.dumps(model))
-        (ckpt_dir / "args.json").write_text(json.dumps(checkpoint))
-        resolved = ft_adapter.resolve_args(dict(cli), model_dir, ckpt_dir)
-        for key in set(cli) | set(checkpoint) | set(model):
-            want, kind = next((layer[key], kind) for kind, layer in
-                              (("cli", cli), ("checkpoint", checkpoint), ("model", model)) if key in layer)
+        model_dir, adapter_dir, ckpt_dir = Path(tmp) / "model", Path(tmp) / "adapter", Path(tmp) / "checkpoint-3"
+        for directory, layer in ((model_dir, model), (adapter_dir, adapter), (ckpt_dir, checkpoint)):
+            _write_layer(ft_adapter, directory, layer)
+        (adapter_dir / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "base_model_name_or_path": str(model_dir), "r": 4, "lora_alpha": 8}))
+        resolved = ft_adapter.resolve_args(dict(cli), adapter_dir, ckpt_dir)
+        for key in set().union(*layers.values()):
+            want, kind = next((layer[key], kind) for kind, layer in layers.items() if key in layer)
             if kind != "cli" and resolved.source_of(key).kind == "default":
                 continue  # the framework does not inherit this key from saved files: allowed
             assert resolved[key] == want and resolved.source_of(key).kind == kind, (
                 f"seed 000: {key} resolved to {resolved[key]!r} from {resolved.source_of(key)}, expected {want!r} "
-                f"from the {kind} layer (cli={cli}, checkpoint={checkpoint}, model={model})")
-            saved = next((layer[key] for layer in (checkpoint, model) if key in layer), None)
+                f"from the {kind} layer ({layers})")
+            saved = next((layer[key] for kind, layer in layers.items() if kind != "cli" and key in layer), None)
             overridden = key in cli and saved is not None and saved != cli[key]
             if overridden:  # only a value the framework would have inherited needs a warning when overridden
-                without = ft_adapter.resolve_args({k: v for k, v in cli.items() if k != key}, model_dir, ckpt_dir)
+                without = ft_adapter.resolve_args({k: v for k, v in cli.items() if k != key}, adapter_dir, ckpt_dir)
                 overridden = without.source_of(key).kind not in ("cli", "default")
             warned = any(f"'{key}'" in w for w in resolved.warnings)
             if overridden and not warned:

@@ -7,17 +7,22 @@ the outer session, so only training time is paid per adapter).
 
 *Hook coverage* keeps the matrix exact and fast as it grows. A mutant is the reference with a few
 members overridden (its *hooks*: the names it defines that the reference also defines, ``name`` aside,
-which only labels reports). The reference runs every scenario module once with each member access
-recorded per module (in forked children too: the trace is a file). A module in which the reference
-never touches any of a mutant's hooks runs identical code on that mutant, so it passes there as it
-passes on the reference; only the modules that touch a hook are run for the mutant, and its expected
-failures must lie among them. ``slow``-marked modules (the 2-process distributed save, whose workers
-are not traced) run for the reference and for the mutants that must fail them.
+which only labels reports). The reference runs every scenario once with each member access recorded
+(in forked children too: the trace is a file) against the *test* running and every fixture being set up
+at that moment. A test depends on the members it touched and those its fixtures touched; tests that
+share a non-function-scoped fixture of their module (a run made once, or an object that caches runs
+for the module's tests) are one *group*, since whichever of them runs first pays for the others. A test
+whose group never touches a mutant's hooks runs identical code on that mutant, so it passes there as it
+passes on the reference: only the groups that touch a hook run for the mutant, and its expected
+failures must lie among them. A member touched outside any test (collection, the plugin) selects
+everything. ``slow``-marked modules (the 2-process distributed save, whose workers are not traced) run
+whole, for the reference and for the mutants that must fail them.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 from pathlib import Path
@@ -33,6 +38,28 @@ SLOW_MODULES = sorted(p.stem for p in Path(scenarios.__file__).parent.glob("test
 EXPECTED = {f"harness.mutants:{name}": failing for name, failing in MUTANTS.items()}
 #: members that do not change behaviour (report labels)
 NOT_HOOKS = frozenset({"name"})
+#: the trace's unit for accesses outside any test or fixture
+ANYWHERE = "*"
+#: reference hooks that are pure functions of their arguments (and the files they read): where one is called,
+#: every mutant overriding it is asked the same question on the spot; a mutant whose answer is the reference's
+#: everywhere in a test's group cannot make that test differ, so only a differing answer (a *divergence*) selects
+DIVERGES = "diverges:"
+PURE_HOOKS = frozenset({"resolve_args", "effective_args", "checkpoint_policy", "restore_best", "best_checkpoint_path"})
+
+
+def outcome(method, args, kwargs) -> tuple:
+    try:
+        return ("return", method(*args, **kwargs))
+    except Exception as exc:  # noqa: BLE001 - an exception is an answer too
+        return ("raise", exc)
+
+
+def same_outcome(a: tuple, b: tuple) -> bool:
+    if a[0] != b[0]:
+        return False
+    if a[0] == "raise":
+        return type(a[1]) is type(b[1]) and str(a[1]) == str(b[1])
+    return a[1] == b[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,34 +94,91 @@ def hooks_of(mutant: str) -> frozenset[str]:
     return frozenset(own & reference_members()) - NOT_HOOKS
 
 
+def unit_key(item) -> str:
+    """``module::name[params]``: a scenario test, the same in every run whatever the rootdir."""
+    return f"{item.module.__name__.rsplit('.', 1)[-1]}::{item.name}"
+
+
+def fixture_key(fixturedef) -> str:
+    return f"{fixturedef.baseid}::{fixturedef.argname}"
+
+
 class HookTrace:
-    """Records, per scenario module, which ReferenceAdapter members are accessed (this process and forks).
-    It is also the inner session's plugin that says which module is running."""
+    """Records which ReferenceAdapter members are accessed (this process and forks), each against the test running
+    and every fixture being set up at that moment, and which fixtures each test uses. It is also the inner session's
+    plugin that says what is running."""
 
     def __init__(self, path: Path):
         self.path = path
         self.seen: set[tuple[str, str]] = set()
-        self.module = ""
+        self.units: list[str] = []
+
+    def _write(self, *record: str) -> None:  # (appends: forked children write to the same file)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
-        self.module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        key = unit_key(item)
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in (info.name2fixturedefs.values() if info else ()):
+            if defs:
+                self._write("uses", key, fixture_key(defs[-1]), defs[-1].scope)
+        self._write("test", key)
+        self.units = [key]
         try:
             return (yield)
         finally:
-            self.module = ""
+            self.units = []
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        self.units.append(fixture_key(fixturedef))
+        try:
+            return (yield)
+        finally:
+            self.units.pop()
+
+    def _touch(self, unit_name: str) -> None:
+        for unit in self.units or [ANYWHERE]:
+            if (unit, unit_name) not in self.seen:
+                self.seen.add((unit, unit_name))
+                self._write("touch", unit, unit_name)
 
     def __enter__(self):
+        import harness.mutants as mutants
         from harness.reference import ReferenceAdapter
 
-        names, original, seen, path, trace = reference_members(), object.__getattribute__, self.seen, self.path, self
+        names, original, trace = reference_members(), object.__getattribute__, self
+        #: pure hook -> the mutants overriding it, each instantiated once to be asked the same question
+        askers = {hook: [(m, getattr(mutants, m)()) for m in MUTANTS if hook in hooks_of(m)] for hook in PURE_HOOKS}
+
+        def pure_call(name, method, args, kwargs):
+            """The reference's answer, and a divergence recorded for each mutant whose answer differs."""
+            want = outcome(method, args, kwargs)
+            for mutant, instance in askers[name]:
+                if not same_outcome(want, outcome(getattr(instance, name), args, kwargs)):
+                    trace._touch(f"{DIVERGES}{mutant}")
+            if want[0] == "raise":
+                raise want[1]
+            return want[1]
 
         def traced(obj, name):
-            if name in names and trace.module and (trace.module, name) not in seen:
-                seen.add((trace.module, name))
-                with open(path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps([trace.module, name]) + "\n")
-            return original(obj, name)
+            value = original(obj, name)
+            if name not in names or type(obj) is not ReferenceAdapter:
+                return value  # (a mutant asked a pure question runs untraced)
+            if not (callable(value) and getattr(value, "__self__", None) is obj):
+                trace._touch(name)  # a data member: read is use
+                return value
+
+            @functools.wraps(value)
+            def called(*args, **kwargs):  # a method: recorded when called, not when looked up (validation)
+                if name in PURE_HOOKS:
+                    return pure_call(name, value, args, kwargs)
+                trace._touch(name)
+                return value(*args, **kwargs)
+
+            return called
 
         ReferenceAdapter.__getattribute__ = traced
         return self
@@ -104,12 +188,43 @@ class HookTrace:
 
         del ReferenceAdapter.__getattribute__
 
-    def modules(self) -> dict[str, list[str]]:
-        out: dict[str, set[str]] = {}
+    def dependencies(self) -> dict[str, list[str]]:
+        """test key -> the members its group touched (``ANYWHERE``: members touched outside any test)."""
+        touched: dict[str, set[str]] = {}
+        uses: dict[str, set[str]] = {}
+        shared: dict[str, set[str]] = {}  # a module's non-function-scoped fixture -> the tests that use it
         for line in self.path.read_text(encoding="utf-8").splitlines():
-            module, name = json.loads(line)
-            out.setdefault(module, set()).add(name)
-        return {m: sorted(n) for m, n in out.items()}
+            kind, *rest = json.loads(line)
+            if kind == "touch":
+                touched.setdefault(rest[0], set()).add(rest[1])
+            elif kind == "test":
+                uses.setdefault(rest[0], set())
+            else:
+                test, fixture, scope = rest
+                uses.setdefault(test, set()).add(fixture)
+                if scope != "function" and not fixture.startswith("::"):  # "::name": a plugin's or conftest's
+                    shared.setdefault(fixture, set()).add(test)
+        group = {t: {t} for t in uses}
+        for members in shared.values():  # union the groups of the tests sharing one fixture
+            merged = set().union(*(group[t] for t in members))
+            for t in merged:
+                group[t] = merged
+        own = {t: touched.get(t, set()).union(*(touched.get(f, set()) for f in uses[t])) for t in uses}
+        deps = {t: sorted(set().union(*(own[u] for u in group[t]))) for t in uses}
+        deps[ANYWHERE] = sorted(touched.get(ANYWHERE, ()))
+        return deps
+
+
+class Select:
+    """The inner session's plugin that runs only the given tests (and whole modules where named)."""
+
+    def __init__(self, tests: set[str], whole_modules: set[str]):
+        self.tests, self.whole_modules = tests, whole_modules
+
+    def pytest_collection_modifyitems(self, config, items):
+        keep = [i for i in items if unit_key(i) in self.tests or unit_key(i).split("::")[0] in self.whole_modules]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 def run_scenarios(pytester, target: str, modules: list[str], marks: str, plugins=()):
@@ -137,7 +252,7 @@ def reference_run(pytester, tmp_path_factory):
                 failing, outcomes, details = run_scenarios(pytester, "reference", SCENARIO_MODULES, "not ft_gpu",
                                                            plugins=[trace])
             result_file.write_text(json.dumps({"failing": sorted(failing), "outcomes": outcomes, "details": details,
-                                               "trace": trace.modules()}), encoding="utf-8")
+                                               "deps": trace.dependencies()}), encoding="utf-8")
     return json.loads(result_file.read_text(encoding="utf-8"))
 
 
@@ -147,16 +262,26 @@ def test_matrix_names_real_scenarios():
     uncovered = {m for m in SCENARIO_MODULES if m != "test_checkpoint_layout"} - {
         m for failing in MUTANTS.values() for m in failing}
     assert not uncovered, f"scenarios no mutant proves they bite: {sorted(uncovered)}"
+    assert PURE_HOOKS <= reference_members(), f"PURE_HOOKS names no reference member: {PURE_HOOKS - reference_members()}"
     idle = [m for m in MUTANTS if not hooks_of(m)]
     assert not idle, f"mutants that override no reference member (they cannot differ): {idle}"
 
 
 def test_detection_reference(reference_run):
-    """The reference passes every scenario (and the trace it left names every non-slow module)."""
+    """The reference passes every scenario (and the trace it left names a test of every non-slow module)."""
     assert reference_run["outcomes"].get("passed", 0) > 0, f"reference: nothing passed ({reference_run['outcomes']})"
     assert not reference_run["failing"], f"reference fails {reference_run['failing']}\n{reference_run['details']}"
-    untraced = set(SCENARIO_MODULES) - set(SLOW_MODULES) - set(reference_run["trace"])
+    traced = {t.split("::")[0] for t, names in reference_run["deps"].items() if names and t != ANYWHERE}
+    untraced = set(SCENARIO_MODULES) - set(SLOW_MODULES) - traced
     assert not untraced, f"the hook trace saw no adapter access in {sorted(untraced)}"
+
+
+def selection(deps: dict[str, list[str]], mutant: str) -> list[str]:
+    """The scenario tests whose group calls one of the mutant's impure hooks or gets a different answer from one of
+    its pure hooks (every traced test if that happens outside tests)."""
+    marks = (hooks_of(mutant) - PURE_HOOKS) | {f"{DIVERGES}{mutant}"}
+    everywhere = bool(set(deps.get(ANYWHERE, ())) & marks)
+    return sorted(t for t, names in deps.items() if t != ANYWHERE and (everywhere or set(names) & marks))
 
 
 @pytest.mark.parametrize("target", sorted(EXPECTED))
@@ -164,15 +289,16 @@ def test_detection(pytester, reference_run, target):
     mutant = target.split(":")[1]
     hooks = hooks_of(mutant)
     expected = set(EXPECTED[target])
-    touched = sorted(m for m, names in reference_run["trace"].items() if set(names) & hooks and m in SCENARIO_MODULES)
-    unreachable = expected - set(touched) - set(SLOW_MODULES)
-    assert not unreachable, (f"{target} must fail {sorted(unreachable)}, but the reference never touches its hooks "
-                             f"{sorted(hooks)} there: the matrix or the mutant is wrong")
-    slow = [m for m in SLOW_MODULES if m in expected]
-    modules = sorted(set(touched) - set(SLOW_MODULES) | set(slow))
+    tests = [t for t in selection(reference_run["deps"], mutant) if t.split("::")[0] in SCENARIO_MODULES]
+    touched = {t.split("::")[0] for t in tests}
+    unreachable = expected - touched - set(SLOW_MODULES)
+    assert not unreachable, (f"{target} must fail {sorted(unreachable)}, but there the reference never calls its hooks "
+                             f"{sorted(hooks)} (or they answer as the reference's): the matrix or the mutant is wrong")
+    slow = {m for m in SLOW_MODULES if m in expected}
+    modules = sorted(touched - set(SLOW_MODULES) | slow)
     marks = "not ft_gpu" if slow else "not ft_gpu and not ft_slow"
-    failing, outcomes, details = run_scenarios(pytester, target, modules, marks)
+    failing, outcomes, details = run_scenarios(pytester, target, modules, marks, plugins=[Select(set(tests), slow)])
     assert outcomes.get("passed", 0) > 0 or expected, f"{target}: nothing passed ({outcomes})"
     assert failing == expected, (
-        f"{target} (hooks {sorted(hooks)}; ran {modules}, the other modules never touch them): scenarios failing "
-        f"{sorted(failing)}, expected exactly {sorted(expected)}\n{details}")
+        f"{target} (hooks {sorted(hooks)}; ran {len(tests)} tests of {modules}, the others never touch them): "
+        f"scenarios failing {sorted(failing)}, expected exactly {sorted(expected)}\n{details}")

@@ -13,7 +13,8 @@ run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resol
 :meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`, :meth:`finalize_chat_format`, :meth:`finalize_embeddings`, :meth:`resized_vocab_modules`,
 :meth:`merge_scaling`, :meth:`load_diffusion_lora`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
-:meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`.
+:meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`, :meth:`effective_args`,
+:meth:`finalize_adapter`, :meth:`restore_best`, :meth:`best_checkpoint_path`.
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ class ReferenceAdapter(Adapter):
         return argres.resolve(cli, Path(model_dir), Path(resume_dir) if resume_dir else None)
 
     # ------------------------------------------------------------------ hooks
+    def effective_args(self, spec: RunSpec, resolved: ResolvedArgs) -> ResolvedArgs:
+        """The values the run trains with: exactly the resolution :meth:`resolve_args` reported (a framework that
+        re-reads saved files after resolving trains with something else than it reports)."""
+        return resolved
+
     def checkpoint_policy(self, ctx: RunContext) -> CheckpointPolicy:
         values = ctx.values
         return CheckpointPolicy(max_steps=values["max_steps"], eval_steps=values["eval_steps"],
@@ -133,11 +139,17 @@ class ReferenceAdapter(Adapter):
         argres.write_args_file(directory, ctx.resolved, {"model_dir": str(ctx.spec.model_dir)})
         if (Path(directory) / "model.safetensors").is_file():
             self.finalize_weights(ctx, Path(directory), final)
+        if (Path(directory) / "adapter_config.json").is_file():
+            self.finalize_adapter(ctx, Path(directory))
         if is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
             self.finalize_chat_format(ctx, Path(directory))
         config = read_json(Path(directory) / "config.json") if (Path(directory) / "config.json").is_file() else {}
         if ctx.values.get("new_special_tokens") or config.get("tie_word_embeddings"):
             self.finalize_embeddings(ctx, Path(directory))
+
+    def finalize_adapter(self, ctx: RunContext, directory: Path) -> None:
+        """Complete a LoRA save: PEFT wrote adapter_config.json from the trained model's own LoRA config (rank,
+        ``lora_alpha``, target modules) and the base it was put on; the reference keeps it as written."""
 
     def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
         """Chat runs only (``messages`` / ``prompt``+``completion`` data reach this): every save carries the format the
@@ -381,6 +393,7 @@ class ReferenceAdapter(Adapter):
         for message in resolved.warnings:
             log.warning(message)
             warnings.warn(message, ArgsOverrideWarning, stacklevel=3)
+        resolved = self.effective_args(spec, resolved)
         ctx = RunContext(spec=spec, resolved=resolved, resume=None)
         if spec.resume_from is None:
             return ctx
