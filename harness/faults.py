@@ -1,6 +1,6 @@
 """Fault injection: kill a training run with SIGKILL at a chosen point, or perturb what it saved.
 
-Kill points: :class:`KillPoint` (inside a checkpoint save: the crash scenario) and
+Kill points: :class:`KillPoint` (inside a checkpoint save, or inside the save after it: the crash scenario) and
 :class:`KillInTraining` (the first training forward after ``checkpoint-k`` exists: an interrupted run
 for the resume scenarios, observed through :mod:`harness.probes`). :func:`perturb_weights` changes a
 checkpoint's weights on disk, so a scenario can prove a resumed run *read* that checkpoint.
@@ -35,9 +35,14 @@ class KillPoint:
     after_checkpoint: int  # arm once output_dir/checkpoint-{after_checkpoint} exists
     nth_write: int  # kill at the n-th checkpoint file write after arming (1-based)
     partial: bool  # True: write half the file first; False: kill before writing it
+    #: arm only at the first training step after checkpoint-{after_checkpoint} exists: its save is over, so the kill
+    #: lands inside the *next* save (also for a framework that writes checkpoint-N in place, whose directory exists
+    #: from its first write on)
+    in_next_save: bool = False
 
     def __str__(self) -> str:
-        return f"write#{self.nth_write}-{'half-written' if self.partial else 'before-write'}"
+        where = "next-save-" if self.in_next_save else ""
+        return f"{where}write#{self.nth_write}-{'half-written' if self.partial else 'before-write'}"
 
 
 @dataclass(frozen=True)
@@ -88,10 +93,20 @@ def _install(output_dir: Path, point: KillPoint) -> None:
     import safetensors.torch as st
     import torch
 
-    state = {"writes": 0}
+    state = {"writes": 0, "armed": not point.in_next_save}
+    if point.in_next_save:
+        from .probes import training_forwards
+
+        def arm(_input_ids: Any) -> None:
+            if (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
+                state["armed"] = True
+
+        hook = training_forwards(arm)
+        hook.__enter__()  # never left: the child ends with os._exit
+        _ARMED.append(hook)
 
     def should_kill() -> bool:
-        if not (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
+        if not state["armed"] or not (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
             return False
         state["writes"] += 1
         return state["writes"] == point.nth_write

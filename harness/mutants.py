@@ -56,6 +56,7 @@ __all__ = [
     "TrainsWithSavedArgs",
     "AdapterNamesAnotherBase",
     "SavedAlphaDiffersFromTrained",
+    "RotatesBeforeSaving",
     "MUTANTS",
 ]
 
@@ -499,6 +500,8 @@ MUTANTS: dict[str, tuple[str, ...]] = {
     # the saved config (seed 000) and every LoRA reload that re-evaluates (embeddings); merge parity compares the
     # merged model with the same mis-scaled reload, so it cannot see it
     "SavedAlphaDiffersFromTrained": ("test_args_precedence", "test_embeddings_saved"),
+    # the same deletions as the reference, only earlier: just a crash inside the next save can tell
+    "RotatesBeforeSaving": ("test_crash_during_save",),
 }
 
 
@@ -645,3 +648,19 @@ class SavedAlphaDiffersFromTrained(ReferenceAdapter):
         if config.get("lora_alpha") != config.get("r"):
             config["lora_alpha"] = config.get("r")
             config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+class RotatesBeforeSaving(ReferenceAdapter):
+    """#18 — rotation by ``save_total_limit`` makes room *before* writing the new checkpoint: with a limit of 1 the
+    previous checkpoint is deleted, then checkpoint-N is written; a crash inside that save leaves no complete
+    checkpoint at all (transformers rotates only after the new checkpoint is written, in ``_save_checkpoint``;
+    ms-swift #9780 and #6392 are rotation bugs of the same family)."""
+
+    name = "mutant:rotates-before-saving"
+
+    def removed_before_save(self, ctx: RunContext, policy: CheckpointPolicy, best_step: int | None,
+                            step: int) -> list[int]:
+        from .layout import list_checkpoints, step_of
+
+        existing = sorted(step_of(c) for c in list_checkpoints(ctx.output_dir))
+        return [s for s in policy.to_delete(existing + [step], best_step) if s != step]

@@ -1,10 +1,12 @@
 """Reliability — a crash in the middle of a save must never lose or corrupt a checkpoint.
 
-A run is SIGKILLed at deterministic points inside the save of its second checkpoint (before a file
-is written, or with a file half-written; see :mod:`harness.faults`). Afterwards every
-``checkpoint-N`` on disk must be complete (the previous one intact and loadable), and resuming
-from the newest checkpoint must finish the run. Saving in place (no temporary sibling + rename)
-leaves a half-written ``checkpoint-4`` that a resume picks up.
+A run is SIGKILLed at deterministic points inside a checkpoint save (before a file is written, or with
+a file half-written; see :mod:`harness.faults`): once checkpoint-2's directory exists, and inside the
+*next* save, armed only after checkpoint-2 is complete and training has moved on. Afterwards every
+``checkpoint-N`` on disk must be complete (the previous one intact and loadable), and resuming from the
+newest checkpoint must finish the run. Saving in place (no temporary sibling + rename) leaves a
+half-written checkpoint that a resume picks up. With ``save_total_limit=1`` the old checkpoint may go
+only once the new one is complete: rotating first (making room) leaves nothing to resume from.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ pytestmark = [pytest.mark.ft_seed("crash"), pytest.mark.ft_requires("sft", "full
 
 POINTS = [KillPoint(after_checkpoint=2, nth_write=1, partial=True),
           KillPoint(after_checkpoint=2, nth_write=2, partial=False),
-          KillPoint(after_checkpoint=2, nth_write=3, partial=True)]
+          KillPoint(after_checkpoint=2, nth_write=3, partial=True),
+          KillPoint(after_checkpoint=2, nth_write=1, partial=True, in_next_save=True),
+          KillPoint(after_checkpoint=2, nth_write=2, partial=False, in_next_save=True)]
+#: inside the save after the one a limit of 1 keeps (checkpoint-4's, with checkpoint-2 complete and the only one)
+NEXT_SAVE_POINTS = [p for p in POINTS if p.in_next_save]
 
 
 @pytest.mark.parametrize("point", POINTS, ids=str)
@@ -38,6 +44,28 @@ def test_crash_during_save_keeps_previous_checkpoint(ft_adapter, tiny_assets, tm
     assert 2 in steps, f"the checkpoint saved before the crash is gone (on disk: {steps})"
     result = ft_adapter.train(spec(tiny_assets, out, train_type="full", max_steps=6, save_steps=2,
                                    resume_from="latest"))
+    steps_logged = {h["step"] for h in read_log_history(result.output_dir) if "loss" in h}
+    assert 6 in steps_logged, f"the resumed run did not reach step 6 (logged steps {sorted(steps_logged)})"
+    assert_checkpoints_complete(out, tiny_assets.model_dir)
+
+
+@pytest.mark.parametrize("point", NEXT_SAVE_POINTS, ids=str)
+def test_crash_with_save_limit_keeps_previous_checkpoint(ft_adapter, tiny_assets, tmp_path, point):
+    """save_total_limit=1: checkpoint-2 is the only checkpoint when checkpoint-4's save is killed; it may be rotated
+    away only after checkpoint-4 is complete, so after the crash it is still on disk, whole, and the run resumes."""
+    if not hasattr(os, "fork"):
+        pytest.skip("fault injection forks the test process; this platform has no os.fork")
+    out = tmp_path / "run"
+    run = spec(tiny_assets, out, train_type="full", max_steps=6, save_steps=2, save_total_limit=1)
+    status = run_killed(ft_adapter, run, point)
+    assert status == KILLED, (
+        f"arrange: the run should have been killed at {point}, but it exited with status {status} "
+        f"(3: finished without reaching the kill point, 4: raised; see captured stderr)")
+    steps = assert_checkpoints_complete(out, tiny_assets.model_dir)
+    assert steps == [2], (
+        f"killed inside checkpoint-4's save with save_total_limit=1: checkpoint-2 must be the one complete checkpoint "
+        f"left (the old one goes only after the new one is complete), found {steps or 'none'} on disk")
+    result = ft_adapter.train(run.replace(resume_from="latest"))
     steps_logged = {h["step"] for h in read_log_history(result.output_dir) if "loss" in h}
     assert 6 in steps_logged, f"the resumed run did not reach step 6 (logged steps {sorted(steps_logged)})"
     assert_checkpoints_complete(out, tiny_assets.model_dir)

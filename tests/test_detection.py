@@ -44,7 +44,8 @@ ANYWHERE = "*"
 #: every mutant overriding it is asked the same question on the spot; a mutant whose answer is the reference's
 #: everywhere in a test's group cannot make that test differ, so only a differing answer (a *divergence*) selects
 DIVERGES = "diverges:"
-PURE_HOOKS = frozenset({"resolve_args", "effective_args", "checkpoint_policy", "restore_best", "best_checkpoint_path"})
+PURE_HOOKS = frozenset({"resolve_args", "effective_args", "checkpoint_policy", "restore_best", "best_checkpoint_path",
+                        "removed_before_save"})
 
 
 def outcome(method, args, kwargs) -> tuple:

@@ -14,7 +14,7 @@ run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resol
 :meth:`merge_scaling`, :meth:`load_diffusion_lora`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`, :meth:`effective_args`,
-:meth:`finalize_adapter`, :meth:`restore_best`, :meth:`best_checkpoint_path`.
+:meth:`finalize_adapter`, :meth:`restore_best`, :meth:`best_checkpoint_path`, :meth:`removed_before_save`.
 """
 
 from __future__ import annotations
@@ -121,6 +121,13 @@ class ReferenceAdapter(Adapter):
             shutil.rmtree(ckpts[step])
             log.info("rotated out %s (save_total_limit=%d, best=%s)", ckpts[step].name, policy.save_total_limit,
                      best_step)
+
+    def removed_before_save(self, ctx: RunContext, policy: CheckpointPolicy, best_step: int | None,
+                            step: int) -> list[int]:
+        """The checkpoints deleted *before* checkpoint-<step> is written (runs with a ``save_total_limit``): none.
+        Rotation happens only once the new checkpoint is complete (:meth:`rotate_checkpoints`), so a crash inside
+        the save always leaves the previous checkpoint."""
+        return []
 
     def restore_best(self, ctx: RunContext, state) -> tuple[int, float] | None:
         """A resumed run's best evaluation so far (step, value), from the trainer state the checkpoint restored: a

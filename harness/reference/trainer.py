@@ -118,6 +118,15 @@ class PolicyCallback(TrainerCallback):
                 control.should_save = True
                 state.best_model_checkpoint = str(self.adapter.best_checkpoint_path(self.ctx, state.global_step))
 
+    def before_save(self, step: int) -> None:
+        """Before checkpoint-<step>'s first write: what the adapter removes now (the reference: nothing; rotation
+        waits until the new checkpoint is complete, in :meth:`on_save`)."""
+        if not self.policy.save_total_limit:
+            return
+        best = None if self.best is None else self.best[0]
+        for doomed in self.adapter.removed_before_save(self.ctx, self.policy, best, step):
+            shutil.rmtree(self.output_dir / f"checkpoint-{doomed}", ignore_errors=True)
+
     def on_save(self, args, state, control, **kwargs):
         if self.best is not None and (self.output_dir / f"checkpoint-{self.best[0]}").is_dir():
             # Trainer re-derives the pointer from best_global_step at each save; the adapter's record is the one kept
@@ -144,6 +153,10 @@ def trainer_class(base):
             name = f"checkpoint-{self.state.global_step}"
             from .distributed import barrier, is_main_process
 
+            if is_main_process():
+                for callback in self.callback_handler.callbacks:
+                    if isinstance(callback, PolicyCallback):
+                        callback.before_save(self.state.global_step)
             if not self.ft_adapter.atomic_saves:
                 super()._save_checkpoint(model, trial)
                 barrier()
