@@ -93,7 +93,7 @@ def _install(output_dir: Path, point: KillPoint) -> None:
     import safetensors.torch as st
     import torch
 
-    state = {"writes": 0, "armed": not point.in_next_save}
+    state = {"writes": 0, "armed": False}
     if point.in_next_save:
         from .probes import training_forwards
 
@@ -106,7 +106,10 @@ def _install(output_dir: Path, point: KillPoint) -> None:
         _ARMED.append(hook)
 
     def should_kill() -> bool:
-        if not state["armed"] or not (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
+        if point.in_next_save:  # armed once; the checkpoint may since be gone (a rotation that makes room first)
+            if not state["armed"]:
+                return False
+        elif not (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
             return False
         state["writes"] += 1
         return state["writes"] == point.nth_write

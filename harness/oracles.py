@@ -930,14 +930,19 @@ def assert_evaluated_at(output_dir: Path, steps: Iterable[int], *, last_step: in
 
 
 # --------------------------------------------------------------------------- crash / hostile input
-def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: str = "crash") -> list[int]:
-    """Every ``checkpoint-N`` on disk is complete: whole model weights and a readable trainer_state.json.
+def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: str = "crash",
+                                only: Iterable[int] | None = None) -> list[int]:
+    """Every ``checkpoint-N`` on disk (or those of the steps ``only``) is complete: whole model weights and a readable
+    trainer_state.json.
 
     A crash may leave no ``checkpoint-N`` or a complete one, never a half-written one under that name
-    (a resume would pick it up). Returns the steps on disk.
+    (a resume would pick it up). Returns the steps checked.
     """
     steps = []
+    wanted = None if only is None else set(only)
     for ckpt in list_checkpoints(output_dir):
+        if wanted is not None and step_of(ckpt) not in wanted:
+            continue
         state_file = ckpt / "trainer_state.json"
         try:
             state = json.loads(state_file.read_text(encoding="utf-8"))
