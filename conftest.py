@@ -16,3 +16,14 @@ register_profiles()
 def pytest_configure(config):
     if not config.getoption("hypothesis_profile", None):
         settings.load_profile("ft-default")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The detection matrix's reference run first, its mutants last: under ``pytest -n 2`` the worker that computes
+    the shared reference run (about 30 s) is not joined by the other one waiting on it — that one works through the
+    rest of the suite meanwhile."""
+    detection = "tests/test_detection.py::"
+    reference = [i for i in items if i.nodeid.startswith(detection + "test_detection_reference")]
+    mutants = [i for i in items if i.nodeid.startswith(detection + "test_detection[")]
+    chosen = {id(i) for i in reference + mutants}
+    items[:] = reference + [i for i in items if id(i) not in chosen] + mutants
