@@ -106,10 +106,9 @@ def _install(output_dir: Path, point: KillPoint) -> None:
         _ARMED.append(hook)
 
     def should_kill() -> bool:
-        if point.in_next_save:  # armed once; the checkpoint may since be gone (a rotation that makes room first)
-            if not state["armed"]:
-                return False
-        elif not (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
+        # in the next save: armed once, the checkpoint may since be gone (a rotation that makes room first)
+        armed = state["armed"] if point.in_next_save else (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir()
+        if not armed:
             return False
         state["writes"] += 1
         return state["writes"] == point.nth_write

@@ -61,6 +61,18 @@ __all__ = [
 ]
 
 
+def _saved_differences(model_dir, resume_dir, keys, resolved: ResolvedArgs) -> tuple[Source | None, dict[str, Any]]:
+    """The highest saved args.json that applies (its source), and its values for ``keys`` that differ from the
+    resolution: what a framework that force-loads that file would change."""
+    layers = argres.discover_layers(Path(model_dir), Path(resume_dir) if resume_dir else None)
+    if not layers:
+        return None, {}
+    source, path = layers[0]
+    saved = argres.read_args_file(path)
+    return source, {k: saved[k] for k in keys
+                    if saved.get(k) is not None and not argres.same_value(saved[k], resolved.values.get(k))}
+
+
 class ArgsJsonBeatsCli(ReferenceAdapter):
     """Seeds 000/001 — ms-swift ``load_args``: the first saved args.json found (checkpoint, adapter or
     model dir) force-loads its tuner keys over the command line, silently (ms-swift #3168)."""
@@ -70,18 +82,14 @@ class ArgsJsonBeatsCli(ReferenceAdapter):
 
     def resolve_args(self, cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None) -> ResolvedArgs:
         resolved = super().resolve_args(cli, model_dir, resume_dir)
-        layers = argres.discover_layers(Path(model_dir), Path(resume_dir) if resume_dir else None)
-        if not layers or not resolved.values.get("load_args", True):
+        if not resolved.values.get("load_args", True):
             return resolved
-        source, path = layers[0]
-        saved = argres.read_args_file(path)
-        beaten = [k for k in self.FORCE_LOAD
-                  if saved.get(k) is not None and not argres.same_value(saved[k], resolved.values.get(k))]
+        source, beaten = _saved_differences(model_dir, resume_dir, self.FORCE_LOAD, resolved)
         if not beaten:  # the saved file agrees with the resolution: nothing is beaten, the answer is the same
             return resolved
         values, sources = dict(resolved.values), dict(resolved.sources)
-        for key in beaten:
-            values[key], sources[key] = saved[key], Source(source.kind, source.path)
+        for key, value in beaten.items():
+            values[key], sources[key] = value, Source(source.kind, source.path)
         return ResolvedArgs(values=values, sources=sources, warnings=())  # silently
 
 
@@ -599,12 +607,7 @@ class TrainsWithSavedArgs(ReferenceAdapter):
     REAPPLIED = ("learning_rate", "lora_rank", "lora_alpha")
 
     def effective_args(self, spec, resolved: ResolvedArgs) -> ResolvedArgs:
-        layers = argres.discover_layers(Path(spec.model_dir), Path(spec.resume_from) if spec.resume_from else None)
-        if not layers:
-            return resolved
-        saved = argres.read_args_file(layers[0][1])
-        changed = {k: saved[k] for k in self.REAPPLIED
-                   if saved.get(k) is not None and not argres.same_value(saved[k], resolved.values.get(k))}
+        _, changed = _saved_differences(spec.model_dir, spec.resume_from, self.REAPPLIED, resolved)
         if not changed:
             return resolved
         return ResolvedArgs(values={**resolved.values, **changed}, sources=resolved.sources,

@@ -334,6 +334,15 @@ def assert_lora_base_is(adapter_dir: Path, expected_base: Path, *, seed: str = "
 FIRST_STEP_RTOL = 1e-3
 
 
+def _recorded_as(found: Any, want: Any) -> bool:
+    """A value a framework wrote to a JSON record equals the one meant: equal, or the same number (``16`` for ``16.0``,
+    a float that went through another formatting)."""
+    if found == want:
+        return True
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (found, want))
+    return numbers and math.isclose(float(found), float(want))
+
+
 def assert_lora_trained_as_asked(directory: Path, *, r: int, alpha: float, target_modules: Iterable[str],
                                  seed: str = "000") -> None:
     """A LoRA save holds rank-``r`` matrices on exactly ``target_modules`` (the tensors), and its adapter_config.json
@@ -359,9 +368,7 @@ def assert_lora_trained_as_asked(directory: Path, *, r: int, alpha: float, targe
     saved_modules = {saved_modules} if isinstance(saved_modules, str) else set(saved_modules or ())
     found = {"r": config.get("r"), "lora_alpha": config.get("lora_alpha"), "target_modules": sorted(saved_modules)}
     want = {"r": r, "lora_alpha": alpha, "target_modules": sorted(want_modules)}
-    wrong = {k: (want[k], found[k]) for k in want if not (
-        found[k] == want[k] if k == "target_modules" else isinstance(found[k], (int, float)) and math.isclose(
-            float(found[k]), float(want[k])))}
+    wrong = {k: (want[k], found[k]) for k in want if not _recorded_as(found[k], want[k])}
     if wrong:
         raise OracleFailure(seed, f"{directory.name}/adapter_config.json: " + "; ".join(
             f"{k} is {got!r}, the run trained with {exp!r}" for k, (exp, got) in wrong.items())
@@ -374,13 +381,13 @@ def assert_first_step_size(checkpoint: Path, learning_rate: float, *, rtol: floa
     step moves every lora_B entry by the learning rate, so the median |lora_B| is the learning rate it trained with."""
     import torch
 
-    tensors = _lora_tensors(Path(checkpoint))
-    entries = torch.cat([v.float().flatten() for k, v in (tensors or {}).items() if ".lora_B." in k]).abs() \
-        if tensors and any(".lora_B." in k for k in tensors) else None
-    if entries is None or not bool((entries > 0).any()):
+    lora_b = [v.float().flatten().abs() for k, v in (_lora_tensors(Path(checkpoint)) or {}).items() if ".lora_B." in k]
+    entries = torch.cat(lora_b) if lora_b else torch.zeros(0)
+    moved = entries[entries > 0]
+    if not moved.numel():
         raise OracleFailure(seed, f"{Path(checkpoint).name}: no trained lora_B entries, so the first optimizer step "
                                   f"did not reach the adapter")
-    step = entries[entries > 0].median().item()
+    step = moved.median().item()
     if not math.isclose(step, learning_rate, rel_tol=rtol):
         raise OracleFailure(seed, f"{Path(checkpoint).name}: the first optimizer step moved lora_B by {step:.6g} "
                                   f"(median), so the run trained with learning rate ~{step:.3g}; the command line said "
@@ -409,9 +416,7 @@ def assert_saved_args_match(directory: Path, expected: Mapping[str, Any], *, see
     """The framework's own saved ``args.json`` (keys in its own names) records the values the run used."""
     path = Path(directory) / "args.json"
     saved = json.loads(path.read_text(encoding="utf-8"))
-    wrong = {k: (v, saved.get(k, "<missing>")) for k, v in expected.items()
-             if not (saved.get(k) == v or isinstance(v, float) and isinstance(saved.get(k), (int, float))
-                     and math.isclose(float(saved[k]), v))}
+    wrong = {k: (v, saved.get(k, "<missing>")) for k, v in expected.items() if not _recorded_as(saved.get(k), v)}
     if wrong:
         raise OracleFailure(seed, f"{path}: " + "; ".join(f"{k} recorded as {got!r}, the run used {want!r}"
                                                          for k, (want, got) in wrong.items())

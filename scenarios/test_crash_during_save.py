@@ -32,15 +32,20 @@ POINTS = [KillPoint(after_checkpoint=2, nth_write=1, partial=True),
 NEXT_SAVE_POINTS = [p for p in POINTS if p.in_next_save]
 
 
-@pytest.mark.parametrize("point", POINTS, ids=str)
-def test_crash_during_save_keeps_previous_checkpoint(ft_adapter, tiny_assets, tmp_path, point):
+def kill(adapter, run, point: KillPoint) -> None:
+    """Arrange: ``run`` SIGKILLed at ``point`` (in a forked child)."""
     if not hasattr(os, "fork"):
         pytest.skip("fault injection forks the test process; this platform has no os.fork")
-    out = tmp_path / "run"
-    status = run_killed(ft_adapter, spec(tiny_assets, out, train_type="full", max_steps=6, save_steps=2), point)
+    status = run_killed(adapter, run, point)
     assert status == KILLED, (
         f"arrange: the run should have been killed at {point}, but it exited with status {status} "
         f"(3: finished without reaching the kill point, 4: raised; see captured stderr)")
+
+
+@pytest.mark.parametrize("point", POINTS, ids=str)
+def test_crash_during_save_keeps_previous_checkpoint(ft_adapter, tiny_assets, tmp_path, point):
+    out = tmp_path / "run"
+    kill(ft_adapter, spec(tiny_assets, out, train_type="full", max_steps=6, save_steps=2), point)
     steps = assert_checkpoints_complete(out, tiny_assets.model_dir)
     assert 2 in steps, f"the checkpoint saved before the crash is gone (on disk: {steps})"
     result = ft_adapter.train(spec(tiny_assets, out, train_type="full", max_steps=6, save_steps=2,
@@ -55,14 +60,9 @@ def test_crash_with_save_limit_keeps_previous_checkpoint(ft_adapter, tiny_assets
     """save_total_limit=1: checkpoint-2 is the only checkpoint when checkpoint-4's save is killed; it may be rotated
     away only after checkpoint-4 is complete, so after the crash it is still on disk, whole, and the run resumes from
     it. (A half-written checkpoint-4 left under its name is the verdict of the test above, not this one.)"""
-    if not hasattr(os, "fork"):
-        pytest.skip("fault injection forks the test process; this platform has no os.fork")
     out = tmp_path / "run"
     run = spec(tiny_assets, out, train_type="full", max_steps=6, save_steps=2, save_total_limit=1)
-    status = run_killed(ft_adapter, run, point)
-    assert status == KILLED, (
-        f"arrange: the run should have been killed at {point}, but it exited with status {status} "
-        f"(3: finished without reaching the kill point, 4: raised; see captured stderr)")
+    kill(ft_adapter, run, point)
     on_disk = sorted(step_of(c) for c in list_checkpoints(out))
     assert 2 in on_disk, (
         f"killed inside checkpoint-4's save with save_total_limit=1: checkpoint-2 was rotated away before checkpoint-4 "

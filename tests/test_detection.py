@@ -7,9 +7,11 @@ the outer session, so only training time is paid per adapter).
 
 *Hook coverage* keeps the matrix exact and fast as it grows. A mutant is the reference with a few
 members overridden (its *hooks*: the names it defines that the reference also defines, ``name`` aside,
-which only labels reports). The reference runs every scenario once with each member access recorded
-(in forked children too: the trace is a file) against the *test* running and every fixture being set up
-at that moment. A test depends on the members it touched and those its fixtures touched; tests that
+which only labels reports). The reference runs every scenario once with each member use recorded (a
+method when called, not when looked up; a data member when read; in forked children too: the trace is a
+file) against the *test* running and every fixture being set up at that moment. Pure hooks (``PURE_HOOKS``)
+are recorded as *divergences* instead: see there. A test depends on the members it touched and those its
+fixtures touched; tests that
 share a non-function-scoped fixture of their module (a run made once, or an object that caches runs
 for the module's tests) are one *group*, since whichever of them runs first pays for the others. A test
 whose group never touches a mutant's hooks runs identical code on that mutant, so it passes there as it
