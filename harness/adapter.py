@@ -1,6 +1,11 @@
-"""The contract between the scenarios and a fine-tuning framework.
+"""The contract between the scenarios and a fine-tuning framework: the :class:`Adapter` base with every member an
+adapter may have and its default, loading (:func:`load_adapter`) and validation, and the known-failures file.
 
-A framework plugs into ft-harness by providing one class that satisfies :class:`FrameworkAdapter`.
+The vocabulary the contract speaks (:class:`RunSpec`, :class:`RunResult`, :class:`ResolvedArgs`, :data:`CAPABILITIES`,
+:data:`QUANTIZATIONS`, :data:`TASK_DEFAULTS`, ...) is defined in :mod:`harness.spec` and re-exported here.
+
+A framework plugs into ft-harness by providing one class that satisfies :class:`FrameworkAdapter` (subclassing
+:class:`Adapter` is the easy way).
 Scenarios only ever talk to that class: they describe a run with a :class:`RunSpec` (what a user
 would type), call :meth:`FrameworkAdapter.train`, and then judge *the files on disk* with the
 oracles in :mod:`harness.oracles`. The adapter's :class:`RunResult` only says where things are.
@@ -15,266 +20,44 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import AdapterLoadError
+from .spec import (CAPABILITIES, QUANTIZATIONS, SOURCE_PRIORITY, TASK_DEFAULTS, KnownFailure, LoraSpec, Method,
+                   Quantization, QuantKind, ResolvedArgs, RunResult, RunSpec, Source, SourceKind, TrainType)
 
 __all__ = [
-    "CAPABILITIES",
-    "QUANTIZATIONS",
-    "QuantKind",
-    "Source",
-    "ResolvedArgs",
-    "LoraSpec",
-    "RunSpec",
-    "RunResult",
+    # the contract
     "FrameworkAdapter",
     "Adapter",
-    "KnownFailure",
+    "OPTIONAL_MEMBERS",
     "load_adapter",
+    "validate_adapter",
     "effective_capabilities",
     "read_known_failures",
     "parse_adapter_options",
     "split_adapter_spec",
     "ADAPTER_ENTRY_POINT_GROUP",
+    # the vocabulary, re-exported from harness.spec
+    "CAPABILITIES",
+    "QUANTIZATIONS",
+    "TASK_DEFAULTS",
+    "QuantKind",
+    "SourceKind",
+    "SOURCE_PRIORITY",
+    "Source",
+    "ResolvedArgs",
+    "LoraSpec",
+    "Method",
+    "TrainType",
+    "Quantization",
+    "RunSpec",
+    "RunResult",
+    "KnownFailure",
 ]
 
-#: Every capability a scenario may require. An adapter declares the subset it supports.
-CAPABILITIES = frozenset(
-    {
-        "args",  # resolve_args(): layered argument resolution is observable
-        "sft",  # supervised fine-tuning
-        "grpo",  # GRPO reinforcement learning
-        "diffusion",  # LoRA on a diffusion denoiser (method="diffusion"; model_dir holds unet/ and scheduler/)
-        "full",  # full-parameter training
-        "lora",  # LoRA training
-        "resume",  # resume from checkpoint-N
-        "quant-nf4",  # bitsandbytes 4-bit base
-        "quant-int8",  # bitsandbytes 8-bit base
-        "quanto-int8",  # optimum-quanto int8 base
-        "quanto-int4",  # optimum-quanto int4 base
-        "best-checkpoint",  # eval/save cadence, save_total_limit, metric for best
-        "distributed",  # world_size > 1
-        "packing",  # packing=True: samples packed into rows without attending across their boundaries
-        "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
-        "data",  # training_batches(spec): the tokenised, collated batches the framework would train on
-        "new-tokens",  # cli new_special_tokens: the framework adds the tokens and resizes the embeddings before training
-        "gpu",  # device="cuda"
-        # implied unless the adapter sets launches_subprocess = True: training runs in this process or a fork of it,
-        # so fault injection can kill it at a file write (the crash scenario)
-        "in-process",
-    }
-)
-
 ADAPTER_ENTRY_POINT_GROUP = "ft_harness.adapters"
-
-
-@dataclass(frozen=True)
-class QuantKind:
-    """One quantised-base kind a run may ask for (``RunSpec.quantization``)."""
-
-    name: str  # the RunSpec value
-    capability: str  # what an adapter declares to support it
-    library: str  # the distribution that implements it
-    weights: str  # the weight format: "nf4", "int8", "int4"
-
-
-#: Every quantisation kind, the one table: name -> (capability, library, weight format).
-QUANTIZATIONS: dict[str, QuantKind] = {
-    q.name: q
-    for q in (
-        QuantKind("nf4", "quant-nf4", "bitsandbytes", "nf4"),
-        QuantKind("int8", "quant-int8", "bitsandbytes", "int8"),
-        QuantKind("quanto-int8", "quanto-int8", "optimum-quanto", "int8"),
-        QuantKind("quanto-int4", "quanto-int4", "optimum-quanto", "int4"),
-    )
-}
-
-SourceKind = Literal["cli", "checkpoint", "adapter", "model", "default"]
-#: Layer priority, highest first. The CLI always wins.
-SOURCE_PRIORITY: tuple[SourceKind, ...] = ("cli", "checkpoint", "adapter", "model", "default")
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a resolved argument came from: a layer kind and, for files, the file's path."""
-
-    kind: SourceKind
-    path: Path | None = None
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.path}" if self.path is not None else self.kind
-
-
-@dataclass(frozen=True)
-class ResolvedArgs:
-    """The outcome of argument resolution.
-
-    ``values`` maps each argument to its effective value, ``sources`` maps the same keys to the
-    :class:`Source` that supplied it, ``warnings`` holds one human-readable line per CLI value that
-    overrode a different saved value (naming key, both values and both sources).
-    """
-
-    values: Mapping[str, Any]
-    sources: Mapping[str, Source]
-    warnings: tuple[str, ...] = ()
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def source_of(self, key: str) -> Source:
-        return self.sources[key]
-
-    def describe(self) -> list[str]:
-        """One line per non-default argument with its source: the seed's "source-labelled logging"."""
-        return [
-            f"{key} = {self.values[key]!r}  [{self.sources[key]}]"
-            for key in sorted(self.values)
-            if self.sources[key].kind != "default"
-        ]
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """LoRA hyper-parameters. ``target_modules`` may be ``"all-linear"`` or a tuple of names."""
-
-    r: int = 4
-    alpha: float = 8.0
-    dropout: float = 0.0
-    target_modules: str | tuple[str, ...] = "all-linear"
-
-
-Method = Literal["sft", "grpo", "diffusion"]
-TrainType = Literal["full", "lora"]
-Quantization = Literal["nf4", "int8", "quanto-int8", "quanto-int4"]
-
-# RunSpec fields that are part of the *command line* (None = not typed by the user).
-_CLI_FIELDS = (
-    "method",
-    "train_type",
-    "quantization",
-    "max_steps",
-    "learning_rate",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "packing",
-    "eval_steps",
-    "save_steps",
-    "save_total_limit",
-    "save_on_best",
-    "metric",
-    "greater_is_better",
-    "seed",
-)
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One training run, described as a user would launch it.
-
-    Every command-line field left as ``None`` means "not given on the command line": the adapter
-    resolves it the way its framework does (saved ``args.json`` files, then defaults). ``cli`` holds
-    any further command-line keys (e.g. ``{"load_args": False}``); a key may not be given both as a
-    field and in ``cli``. ``options`` are adapter-specific switches that are not training arguments.
-    ``resume_from`` is a checkpoint directory, or ``"latest"``: the newest *complete* checkpoint in
-    ``output_dir`` (what ``resume_from_checkpoint=True`` means in transformers).
-    """
-
-    model_dir: Path
-    output_dir: Path
-    dataset_dir: Path
-    method: Method | None = None
-    train_type: TrainType | None = None
-    quantization: Quantization | None = None
-    lora: LoraSpec | None = None
-    max_steps: int | None = None
-    learning_rate: float | None = None
-    per_device_train_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
-    lr_scheduler_type: Literal["constant", "linear", "cosine"] | None = None
-    warmup_steps: int | None = None
-    packing: bool | None = None
-    eval_steps: int | None = None
-    save_steps: int | None = None
-    save_total_limit: int | None = None
-    save_on_best: bool | None = None
-    metric: str | None = None
-    greater_is_better: bool | None = None
-    resume_from: Path | Literal["latest"] | None = None
-    seed: int | None = None
-    device: Literal["cpu", "cuda"] = "cpu"
-    world_size: int = 1
-    cli: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, str] = field(default_factory=dict)
-    #: what every scenario relies on without typing it (the README's "what scenarios assume"): pass these to the
-    #: framework explicitly. The seed is ``seed`` when typed, else :data:`harness.task.TASK_DEFAULTS`' (see
-    #: :meth:`run_seed`); the loss (and the eval metrics when ``eval_steps`` is set) is logged every
-    #: ``logging_steps``; evaluation reads ``dataset_dir / eval_file``, training ``dataset_dir / "train.jsonl"``.
-    logging_steps: int = 1
-    eval_file: str = "eval.jsonl"
-
-    def __post_init__(self) -> None:
-        for name in ("model_dir", "output_dir", "dataset_dir", "resume_from"):
-            value = getattr(self, name)
-            if value is not None and value != "latest" and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
-        both = set(self.cli) & {f for f in _CLI_FIELDS if getattr(self, f) is not None}
-        if both:
-            raise ValueError(f"RunSpec: {sorted(both)} given both as a field and in cli")
-
-    def cli_args(self) -> dict[str, Any]:
-        """The command line as a flat dict: typed fields that are set, LoRA settings, then ``cli``."""
-        args = {name: getattr(self, name) for name in _CLI_FIELDS if getattr(self, name) is not None}
-        if self.lora is not None:
-            tm = self.lora.target_modules
-            args.update(
-                lora_rank=self.lora.r,
-                lora_alpha=self.lora.alpha,
-                lora_dropout=self.lora.dropout,
-                target_modules=tm if isinstance(tm, str) else list(tm),
-            )
-        args.update(self.cli)
-        return args
-
-    def run_seed(self) -> int:
-        """The seed this run uses: the typed ``seed``, else the task default (42). Pass it to the framework even when
-        the user typed none: a framework that shuffles from the global RNG is otherwise not reproducible."""
-        if self.seed is not None:
-            return self.seed
-        from .task import TASK_DEFAULTS
-
-        return int(TASK_DEFAULTS["seed"])
-
-    def replace(self, **changes: Any) -> "RunSpec":
-        import dataclasses
-
-        return dataclasses.replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """Where a finished run left its files. Oracles read the files, not these claims."""
-
-    output_dir: Path
-    checkpoints: tuple[Path, ...]
-    final_dir: Path
-    log_history: tuple[Mapping[str, Any], ...]
-    resolved: ResolvedArgs | None = None
-
-    def checkpoint(self, step: int) -> Path:
-        for ckpt in self.checkpoints:
-            if ckpt.name == f"checkpoint-{step}":
-                return ckpt
-        raise FileNotFoundError(
-            f"no checkpoint-{step} in {self.output_dir} (have: {[c.name for c in self.checkpoints]})"
-        )
 
 
 @runtime_checkable
@@ -299,11 +82,6 @@ class FrameworkAdapter(Protocol):
     ) -> ResolvedArgs: ...
 
     def train(self, spec: RunSpec) -> RunResult: ...
-
-
-#: A known failure: a reason (upstream issue), or ``(reason, ExceptionClass)`` when the failure is an exception
-#: of that class (any other exception is then a real failure).
-KnownFailure = Union[str, "tuple[str, type[BaseException]]"]
 
 
 class Adapter:
@@ -346,8 +124,6 @@ class Adapter:
         no saved files: the command line over :data:`harness.task.TASK_DEFAULTS`. Declare the ``args``
         capability only when you override this with the framework's real layering.
         """
-        from .task import TASK_DEFAULTS
-
         values = dict(TASK_DEFAULTS)
         sources = {k: Source("default") for k in TASK_DEFAULTS}
         for key, value in cli.items():

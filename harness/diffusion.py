@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .adapter import QUANTIZATIONS
+from .spec import QUANTIZATIONS
 
 __all__ = ["LORA_WEIGHTS", "LORA_TARGETS", "build_tiny_unet", "build_tiny_sd_pipeline", "load_unet", "quantize_unet", "add_lora", "lora_layout",
            "lora_state", "save_lora", "load_lora_like_simpletuner", "probe_output", "batch"]

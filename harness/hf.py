@@ -1,4 +1,5 @@
-"""The tiny task on transformers ``Trainer`` / TRL ``GRPOTrainer``, wired once.
+"""The tiny task on transformers ``Trainer`` / TRL ``GRPOTrainer``, wired once: the quantisation and LoRA configs,
+model loading, training arguments, trainers, merging and re-evaluation of saved directories.
 
 Ground floor: the reference, the plain transformers adapter and LLaMA-Factory's config building take
 the same training arguments, model loading and trainer construction from here, so "reference minus
@@ -13,8 +14,42 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer", "merge_lora", "packing_collator",
-           "load_saved", "eval_logits", "evaluate_saved", "chat_collator", "epoch_batches"]
+from .errors import ConfigError
+from .spec import QUANTIZATIONS
+
+__all__ = ["quantization_config", "lora_config", "dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer",
+           "merge_lora", "packing_collator", "load_saved", "eval_logits", "evaluate_saved", "chat_collator", "epoch_batches"]
+
+
+def quantization_config(quantization: str | None, device: str):
+    """The transformers quantisation config for one of :data:`harness.spec.QUANTIZATIONS`."""
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(None, "quantization", f"one of {sorted(QUANTIZATIONS)}", quantization)
+    import torch
+
+    if quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    if quantization == "int8":
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_8bit=True)
+    from transformers import QuantoConfig
+
+    return QuantoConfig(weights=QUANTIZATIONS[quantization].weights)
+
+
+def lora_config(values: dict[str, Any]):
+    """PEFT ``LoraConfig`` from resolved values (``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``target_modules``)."""
+    from peft import LoraConfig
+
+    tm = values["target_modules"]
+    return LoraConfig(r=values["lora_rank"], lora_alpha=values["lora_alpha"], lora_dropout=values["lora_dropout"],
+                      target_modules=tm if isinstance(tm, str) else list(tm), task_type="CAUSAL_LM")
 
 
 def dtype_kwargs(dtype: Any = None) -> dict[str, Any]:
@@ -52,8 +87,6 @@ def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str)
 def load_causal_lm(model_dir: Path, quantization: str | None, device: str):
     """``AutoModelForCausalLM.from_pretrained`` in float32, quantised as asked (on GPU 0 for CUDA)."""
     from transformers import AutoModelForCausalLM
-
-    from .task import quantization_config
 
     kwargs: dict[str, Any] = {**dtype_kwargs(), "local_files_only": True}
     qcfg = quantization_config(quantization, device)

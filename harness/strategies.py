@@ -19,7 +19,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from .adapter import Source
+from .spec import Source
 
 __all__ = ["arg_values", "layer", "layered_args", "cadences", "register_profiles", "KEY_POOL"]
 

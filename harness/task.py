@@ -1,9 +1,10 @@
-"""The tiny task every scenario trains: its defaults, data pipeline, GRPO reward, eval metrics, and the
-LoRA / quantisation configs that go with it.
+"""The tiny task every scenario trains, free of any framework: its data pipeline (reading, collating, chat
+encoding), the GRPO reward and the eval metrics.
 
-Ground floor: the reference, real-framework adapters and oracles may import it; it imports only the
-other ground-floor modules (:mod:`harness.adapter` for the quantisation table, :mod:`harness.models`,
-:mod:`harness.errors`). Heavy libraries are imported inside the functions that need them.
+Ground floor: the reference, real-framework adapters and oracles may import it; it imports only
+:mod:`harness.spec` (whose :data:`~harness.spec.TASK_DEFAULTS` it re-exports), :mod:`harness.models` and
+:mod:`harness.errors`. The transformers / PEFT objects built for the task (quantisation and LoRA configs)
+are in :mod:`harness.hf`. Heavy libraries are imported inside the functions that need them.
 
 An adapter for a framework that cannot take these objects (a CLI, a YAML config) uses the same
 *values*: :data:`TASK_DEFAULTS` says what every scenario assumes when it leaves a field unset, and
@@ -15,13 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .adapter import QUANTIZATIONS
 from .errors import ConfigError, MissingFileError
+from .spec import TASK_DEFAULTS
 
 __all__ = [
     "TASK_DEFAULTS",
-    "quantization_config",
-    "lora_config",
     "sft_datasets",
     "collate",
     "counting_reward",
@@ -31,71 +30,6 @@ __all__ = [
     "encode_chat",
     "template_turn_end",
 ]
-
-#: The values a run has when the command line leaves them unset (and the reference's defaults).
-#: ``0`` means "off" for the cadences/limits so that a user can override a saved cadence with "none"
-#: (``None`` means "not set"). The scenarios rely on ``logging every step`` and ``seed`` as well;
-#: see the README's "what scenarios assume" table.
-TASK_DEFAULTS: dict[str, Any] = {
-    "method": "sft",
-    "train_type": "lora",
-    "quantization": None,
-    "max_steps": 8,
-    "learning_rate": 1e-3,
-    "per_device_train_batch_size": 4,
-    "gradient_accumulation_steps": 1,
-    "eval_steps": 0,
-    "save_steps": 0,
-    "save_total_limit": 0,
-    "save_on_best": True,
-    "metric": "eval_loss",
-    "greater_is_better": None,
-    "seed": 42,
-    "lora_rank": 4,
-    "lora_alpha": 8.0,
-    "lora_dropout": 0.0,
-    "target_modules": "all-linear",
-    "lr_scheduler_type": "constant",
-    "warmup_steps": 0,
-    "packing": False,
-    "num_generations": 4,
-    "max_completion_length": 8,
-    "load_args": True,
-    "allow_quantization_change": False,
-    "new_special_tokens": (),  # tokens added to the tokenizer (and rows to the embeddings) before training
-}
-
-
-def quantization_config(quantization: str | None, device: str):
-    """The transformers quantisation config for one of :data:`harness.adapter.QUANTIZATIONS`."""
-    if quantization is None:
-        return None
-    if quantization not in QUANTIZATIONS:
-        raise ConfigError(None, "quantization", f"one of {sorted(QUANTIZATIONS)}", quantization)
-    import torch
-
-    if quantization == "nf4":
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if device == "cuda" else torch.float32
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
-    if quantization == "int8":
-        from transformers import BitsAndBytesConfig
-
-        return BitsAndBytesConfig(load_in_8bit=True)
-    from transformers import QuantoConfig
-
-    return QuantoConfig(weights=QUANTIZATIONS[quantization].weights)
-
-
-def lora_config(values: dict[str, Any]):
-    """PEFT ``LoraConfig`` from resolved values (``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``target_modules``)."""
-    from peft import LoraConfig
-
-    tm = values["target_modules"]
-    return LoraConfig(r=values["lora_rank"], lora_alpha=values["lora_alpha"], lora_dropout=values["lora_dropout"],
-                      target_modules=tm if isinstance(tm, str) else list(tm), task_type="CAUSAL_LM")
-
 
 def sft_datasets(dataset_dir: Path, tok) -> tuple[list[dict], list[dict]]:
     """Tokenised train/eval examples (the shipped data has equal lengths: no padding, an exact per-token eval

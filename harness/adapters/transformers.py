@@ -120,7 +120,7 @@ class TransformersAdapter(Adapter):
         import torch
         from transformers import AutoTokenizer, set_seed
 
-        from ..task import lora_config
+        from ..hf import lora_config
 
         resolved = self.resolve_args(spec.cli_args(), spec.model_dir)
         values = dict(resolved.values)

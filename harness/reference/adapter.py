@@ -417,7 +417,7 @@ class ReferenceAdapter(Adapter):
         import torch
         from transformers import set_seed
 
-        from ..task import lora_config
+        from ..hf import lora_config
         from .trainer import load_model, load_tokenizer
 
         values, spec = ctx.values, ctx.spec

@@ -23,10 +23,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..adapter import QUANTIZATIONS, ResolvedArgs, Source
+from ..spec import QUANTIZATIONS, TASK_DEFAULTS, ResolvedArgs, Source
 from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
-from ..task import TASK_DEFAULTS
 
 __all__ = [
     "ARGS_FILE",
