@@ -1,0 +1,89 @@
+"""Oracles: framework-agnostic checks that judge what a run left on disk.
+
+Each oracle reads files (safetensors headers and tensors, config.json, adapter_config.json,
+trainer_state.json), re-loads or re-evaluates where needed, and raises :class:`OracleFailure` (an
+``AssertionError``) whose message names the seed, what was expected and what was found. None of
+them trusts an adapter's own claims about what it did.
+
+One module per family (the judge of each failure class reads like its bug report):
+
+* :mod:`~harness.oracles.failure` - :class:`OracleFailure` and the failure-class titles (:data:`SEEDS`);
+* :mod:`~harness.oracles.reading` - what every family reads off disk (weights, LoRA tensors, logged losses);
+* :mod:`~harness.oracles.saves` - what a save must hold (seeds 001 and 003, crash, distributed);
+* :mod:`~harness.oracles.args` - seed 000 end to end (the command line is what trained);
+* :mod:`~harness.oracles.resume` - resume equivalence and a resume that is a resume (seed 002 included);
+* :mod:`~harness.oracles.equivalence` - runs that must agree (accumulation, packing, LoRA merge);
+* :mod:`~harness.oracles.evaluation` - reload and re-evaluate, the best checkpoint (seed 004);
+* :mod:`~harness.oracles.chat` - label masks and the saved chat format;
+* :mod:`~harness.oracles.embeddings` - new tokens' embedding rows on disk.
+
+This face re-exports every public name: ``from harness.oracles import X`` is the one import scenarios use.
+"""
+
+from __future__ import annotations
+
+from ..layout import read_log_history  # the log every family reads, as the oracles see it
+from .failure import SEEDS, OracleFailure
+from .reading import (checkpoint_weights, checkpoints_fingerprint, dir_fingerprint, final_weights, losses_by_step,
+                     start_weights, stat_fingerprint, trained_weights, weights_on_disk)
+from .saves import (REQUIRED_MODEL_FILES, assert_adapter_only_save, assert_checkpoints_complete,
+                   assert_full_model_saved, assert_lora_base_is, assert_same_weights, assert_self_contained)
+from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_cli, assert_lora_trained_as_asked,
+                  assert_saved_args_match)
+from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, assert_follows_checkpoint,
+                    assert_missing_state_reported, assert_resume_equivalent, assert_resumed_into_new_dir,
+                    assert_resumed_not_restarted)
+from .equivalence import assert_merged_is_trained_model, assert_runs_agree
+from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_checkpoint_kept, assert_evaluated_at,
+                        assert_saves_reproduce_log, best_logged_step, logged_metrics)
+from .chat import assert_batches_teach_assistant, assert_saved_format, training_sample_of
+from .embeddings import assert_embeddings_saved, batches_loss
+
+__all__ = [
+    "SEEDS",
+    "OracleFailure",
+    "weights_on_disk",
+    "start_weights",
+    "losses_by_step",
+    "dir_fingerprint",
+    "final_weights",
+    "checkpoint_weights",
+    "trained_weights",
+    "stat_fingerprint",
+    "checkpoints_fingerprint",
+    "read_log_history",
+    "assert_full_model_saved",
+    "assert_adapter_only_save",
+    "REQUIRED_MODEL_FILES",
+    "assert_self_contained",
+    "assert_lora_base_is",
+    "assert_checkpoints_complete",
+    "assert_same_weights",
+    "FIRST_STEP_RTOL",
+    "assert_lora_trained_as_asked",
+    "assert_first_step_size",
+    "assert_log_matches_cli",
+    "assert_saved_args_match",
+    "assert_diffusion_lora_reloads",
+    "assert_resume_equivalent",
+    "assert_resumed_not_restarted",
+    "assert_resumed_into_new_dir",
+    "assert_follows_checkpoint",
+    "assert_consumed_in_order",
+    "assert_missing_state_reported",
+    "assert_runs_agree",
+    "assert_merged_is_trained_model",
+    "EVAL_RTOL",
+    "EVAL_RTOL_CUDA",
+    "Evaluator",
+    "logged_metrics",
+    "assert_saves_reproduce_log",
+    "assert_best_checkpoint_kept",
+    "best_logged_step",
+    "assert_evaluated_at",
+    "assert_batches_teach_assistant",
+    "training_sample_of",
+    "assert_saved_format",
+    "batches_loss",
+    "assert_embeddings_saved",
+]

@@ -1,0 +1,182 @@
+"""Chat data as trained and as served: every training sample teaches exactly its assistant turns through their turn
+end (label masks), and the saved template and tokenizer render the training conversation as it was trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .failure import OracleFailure
+
+
+def _spans(positions: list[int]) -> list[list[int]]:
+    """Contiguous runs of sorted positions."""
+    out: list[list[int]] = []
+    for p in positions:
+        if out and p == out[-1][-1] + 1:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
+def assert_batches_teach_assistant(batches: Iterable[Mapping[str, Any]], dataset_dir: Path, tokenizer_dir: Path, *,
+                                   turn_end: str | None = None, seed: str = "labels") -> int:
+    """Every training sample teaches exactly its assistant turns, each through its turn end, and nothing else.
+
+    ``batches``: the collated batches a framework trains on (``Adapter.training_batches``). Per sample (row of a
+    batch): no label on a padding position (attention mask 0); at least one supervised token (label != -100);
+    every label equal to the input token at its position (labels aligned with the inputs; the model shifts them);
+    at most one BOS among the attended tokens; the supervised positions form one span per assistant turn, and the
+    spans, less their last token, are the token ids of one ``train.jsonl`` row's assistant contents, in order, and each
+    span's last token is the turn end (``turn_end``, default the tokenizer's EOS). One epoch covers every row.
+    Returns the number of samples checked."""
+    from transformers import AutoTokenizer
+
+    from ..models import read_jsonl
+    from ..task import chat_messages
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    path = Path(dataset_dir) / "train.jsonl"
+    rows = read_jsonl(path)
+    expected: dict[tuple[tuple[int, ...], ...], int] = {}
+    for i, row in enumerate(rows):
+        turns = [m["content"] for m in chat_messages(row, path, i) if m["role"] == "assistant"]
+        expected[tuple(tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in turns)] = i
+    end_token = turn_end or tok.eos_token
+    end_id = tok.convert_tokens_to_ids(end_token)
+    bos_id = tok.bos_token_id
+
+    def show(ids: Iterable[int]) -> str:
+        return " ".join(tok.convert_ids_to_tokens(list(ids)))
+
+    seen: set[int] = set()
+    checked = 0
+    for b, batch in enumerate(batches):
+        missing = [k for k in ("input_ids", "labels", "attention_mask") if batch.get(k) is None]
+        if missing:
+            raise OracleFailure(seed, f"batch {b} has no {missing}: cannot tell padding from tokens")
+        for r, (ids, labels, mask) in enumerate(zip(batch["input_ids"], batch["labels"], batch["attention_mask"])):
+            ids, labels, mask = list(ids), list(labels), list(mask)
+            real = [i for i, m in enumerate(mask) if m]
+            where = f"batch {b} sample {r} ({show(ids[i] for i in real)!r})"
+            if not (len(ids) == len(labels) == len(mask)):
+                raise OracleFailure(seed, f"{where}: input_ids, labels and attention_mask have lengths "
+                                          f"{len(ids)}, {len(labels)}, {len(mask)}")
+            padded = [i for i, m in enumerate(mask) if not m and labels[i] != -100]
+            if padded:
+                raise OracleFailure(seed, f"{where}: {len(padded)} padding positions (attention mask 0) carry a label, "
+                                          f"first at {padded[0]}: label {show([labels[padded[0]]])!r}; expected -100 on "
+                                          f"padding: the loss trains the model to predict padding")
+            supervised = [i for i in real if labels[i] != -100]
+            if not supervised:
+                raise OracleFailure(seed, f"{where}: every label is -100: the sample teaches nothing (trl #1820/#980: "
+                                          f"the response template was not found in the tokenised sample)")
+            shifted = [i for i in supervised if labels[i] != ids[i]]
+            if shifted:
+                i = shifted[0]
+                raise OracleFailure(seed, f"{where}: the label at position {i} is {show([labels[i]])!r} but the input "
+                                          f"there is {show([ids[i]])!r} ({len(shifted)} such positions): labels are not "
+                                          f"aligned with the inputs (a mask shifted by the padding: trl PR #550)")
+            bos = sum(ids[i] == bos_id for i in real) if bos_id is not None else 0
+            if bos > 1:
+                raise OracleFailure(seed, f"{where}: {bos} BOS tokens {tok.bos_token!r}; expected at most one (a template "
+                                          f"that writes the BOS, tokenised with special tokens added again: open-r1 "
+                                          f"PR #462, DeepSeek-R1 #151)")
+            spans = [[ids[i] for i in span] for span in _spans(supervised)]
+            contents = tuple(tuple(s[:-1]) if s[-1] == end_id else tuple(s) for s in spans)
+            row = expected.get(contents)
+            if row is None:
+                wanted = min(expected, key=lambda k: abs(len(k) - len(contents)))
+                raise OracleFailure(seed, f"{where}: supervised spans {[show(s) for s in spans]} are not the assistant "
+                                          f"turns of any training sample (each turn's content, then {end_token!r}; e.g. "
+                                          f"{[show(t) + ' ' + end_token for t in wanted]}): a prompt, user turn or header "
+                                          f"is trained on, or an assistant turn is masked")
+            unended = [show(s) for s in spans if s[-1] != end_id]
+            if unended:
+                raise OracleFailure(seed, f"{where}: assistant turn {unended[0]!r} is supervised without its turn end: "
+                                          f"{end_token!r} carries label -100 ({len(unended)} of {len(spans)} turns); the "
+                                          f"model never learns to stop (trl #1623: a pad token equal to the EOS masks "
+                                          f"the EOS)")
+            seen.add(row)
+            checked += 1
+    unseen = sorted(set(range(len(rows))) - seen)
+    if unseen:
+        raise OracleFailure(seed, f"one epoch of training batches never holds train.jsonl rows {[u + 1 for u in unseen]} "
+                                  f"(of {len(rows)}; {checked} samples seen): dropped or truncated away")
+    return checked
+
+
+def training_sample_of(batches: Iterable[Mapping[str, Any]], conversation: list[Mapping[str, str]], tokenizer_dir: Path,
+                       *, seed: str = "template") -> list[int]:
+    """The attended token ids of the training sample that holds ``conversation`` (every message's content tokens in
+    order), from a framework's collated batches (``Adapter.training_batches``)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    words = [t for m in conversation for t in tok(m["content"], add_special_tokens=False)["input_ids"]]
+    for batch in batches:
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            real = [t for t, m in zip(ids, mask) if m]
+            it = iter(real)
+            if all(any(t == w for t in it) for w in words):
+                return real
+    raise OracleFailure(seed, f"no training sample holds the conversation {[m['content'] for m in conversation]}")
+
+
+def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapping[str, str]],
+                        training_ids: list[int], *, seed: str = "template") -> None:
+    """A saved directory carries the format its run trained in: its tokenizer is on disk with a chat template,
+    ``apply_chat_template(conversation)`` gives exactly ``training_ids`` (the tokens the run trained on), the
+    generation config that serves it (the directory's, else — an adapter — its base's) stops at the template's turn
+    end, and every special token of the base tokenizer keeps its id."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from ..layout import TOKENIZER_FILES, adapter_base, is_adapter_dir
+    from ..task import template_turn_end
+
+    directory = Path(directory)
+    label = directory.name
+    absent = [n for n in TOKENIZER_FILES if not (directory / n).is_file()]
+    tok_dir = directory
+    if absent and is_adapter_dir(directory):  # an adapter without a tokenizer is served with its base's
+        tok_dir, label = adapter_base(directory), f"{directory.name} (no tokenizer of its own: its base's)"
+        absent = [n for n in TOKENIZER_FILES if not (Path(tok_dir) / n).is_file()]
+    if absent:
+        raise OracleFailure(seed, f"{label} holds no tokenizer ({absent} missing): it cannot be served in the format "
+                                  f"it was trained in")
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    if not tok.chat_template:
+        raise OracleFailure(seed, f"{label}: the saved tokenizer has no chat template (no chat_template.jinja, none in "
+                                  f"tokenizer_config.json): a server falls back to a default format the model never "
+                                  f"saw (LLaMA-Factory #5836 / #5904, ms-swift #2831)")
+    served = tok.apply_chat_template(list(conversation), tokenize=True)
+    served = list(served["input_ids"] if hasattr(served, "keys") else served)
+    if served != list(training_ids):
+        def show(ids):
+            return " ".join(tok.convert_ids_to_tokens(list(ids)))
+
+        raise OracleFailure(seed, f"{label}: apply_chat_template of the training conversation gives {show(served)!r}, "
+                                  f"but the run trained on {show(training_ids)!r}: the saved template is not the one "
+                                  f"the model was trained with (LLaMA-Factory #7785 / #5476, Qwen3-VL #1488)")
+    base = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    for attr in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        want, got = getattr(base, attr), getattr(tok, attr)
+        if want is not None and (got != want or tok.convert_tokens_to_ids(want) != base.convert_tokens_to_ids(want)):
+            raise OracleFailure(seed, f"{label}: {attr} is {got!r} (id {getattr(tok, attr + '_id')}), the base "
+                                      f"tokenizer's is {want!r} (id {getattr(base, attr + '_id')}): special-token ids "
+                                      f"changed between training base and saved model")
+    end = template_turn_end(tok)
+    config_dir = directory if (directory / "generation_config.json").is_file() else (
+        adapter_base(directory) if is_adapter_dir(directory) else None)
+    if config_dir is None or not (Path(config_dir) / "generation_config.json").is_file():
+        raise OracleFailure(seed, f"{label}: a full model without generation_config.json: generation stops only at "
+                                  f"config.json's eos, not at the template's turn end")
+    eos = GenerationConfig.from_pretrained(str(config_dir)).eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    if end is not None and end not in eos:
+        raise OracleFailure(seed, f"{label}: generation_config.json ({Path(config_dir).name}) has eos_token_id {eos}, "
+                                  f"which lacks the template's turn end {tok.convert_ids_to_tokens(end)!r} (id {end}): "
+                                  f"served generation never stops at the end of a turn (open-r1 PR #663)")

@@ -1,0 +1,85 @@
+"""Runs that must agree: two configurations the same training must not tell apart (gradient accumulation, packing),
+and a merged model that must be the trained model (LoRA merge).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..hf import dtype_kwargs, eval_logits
+from ..layout import LORA_FILES, list_checkpoints, read_log_history, step_of, weight_files
+from .failure import OracleFailure
+from .reading import max_difference, checkpoint_weights, final_weights, losses_by_step, weights_on_disk
+from .saves import assert_self_contained
+
+
+def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rtol: float, weight_atol: float,
+                      what: str, seed: str) -> None:
+    """Two runs that must train the same model: every logged ``keys`` value per step within ``rtol``, and
+    the weights of every checkpoint both saved (and the final ones) within ``weight_atol`` (max abs)."""
+    history_e, history_a = read_log_history(expected), read_log_history(actual)
+    for key in keys:
+        e, a = losses_by_step(history_e, key), losses_by_step(history_a, key)
+        if not e:
+            raise OracleFailure(seed, f"{Path(expected).name} logged no {key}: nothing to compare")
+        missing = sorted(set(e) - set(a))
+        if missing:
+            raise OracleFailure(seed, f"{what}: logged no {key} for steps {missing} (logged: {sorted(a)})")
+        for step in sorted(e):
+            if not math.isclose(a[step], e[step], rel_tol=rtol, abs_tol=1e-12):
+                raise OracleFailure(seed, f"{what}: {key} at step {step} is {a[step]!r}, expected {e[step]!r} "
+                                          f"(relative difference {abs(a[step] - e[step]) / abs(e[step] or 1):.3g} > "
+                                          f"{rtol:g})")
+    both = sorted({step_of(c) for c in list_checkpoints(expected)} & {step_of(c) for c in list_checkpoints(actual)})
+    loads = [(f"checkpoint-{n}", checkpoint_weights, f"checkpoint-{n}") for n in both]
+    loads.append(("final weights", final_weights, "."))
+    for label, load, sub in loads:
+        we, wa = load(Path(expected) / sub, seed=seed), load(Path(actual) / sub, seed=seed)
+        if set(we) != set(wa):
+            raise OracleFailure(seed, f"{what}: {label} hold different tensors: {sorted(set(we) ^ set(wa))[:3]}")
+        worst, diff, _ = max_difference(we, wa, 0.0, 0.0)
+        if diff > weight_atol:
+            raise OracleFailure(seed, f"{what}: {label}: {worst} differs by {diff:.3g} (> {weight_atol:g})")
+
+
+def assert_merged_is_trained_model(merged: Path, adapter_dir: Path, dataset_dir: Path, *, quantization: str | None,
+                                   atol: float, output: str = "", seed: str = "merge") -> None:
+    """A merged LoRA export is the trained model: a self-contained full model (no adapter files, no
+    ``lora_`` / ``base_model.model.`` keys) whose logits on the eval set equal those of the model the LoRA
+    trained as — the base the adapter names, loaded as in training (``quantization``), plus the adapter —
+    within ``atol``. For a quantised training base, where no merge can be faithful to the bit, a merge that
+    differs is accepted when the run's ``output`` holds a warning line about the quantisation."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ..hf import load_causal_lm
+    from ..layout import adapter_base
+
+    merged, adapter_dir = Path(merged), Path(adapter_dir)
+    leftovers = [n for n in ("adapter_config.json", *LORA_FILES) if (merged / n).is_file()]
+    if leftovers:
+        raise OracleFailure(seed, f"{merged.name} still holds {leftovers}: a loader takes it for an adapter, not a "
+                                  f"merged model")
+    if not weight_files(merged):
+        raise OracleFailure(seed, f"{merged.name} holds no full-model weights (model.safetensors or an index)")
+    keys = [k for k in weights_on_disk(merged, seed=seed) if "lora_" in k or k.startswith("base_model.model.")]
+    if keys:
+        raise OracleFailure(seed, f"{merged.name} holds adapter tensors after merging, e.g. {keys[0]} "
+                                  f"({len(keys)} in all): the LoRA was not merged into the base weights")
+    base = adapter_base(adapter_dir)
+    assert_self_contained(merged, base, seed=seed)
+    trained = PeftModel.from_pretrained(load_causal_lm(base, quantization, "cpu"), str(adapter_dir))
+    want = eval_logits(trained, dataset_dir, base)
+    got = eval_logits(AutoModelForCausalLM.from_pretrained(str(merged), **dtype_kwargs(), local_files_only=True),
+                      dataset_dir, merged)
+    diff = (got - want).abs().max().item()
+    warned = [line for line in output.splitlines() if "warn" in line.lower() and "quant" in line.lower()]
+    if diff > atol and quantization and warned:
+        return  # not faithful, and said so
+    if diff > atol:
+        on = f"the {quantization} base" if quantization else "the base"
+        raise OracleFailure(seed, f"{merged.name}: logits on eval.jsonl differ from {on} + the adapter it trained by "
+                                  f"{diff:.3g} (> atol {atol:g}): the merge changed the model (wrong LoRA scale, wrong "
+                                  f"base, or a lossy merge of a quantised base"
+                                  + (", with no warning about the quantisation)" if quantization else ")"))

@@ -1,0 +1,39 @@
+"""The verdict every oracle gives: :class:`OracleFailure` (an ``AssertionError``), and :data:`SEEDS`, the one-line
+failure-class titles its messages open with.
+"""
+
+from __future__ import annotations
+
+
+
+
+#: seed id -> one-line title used in failure messages and reports
+SEEDS = {
+    "000": "args-precedence: a saved args.json must never beat the command line",
+    "001": "grpo-full-save: a full-parameter run must save the whole model",
+    "002": "quantized-lora-resume: LoRA on a quantised base must resume exactly",
+    "003": "full-ft-as-lora-base: every full fine-tune checkpoint must be a self-contained model",
+    "004": "best-checkpoint: the best evaluated step must be on disk",
+    "crash": "crash-during-save: a killed save must never lose the previous checkpoint",
+    "pickle": "hostile-checkpoint: loading a checkpoint must never unpickle arbitrary code",
+    "dist": "distributed-save: a sharded full-parameter run must save the whole model",
+    "resume": "resume-equivalence: an interrupted-and-resumed run must be the run it continues",
+    "ga": "grad-accumulation: k micro-batches must train exactly like one batch k times larger",
+    "merge": "lora-merge: the merged model must be the trained model",
+    "packing": "packing: packed samples must train exactly as if run alone",
+    "labels": "label-masking: every training sample must teach its assistant turns, through their end, and nothing else",
+    "template": "saved-template: every saved tokenizer must encode a chat exactly as training did, and stop where it ends",
+    "embeddings": "embeddings-saved: tied and resized embeddings must be saved as trained and reload to the logged eval",
+}
+
+
+class OracleFailure(AssertionError):
+    """A documented failure was observed on disk."""
+
+    def __init__(self, seed: str, message: str):
+        self.seed = seed
+        super().__init__(f"[seed {seed}: {SEEDS.get(seed, seed)}] {message}")
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"

@@ -1,0 +1,229 @@
+"""What a save must hold: the whole model after a full-parameter run (seed 001), only the adapter after a LoRA run, a
+self-contained model in every full fine-tune checkpoint (seed 003), the base an adapter names, every checkpoint
+whole after a killed save (crash), and a sharded save equal to one process's (distributed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..hf import dtype_kwargs
+from ..layout import list_checkpoints, read_safetensors_header, step_of, weight_files
+from .failure import OracleFailure, megabytes
+from .reading import header_and_bytes, present_weight_files, tensor_bytes, weights_on_disk
+
+
+def assert_full_model_saved(directory: Path, reference_dir: Path, start: Mapping[str, Any] | None = None,
+                            *, seed: str = "001") -> None:
+    """``directory`` holds the whole model: every tensor of ``reference_dir`` with its shape, the
+    expected bytes, no adapter files standing in for it, and (given ``start``) trained weights."""
+    directory, name = Path(directory), Path(directory).name
+    expected, _ = header_and_bytes(reference_dir)
+    ref_cfg = json.loads((Path(reference_dir) / "config.json").read_text(encoding="utf-8"))
+    tied = bool(ref_cfg.get("tie_word_embeddings"))
+    adapter_files = [f for f in ("adapter_config.json", "adapter_model.safetensors") if (directory / f).exists()]
+    found, data_bytes = header_and_bytes(directory, seed)
+    exp_bytes = sum(tensor_bytes(m) for m in expected.values())
+    if not found:
+        what = f"only {adapter_files}" if adapter_files else "no model.safetensors"
+        raise OracleFailure(seed, f"{name} holds 0 of {len(expected)} model tensors ({what}, "
+                                  f"{megabytes(sum(p.stat().st_size for p in directory.iterdir() if p.is_file()))} on disk "
+                                  f"vs {megabytes(exp_bytes)} expected): looks like an adapter-only save")
+    missing = sorted(set(expected) - set(found))
+    if tied:
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing:
+        kept = len(set(expected) & set(found))
+        got = sum(tensor_bytes(found[k]) for k in found if k in expected)
+        raise OracleFailure(seed, f"{name} holds {kept} of {len(expected)} tensors ({megabytes(got)} of {megabytes(exp_bytes)}): "
+                                  f"missing e.g. {missing[:3]}; looks like a truncated save (adapter-only or one "
+                                  f"rank's shard)")
+    bad_shapes = [(k, found[k]["shape"], expected[k]["shape"]) for k in expected
+                  if k in found and tuple(found[k]["shape"]) != tuple(expected[k]["shape"])]
+    if bad_shapes:
+        k, got, want = bad_shapes[0]
+        raise OracleFailure(seed, f"{name}: {len(bad_shapes)} tensors have the wrong shape, e.g. {k} is {got}, "
+                                  f"expected {want} (a rank-local shard?)")
+    bad_dtypes = [(k, found[k]["dtype"], expected[k]["dtype"]) for k in expected
+                  if k in found and found[k]["dtype"] != expected[k]["dtype"]]
+    if bad_dtypes:
+        k, got, want = bad_dtypes[0]
+        raise OracleFailure(seed, f"{name}: {len(bad_dtypes)} tensors are saved in another dtype than the model trained "
+                                  f"in, e.g. {k} is {got}, expected {want} (the base's): the saved model is a rounded "
+                                  f"copy of the trained one")
+    want_bytes = sum(tensor_bytes(found[k]) for k in found)
+    if data_bytes != want_bytes:
+        raise OracleFailure(seed, f"{name}: safetensors data is {megabytes(data_bytes)} but its tensors need "
+                                  f"{megabytes(want_bytes)}: the file is truncated or padded")
+    lora_keys = [k for k in found if "lora_" in k]
+    if adapter_files or lora_keys:
+        raise OracleFailure(seed, f"{name} is a full-parameter checkpoint but also holds adapter files "
+                                  f"{adapter_files or lora_keys[:2]}: loaders will treat it as a LoRA adapter")
+    if start is not None:
+        import torch
+
+        saved = weights_on_disk(directory, seed=seed)
+        matrices = [k for k in expected if k in start and ".layers." in k and k.endswith("proj.weight")]
+        unchanged = [k for k in matrices if torch.equal(saved[k].to(start[k].dtype), start[k])]
+        if unchanged:
+            raise OracleFailure(seed, f"{name}: {len(unchanged)} of {len(matrices)} transformer weight matrices are "
+                                      f"identical to the starting weights (e.g. {unchanged[0]}): they were not trained "
+                                      f"although the run was full-parameter")
+
+
+def assert_adapter_only_save(directory: Path, *, seed: str = "000") -> None:
+    """A LoRA run saved an adapter, and nothing but LoRA tensors."""
+    directory = Path(directory)
+    if not (directory / "adapter_config.json").is_file():
+        found = sorted(p.name for p in directory.iterdir())
+        raise OracleFailure(seed, f"{directory.name}: expected a LoRA adapter (adapter_config.json) because the "
+                                  f"command line said train_type=lora, found {found}: the run trained something else")
+    header = read_safetensors_header(directory / "adapter_model.safetensors")
+    non_lora = sorted(k for k in header if "lora_" not in k)
+    if non_lora or weight_files(directory):
+        raise OracleFailure(seed, f"{directory.name}: a LoRA run saved non-LoRA weights "
+                                  f"({non_lora[:3] or 'model.safetensors'}): full parameters were trained")
+    if not header:
+        raise OracleFailure(seed, f"{directory.name}: adapter_model.safetensors holds no tensors")
+
+
+REQUIRED_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str = "w1 w2 w3 w4",
+                          seed: str = "003") -> None:
+    """Copy ``directory`` alone to a fresh place and load model + tokenizer from it, offline.
+
+    The loaded weights must equal the files (nothing silently re-initialised) and differ from
+    ``base_dir`` (the fine-tuned weights, not the original base); the tokenizer must round-trip text.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    missing = [f for f in REQUIRED_MODEL_FILES if not (directory / f).is_file()]
+    if not weight_files(directory):
+        missing.append("model.safetensors")
+    else:
+        present_weight_files(directory, seed)
+    if missing:
+        raise OracleFailure(seed, f"{directory.name} is not a self-contained model: missing {missing}; using it as "
+                                  f"model_name_or_path fails with \"does not appear to have a file named "
+                                  f"{missing[0]}\"")
+    with tempfile.TemporaryDirectory(prefix="ft-harness-alone-") as tmp:
+        alone = Path(tmp) / directory.name
+        shutil.copytree(directory, alone)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(alone), local_files_only=True, **dtype_kwargs())
+            tok = AutoTokenizer.from_pretrained(str(alone), local_files_only=True)
+        except Exception as exc:  # the framework-agnostic verdict: it does not load on its own
+            raise OracleFailure(seed, f"{directory.name} does not load on its own: {type(exc).__name__}: {exc}") from exc
+        on_disk = weights_on_disk(alone, seed=seed)
+        state = model.state_dict()
+        for key, tensor in on_disk.items():
+            if key in state and not torch.equal(state[key], tensor.to(state[key].dtype)):
+                raise OracleFailure(seed, f"{directory.name}: loaded {key} differs from the file")
+        tied = bool(json.loads((directory / "config.json").read_text(encoding="utf-8")).get("tie_word_embeddings"))
+        not_loaded = sorted(set(state) - set(on_disk) - ({"lm_head.weight"} if tied else set()))
+        if not_loaded:
+            raise OracleFailure(seed, f"{directory.name}: {len(not_loaded)} parameters are not in the files and were "
+                                      f"randomly initialised on load, e.g. {not_loaded[0]}")
+        base = weights_on_disk(base_dir)
+        _assert_generation_config_kept(directory, base_dir, seed)
+        if all(torch.equal(on_disk[k], base[k]) for k in on_disk if k in base):
+            raise OracleFailure(seed, f"{directory.name}: weights are identical to the original base {base_dir}: "
+                                      f"the fine-tuned weights were not saved")
+        ids = tok(sample_text, add_special_tokens=False)["input_ids"]
+        back = tok.decode(ids)
+        if back.split() != sample_text.split():
+            raise OracleFailure(seed, f"{directory.name}: tokenizer does not round-trip {sample_text!r} (got {back!r})")
+
+
+def _assert_generation_config_kept(directory: Path, base_dir: Path, seed: str) -> None:
+    """``generation_config.json`` says how the model generates (EOS, sampling); a fine-tune that did not ask to change
+    it saves the base's (transformers_version aside)."""
+    def read(d: Path) -> dict[str, Any]:
+        f = Path(d) / "generation_config.json"
+        data = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+        return {k: v for k, v in data.items() if k != "transformers_version"}
+
+    got, want = read(directory), read(base_dir)
+    if want and got != want:
+        changed = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        raise OracleFailure(seed, f"{Path(directory).name}/generation_config.json differs from the base's in "
+                                  f"{changed[:4]} (e.g. {changed[0]}: {got.get(changed[0])!r}, base "
+                                  f"{want.get(changed[0])!r}) although the run did not ask to change it")
+
+
+def assert_lora_base_is(adapter_dir: Path, expected_base: Path, *, seed: str = "003") -> None:
+    """A LoRA output's base (adapter_config.json) holds exactly ``expected_base``'s weights."""
+    import torch
+
+    adapter_dir = Path(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise OracleFailure(seed, f"{adapter_dir.name}: no adapter_config.json, so LoRA training on "
+                                  f"{Path(expected_base).name} did not produce an adapter")
+    base = json.loads(cfg_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise OracleFailure(seed, f"{adapter_dir.name}: adapter_config.json names base {base!r}, which is not a "
+                                  f"directory on disk")
+    got, want = weights_on_disk(Path(base), seed=seed), weights_on_disk(Path(expected_base), seed=seed)
+    differing = sorted(k for k in want if k not in got or not torch.equal(got[k], want[k]))
+    if differing:
+        raise OracleFailure(seed, f"{adapter_dir.name}: LoRA was trained on {base}, whose weights differ from the "
+                                  f"requested base {expected_base} in {len(differing)} tensors (e.g. {differing[0]}): "
+                                  f"it did not start from the fine-tuned checkpoint")
+
+
+def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: str = "crash",
+                                only: Iterable[int] | None = None) -> list[int]:
+    """Every ``checkpoint-N`` on disk (or those of the steps ``only``) is complete: whole model weights and a readable
+    trainer_state.json.
+
+    A crash may leave no ``checkpoint-N`` or a complete one, never a half-written one under that name
+    (a resume would pick it up). Returns the steps checked.
+    """
+    steps = []
+    wanted = None if only is None else set(only)
+    for ckpt in list_checkpoints(output_dir):
+        if wanted is not None and step_of(ckpt) not in wanted:
+            continue
+        state_file = ckpt / "trainer_state.json"
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise OracleFailure(seed, f"{ckpt.name} is incomplete: trainer_state.json unreadable ({exc}); a resume "
+                                      f"would pick up a partial checkpoint") from None
+        if state.get("global_step") != int(ckpt.name.split("-")[1]):
+            raise OracleFailure(seed, f"{ckpt.name}/trainer_state.json has global_step={state.get('global_step')!r}")
+        try:
+            assert_full_model_saved(ckpt, reference_dir, seed=seed)
+        except OracleFailure as exc:
+            raise OracleFailure(seed, f"{ckpt.name} is incomplete after a crash: {exc}") from None
+        except Exception as exc:  # unreadable safetensors and the like
+            raise OracleFailure(seed, f"{ckpt.name} is incomplete after a crash: {type(exc).__name__}: {exc}") from None
+        steps.append(int(ckpt.name.split("-")[1]))
+    return steps
+
+
+def assert_same_weights(directory: Path, expected_dir: Path, *, atol: float, seed: str = "dist") -> None:
+    """The full model in ``directory`` equals the one in ``expected_dir`` within ``atol`` (max abs)."""
+    got, want = weights_on_disk(directory, seed=seed), weights_on_disk(expected_dir, seed=seed)
+    if set(got) != set(want):
+        raise OracleFailure(seed, f"{Path(directory).name} holds different tensors than {Path(expected_dir).name}: "
+                                  f"{sorted(set(got) ^ set(want))[:3]}")
+    worst = max(((k, (got[k].float() - want[k].float()).abs().max().item()) for k in want
+                 if got[k].shape == want[k].shape), key=lambda kv: kv[1], default=(None, 0.0))
+    shapes = [k for k in want if got[k].shape != want[k].shape]
+    if shapes:
+        raise OracleFailure(seed, f"{Path(directory).name}: {shapes[0]} has shape {tuple(got[shapes[0]].shape)}, "
+                                  f"expected {tuple(want[shapes[0]].shape)}")
+    if worst[1] > atol:
+        raise OracleFailure(seed, f"{Path(directory).name}: {worst[0]} differs from the single-process run by "
+                                  f"{worst[1]:.3g} (> atol {atol})")
