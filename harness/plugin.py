@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from .adapter import (FrameworkAdapter, effective_capabilities, load_adapter, parse_adapter_options,
-                      read_known_failures)
+                      read_known_failures, split_adapter_spec)
 
 _ADAPTER_KEY = pytest.StashKey[object]()
 _KNOWN_KEY = pytest.StashKey[dict]()
@@ -80,17 +80,32 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):  # an xdist worker: the controller writes the report
         return
     if config.getoption("ft_report") or config.getoption("ft_progress"):
-        from .report import ResultCollector
+        from .report.collect import ResultCollector
 
+        label = adapter_label(config)
         config.pluginmanager.register(
-            ResultCollector(config, label=adapter_label(config), path=config.getoption("ft_report"),
-                            progress=sys.stderr if config.getoption("ft_progress") else None),
+            ResultCollector(label, path=config.getoption("ft_report"),
+                            progress=sys.stderr if config.getoption("ft_progress") else None,
+                            describe=lambda: describe_adapter(config, label)),
             "ft-harness-report")
 
 
 def adapter_label(config: pytest.Config) -> str:
     """The adapter as the user named it (a report column): ``--ft-adapter``, $FT_HARNESS_ADAPTER or reference."""
     return config.getoption("ft_adapter") or os.environ.get("FT_HARNESS_ADAPTER") or "reference"
+
+
+def describe_adapter(config: pytest.Config, label: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(name, versions, options) of the session's adapter, for the report collector: the name and versions
+    the adapter reports (the label and none when it cannot be loaded: that usage error is already shown),
+    the ``--ft-adapter-option`` options under those the label carries in brackets."""
+    _, own = split_adapter_spec(label)
+    options = {**parse_options(config.getoption("ft_adapter_option")), **own}
+    try:
+        adapter = get_adapter(config)
+        return adapter.name, dict(adapter.versions()), options
+    except Exception:  # noqa: BLE001 - the report still says what ran
+        return label, {}, options
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -171,16 +186,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for key, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     _mark_aliases(config, scenario_items)
-    cuda = None
-    for item in scenario_items:
-        if markers(item, "ft_gpu"):
-            if cuda is None:
-                cuda = _cuda_available()
-            if not cuda:
-                item.add_marker(pytest.mark.skip(reason="gpu: needs a CUDA device (torch.cuda.is_available() is False)"))
-        seed = next((m.args[0] for m in markers(item, "ft_seed") if m.args), None)
-        if seed is not None:
-            item.user_properties.append(("ft_seed", seed))  # travels with the reports (xdist included)
+    _mark_gpu_and_seeds(scenario_items)
     if not any("ft_adapter" in getattr(i, "fixturenames", ()) for i in scenario_items):
         return
     adapter = get_adapter(config)
@@ -209,12 +215,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                                   reason=f"known failure of {adapter.name}: {reason}"))
                 used.add(key)
                 break
+    _warn_stale(sorted(set(known) - used), items, adapter.name)
+
+
+def _mark_gpu_and_seeds(items: list[pytest.Item]) -> None:
+    """ft_gpu items skip without CUDA; an item's ft_seed travels with its reports (xdist included)."""
+    cuda = None
+    for item in items:
+        if markers(item, "ft_gpu"):
+            if cuda is None:
+                cuda = _cuda_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(
+                    reason="gpu: needs a CUDA device (torch.cuda.is_available() is False)"))
+        seed = next((m.args[0] for m in markers(item, "ft_seed") if m.args), None)
+        if seed is not None:
+            item.user_properties.append(("ft_seed", seed))
+
+
+def _warn_stale(unused: list[str], items: list[pytest.Item], adapter_name: str) -> None:
+    """A known-failure entry of a collected module that matches none of its tests is stale: warn."""
     collected_modules = {scenario_id(i).partition("::")[0] for i in items}
-    for key in sorted(set(known) - used):
+    for key in unused:
         module = key.partition("::")[0]
         if module in collected_modules and not any(scenario_id(i).startswith(key) for i in items):
             warnings.warn(pytest.PytestWarning(
-                f"ft-harness: known failure {key!r} of adapter {adapter.name!r} matches no test of {module} "
+                f"ft-harness: known failure {key!r} of adapter {adapter_name!r} matches no test of {module} "
                 f"(renamed or removed?): remove or fix the entry"), stacklevel=1)
 
 
@@ -222,7 +248,8 @@ _WARNED_KEY = pytest.StashKey[set]()
 
 
 def _mark_aliases(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deprecated unprefixed markers warn once; ``ft_gpu`` items also carry ``gpu`` so ``-m gpu`` keeps selecting them."""
+    """Deprecated unprefixed markers warn once; ``ft_gpu`` items also carry ``gpu`` so ``-m gpu`` keeps
+    selecting them."""
     warned = config.stash.setdefault(_WARNED_KEY, set())
     for item in items:
         names = {m.name for m in item.iter_markers()}
@@ -249,7 +276,8 @@ def ft_adapter(request: pytest.FixtureRequest) -> FrameworkAdapter:
 
 @pytest.fixture(scope="session")
 def tiny_assets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The adapter's ``model_arch`` tiny model (+ tokenizer, generation config) and its datasets, built once per session."""
+    """The adapter's ``model_arch`` tiny model (+ tokenizer, generation config) and its datasets, built once
+    per session."""
     from .models import build_assets
 
     arch = get_adapter(request.config).model_arch  # e.g. a framework that only knows Qwen2
