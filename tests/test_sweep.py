@@ -153,7 +153,7 @@ def test_pins_from_a_custom_table():
 def test_every_pins_entry_is_well_formed():
     from packaging.specifiers import SpecifierSet
 
-    from harness.sweep_pins import PINS
+    from harness.sweep.pins import PINS
 
     for name, entry in PINS.items():
         assert entry["adapter"] and entry["distribution"], name
@@ -671,7 +671,10 @@ def test_sweep_command_end_to_end_with_jobs(tmp_path, fake_world, monkeypatch, c
 
 def test_bisect_command_end_to_end(tmp_path, fake_world, monkeypatch, capsys):
     uv, log = fake_world
-    monkeypatch.setattr(sweep, "fetch_releases", lambda dist, index=None, **kw: RELEASES)  # no network
+    from harness.sweep import cli as sweep_cli
+
+    # no network; patched where the command line looks it up (harness.sweep.cli)
+    monkeypatch.setattr(sweep_cli, "fetch_releases", lambda dist, index=None, **kw: RELEASES)
     monkeypatch.setenv("FAKE_UV_FAIL", "ms-swift==3.1.1")  # the release right before the flip is skipped
     code = _cli_in(tmp_path, uv, "ms-swift", "--bisect", "test_seed_lora_on_full_output_trains_lora",
                    "--good", "4.6.0", "--bad", "3.0.0")

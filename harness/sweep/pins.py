@@ -1,6 +1,6 @@
 """Pins for ``ft-harness sweep``: how to build an environment for one release of a framework.
 
-One declarative table, read by :func:`harness.sweep.select_pins`. It is a Python literal rather than
+One declarative table, read by :func:`harness.sweep.envs.select_pins`. It is a Python literal rather than
 TOML on purpose: it ships inside the ``harness`` package with no package-data configuration, needs
 no ``tomli`` fallback on Python 3.10, and its comments sit next to the pins they explain. Nothing in
 this module is code: data only.
