@@ -1,6 +1,6 @@
 """The detection matrix: every scenario passes on the reference and fails on the mutant(s) that
-reproduce its bug — and on nothing else. Adding a mutant or a scenario is one line in
-``harness.mutants.MUTANTS`` (mutant -> scenario modules it must fail).
+reproduce its bug — and on nothing else. Each mutant class names the scenario modules it must fail in its own
+``fails`` attribute, next to its bug; ``harness.mutants.MUTANTS`` (the table used here) is read off those classes.
 
 Each adapter runs the scenario suite in-process through pytester (heavy libraries are imported once by
 the outer session, so only training time is paid per adapter).
@@ -268,6 +268,22 @@ def test_matrix_names_real_scenarios():
     assert PURE_HOOKS <= reference_members(), f"PURE_HOOKS names no reference member: {PURE_HOOKS - reference_members()}"
     idle = [m for m in MUTANTS if not hooks_of(m)]
     assert not idle, f"mutants that override no reference member (they cannot differ): {idle}"
+
+
+def test_every_mutant_class_is_in_the_matrix():
+    """A mutant class in any module of harness.mutants is registered, and says itself what it fails (``fails`` in its
+    own body, not inherited from the mutant it refines)."""
+    import inspect
+
+    import harness.mutants as mutants
+    from harness.reference import ReferenceAdapter
+
+    classes = {name: cls for module in (mutants.args, mutants.saves, mutants.resume, mutants.best, mutants.data)
+               for name, cls in vars(module).items()
+               if inspect.isclass(cls) and issubclass(cls, ReferenceAdapter) and cls.__module__ == module.__name__}
+    assert sorted(classes) == sorted(MUTANTS), f"not registered in harness.mutants: {sorted(set(classes) - set(MUTANTS))}"
+    inherited = [name for name, cls in classes.items() if "fails" not in vars(cls)]
+    assert not inherited, f"mutants without their own 'fails': {inherited}"
 
 
 def test_detection_reference(reference_run):

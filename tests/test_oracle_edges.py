@@ -131,7 +131,7 @@ def test_missing_state_must_be_named(tmp_path):
 def test_perturb_weights_changes_every_shard_and_refuses_an_empty_dir(assets, tmp_path):
     from harness.errors import MissingFileError
     from harness.faults import PERTURBATION, perturb_weights
-    from harness.mutants import _reshard
+    from harness.mutants.saves import _reshard
 
     ckpt = tmp_path / "checkpoint-1"
     shutil.copytree(assets.model_dir, ckpt)

@@ -1,0 +1,69 @@
+"""Known-bad adapters: each is the reference with exactly one documented bug put back.
+
+They exist to prove the scenarios bite: each mutant class names the scenario modules it must fail (its ``fails``
+attribute, next to the bug it puts back), :data:`MUTANTS` collects them, and ``tests/test_detection.py`` asserts
+the whole matrix: every listed module fails, every other one passes. A mutant with ``fails = ()`` is a *correct
+control*: a framework that does things differently but right, which must pass everything. Select one like any
+adapter::
+
+    pytest --pyargs scenarios --ft-adapter harness.mutants:ArgsJsonBeatsCli
+
+One module per family: :mod:`~harness.mutants.args`, :mod:`~harness.mutants.saves`, :mod:`~harness.mutants.resume`,
+:mod:`~harness.mutants.best`, :mod:`~harness.mutants.data`.
+"""
+
+from __future__ import annotations
+
+from .args import AdapterNamesAnotherBase, ArgsJsonBeatsCli, SavedAlphaDiffersFromTrained, TrainsWithSavedArgs
+from .saves import (FullSaveInBf16, IndexWithFirstShardOnly, LmHeadRetiedOnSave, NonAtomicSave, RankZeroShardSave,
+                   ResizedRowsNotSaved, RotatesBeforeSaving, ShardedSave, UnpicklesCheckpoint,
+                   WeightsOnlyIntermediateCheckpoints)
+from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, MissingTrainingStateIgnored,
+                    QuantizedResumeReinitLora, ResumeDropsOptimizerState, ResumeFromIgnored, RngNotRestoredOnResume,
+                    ScheduleRestartsOnResume)
+from .best import (BestCheckpointMislabelled, EvaluatesOnTrainSplit, PlainTrainerBestCheckpoint, ResumeForgetsBest,
+                  RotationDeletesBest, RotationSortsByName)
+from .data import (MeanOfMicroBatchMeans, MergeWithoutLoraScale, PackingWithoutBoundaries, PadIsEosInCollator,
+                  SavedTokenizerWithoutTemplate)
+
+#: every mutant, in the detection matrix's order
+_ALL = (
+    ArgsJsonBeatsCli,
+    QuantizedResumeReinitLora,
+    ResumeDropsOptimizerState,
+    WeightsOnlyIntermediateCheckpoints,
+    PlainTrainerBestCheckpoint,
+    RotationDeletesBest,
+    NonAtomicSave,
+    UnpicklesCheckpoint,
+    RankZeroShardSave,
+    ShardedSave,
+    IndexWithFirstShardOnly,
+    ScheduleRestartsOnResume,
+    RngNotRestoredOnResume,
+    DataOrderRestartsOnResume,
+    LaterEpochReplaysEpochZero,
+    MissingTrainingStateIgnored,
+    ResumeFromIgnored,
+    MeanOfMicroBatchMeans,
+    MergeWithoutLoraScale,
+    PackingWithoutBoundaries,
+    BestCheckpointMislabelled,
+    RotationSortsByName,
+    EvaluatesOnTrainSplit,
+    ResumeForgetsBest,
+    FullSaveInBf16,
+    PadIsEosInCollator,
+    SavedTokenizerWithoutTemplate,
+    LmHeadRetiedOnSave,
+    ResizedRowsNotSaved,
+    TrainsWithSavedArgs,
+    AdapterNamesAnotherBase,
+    SavedAlphaDiffersFromTrained,
+    RotatesBeforeSaving,
+)
+
+#: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``
+MUTANTS: dict[str, tuple[str, ...]] = {cls.__name__: tuple(cls.fails) for cls in _ALL}
+
+__all__ = [*MUTANTS, "MUTANTS"]

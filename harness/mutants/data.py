@@ -1,0 +1,94 @@
+"""Mutants of what the model is fed and what a merge makes of it: the mean of micro-batch means, a merge without the
+LoRA scale, packing without boundaries, pads masked by value, a saved tokenizer without the template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..reference import ReferenceAdapter
+from ..reference.adapter import RunContext
+
+
+class MeanOfMicroBatchMeans(ReferenceAdapter):
+    """Gradient accumulation, transformers before PR #34191 (4.46), ms-swift #2361, LLaMA-Factory #6211, axolotl #2039,
+    trl #2175: each micro-batch's loss is its own token mean and the window's loss is the mean of those
+    means, so with samples of different lengths a token in a short micro-batch weighs more than one in a
+    long micro-batch; gradient accumulation no longer equals the large batch."""
+
+    name = "mutant:mean-of-micro-batch-means"
+    # the resume scenario accumulates too, but its two runs share the bug, so they still agree
+    fails = ("test_grad_accumulation",)
+
+    def accumulation_loss(self, ctx: RunContext, trainer) -> None:
+        trainer.model_accepts_loss_kwargs = False  # Trainer then averages each micro-batch and divides by k
+
+
+class MergeWithoutLoraScale(ReferenceAdapter):
+    """LoRA merge, peft #1043 / #2321 family: the merge adds ``B @ A`` without the ``lora_alpha / r`` scale the
+    adapter trained with, so the merged model is not the trained one (with alpha == r it would not show)."""
+
+    name = "mutant:merge-without-lora-scale"
+    fails = ("test_lora_merge",)
+
+    def merge_scaling(self, adapter_dir: Path) -> float | None:
+        return 1.0
+
+
+class PackingWithoutBoundaries(ReferenceAdapter):
+    """Packing, trl #3067 / PR #3526, ms-swift #4439, LLaMA-Factory PR #4224: packed samples are concatenated
+    with positions running on across them, so nothing marks the boundaries and each sample attends to the
+    ones packed before it; the loss still falls, so it is silent."""
+
+    name = "mutant:packing-without-boundaries"
+    fails = ("test_packing",)
+
+    def packing_collator(self, ctx: RunContext, model):
+        from ..hf import packing_collator
+
+        model.config.use_cache = False
+        return packing_collator(position_ids=False)
+
+
+class PadIsEosInCollator(ReferenceAdapter):
+    """Label masking, trl #1623 (back again per PR #3091): the collator pads with the EOS (``pad_token = eos_token``, as
+    Llama recipes set it) and masks the labels *by value* (``labels[input_ids == pad_token_id] = -100``, as
+    ``DataCollatorForLanguageModeling`` does), so the EOS that ends every assistant turn is masked with the padding:
+    the model never learns to stop."""
+
+    name = "mutant:pad-is-eos-in-collator"
+    fails = ("test_label_masking",)
+
+    def chat_collator(self, ctx: RunContext, tok):
+        base = super().chat_collator(ctx, tok)
+        eos = tok.eos_token_id
+
+        def collate(features):
+            pad, tok.pad_token = tok.pad_token, tok.eos_token  # the recipe's pad = eos, for this batch's padding
+            try:
+                batch = base(features)
+            finally:
+                tok.pad_token = pad
+            batch["labels"][batch["input_ids"] == eos] = -100
+            return batch
+
+        return collate
+
+
+class SavedTokenizerWithoutTemplate(ReferenceAdapter):
+    """Saved template, LLaMA-Factory #5836 / #5904, ms-swift #2831: the tokenizer saved with each checkpoint and the
+    final model lacks the chat template the run trained with (no ``chat_template.jinja``, no ``chat_template`` key), so
+    a server renders its own default format."""
+
+    name = "mutant:saved-tokenizer-without-template"
+    fails = ("test_saved_template",)
+
+    def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
+        import json
+
+        super().finalize_chat_format(ctx, directory)
+        (Path(directory) / "chat_template.jinja").unlink(missing_ok=True)
+        config = Path(directory) / "tokenizer_config.json"
+        saved = json.loads(config.read_text(encoding="utf-8"))
+        saved.pop("chat_template", None)
+        config.write_text(json.dumps(saved, indent=2), encoding="utf-8")

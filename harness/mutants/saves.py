@@ -1,0 +1,211 @@
+"""Mutants of saving: checkpoints without config files, saves in place, pickles loaded, one rank's shard, a partial
+shard set, a rounded dtype, a re-tied head, resized rows left out, rotation before the save; and the sharded-save
+correct control.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..reference import ReferenceAdapter
+from ..reference.adapter import RunContext
+from ..reference.policy import CheckpointPolicy
+
+
+class WeightsOnlyIntermediateCheckpoints(ReferenceAdapter):
+    """Full fine-tune as LoRA base (seed 003), PEFT #523, LMFlow #104 — intermediate checkpoints hold the weights but no
+    config/tokenizer files, so they cannot be used as ``model_name_or_path`` (PEFT #523, LMFlow #104)."""
+
+    name = "mutant:weights-only-intermediate-checkpoints"
+    # also: the best checkpoint cannot be re-loaded for re-evaluation without its config
+    fails = ("test_full_ft_as_lora_base", "test_best_checkpoint", "test_saved_template")
+    STRIPPED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "chat_template.jinja", "special_tokens_map.json")
+
+    def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        super().finalize_checkpoint(ctx, directory, final)
+        if not final:
+            for name in self.STRIPPED:
+                (Path(directory) / name).unlink(missing_ok=True)
+
+
+class NonAtomicSave(ReferenceAdapter):
+    """Crash during save — checkpoints are written in place; a crash mid-save leaves a partial checkpoint-N."""
+
+    name = "mutant:non-atomic-save"
+    fails = ("test_crash_during_save",)
+    atomic_saves = False
+
+
+class UnpicklesCheckpoint(ReferenceAdapter):
+    """Hostile checkpoint — resume loads pickled checkpoint files with ``torch.load(weights_only=False)``."""
+
+    name = "mutant:unpickles-checkpoint"
+    fails = ("test_hostile_checkpoint",)
+
+    def prepare_resume(self, ctx: RunContext, checkpoint: Path) -> Path:
+        import torch
+
+        for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            if (Path(checkpoint) / name).is_file():
+                torch.load(Path(checkpoint) / name, weights_only=False)
+        return checkpoint
+
+
+class RankZeroShardSave(ReferenceAdapter):
+    """Distributed save, LLaVA #1245 — a sharded (FSDP) full-parameter run saves only rank 0's shard: the
+    dim-0 chunk of every tensor that FSDP2 places on rank 0, instead of the consolidated model."""
+
+    name = "mutant:rank-zero-shard-save"
+    fails = ("test_distributed_save",)
+
+    def distributed_weights(self, ctx: RunContext, directory: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        from ..reference.distributed import world_size
+
+        weights = Path(directory) / "model.safetensors"
+        tensors = load_file(str(weights))
+        n = world_size()
+        save_file({k: v.chunk(n, dim=0)[0].contiguous() for k, v in tensors.items()}, str(weights),
+                  metadata={"format": "pt"})
+
+
+def _reshard(directory: Path, shards: int, keep: int | None = None) -> None:
+    """Rewrite ``directory``'s model.safetensors as ``shards`` files plus ``model.safetensors.index.json``
+    (transformers' layout for a large model); ``keep`` shards are written (all when None)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    weights = Path(directory) / "model.safetensors"
+    if not weights.is_file():
+        return
+    tensors = load_file(str(weights))
+    keys = sorted(tensors)
+    size = -(-len(keys) // shards)
+    weight_map, total = {}, 0
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: tensors[k].contiguous() for k in keys[i * size:(i + 1) * size]}
+        weight_map.update({k: name for k in part})
+        total += sum(t.numel() * t.element_size() for t in part.values())
+        if keep is None or i < keep:
+            save_file(part, str(Path(directory) / name), metadata={"format": "pt"})
+    (Path(directory) / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    weights.unlink()
+
+
+class ShardedSave(ReferenceAdapter):
+    """A *correct control*: every full save is sharded (index + 3 shards), as transformers does for large
+    models. It must pass every scenario: an oracle that only knows ``model.safetensors`` is a false red."""
+
+    name = "control:sharded-save"
+    # a correct control: must pass everything
+    fails = ()
+
+    def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        super().finalize_weights(ctx, directory, final)
+        _reshard(directory, shards=3)
+
+
+class IndexWithFirstShardOnly(ReferenceAdapter):
+    """Sharded save — a sharded save that writes the index and only its first shard (a save interrupted
+    between shards, or rank 0 writing its shard alone): loaders fail or silently miss weights."""
+
+    name = "mutant:index-with-first-shard-only"
+    # every scenario that reads a full save: the index names shards the disk lacks
+    fails = (
+        "test_args_precedence", "test_best_checkpoint", "test_checkpoint_layout", "test_crash_during_save",
+        "test_full_ft_as_lora_base", "test_grad_accumulation", "test_grpo_full_save", "test_packing",
+        "test_resume_equivalence", "test_embeddings_saved",
+    )
+
+    def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        super().finalize_weights(ctx, directory, final)
+        _reshard(directory, shards=3, keep=1)
+
+
+class FullSaveInBf16(ReferenceAdapter):
+    """Saved dtype — a full save written in a lower dtype than the model trained in (bf16 files, a float32 config): the
+    saved model is not the trained one (every re-evaluation drifts) and a resume continues from rounded weights."""
+
+    name = "mutant:full-save-in-bf16"
+    # every scenario that checks a full save's tensors (dtype) or reloads one to re-evaluate it
+    fails = (
+        "test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_grpo_full_save",
+        "test_resume_equivalence",
+    )
+
+    def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        super().finalize_weights(ctx, directory, final)
+        weights = Path(directory) / "model.safetensors"
+        tensors = load_file(str(weights))
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()},
+                  str(weights), metadata={"format": "pt"})
+
+
+class LmHeadRetiedOnSave(ReferenceAdapter):
+    """Embeddings saved, NeMo Automodel #2571, DeepSpeed #1896, peft #2777: a full save of an *untied* model (here: one
+    whose vocabulary the run resized) writes ``tie_word_embeddings: true`` and no ``lm_head.weight``, as if the head
+    were the embeddings; a loader re-ties them and the trained output head is gone, without an error."""
+
+    name = "mutant:lm-head-retied-on-save"
+    fails = ("test_embeddings_saved",)
+
+    def finalize_embeddings(self, ctx: RunContext, directory: Path) -> None:
+        import json
+
+        from safetensors.torch import load_file, save_file
+
+        super().finalize_embeddings(ctx, directory)
+        weights, config_file = Path(directory) / "model.safetensors", Path(directory) / "config.json"
+        if not weights.is_file() or not config_file.is_file():
+            return
+        tensors = load_file(str(weights))
+        if tensors.pop("lm_head.weight", None) is None:
+            return
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["tie_word_embeddings"] = True
+        config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+class ResizedRowsNotSaved(ReferenceAdapter):
+    """Embeddings saved, unsloth #9326, peft PR #1147 (``save_embedding_layers``): LoRA on a vocabulary the run resized
+    trains the embeddings' new rows but saves only the LoRA matrices; reloading base + resize + adapter gives the added
+    tokens fresh rows, so the served model is not the trained one."""
+
+    name = "mutant:resized-rows-not-saved"
+    fails = ("test_embeddings_saved",)
+
+    def finalize_embeddings(self, ctx: RunContext, directory: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        super().finalize_embeddings(ctx, directory)
+        adapter = Path(directory) / "adapter_model.safetensors"
+        if adapter.is_file():
+            tensors = load_file(str(adapter))
+            save_file({k: v for k, v in tensors.items() if "lora_" in k}, str(adapter), metadata={"format": "pt"})
+
+
+class RotatesBeforeSaving(ReferenceAdapter):
+    """Crash during save — rotation by ``save_total_limit`` makes room *before* writing the new checkpoint: with a limit
+    of 1 the previous checkpoint is deleted, then checkpoint-N is written; a crash inside that save leaves no complete
+    checkpoint at all (transformers rotates only after the new checkpoint is written, in ``_save_checkpoint``; ms-swift
+    #9780 and #6392 are rotation bugs of the same family)."""
+
+    name = "mutant:rotates-before-saving"
+    # the same deletions as the reference, only earlier: just a crash inside the next save can tell
+    fails = ("test_crash_during_save",)
+
+    def removed_before_save(self, ctx: RunContext, policy: CheckpointPolicy, best_step: int | None,
+                            step: int) -> list[int]:
+        from ..layout import list_checkpoints, step_of
+
+        existing = sorted(step_of(c) for c in list_checkpoints(ctx.output_dir))
+        return [s for s in policy.to_delete(existing + [step], best_step) if s != step]
