@@ -21,9 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KillPoint", "KillInTraining", "run_killed", "perturb_weights", "KILLED"]
+__all__ = ["KillPoint", "KillInTraining", "run_killed", "require_killed", "perturb_weights", "KILLED", "FINISHED",
+           "RAISED"]
 
+#: :func:`run_killed`'s status when the child died at the kill point (SIGKILL, as ``subprocess`` reports it)
 KILLED = -signal.SIGKILL
+#: :func:`run_killed`'s status when training finished without reaching the kill point
+FINISHED = 3
+#: :func:`run_killed`'s status when training raised in the child (its traceback is on stderr)
+RAISED = 4
 
 #: True inside a fault-injection child: an adapter that runs training in a process of its own must
 #: then die by SIGKILL when that process is killed (see harness.runtime.run_in_fork)
@@ -59,8 +65,8 @@ class KillInTraining:
 def run_killed(adapter: Any, spec: Any, point: KillPoint | KillInTraining) -> int:
     """Run ``adapter.train(spec)`` in a forked child that SIGKILLs itself at ``point``.
 
-    Returns the child's status as ``subprocess`` reports it: ``KILLED`` (-9) when the kill point was
-    reached, 3 when training finished without reaching it, 4 when training raised.
+    Returns the child's status as ``subprocess`` reports it: :data:`KILLED` (-9) when the kill point was
+    reached, :data:`FINISHED` when training finished without reaching it, :data:`RAISED` when training raised.
     """
     import traceback
 
@@ -68,7 +74,7 @@ def run_killed(adapter: Any, spec: Any, point: KillPoint | KillInTraining) -> in
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # child: never return into the caller (pytest) — always _exit
-        code = 4
+        code = RAISED
         try:
             import torch
 
@@ -80,13 +86,25 @@ def run_killed(adapter: Any, spec: Any, point: KillPoint | KillInTraining) -> in
             else:
                 _install(Path(spec.output_dir), point)
             adapter.train(spec)
-            code = 3
+            code = FINISHED
         except BaseException:  # noqa: BLE001 - reported through the exit status
             traceback.print_exc()
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def require_killed(status: int, point: KillPoint | KillInTraining | str) -> None:
+    """Arrange step: ``status`` (from :func:`run_killed`) must be :data:`KILLED`; otherwise the scenario cannot show its
+    bug and :class:`~harness.errors.ArrangementError` says what happened instead."""
+    if status == KILLED:
+        return
+    from .errors import ArrangementError
+
+    what = {FINISHED: "finished without reaching it", RAISED: "raised (traceback in the captured stderr)"}.get(
+        status, f"exited with status {status}")
+    raise ArrangementError(f"the run was to be killed at {point}, but it {what}")
 
 
 def _install(output_dir: Path, point: KillPoint) -> None:

@@ -28,9 +28,11 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from harness.adapter import LoraSpec
-from harness.oracles import (OracleFailure, assert_adapter_only_save, assert_first_step_size, assert_full_model_saved,
-                             assert_log_matches_cli, assert_lora_trained_as_asked, assert_saved_args_match,
-                             assert_saves_reproduce_log, start_weights)
+from harness.errors import ArrangementError
+from harness.oracles import (assert_adapter_only_save, assert_cli_beats_saved, assert_first_step_size,
+                             assert_full_model_saved, assert_layers_respected, assert_log_matches_cli,
+                             assert_lora_trained_as_asked, assert_not_inherited, assert_nothing_from_files,
+                             assert_saved_args_match, assert_saves_reproduce_log, start_weights)
 
 from ._support import eval_rtol, evaluator, spec
 
@@ -76,20 +78,11 @@ def _plant(adapter, directory: Path, values: dict) -> None:
 
 def _assert_cli_beats_saved(adapter, model_dir: Path, key: str, cli_value, saved_value) -> None:
     """resolve_args: ``--key cli_value`` over a saved ``saved_value`` resolves to the CLI value, sourced cli, with a
-    warning naming the key, both values and the file whenever the framework would otherwise have inherited it."""
+    warning naming the key, both values and the file whenever the framework would otherwise have inherited it (ms-swift
+    4 with load_args false never inherits: the CLI value then overrides nothing, so no warning is owed)."""
     resolved = adapter.resolve_args({key: cli_value}, model_dir)
-    assert resolved[key] == cli_value, (
-        f"seed 000: --{key} {cli_value!r} resolved to {resolved[key]!r} from {resolved.source_of(key)}; "
-        f"the saved args.json in {model_dir} beat the command line")
-    assert resolved.source_of(key).kind == "cli", f"--{key} came from {resolved.source_of(key)}, not the command line"
-    if adapter.resolve_args({}, model_dir).source_of(key).kind in ("cli", "default"):
-        return  # the framework never inherits this key from saved files (e.g. ms-swift 4 with load_args false):
-        # the CLI value overrides nothing, so no warning is owed (the priority property applies the same rule)
-    warning = [w for w in resolved.warnings if key in w]
-    assert warning, f"seed 000: no warning that --{key} {cli_value!r} overrides the saved {saved_value!r} " \
-                    f"(got {resolved.warnings})"
-    assert str(saved_value) in warning[0] and str(cli_value) in warning[0] and "args.json" in warning[0], (
-        f"the override warning must name both values and the saved file, got {warning[0]!r}")
+    inherits = adapter.resolve_args({}, model_dir).source_of(key).kind not in ("cli", "default")
+    assert_cli_beats_saved(resolved, key, cli_value, saved_value, where=model_dir, warning_owed=inherits)
 
 
 @REQUIRES_ARGS
@@ -97,7 +90,10 @@ def test_cli_train_type_beats_saved_full(ft_adapter, full_ft_output):
     """resolve_args: --train_type lora on a full-FT output resolves to lora, sourced cli, with a warning naming both
     values and the file whenever the framework would otherwise have inherited the saved 'full'."""
     model_dir = full_ft_output.final_dir
-    assert _saved_train_type(ft_adapter, model_dir) == "full", "arrange: the full fine-tune must record train_type=full"
+    saved = _saved_train_type(ft_adapter, model_dir)
+    if saved != "full":
+        raise ArrangementError(f"the full fine-tune was to record train_type=full in its saved arguments, found "
+                               f"{saved!r}")
     _assert_cli_beats_saved(ft_adapter, model_dir, "train_type", "lora", "full")
 
 
@@ -145,9 +141,7 @@ def test_cli_values_are_the_trained_values(ft_adapter, full_ft_output, tiny_asse
 
 @REQUIRES_ARGS
 def test_load_args_false_ignores_saved_files(ft_adapter, full_ft_output):
-    resolved = ft_adapter.resolve_args({"load_args": False}, full_ft_output.final_dir)
-    from_files = {k: str(s) for k, s in resolved.sources.items() if s.kind not in ("cli", "default")}
-    assert not from_files, f"load_args=false must ignore every args.json, but these came from files: {from_files}"
+    assert_nothing_from_files(ft_adapter.resolve_args({"load_args": False}, full_ft_output.final_dir))
 
 
 @REQUIRES_ARGS
@@ -160,10 +154,7 @@ def test_never_inherited_keys(ft_adapter, full_ft_output, tmp_path):
     saved = json.loads((model_dir / "args.json").read_text())
     saved.update(output_dir="/elsewhere", resume_from="/elsewhere/checkpoint-9", device="cuda")
     (model_dir / "args.json").write_text(json.dumps(saved))
-    resolved = ft_adapter.resolve_args({}, model_dir)
-    for key in ("output_dir", "resume_from", "device"):
-        src = resolved.sources.get(key)
-        assert src is None or src.kind in ("cli", "default"), f"{key} was inherited from {src}"
+    assert_not_inherited(ft_adapter.resolve_args({}, model_dir), ("output_dir", "resume_from", "device"))
 
 
 @pytest.mark.ft_requires("sft", "lora", "full")
@@ -179,7 +170,10 @@ def test_seed_lora_on_full_output_trains_lora(ft_adapter, full_ft_output, tiny_a
 def test_reverse_full_on_lora_output_trains_full(ft_adapter, lora_output, tiny_assets, tmp_path, ft_device):
     """Seed 001's direction: --train_type full on a LoRA output (args.json says lora) must train everything."""
     if (lora_output.final_dir / "args.json").is_file():  # a framework with saved args: the story's arrange
-        assert _saved_train_type(ft_adapter, lora_output.final_dir) == "lora"
+        saved = _saved_train_type(ft_adapter, lora_output.final_dir)
+        if saved != "lora":
+            raise ArrangementError(f"the LoRA run was to record train_type=lora in its saved arguments, found "
+                                   f"{saved!r}")
     result = ft_adapter.train(spec(tiny_assets, tmp_path / "full", model_dir=lora_output.final_dir,
                                    train_type="full", max_steps=2, device=ft_device))
     assert_full_model_saved(result.final_dir, tiny_assets.model_dir, start_weights(lora_output.final_dir),
@@ -229,18 +223,10 @@ def test_priority_property(ft_adapter, cli, checkpoint, adapter, model):
         (adapter_dir / "adapter_config.json").write_text(json.dumps(
             {"peft_type": "LORA", "base_model_name_or_path": str(model_dir), "r": 4, "lora_alpha": 8}))
         resolved = ft_adapter.resolve_args(dict(cli), adapter_dir, ckpt_dir)
-        for key in set().union(*layers.values()):
-            want, kind = next((layer[key], kind) for kind, layer in layers.items() if key in layer)
-            if kind != "cli" and resolved.source_of(key).kind == "default":
-                continue  # the framework does not inherit this key from saved files: allowed
-            assert resolved[key] == want and resolved.source_of(key).kind == kind, (
-                f"seed 000: {key} resolved to {resolved[key]!r} from {resolved.source_of(key)}, expected {want!r} "
-                f"from the {kind} layer ({layers})")
-            saved = next((layer[key] for kind, layer in layers.items() if kind != "cli" and key in layer), None)
-            overridden = key in cli and saved is not None and saved != cli[key]
-            if overridden:  # only a value the framework would have inherited needs a warning when overridden
-                without = ft_adapter.resolve_args({k: v for k, v in cli.items() if k != key}, adapter_dir, ckpt_dir)
-                overridden = without.source_of(key).kind not in ("cli", "default")
-            warned = any(f"'{key}'" in w for w in resolved.warnings)
-            if overridden and not warned:
-                raise OracleFailure("000", f"--{key} {cli[key]!r} silently overrode a different saved value")
+
+        def would_inherit(key: str) -> bool:
+            """Whether the framework takes ``key`` from a saved file when the command line does not give it."""
+            without = ft_adapter.resolve_args({k: v for k, v in cli.items() if k != key}, adapter_dir, ckpt_dir)
+            return without.source_of(key).kind not in ("cli", "default")
+
+        assert_layers_respected(resolved, layers, would_inherit)

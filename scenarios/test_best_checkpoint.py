@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from harness.errors import ArrangementError
-from harness.faults import KILLED, KillInTraining, run_killed
+from harness.faults import KillInTraining, require_killed, run_killed
 from harness.models import write_datasets
 from harness.oracles import (assert_best_checkpoint_kept, assert_evaluated_at, assert_saves_reproduce_log,
                              best_logged_step, logged_metrics)
@@ -112,10 +112,7 @@ def test_resumed_run_keeps_best_of_whole_log(ft_adapter, tiny_assets, tmp_path, 
     real one away."""
     run = spec(tiny_assets, tmp_path / "run", train_type="full", max_steps=40, eval_steps=3, save_steps=10,
                save_total_limit=1, learning_rate=LR, device=ft_device)
-    status = run_killed(ft_adapter, run, KillInTraining(30))
-    if status != KILLED:
-        raise ArrangementError(f"the run was to be killed after checkpoint-30 but "
-                               f"{'finished without reaching it' if status == 3 else 'raised (traceback above)'}")
+    require_killed(run_killed(ft_adapter, run, KillInTraining(30)), KillInTraining(30))
     result = ft_adapter.train(run.replace(resume_from="latest"))
     judge = evaluator(ft_adapter, run)
     assert_saves_reproduce_log(result.output_dir, judge, rtol=eval_rtol(ft_device))

@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from harness.faults import KILLED, KillPoint, run_killed
+from harness.faults import KillPoint, require_killed, run_killed
 from harness.layout import list_checkpoints, step_of
 from harness.oracles import assert_checkpoints_complete, read_log_history
 
@@ -36,10 +36,7 @@ def kill(adapter, run, point: KillPoint) -> None:
     """Arrange: ``run`` SIGKILLed at ``point`` (in a forked child)."""
     if not hasattr(os, "fork"):
         pytest.skip("fault injection forks the test process; this platform has no os.fork")
-    status = run_killed(adapter, run, point)
-    assert status == KILLED, (
-        f"arrange: the run should have been killed at {point}, but it exited with status {status} "
-        f"(3: finished without reaching the kill point, 4: raised; see captured stderr)")
+    require_killed(run_killed(adapter, run, point), point)
 
 
 @pytest.mark.parametrize("point", POINTS, ids=str)

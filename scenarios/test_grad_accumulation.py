@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.errors import ArrangementError
 from harness.models import VARIED_LENGTHS as LENGTHS, write_varied_datasets
 from harness.oracles import assert_runs_agree
 
@@ -60,7 +61,9 @@ def ga_runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
 @pytest.mark.parametrize("split", SPLITS)
 def test_accumulation_equals_large_batch(ga_runs, split):
     batch, accumulation = split
-    assert batch * accumulation == LARGE_BATCH and max(LENGTHS) >= 4 * min(LENGTHS), "arrange: same effective batch"
+    if batch * accumulation != LARGE_BATCH or max(LENGTHS) < 4 * min(LENGTHS):
+        raise ArrangementError(f"{batch} x {accumulation} was to be the large batch {LARGE_BATCH}, over samples whose "
+                               f"lengths differ at least 4x (lengths {sorted(set(LENGTHS))})")
     assert_runs_agree(ga_runs(LARGE_BATCH, 1), ga_runs(batch, accumulation), keys=("loss", "grad_norm"),
                       rtol=LOG_RTOL, weight_atol=WEIGHT_ATOL, seed="ga",
                       what=f"batch {batch} x accumulation {accumulation} vs batch {LARGE_BATCH} x 1")

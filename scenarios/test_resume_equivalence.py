@@ -44,7 +44,8 @@ from pathlib import Path
 import pytest
 
 from harness.adapter import LoraSpec
-from harness.faults import KILLED, KillInTraining, perturb_weights, run_killed
+from harness.errors import ArrangementError
+from harness.faults import KillInTraining, perturb_weights, require_killed, run_killed
 from harness.models import read_texts, write_datasets
 from harness.oracles import (assert_consumed_in_order, assert_follows_checkpoint, assert_missing_state_reported,
                              assert_resume_equivalent, assert_resumed_not_restarted, assert_runs_agree,
@@ -113,12 +114,12 @@ class ResumeRuns:
         key = ("killed", kind, k)
         if key not in self._cache:
             out = self.root / f"killed-{kind}-k{k}"
-            status = run_killed(self.adapter, self.spec(out, kind), KillInTraining(k))
-            assert status == KILLED, (
-                f"arrange: the run was to be killed after checkpoint-{k} but "
-                f"{'finished without reaching it' if status == 3 else 'raised (traceback above)'} (status {status})")
+            point = KillInTraining(k)
+            require_killed(run_killed(self.adapter, self.spec(out, kind), point), point)
             newest = sorted(int(c.name.split("-")[1]) for c in out.glob("checkpoint-*"))
-            assert newest and newest[-1] == k, f"arrange: killed after checkpoint-{k}, found checkpoints {newest}"
+            if not newest or newest[-1] != k:
+                raise ArrangementError(f"the run was to be killed right after checkpoint-{k}, but the newest "
+                                       f"checkpoints on disk are {newest}")
             self._cache[key] = out
         return self._cache[key]
 
@@ -170,9 +171,9 @@ def test_resume_consumes_the_same_samples(runs, kind, k):
     _, order_a = runs.uninterrupted(kind)
     if not order_a:
         pytest.skip("the adapter trains outside this process (or its forks): the probe saw no training batch")
-    assert len(order_a) == N_STEPS * SAMPLES_PER_STEP and -1 not in order_a, (
-        f"arrange: the uninterrupted run should consume {N_STEPS} x {SAMPLES_PER_STEP} known samples, the probe "
-        f"saw {order_a}")
+    if len(order_a) != N_STEPS * SAMPLES_PER_STEP or -1 in order_a:
+        raise ArrangementError(f"the uninterrupted run should consume {N_STEPS} x {SAMPLES_PER_STEP} known samples, "
+                               f"the probe saw {order_a}")
     _, order_b, _ = runs.resumed(kind, k)
     assert_consumed_in_order(order_a, order_b, k, SAMPLES_PER_STEP)
 

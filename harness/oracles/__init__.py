@@ -9,7 +9,8 @@ One module per family (the judge of each failure class reads like its bug report
 
 * :mod:`~harness.oracles.failure` - :class:`OracleFailure` and the failure-class titles (:data:`SEEDS`);
 * :mod:`~harness.oracles.reading` - what every family reads off disk (weights, LoRA tensors, logged losses);
-* :mod:`~harness.oracles.saves` - what a save must hold (seeds 001 and 003, crash, distributed);
+* :mod:`~harness.oracles.saves` - what a save must hold (the checkpoint layout, seeds 001 and 003, crash, distributed);
+* :mod:`~harness.oracles.resolution` - seed 000 as the framework resolves it (the command line wins, warned);
 * :mod:`~harness.oracles.args` - seed 000 end to end (the command line is what trained);
 * :mod:`~harness.oracles.resume` - resume equivalence and a resume that is a resume (seed 002 included);
 * :mod:`~harness.oracles.equivalence` - runs that must agree (accumulation, packing, LoRA merge);
@@ -26,13 +27,16 @@ from ..layout import read_log_history  # the log every family reads, as the orac
 from .failure import SEEDS, OracleFailure
 from .reading import (checkpoint_weights, checkpoints_fingerprint, dir_fingerprint, final_weights, losses_by_step,
                      start_weights, stat_fingerprint, trained_weights, weights_on_disk)
-from .saves import (REQUIRED_MODEL_FILES, assert_adapter_only_save, assert_checkpoints_complete,
-                   assert_full_model_saved, assert_lora_base_is, assert_same_weights, assert_self_contained)
+from .saves import (REQUIRED_MODEL_FILES, assert_adapter_only_save, assert_checkpoint_layout,
+                   assert_checkpoints_complete, assert_full_model_saved, assert_lora_base_is, assert_same_weights,
+                   assert_self_contained)
 from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_cli, assert_lora_trained_as_asked,
                   assert_saved_args_match)
 from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, assert_follows_checkpoint,
                     assert_missing_state_reported, assert_resume_equivalent, assert_resumed_into_new_dir,
                     assert_resumed_not_restarted)
+from .resolution import (assert_cli_beats_saved, assert_layers_respected, assert_not_inherited,
+                         assert_nothing_from_files)
 from .equivalence import assert_merged_is_trained_model, assert_runs_agree
 from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_checkpoint_kept, assert_evaluated_at,
                         assert_saves_reproduce_log, best_logged_step, logged_metrics)
@@ -54,11 +58,16 @@ __all__ = [
     "read_log_history",
     "assert_full_model_saved",
     "assert_adapter_only_save",
+    "assert_checkpoint_layout",
     "REQUIRED_MODEL_FILES",
     "assert_self_contained",
     "assert_lora_base_is",
     "assert_checkpoints_complete",
     "assert_same_weights",
+    "assert_cli_beats_saved",
+    "assert_nothing_from_files",
+    "assert_not_inherited",
+    "assert_layers_respected",
     "FIRST_STEP_RTOL",
     "assert_lora_trained_as_asked",
     "assert_first_step_size",

@@ -4,9 +4,6 @@ failure-class titles its messages open with.
 
 from __future__ import annotations
 
-
-
-
 #: seed id -> one-line title used in failure messages and reports
 SEEDS = {
     "000": "args-precedence: a saved args.json must never beat the command line",
@@ -23,6 +20,7 @@ SEEDS = {
     "packing": "packing: packed samples must train exactly as if run alone",
     "labels": "label-masking: every training sample must teach its assistant turns, through their end, and nothing else",
     "template": "saved-template: every saved tokenizer must encode a chat exactly as training did, and stop where it ends",
+    "layout": "checkpoint-layout: a run leaves checkpoint-N directories at its save cadence, each with its state and weights",
     "embeddings": "embeddings-saved: tied and resized embeddings must be saved as trained and reload to the logged eval",
 }
 
@@ -36,4 +34,5 @@ class OracleFailure(AssertionError):
 
 
 def megabytes(n: int) -> str:
+    """A size as failure messages print it."""
     return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"

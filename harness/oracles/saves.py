@@ -227,3 +227,46 @@ def assert_same_weights(directory: Path, expected_dir: Path, *, atol: float, see
     if worst[1] > atol:
         raise OracleFailure(seed, f"{Path(directory).name}: {worst[0]} differs from the single-process run by "
                                   f"{worst[1]:.3g} (> atol {atol})")
+
+
+def assert_checkpoint_layout(output_dir: Path, final_dir: Path, steps: Iterable[int], train_type: str, *,
+                             seed: str = "layout") -> None:
+    """``output_dir`` holds exactly ``checkpoint-<step>`` for ``steps``, each with a ``trainer_state.json`` whose
+    ``global_step`` is its step and whose log has losses, and each with safetensors weights of ``train_type``
+    (``full``: model.safetensors or an index and its shards; ``lora``: adapter_model.safetensors) holding tensors;
+    ``final_dir`` holds such weights too."""
+    output_dir, final_dir = Path(output_dir), Path(final_dir)
+
+    def weights(directory: Path) -> list[Path]:
+        if train_type == "full":
+            return weight_files(directory)
+        adapter = directory / "adapter_model.safetensors"
+        return [adapter] if adapter.is_file() else []
+
+    names = sorted((p.name for p in output_dir.iterdir() if p.name.startswith("checkpoint-")),
+                   key=lambda n: (len(n), n))
+    expected = [f"checkpoint-{s}" for s in steps]
+    if names != expected:
+        raise OracleFailure(seed, f"expected checkpoints {expected} in {output_dir}, found {names}")
+    for name in names:
+        ckpt = output_dir / name
+        state_file = ckpt / "trainer_state.json"
+        if not state_file.is_file():
+            raise OracleFailure(seed, f"{name} has no trainer_state.json (found "
+                                      f"{sorted(p.name for p in ckpt.iterdir())})")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        if state.get("global_step") != step_of(ckpt):
+            raise OracleFailure(seed, f"{name}/trainer_state.json records global_step {state.get('global_step')!r}, "
+                                      f"expected {step_of(ckpt)}")
+        if not [h.get("step") for h in state.get("log_history", []) if "loss" in h]:
+            raise OracleFailure(seed, f"{name}/trainer_state.json logs no loss (expected one per logged step)")
+        files = weights(ckpt)
+        if not files:
+            raise OracleFailure(seed, f"{name} holds no {train_type} weights (found "
+                                      f"{sorted(p.name for p in ckpt.iterdir())})")
+        for path in files:
+            if not path.is_file() or not read_safetensors_header(path):
+                raise OracleFailure(seed, f"{name}/{path.name} is missing or holds no tensors")
+    if not weights(final_dir):
+        raise OracleFailure(seed, f"the final output {final_dir} holds no {train_type} weights "
+                                  f"(found {sorted(p.name for p in final_dir.iterdir())})")
