@@ -32,7 +32,7 @@ examples:
   pytest --pyargs scenarios -n auto --ft-adapter swift --ft-report swift.json   # the same JSON from pytest
   ft-harness list
 
-An adapter is 'module:Class' (a class satisfying harness.adapter.FrameworkAdapter) or an
+An adapter is 'module:Class' (a subclass of harness.adapter.Adapter, or any class with its members) or an
 entry-point name in the 'ft_harness.adapters' group ('reference' is built in). Options reach the
 adapter's constructor: --adapter-option load_args=true (repeatable; applies to every adapter).
 """

@@ -1,4 +1,5 @@
-"""The adapter-authoring kit: everything a framework adapter needs besides its own config (README "Writing an adapter").
+"""The adapter-authoring kit: everything a framework adapter needs besides its own config (docs/adapters.md,
+"Writing an adapter").
 
 A framework that users drive through a config file or a command line (axolotl's YAML, LLaMA-Factory's
 ``llamafactory-cli train cfg.yaml``, a ``train.py --flags``) plugs in by subclassing :class:`ConfigFileAdapter` and
@@ -18,20 +19,27 @@ writing two methods::
             myframework.train(config)
 
 The base supplies the rest: argument resolution without saved layers (the command line over
-:data:`harness.task.TASK_DEFAULTS`), the dataset conversion, the fork runner with the process-model rules, collecting
+:data:`harness.spec.TASK_DEFAULTS`), the dataset conversion, the fork runner with the process-model rules, collecting
 the log history and checkpoints into a :class:`~harness.adapter.RunResult`, declared options with defaults and
 per-option known failures.
 
-The process-model rules (each one cost a newcomer time; :class:`ConfigFileAdapter` follows all three):
+The process-model rules (each one cost a newcomer time; :class:`ConfigFileAdapter` follows all four):
 
-1. Train in this process or in a fork of it (:func:`run_in_fork`), never in a subprocess when you can avoid it: the
-   crash and resume scenarios kill the run at a file write or a training step by fault injection, which only reaches
-   code running in the test's process tree *as Python*. An adapter that must launch a subprocess sets
-   ``launches_subprocess = True``: those scenarios are then skipped, not failed.
-2. Limit torch to one thread for tiny CPU runs (:func:`cpu_threads`), set *before* the fork: a forked child with a
-   full OpenMP pool can deadlock, and one thread is faster at this size (issue 22 measured 2.9 s vs 26.8 s per tiny axolotl run).
+1. Train in this process or in a fork of it (:func:`run_in_fork`), never in a subprocess when you can avoid it:
+   fault injection (:mod:`harness.faults`) kills the run with SIGKILL at a checkpoint file write (``torch.save`` and
+   safetensors' ``save_file``/``save_model`` are wrapped wherever they are bound) or at a training step (the first
+   training forward after ``checkpoint-k`` exists, seen by :mod:`harness.probes`' global forward hook), which only
+   reaches code running as Python in the test's process or a fork of it. An adapter that must launch a subprocess
+   (:func:`run_command`) sets ``launches_subprocess = True``: it then lacks the implied ``in-process`` capability,
+   and the scenarios needing it (crash during save, resume equivalence) are skipped, not failed.
+2. Limit torch to one thread for tiny CPU runs (``with cpu_threads(spec.device):`` around the fork; a no-op for
+   ``cuda``, restored afterwards): a forked child with a full OpenMP pool can deadlock, and one thread is faster at
+   this size (measured 2.9 s vs 26.8 s per tiny axolotl run).
 3. A child killed by SIGKILL while fault injection is on must kill the parent the same way (:func:`run_in_fork` does
-   it), so the crash scenario sees the kill it asked for instead of an error.
+   it), so the crash scenario sees the kill it asked for; any other death by a signal, and any exception in the child,
+   becomes a :class:`FrameworkError` (an exception carries its type, message and traceback tail).
+4. Import the framework once, in the parent (:meth:`ConfigFileAdapter.preload`, called before every fork): each forked
+   run starts with the modules imported, so an import that takes a minute is paid once per session, not once per run.
 
 Nothing here imports a framework; the default self-tests cover it without any installed.
 """

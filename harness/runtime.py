@@ -2,15 +2,18 @@
 
 Ground floor: the reference and every adapter may import it; it imports no other harness room.
 
-The process-model rules an adapter follows (the README's "Writing an adapter" has the long form):
+The process-model rules an adapter follows (:mod:`harness.kit` and docs/adapters.md, "The process-model rules", have
+the long form):
 
-* train in this process, or in a fork of it (:func:`run_in_fork`): both keep the already-imported
-  libraries, and fault injection (the crash scenario) can kill the run at a file write. A framework
-  run in a *subprocess* cannot be killed at a write; declare no ``crash`` capability for it.
+* train in this process, or in a fork of it (:func:`run_in_fork`): both keep the already-imported libraries, and
+  fault injection can kill the run at a file write or a training step. A framework run in a *subprocess* cannot be
+  killed there: its adapter sets ``launches_subprocess = True`` and the scenarios needing ``in-process`` skip.
 * limit torch to one thread for tiny CPU runs (:func:`cpu_threads`): a forked child with a full
   OpenMP pool can deadlock, and one thread is faster at this size and identical on every machine.
 * a child killed by SIGKILL while fault injection is on must kill the parent the same way
-  (:func:`run_in_fork` does it), so the crash scenario sees the kill it asked for.
+  (:func:`run_in_fork` does it), so the crash scenario sees the kill it asked for; any other death or exception in
+  the child is a :class:`FrameworkError`.
+* import the framework once, in the parent, before forking: every forked run then starts with it imported.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ arguments into :class:`ResolvedArgs` (each value with its :class:`Source`) and r
 the tiny task has when the command line leaves a value unset, and :data:`KnownFailure` what an adapter's
 ``known_failures`` maps a scenario id to.
 
-Ground floor of the ground floor: plain dataclasses, importing nothing of the harness but
-:mod:`harness.errors`. The contract (:mod:`harness.adapter`) re-exports every name here.
+Ground floor of the ground floor: plain dataclasses and tables, importing nothing of the harness. The contract
+(:mod:`harness.adapter`) re-exports every name here.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ CAPABILITIES = frozenset(
 #: The values a run has when the command line leaves them unset (and the reference's defaults).
 #: ``0`` means "off" for the cadences/limits so that a user can override a saved cadence with "none"
 #: (``None`` means "not set"). The scenarios rely on ``logging every step`` and ``seed`` as well;
-#: see the README's "what scenarios assume" table.
+#: see docs/adapters.md, "What the scenarios assume".
 TASK_DEFAULTS: dict[str, Any] = {
     "method": "sft",
     "train_type": "lora",
@@ -240,8 +240,8 @@ class RunSpec:
     world_size: int = 1
     cli: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, str] = field(default_factory=dict)
-    #: what every scenario relies on without typing it (the README's "what scenarios assume"): pass these to the
-    #: framework explicitly. The seed is ``seed`` when typed, else :data:`TASK_DEFAULTS`' (see
+    #: what every scenario relies on without typing it (docs/adapters.md, "What the scenarios assume"): pass these to
+    #: the framework explicitly. The seed is ``seed`` when typed, else :data:`TASK_DEFAULTS`' (see
     #: :meth:`run_seed`); the loss (and the eval metrics when ``eval_steps`` is set) is logged every
     #: ``logging_steps``; evaluation reads ``dataset_dir / eval_file``, training ``dataset_dir / "train.jsonl"``.
     logging_steps: int = 1

@@ -10,7 +10,8 @@ entry point         class                                        installs with
 ``axolotl``         :class:`harness.adapters.axolotl.AxolotlAdapter`  ``ft-harness[axolotl]`` (Python 3.12)
 ==================  ===========================================  ==========================
 
-LLaMA-Factory and axolotl are built on :class:`harness.kit.ConfigFileAdapter`. Each module imports its framework
-only inside ``train``; argument mapping and config building are
-plain functions that the default self-tests cover without the framework installed.
+axolotl is built on :class:`harness.kit.ConfigFileAdapter`; the others subclass :class:`harness.adapter.Adapter` and
+use the kit's helpers (option parsing, dataset conversion, the fork runner, result collection). Each module imports
+its framework only inside ``train``; argument mapping and config building are plain functions that the default
+self-tests cover without the framework installed.
 """

@@ -16,7 +16,7 @@ Losses: SimpleTuner reports ``train_loss`` through ``accelerator.log`` (to its t
 records those calls verbatim, and the adapter writes them as ``trainer_state.json``'s log history in
 ``output_dir`` — the file the oracles read.
 
-Fixes the launcher applies on CPU (each an upstream finding, see the README):
+Fixes the launcher applies on CPU (each an upstream finding, see docs/frameworks.md):
 
 1. SimpleTuner builds its SD1.x text-to-image pipeline without ``safety_checker``/``feature_extractor``
    while caching text embeds (``TypeError: StableDiffusionPipeline.__init__() missing 2 required
