@@ -23,7 +23,7 @@ This face re-exports every public name: ``from harness.oracles import X`` is the
 
 from __future__ import annotations
 
-from ..layout import read_log_history  # the log every family reads, as the oracles see it
+from ..layout import read_log_history # the log every family reads, as the oracles see it
 from .failure import SEEDS, OracleFailure
 from .reading import (checkpoint_weights, checkpoints_fingerprint, dir_fingerprint, final_weights, losses_by_step,
                      start_weights, stat_fingerprint, trained_weights, weights_on_disk)
@@ -35,8 +35,7 @@ from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_c
 from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, assert_follows_checkpoint,
                     assert_missing_state_reported, assert_resume_equivalent, assert_resumed_into_new_dir,
                     assert_resumed_not_restarted)
-from .resolution import (assert_cli_beats_saved, assert_layers_respected, assert_not_inherited,
-                         assert_nothing_from_files)
+from .resolution import assert_cli_beats_saved, assert_layers_respected, assert_not_inherited, assert_nothing_from_files
 from .equivalence import assert_merged_is_trained_model, assert_runs_agree
 from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_checkpoint_kept, assert_evaluated_at,
                         assert_saves_reproduce_log, best_logged_step, logged_metrics)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..layout import list_checkpoints, read_log_history, step_of
 from .failure import OracleFailure
-from .reading import lora_tensors
+from .reading import _lora_tensors
 
 
 #: Adam's first update moves each zero-initialised lora_B entry by lr * g / (|g| + eps), so the median |lora_B| of
@@ -35,7 +35,7 @@ def assert_lora_trained_as_asked(directory: Path, *, r: int, alpha: float, targe
     """A LoRA save holds rank-``r`` matrices on exactly ``target_modules`` (the tensors), and its adapter_config.json
     (what a reload uses) says the same rank, the same ``lora_alpha`` and the same modules."""
     directory = Path(directory)
-    tensors = lora_tensors(directory)
+    tensors = _lora_tensors(directory)
     if tensors is None or not (directory / "adapter_config.json").is_file():
         raise OracleFailure(seed, f"{directory.name}: expected a LoRA adapter (adapter_config.json and its tensors), "
                                   f"found {sorted(p.name for p in directory.iterdir())}")
@@ -68,7 +68,7 @@ def assert_first_step_size(checkpoint: Path, learning_rate: float, *, rtol: floa
     step moves every lora_B entry by the learning rate, so the median |lora_B| is the learning rate it trained with."""
     import torch
 
-    lora_b = [v.float().flatten().abs() for k, v in (lora_tensors(Path(checkpoint)) or {}).items() if ".lora_B." in k]
+    lora_b = [v.float().flatten().abs() for k, v in (_lora_tensors(Path(checkpoint)) or {}).items() if ".lora_B." in k]
     entries = torch.cat(lora_b) if lora_b else torch.zeros(0)
     moved = entries[entries > 0]
     if not moved.numel():

@@ -13,7 +13,7 @@ from typing import Any
 from ..hf import dtype_kwargs
 from ..layout import list_checkpoints, read_log_history
 from .failure import OracleFailure
-from .reading import lora_tensors, present_weight_files, weights_on_disk
+from .reading import _lora_tensors, _present_weight_files, weights_on_disk
 
 
 def _embedding_key(tensors: Mapping[str, Any]) -> str | None:
@@ -24,7 +24,7 @@ def _saved_embeddings(directory: Path, seed: str) -> Any:
     """The input-embedding matrix a directory holds: a full model's, or a LoRA adapter's whole-module copy
     (PEFT ``modules_to_save`` / ``save_embedding_layers``); None when it holds none."""
     directory = Path(directory)
-    tensors = lora_tensors(directory) if (directory / "adapter_config.json").is_file() else weights_on_disk(
+    tensors = _lora_tensors(directory) if (directory / "adapter_config.json").is_file() else weights_on_disk(
         directory, seed=seed)
     key = _embedding_key(tensors or {})
     return None if key is None else tensors[key]
@@ -123,7 +123,7 @@ def assert_embeddings_saved(output_dir: Path, base_dir: Path, eval_batches: list
         model = PeftModel.from_pretrained(base, str(output_dir))
         how = "base + resize + adapter" if new_tokens else "base + adapter"
     else:
-        present_weight_files(output_dir, seed)
+        _present_weight_files(output_dir, seed)
         model = AutoModelForCausalLM.from_pretrained(str(output_dir), **dtype_kwargs(), local_files_only=True)
         how = f"the full directory (config.json tie_word_embeddings={tied})"
     got = batches_loss(model, eval_batches)

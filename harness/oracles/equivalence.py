@@ -10,7 +10,7 @@ from pathlib import Path
 from ..hf import dtype_kwargs, eval_logits
 from ..layout import LORA_FILES, list_checkpoints, read_log_history, step_of, weight_files
 from .failure import OracleFailure
-from .reading import max_difference, checkpoint_weights, final_weights, losses_by_step, weights_on_disk
+from .reading import _max_difference, checkpoint_weights, final_weights, losses_by_step, weights_on_disk
 from .saves import assert_self_contained
 
 
@@ -38,7 +38,7 @@ def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rt
         we, wa = load(Path(expected) / sub, seed=seed), load(Path(actual) / sub, seed=seed)
         if set(we) != set(wa):
             raise OracleFailure(seed, f"{what}: {label} hold different tensors: {sorted(set(we) ^ set(wa))[:3]}")
-        worst, diff, _ = max_difference(we, wa, 0.0, 0.0)
+        worst, diff, _ = _max_difference(we, wa, 0.0, 0.0)
         if diff > weight_atol:
             raise OracleFailure(seed, f"{what}: {label}: {worst} differs by {diff:.3g} (> {weight_atol:g})")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..layout import list_checkpoints, read_log_history, step_of, weight_files
 from .failure import OracleFailure
-from .reading import header_and_bytes
+from .reading import _header_and_bytes
 
 
 #: Relative tolerance between a metric the run logged and the re-evaluation of the directory it saved at that step.
@@ -128,7 +128,7 @@ def _assert_dtype_is_configs(directory: Path, seed: str) -> None:
     """A full save's floating tensors are in the dtype its config.json declares (a bf16 file under a float32 config
     is a rounded copy of the trained model)."""
     directory = Path(directory)
-    headers, _ = header_and_bytes(directory, seed)
+    headers, _ = _header_and_bytes(directory, seed)
     cfg = json.loads((directory / "config.json").read_text(encoding="utf-8")) if (directory / "config.json").is_file() \
         else {}
     declared = _SAFETENSORS_DTYPES.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or ""))

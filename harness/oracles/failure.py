@@ -33,6 +33,6 @@ class OracleFailure(AssertionError):
         super().__init__(f"[seed {seed}: {SEEDS.get(seed, seed)}] {message}")
 
 
-def megabytes(n: int) -> str:
+def _megabytes(n: int) -> str:
     """A size as failure messages print it."""
     return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"

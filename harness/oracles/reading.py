@@ -17,7 +17,7 @@ from ..layout import LORA_FILES, list_checkpoints, lora_dir, read_safetensors_he
 from .failure import OracleFailure
 
 
-def present_weight_files(directory: Path, seed: str) -> list[Path]:
+def _present_weight_files(directory: Path, seed: str) -> list[Path]:
     """The weight files of a full-model directory; a shard its index lists but the disk lacks is a verdict
     (a truncated save), not a harness error."""
     files = weight_files(directory)
@@ -28,10 +28,10 @@ def present_weight_files(directory: Path, seed: str) -> list[Path]:
     return files
 
 
-def header_and_bytes(directory: Path, seed: str = "001") -> tuple[dict[str, dict[str, Any]], int]:
+def _header_and_bytes(directory: Path, seed: str = "001") -> tuple[dict[str, dict[str, Any]], int]:
     headers: dict[str, dict[str, Any]] = {}
     data_bytes = 0
-    for f in present_weight_files(directory, seed):
+    for f in _present_weight_files(directory, seed):
         headers.update(read_safetensors_header(f))
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -43,7 +43,7 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
                 "F8_E4M3": 1, "F8_E5M2": 1}
 
 
-def tensor_bytes(meta: Mapping[str, Any]) -> int:
+def _tensor_bytes(meta: Mapping[str, Any]) -> int:
     return math.prod(meta["shape"]) * _DTYPE_BYTES.get(meta["dtype"], 4)
 
 
@@ -52,7 +52,7 @@ def weights_on_disk(directory: Path, *, seed: str = "001") -> dict[str, Any]:
     from safetensors.torch import load_file
 
     out: dict[str, Any] = {}
-    for f in present_weight_files(directory, seed):
+    for f in _present_weight_files(directory, seed):
         out.update(load_file(str(f)))
     return out
 
@@ -83,7 +83,7 @@ def dir_fingerprint(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def lora_tensors(directory: Path) -> dict[str, Any] | None:
+def _lora_tensors(directory: Path) -> dict[str, Any] | None:
     """The LoRA tensors a directory holds (PEFT's or diffusers' file), or None."""
     from safetensors.torch import load_file
 
@@ -93,8 +93,8 @@ def lora_tensors(directory: Path) -> dict[str, Any] | None:
     return None
 
 
-def adapter_tensors(directory: Path) -> dict[str, Any]:
-    tensors = lora_tensors(directory)
+def _adapter_tensors(directory: Path) -> dict[str, Any]:
+    tensors = _lora_tensors(directory)
     if tensors is None:
         raise OracleFailure("002", f"{Path(directory).name}: none of {LORA_FILES} (LoRA weights not saved)")
     return tensors
@@ -103,7 +103,7 @@ def adapter_tensors(directory: Path) -> dict[str, Any]:
 def final_weights(output_dir: Path, *, seed: str = "resume") -> dict[str, Any]:
     """What a run ended with: its LoRA tensors (final output, else newest checkpoint), or the full model's."""
     output_dir = Path(output_dir)
-    lora = lora_tensors(lora_dir(output_dir))
+    lora = _lora_tensors(lora_dir(output_dir))
     if lora is not None:
         return lora
     if weight_files(output_dir):
@@ -116,7 +116,7 @@ def final_weights(output_dir: Path, *, seed: str = "resume") -> dict[str, Any]:
 
 def checkpoint_weights(checkpoint: Path, *, seed: str = "resume") -> dict[str, Any]:
     """The LoRA tensors of a checkpoint, or its full model."""
-    lora = lora_tensors(checkpoint)
+    lora = _lora_tensors(checkpoint)
     return lora if lora is not None else weights_on_disk(checkpoint, seed=seed)
 
 
@@ -127,7 +127,7 @@ def trained_weights(output_dir: Path, *, seed: str = "resume") -> dict[str, Any]
     return checkpoint_weights(ckpts[-1], seed=seed) if ckpts else final_weights(output_dir, seed=seed)
 
 
-def max_difference(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float, atol: float
+def _max_difference(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float, atol: float
                     ) -> tuple[str | None, float, bool]:
     """(worst key, its max abs difference, all within tolerance) over tensors of equal names and shapes."""
     import torch

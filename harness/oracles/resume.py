@@ -12,7 +12,8 @@ from typing import Any
 
 from ..layout import list_checkpoints, lora_dir, read_log_history, step_of
 from .failure import OracleFailure
-from .reading import adapter_tensors, max_difference, checkpoint_weights, checkpoints_fingerprint, final_weights, losses_by_step, trained_weights
+from .reading import (_adapter_tensors, _max_difference, checkpoint_weights, checkpoints_fingerprint, final_weights,
+                     losses_by_step, trained_weights)
 
 
 def assert_diffusion_lora_reloads(model_dir: Path, dir_a: Path, dir_b: Path, quantization: str | None, *,
@@ -51,7 +52,7 @@ def _assert_unet_lora_equals_file(unet, directory: Path, quantization: str | Non
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import get_peft_model_state_dict
 
-    saved = adapter_tensors(directory)
+    saved = _adapter_tensors(directory)
     saved = convert_unet_state_dict_to_peft({k.replace("unet.", "", 1): v for k, v in saved.items()})
     have = get_peft_model_state_dict(unet)
     if set(have) != set(saved):
@@ -90,7 +91,7 @@ def assert_resume_equivalent(uninterrupted: Path, resumed: Path, resumed_from_st
     ta, tb = final_weights(uninterrupted, seed=seed), final_weights(resumed, seed=seed)
     if set(ta) != set(tb):
         raise OracleFailure(seed, f"final weights hold different tensors: {sorted(set(ta) ^ set(tb))[:3]}")
-    worst, diff, close = max_difference(ta, tb, rtol, atol)
+    worst, diff, close = _max_difference(ta, tb, rtol, atol)
     if not close:
         raise OracleFailure(seed, f"final tensor {worst} differs from the uninterrupted run by {diff:.3g} "
                                   f"(rtol={rtol}, atol={atol})")
@@ -118,7 +119,7 @@ def assert_resumed_not_restarted(output_dir: Path, k: int, max_steps: int, befor
         raise OracleFailure(seed, f"steps {twice} are logged more than once after resuming from checkpoint-{k}: "
                                   f"they were trained again")
     ckpt = Path(output_dir) / f"checkpoint-{k}"
-    _, diff, _ = max_difference(checkpoint_weights(ckpt, seed=seed), trained_weights(output_dir, seed=seed), 0, 0)
+    _, diff, _ = _max_difference(checkpoint_weights(ckpt, seed=seed), trained_weights(output_dir, seed=seed), 0, 0)
     if diff == 0.0:
         raise OracleFailure(seed, f"{list_checkpoints(output_dir)[-1].name}'s weights equal checkpoint-{k}'s: the "
                                   f"resumed run did not train")
@@ -141,7 +142,7 @@ def assert_follows_checkpoint(resumed: Path, perturbed: Path, k: int, *, seed: s
     if k + 1 in a and k + 1 in b and a[k + 1] == b[k + 1]:
         raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the loss at step {k + 1} "
                                   f"unchanged ({a[k + 1]!r}): the resumed run did not start from checkpoint-{k}")
-    _, diff, _ = max_difference(trained_weights(resumed, seed=seed), trained_weights(perturbed, seed=seed), 0, 0)
+    _, diff, _ = _max_difference(trained_weights(resumed, seed=seed), trained_weights(perturbed, seed=seed), 0, 0)
     if diff == 0.0:
         raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the weights the run ended "
                                   f"with unchanged: the resumed run did not start from checkpoint-{k}")

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..hf import dtype_kwargs
 from ..layout import list_checkpoints, read_safetensors_header, step_of, weight_files
-from .failure import OracleFailure, megabytes
-from .reading import header_and_bytes, present_weight_files, tensor_bytes, weights_on_disk
+from .failure import OracleFailure, _megabytes
+from .reading import _header_and_bytes, _present_weight_files, _tensor_bytes, weights_on_disk
 
 
 def assert_full_model_saved(directory: Path, reference_dir: Path, start: Mapping[str, Any] | None = None,
@@ -23,24 +23,24 @@ def assert_full_model_saved(directory: Path, reference_dir: Path, start: Mapping
     """``directory`` holds the whole model: every tensor of ``reference_dir`` with its shape, the
     expected bytes, no adapter files standing in for it, and (given ``start``) trained weights."""
     directory, name = Path(directory), Path(directory).name
-    expected, _ = header_and_bytes(reference_dir)
+    expected, _ = _header_and_bytes(reference_dir)
     ref_cfg = json.loads((Path(reference_dir) / "config.json").read_text(encoding="utf-8"))
     tied = bool(ref_cfg.get("tie_word_embeddings"))
     adapter_files = [f for f in ("adapter_config.json", "adapter_model.safetensors") if (directory / f).exists()]
-    found, data_bytes = header_and_bytes(directory, seed)
-    exp_bytes = sum(tensor_bytes(m) for m in expected.values())
+    found, data_bytes = _header_and_bytes(directory, seed)
+    exp_bytes = sum(_tensor_bytes(m) for m in expected.values())
     if not found:
         what = f"only {adapter_files}" if adapter_files else "no model.safetensors"
         raise OracleFailure(seed, f"{name} holds 0 of {len(expected)} model tensors ({what}, "
-                                  f"{megabytes(sum(p.stat().st_size for p in directory.iterdir() if p.is_file()))} on disk "
-                                  f"vs {megabytes(exp_bytes)} expected): looks like an adapter-only save")
+                                  f"{_megabytes(sum(p.stat().st_size for p in directory.iterdir() if p.is_file()))} on disk "
+                                  f"vs {_megabytes(exp_bytes)} expected): looks like an adapter-only save")
     missing = sorted(set(expected) - set(found))
     if tied:
         missing = [k for k in missing if k != "lm_head.weight"]
     if missing:
         kept = len(set(expected) & set(found))
-        got = sum(tensor_bytes(found[k]) for k in found if k in expected)
-        raise OracleFailure(seed, f"{name} holds {kept} of {len(expected)} tensors ({megabytes(got)} of {megabytes(exp_bytes)}): "
+        got = sum(_tensor_bytes(found[k]) for k in found if k in expected)
+        raise OracleFailure(seed, f"{name} holds {kept} of {len(expected)} tensors ({_megabytes(got)} of {_megabytes(exp_bytes)}): "
                                   f"missing e.g. {missing[:3]}; looks like a truncated save (adapter-only or one "
                                   f"rank's shard)")
     bad_shapes = [(k, found[k]["shape"], expected[k]["shape"]) for k in expected
@@ -56,10 +56,10 @@ def assert_full_model_saved(directory: Path, reference_dir: Path, start: Mapping
         raise OracleFailure(seed, f"{name}: {len(bad_dtypes)} tensors are saved in another dtype than the model trained "
                                   f"in, e.g. {k} is {got}, expected {want} (the base's): the saved model is a rounded "
                                   f"copy of the trained one")
-    want_bytes = sum(tensor_bytes(found[k]) for k in found)
+    want_bytes = sum(_tensor_bytes(found[k]) for k in found)
     if data_bytes != want_bytes:
-        raise OracleFailure(seed, f"{name}: safetensors data is {megabytes(data_bytes)} but its tensors need "
-                                  f"{megabytes(want_bytes)}: the file is truncated or padded")
+        raise OracleFailure(seed, f"{name}: safetensors data is {_megabytes(data_bytes)} but its tensors need "
+                                  f"{_megabytes(want_bytes)}: the file is truncated or padded")
     lora_keys = [k for k in found if "lora_" in k]
     if adapter_files or lora_keys:
         raise OracleFailure(seed, f"{name} is a full-parameter checkpoint but also holds adapter files "
@@ -110,7 +110,7 @@ def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str =
     if not weight_files(directory):
         missing.append("model.safetensors")
     else:
-        present_weight_files(directory, seed)
+        _present_weight_files(directory, seed)
     if missing:
         raise OracleFailure(seed, f"{directory.name} is not a self-contained model: missing {missing}; using it as "
                                   f"model_name_or_path fails with \"does not appear to have a file named "
