@@ -6,6 +6,13 @@ Options:
   --ft-known-failures FILE        more known failures, one scenario id (prefix) per line, ``# reason`` after it
   --ft-report FILE                write the ft-harness-report/1 JSON of this run (works under ``-n auto``)
   --ft-progress                   one line per finished scenario test on stderr (what ``ft-harness run`` shows)
+  --ft-strict                     a scenario skipped for a missing capability, an unavailable metric or an
+                                  unimportable dependency (``pytest.importorskip``) fails the run (exit status 1),
+                                  listed under "ft-harness strict"; CUDA-only variants without CUDA stay skips
+  --ft-require CAP,...            capabilities the adapter must declare (repeatable): a usage error at session start
+                                  naming the missing ones; ``gpu`` also turns skips for lack of CUDA into failures
+  --ft-marker-alias FT=HOST       add the host suite's marker HOST to every scenario item carrying FT
+                                  (``ft_slow=slow``), before ``-m`` selects; repeatable; ini: ``ft_marker_alias``
 
 Markers (the unprefixed names ``requires``, ``seed``, ``gpu``, ``slow`` still work for one release and warn):
   ft_requires(*capabilities)   skip, naming the capability, when the adapter lacks one
@@ -31,6 +38,7 @@ a collected module is reported as stale (a warning), so a renamed test cannot hi
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -42,6 +50,8 @@ from .adapter import (FrameworkAdapter, effective_capabilities, load_adapter, pa
 
 _ADAPTER_KEY = pytest.StashKey[object]()
 _KNOWN_KEY = pytest.StashKey[dict]()
+_ALIASES_KEY = pytest.StashKey[dict]()  # ft marker -> host markers (--ft-marker-alias / ft_marker_alias)
+_SKIPS_KEY = pytest.StashKey[dict]()  # on an item: reason of a skip the plugin added -> its kind (for --ft-strict)
 
 #: marker name -> its deprecated unprefixed alias
 MARKERS = {
@@ -70,6 +80,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "'ft-harness report --merge FILE'); works under pytest-xdist")
     group.addoption("--ft-progress", action="store_true", default=False,
                     help="print one line per finished scenario test to stderr")
+    group.addoption("--ft-strict", action="store_true", default=False,
+                    help="fail the run (exit status 1) when a scenario test is skipped for a missing capability, an "
+                         "unavailable metric or an unimportable dependency (pytest.importorskip), listing each with "
+                         "its reason; CUDA-only variants skipped without CUDA stay skips unless --ft-require gpu")
+    group.addoption("--ft-require", action="append", default=[], metavar="CAP,...",
+                    help="capabilities the adapter must declare (comma-separated, repeatable): one it does not "
+                         "declare is a usage error at session start; 'gpu' also fails the run when CUDA-only "
+                         "variants are skipped for lack of CUDA")
+    group.addoption("--ft-marker-alias", action="append", default=[], metavar="FT_MARKER=HOST_MARKER",
+                    help="also mark every scenario test carrying FT_MARKER with the host suite's HOST_MARKER "
+                         "(e.g. ft_slow=slow, so -m 'not slow' deselects it); repeatable; ini: ft_marker_alias")
+    parser.addini("ft_marker_alias", type="linelist", default=[],
+                  help="ft-harness: FT_MARKER=HOST_MARKER pairs (whitespace- or line-separated), as "
+                       "--ft-marker-alias")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,8 +101,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", text)
         config.addinivalue_line("markers", f"{alias}: deprecated alias of {name}")
     config.addinivalue_line("markers", "ft_metric(name): skip when the adapter declares it cannot log this metric")
-    if hasattr(config, "workerinput"):  # an xdist worker: the controller writes the report
+    _configure_marker_aliases(config)
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller writes the report and judges skips
         return
+    if _strict_active(config):
+        config.pluginmanager.register(StrictGate(config.getoption("ft_strict"), required_capabilities(config)),
+                                      "ft-harness-strict")
     if config.getoption("ft_report") or config.getoption("ft_progress"):
         from .report.collect import ResultCollector
 
@@ -199,13 +227,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         missing = [c for c in needed if c not in caps]
         if missing:
             why = " (it launches a subprocess)" if missing == ["in-process"] else ""
-            item.add_marker(pytest.mark.skip(
-                reason=f"adapter {adapter.name!r} lacks capability {', '.join(repr(c) for c in missing)}{why}"))
+            _add_skip(item, "capability",
+                      f"adapter {adapter.name!r} lacks capability {', '.join(repr(c) for c in missing)}{why}")
             continue
         metric = next((m.args[0] for m in item.iter_markers("ft_metric") if m.args and m.args[0] in unavailable), None)
         if metric is not None:
-            item.add_marker(pytest.mark.skip(
-                reason=f"adapter {adapter.name!r} cannot log metric {metric!r}: {unavailable[metric]}"))
+            _add_skip(item, "metric", f"adapter {adapter.name!r} cannot log metric {metric!r}: {unavailable[metric]}")
             continue
         sid = scenario_id(item)
         for key, entry in known.items():
@@ -226,11 +253,17 @@ def _mark_gpu_and_seeds(items: list[pytest.Item]) -> None:
             if cuda is None:
                 cuda = _cuda_available()
             if not cuda:
-                item.add_marker(pytest.mark.skip(
-                    reason="gpu: needs a CUDA device (torch.cuda.is_available() is False)"))
+                _add_skip(item, "gpu", "gpu: needs a CUDA device (torch.cuda.is_available() is False)")
         seed = next((m.args[0] for m in markers(item, "ft_seed") if m.args), None)
         if seed is not None:
             item.user_properties.append(("ft_seed", seed))
+
+
+def _add_skip(item: pytest.Item, kind: str, reason: str) -> None:
+    """Skip ``item`` with ``reason``, remembering the skip's kind (``capability``, ``metric``, ``gpu``) for
+    ``--ft-strict`` / ``--ft-require``."""
+    item.add_marker(pytest.mark.skip(reason=reason))
+    item.stash.setdefault(_SKIPS_KEY, {})[reason] = kind
 
 
 def _warn_stale(unused: list[str], items: list[pytest.Item], adapter_name: str) -> None:
@@ -249,8 +282,11 @@ _WARNED_KEY = pytest.StashKey[set]()
 
 def _mark_aliases(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deprecated unprefixed markers warn once; ``ft_gpu`` items also carry ``gpu`` so ``-m gpu`` keeps
-    selecting them."""
+    selecting them; an item carrying an ft marker (or its deprecated alias) named by ``--ft-marker-alias`` /
+    ``ft_marker_alias`` also carries the host's markers. This runs in the plugin's ``tryfirst``
+    ``pytest_collection_modifyitems``, before the mark plugin's ``-m`` / ``-k`` deselection."""
     warned = config.stash.setdefault(_WARNED_KEY, set())
+    aliases = config.stash.get(_ALIASES_KEY, {})
     for item in items:
         names = {m.name for m in item.iter_markers()}
         for name, (alias, _) in MARKERS.items():
@@ -261,6 +297,157 @@ def _mark_aliases(config: pytest.Config, items: list[pytest.Item]) -> None:
                     f"release)"), stacklevel=1)
         if "ft_gpu" in names and "gpu" not in names:
             item.add_marker(pytest.mark.gpu)
+            names.add("gpu")
+        for name, hosts in aliases.items():
+            if name in names or (name in MARKERS and MARKERS[name][0] in names):
+                for host in hosts:
+                    if host not in names:
+                        item.add_marker(getattr(pytest.mark, host))  # registered: --strict-markers accepts it
+                        names.add(host)
+
+
+_ALIAS_PAIR = re.compile(r"(ft_\w+)=([A-Za-z_]\w*)")
+
+
+def _configure_marker_aliases(config: pytest.Config) -> None:
+    """Parse ``--ft-marker-alias`` and the ``ft_marker_alias`` ini lines (``FT=HOST`` pairs, separated by
+    whitespace, commas or lines) into ``config.stash``; register each host marker that is not registered yet, so
+    ``--strict-markers`` accepts it."""
+    pairs = [p for entry in [*config.getini("ft_marker_alias"), *config.getoption("ft_marker_alias")]
+             for p in re.split(r"[\s,]+", entry) if p]
+    aliases: dict[str, list[str]] = {}
+    for pair in pairs:
+        match = _ALIAS_PAIR.fullmatch(pair)
+        if match is None or match.group(2).startswith("ft_"):
+            raise pytest.UsageError(f"ft-harness: --ft-marker-alias / ft_marker_alias expects FT_MARKER=HOST_MARKER "
+                                    f"(an ft_ marker and a host marker name, e.g. ft_slow=slow), got {pair!r}")
+        hosts = aliases.setdefault(match.group(1), [])
+        if match.group(2) not in hosts:
+            hosts.append(match.group(2))
+    config.stash[_ALIASES_KEY] = aliases
+    registered = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
+    for name, hosts in aliases.items():
+        for host in hosts:
+            if host not in registered:
+                config.addinivalue_line("markers", f"{host}: the host's marker for ft-harness {name} "
+                                                   f"(--ft-marker-alias {name}={host})")
+                registered.add(host)
+
+
+# --- --ft-strict / --ft-require ---------------------------------------------------------------------------------
+
+#: kind of a scenario skip -> how the strict section names it
+SKIP_KINDS = {"capability": "missing capability", "metric": "unavailable metric",
+              "import": "unimportable dependency", "gpu": "no CUDA device"}
+#: a capability skip a scenario raises itself (``pytest.skip(f"adapter {name!r} lacks capability ...")``)
+_LACKS_CAPABILITY = re.compile(r"adapter .* lacks capabilit")
+
+
+def _strict_active(config: pytest.Config) -> bool:
+    return bool(config.getoption("ft_strict") or config.getoption("ft_require"))
+
+
+def required_capabilities(config: pytest.Config) -> frozenset[str]:
+    """The capabilities of ``--ft-require`` (comma-separated, repeatable), each checked against ``CAPABILITIES``."""
+    from .spec import CAPABILITIES
+
+    required = frozenset(c.strip() for entry in config.getoption("ft_require") for c in entry.split(",") if c.strip())
+    unknown = sorted(required - CAPABILITIES)
+    if unknown:
+        raise pytest.UsageError(f"ft-harness: --ft-require: unknown capabilit{'y' if len(unknown) == 1 else 'ies'} "
+                                f"{', '.join(map(repr, unknown))} (known: {', '.join(sorted(CAPABILITIES))})")
+    return required
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``--ft-require``: the adapter must declare every required capability, before any test runs (the xdist
+    controller checks, before it starts workers)."""
+    config = session.config
+    if hasattr(config, "workerinput") or not config.getoption("ft_require"):
+        return
+    required = required_capabilities(config)
+    adapter = get_adapter(config)
+    caps = effective_capabilities(adapter)
+    missing = sorted(required - caps)
+    if missing:
+        raise pytest.UsageError(
+            f"ft-harness: --ft-require: adapter {adapter.name!r} does not declare "
+            f"{', '.join(map(repr, missing))} (it declares: {', '.join(sorted(caps)) or 'nothing'}); the scenarios "
+            f"needing {'it' if len(missing) == 1 else 'them'} would only be skipped")
+
+
+def _skip_kind(item: pytest.Item, excinfo: pytest.ExceptionInfo) -> str | None:
+    """Why a scenario item was skipped, as a ``SKIP_KINDS`` key, or None for any other skip."""
+    if not isinstance(excinfo.value, pytest.skip.Exception):
+        return None
+    msg = str(excinfo.value.msg)
+    kind = item.stash.get(_SKIPS_KEY, {}).get(msg)
+    if kind is not None:
+        return kind
+    if any(entry.name == "importorskip" for entry in excinfo.traceback):
+        return "import"
+    if _LACKS_CAPABILITY.match(msg):
+        return "capability"
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under ``--ft-strict`` / ``--ft-require``, a skipped scenario report carries ``ft_skip`` (its kind): it is
+    made where the test ran (an xdist worker) and travels with the report to the controller, which judges it."""
+    report = yield
+    if (report.skipped and call.excinfo is not None and not hasattr(report, "wasxfail")
+            and _strict_active(item.config) and is_scenario_item(item)):
+        kind = _skip_kind(item, call.excinfo)
+        if kind is not None:
+            report.ft_skip = kind
+    return report
+
+
+def _test_id(report: pytest.TestReport) -> str:
+    """The report's nodeid, or, for a module outside the rootdir (``--pyargs scenarios`` from an installed
+    ft-harness: the nodeid is ``::test_name[...]`` for every module), the module's file name before it."""
+    if report.nodeid.startswith("::"):
+        return f"{Path(report.location[0]).name}{report.nodeid}"
+    return report.nodeid
+
+
+class StrictGate:
+    """Registered on the controller (or the only process) under ``--ft-strict`` / ``--ft-require``: collects
+    the scenario skips that fail the run from every report (xdist workers' included), lists them in the terminal
+    summary and turns a passing exit status into 1."""
+
+    def __init__(self, strict: bool, required: frozenset[str]):
+        self.strict = strict
+        self.required = required
+        self.failing: dict[tuple[str, str], tuple[str, str]] = {}  # (test id, nodeid) -> (kind, reason)
+
+    def fails(self, kind: str) -> bool:
+        """Capability, metric and import skips fail under --ft-strict; skips for lack of CUDA only when
+        ``gpu`` is required."""
+        return "gpu" in self.required if kind == "gpu" else self.strict
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        kind = getattr(report, "ft_skip", None)
+        if kind is not None and report.skipped and self.fails(kind):
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            self.failing[(_test_id(report), report.nodeid)] = (kind, reason.removeprefix("Skipped: "))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.failing and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.failing:
+            return
+        n = len(self.failing)
+        terminalreporter.section(f"ft-harness strict: {n} scenario test{'s' if n != 1 else ''} skipped", sep="=",
+                                 red=True, bold=True)
+        for (test, _), (kind, reason) in sorted(self.failing.items()):
+            terminalreporter.line(f"SKIPPED {test} - {SKIP_KINDS[kind]}: {reason}")
+        flags = " ".join(filter(None, ["--ft-strict" if self.strict else "",
+                                       f"--ft-require {','.join(sorted(self.required))}" if self.required else ""]))
+        terminalreporter.line(f"{flags}: these skips fail the run (exit status 1)", red=True)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -125,6 +125,9 @@ def test_default_adapter_is_reference_and_help(pytester):
     assert pytester.runpytest("-p", "no:cacheprovider").ret == 0
     help_text = pytester.runpytest("--help").stdout.str()
     assert "--ft-adapter=MODULE:CLASS" in help_text and "--ft-adapter-option=KEY=VALUE" in help_text
+    for option in ("--ft-strict", "--ft-require=CAP,...", "--ft-marker-alias=FT_MARKER=HOST_MARKER",
+                   "ft_marker_alias (linelist)"):
+        assert option in help_text
 
 
 def test_markers_registered(pytester):
@@ -144,7 +147,8 @@ def test_needs_nf4(ft_adapter):
 """)
     pytester.syspathinsert()
     result = pytester.runpytest("--ft-adapter", "dummy_adapter:Dummy", "-rs", "-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines(["*marker 'requires' is deprecated, use 'ft_requires'*", "*lacks capability 'quant-nf4'*"])
+    result.stdout.fnmatch_lines(["*marker 'requires' is deprecated, use 'ft_requires'*",
+                                 "*lacks capability 'quant-nf4'*"])
 
 
 def test_plugin_leaves_other_tests_alone(pytester, monkeypatch):
@@ -196,7 +200,8 @@ def test_ft_report_writes_json_from_any_run(suite, tmp_path, workers):
     tests = {t["nodeid"].split("::")[-1]: t for t in run["tests"]}
     assert tests["test_known_bug"]["outcome"] == "xfailed" and tests["test_needs_nf4"]["outcome"] == "skipped"
     assert tests["test_options"]["outcome"] == "failed"  # options differ from test_options' expectation
-    assert "AssertionError" in tests["test_options"]["message"] and "assert {'mode': 'a=b'} ==" in tests["test_options"]["reason"]
+    assert "AssertionError" in tests["test_options"]["message"]
+    assert "assert {'mode': 'a=b'} ==" in tests["test_options"]["reason"]
     result.stderr.fnmatch_lines(["*[[]dummy_adapter:Dummy] ok*test_fixture*"])
 
 
@@ -205,3 +210,216 @@ def test_adapter_members_are_validated(suite):
     result = suite.runpytest("--ft-adapter", "bad_adapter:Dummy", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*known_failures[[]'no-colons'[]]*expected 'test_module.py::test_name*"])
+
+
+# --- --ft-strict / --ft-require ----------------------------------------------------------------------------------
+
+STRICT_ADAPTERS = DUMMY + '''
+
+class Full(Dummy):
+    capabilities = frozenset({"sft", "lora", "resume", "gpu"})
+    unavailable_metrics = {"eval_accuracy": "it logs no token accuracy"}
+
+class Dropped(Full):  # the regression --ft-strict is for: a capability the adapter silently stopped declaring
+    capabilities = Full.capabilities - {"resume"}
+'''
+
+STRICT_SCENARIOS = '''
+import pytest
+
+@pytest.mark.ft_requires("sft", "resume")
+def test_resume(ft_adapter):
+    pass
+
+@pytest.mark.ft_metric("eval_accuracy")
+def test_accuracy(ft_adapter):
+    pass
+
+def test_optional_dependency(ft_adapter):
+    pytest.importorskip("no_such_module_for_ft_strict")
+
+def test_other_skip(ft_adapter):
+    pytest.skip("not applicable on this platform")  # any other skip stays a skip
+
+@pytest.mark.ft_gpu
+def test_cuda_only(ft_adapter):
+    pass
+
+def test_plain(ft_adapter):
+    pass
+'''
+
+STRICT_LISTED = ["*= ft-harness strict: 3 scenario tests skipped =*",
+                 "SKIPPED test_strict.py::test_accuracy - unavailable metric: adapter 'dummy' cannot log metric "
+                 "'eval_accuracy': it logs no token accuracy",
+                 "SKIPPED test_strict.py::test_optional_dependency - unimportable dependency: could not import "
+                 "'no_such_module_for_ft_strict'*",
+                 "SKIPPED test_strict.py::test_resume - missing capability: adapter 'dummy' lacks capability 'resume'",
+                 "--ft-strict: these skips fail the run (exit status 1)"]
+
+
+@pytest.fixture
+def strict_suite(pytester):
+    pytester.makepyfile(strict_adapters=STRICT_ADAPTERS, test_strict=STRICT_SCENARIOS)
+    pytester.syspathinsert()
+    return pytester
+
+
+def _strict_section(result) -> str:
+    return result.stdout.str().partition("ft-harness strict")[2]
+
+
+def test_strict_turns_a_removed_capability_into_a_failure(strict_suite, tmp_path):
+    import json
+
+    plain = strict_suite.runpytest("--ft-adapter", "strict_adapters:Dropped", "-p", "no:cacheprovider",
+                                   "-m", "not ft_gpu")
+    assert plain.ret == 0 and plain.parseoutcomes() == {"passed": 1, "skipped": 4, "deselected": 1}  # green
+    assert "ft-harness strict" not in plain.stdout.str()
+
+    report = tmp_path / "strict.json"
+    strict = strict_suite.runpytest("--ft-adapter", "strict_adapters:Dropped", "--ft-strict", "--ft-report",
+                                    str(report), "-p", "no:cacheprovider", "-m", "not ft_gpu")
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+    strict.stdout.fnmatch_lines(STRICT_LISTED, consecutive=True)
+    assert "test_other_skip" not in _strict_section(strict)  # a skip for another reason stays a skip
+    assert strict.parseoutcomes() == {"passed": 1, "skipped": 4, "deselected": 1}  # the tests' own outcomes
+    (run,) = json.loads(report.read_text())["adapters"]
+    assert run["exit_code"] == 1  # the JSON report records the strict verdict
+    assert {t["nodeid"].split("::")[-1]: t["outcome"] for t in run["tests"]}["test_resume"] == "skipped"
+
+    # the same scenario against the adapter that still declares the capability: strict and green
+    kept = strict_suite.runpytest("--ft-adapter", "strict_adapters:Full", "--ft-strict", "-k", "resume",
+                                  "-p", "no:cacheprovider")
+    assert kept.ret == 0 and kept.parseoutcomes() == {"passed": 1, "deselected": 5}
+
+
+def test_strict_under_xdist_still_fails(strict_suite):
+    # named tests (no ft_gpu item: no torch import) and no hypothesis plugin keep the three processes quick
+    tests = [f"test_strict.py::test_{name}" for name in ("resume", "accuracy", "optional_dependency", "other_skip",
+                                                          "plain")]
+    result = strict_suite.runpytest_subprocess("--ft-adapter", "strict_adapters:Dropped", "--ft-strict", "-n", "2",
+                                               "-p", "no:cacheprovider", "-p", "no:hypothesispytest", *tests)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # the workers' skips are judged on the controller
+    result.stdout.fnmatch_lines(STRICT_LISTED, consecutive=True)
+
+
+def test_require_names_the_missing_capability(strict_suite):
+    missing = strict_suite.runpytest("--ft-adapter", "strict_adapters:Dropped", "--ft-require", "sft,resume",
+                                     "--ft-require", "lora", "-p", "no:cacheprovider")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*ft-harness: --ft-require: adapter 'dummy' does not declare 'resume' "
+                                  "(it declares:*"])
+    assert "passed" not in missing.stdout.str()  # at session start, before any test
+
+    # every required capability declared: the other skips (metric, import) stay skips without --ft-strict
+    kept = strict_suite.runpytest("--ft-adapter", "strict_adapters:Full", "--ft-require", "sft,resume,lora",
+                                  "-p", "no:cacheprovider", "-m", "not ft_gpu")
+    assert kept.ret == 0 and kept.parseoutcomes() == {"passed": 2, "skipped": 3, "deselected": 1}
+
+    unknown = strict_suite.runpytest("--ft-adapter", "strict_adapters:Full", "--ft-require", "lora,quant-nf5",
+                                     "-p", "no:cacheprovider")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    unknown.stderr.fnmatch_lines(["*--ft-require: unknown capability 'quant-nf5' (known: *"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_gpu_skips_stay_skips_unless_gpu_is_required(strict_suite):
+    args = ("--ft-adapter", "strict_adapters:Full", "-k", "cuda_only", "-rs", "-p", "no:cacheprovider")
+    strict = strict_suite.runpytest(*args, "--ft-strict")
+    assert strict.ret == 0 and strict.parseoutcomes() == {"skipped": 1, "deselected": 5}
+    strict.stdout.fnmatch_lines(["*SKIPPED*gpu: needs a CUDA device*"])
+    assert "ft-harness strict" not in strict.stdout.str()
+
+    required = strict_suite.runpytest(*args, "--ft-require", "gpu")
+    assert required.ret == pytest.ExitCode.TESTS_FAILED
+    required.stdout.fnmatch_lines(["*= ft-harness strict: 1 scenario test skipped =*",
+                                   "SKIPPED test_strict.py::test_cuda_only - no CUDA device: gpu: needs a CUDA device*",
+                                   "--ft-require gpu: these skips fail the run (exit status 1)"])
+
+    no_gpu = strict_suite.runpytest("--ft-adapter", "strict_adapters:Dummy", "--ft-require", "gpu",
+                                    "-p", "no:cacheprovider")
+    assert no_gpu.ret == pytest.ExitCode.USAGE_ERROR  # the adapter itself does not declare gpu
+    no_gpu.stderr.fnmatch_lines(["*adapter 'dummy' does not declare 'gpu'*"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_required_with_cuda_runs_the_cuda_variants(strict_suite):
+    result = strict_suite.runpytest("--ft-adapter", "strict_adapters:Full", "-k", "cuda_only", "--ft-require", "gpu",
+                                    "--ft-strict", "-p", "no:cacheprovider")
+    assert result.ret == 0 and result.parseoutcomes() == {"passed": 1, "deselected": 5}
+
+
+# --- --ft-marker-alias / ft_marker_alias -------------------------------------------------------------------------
+
+ALIASED = '''
+import pytest
+
+@pytest.mark.ft_slow
+def test_long(ft_adapter):
+    pass
+
+@pytest.mark.ft_gpu
+def test_on_cuda(ft_adapter):
+    pass
+
+@pytest.mark.slow  # the deprecated unprefixed name of ft_slow
+def test_long_old_name(ft_adapter):
+    pass
+
+def test_quick(ft_adapter):
+    pass
+'''
+
+
+@pytest.fixture
+def aliased(pytester):
+    pytester.makepyfile(dummy_adapter=DUMMY, test_aliased=ALIASED)
+    pytester.syspathinsert()
+    return pytester
+
+
+def _selected(result) -> set[str]:
+    return {line.split("::")[1].split()[0] for line in result.stdout.lines if line.startswith("test_aliased.py::")}
+
+
+def test_marker_alias_applies_before_deselection(aliased):
+    base = ("--ft-adapter", "dummy_adapter:Dummy", "-v", "-p", "no:cacheprovider",
+            "-W", "ignore::pytest.PytestDeprecationWarning", "--strict-markers")
+    unknown = aliased.runpytest(*base, "-m", "not long_running")  # pytest 9: -m names must be registered too
+    unknown.stderr.fnmatch_lines(["*Unknown marker(s) in '-m' expression: long_running*"])
+    without = aliased.runpytest(*base[:-1], "-m", "not long_running")  # the host's name alone deselects nothing
+    assert _selected(without) == {"test_long", "test_on_cuda", "test_long_old_name", "test_quick"}
+
+    result = aliased.runpytest(*base, "--ft-marker-alias", "ft_slow=long_running", "-m", "not long_running")
+    assert _selected(result) == {"test_on_cuda", "test_quick"}  # ft_slow and its deprecated name `slow`
+    assert result.parseoutcomes()["deselected"] == 2
+
+    routed = aliased.runpytest(*base, "--ft-marker-alias", "ft_gpu=gpu_tests", "--ft-marker-alias",
+                               "ft_slow=long_running", "-m", "gpu_tests or long_running")
+    assert _selected(routed) == {"test_on_cuda", "test_long", "test_long_old_name"}
+
+
+def test_not_slow_deselects_ft_slow_only_with_the_alias(aliased):
+    base = ("--ft-adapter", "dummy_adapter:Dummy", "-v", "-p", "no:cacheprovider", "-m", "not slow and not ft_gpu",
+            "-W", "ignore::pytest.PytestDeprecationWarning")
+    assert _selected(aliased.runpytest(*base)) == {"test_long", "test_quick"}  # `slow` is not ft_slow by itself
+    assert _selected(aliased.runpytest(*base, "--ft-marker-alias", "ft_slow=slow")) == {"test_quick"}
+
+
+def test_marker_alias_ini_option(aliased):
+    aliased.makeini("[pytest]\nft_marker_alias = ft_slow=slow_tests ft_gpu=gpu_tests\n")
+    result = aliased.runpytest("--ft-adapter", "dummy_adapter:Dummy", "-v", "-p", "no:cacheprovider",
+                               "--strict-markers", "-m", "not slow_tests and not gpu_tests",
+                               "-W", "ignore::pytest.PytestDeprecationWarning")
+    assert result.ret == 0 and _selected(result) == {"test_quick"}
+    markers = aliased.runpytest("--markers").stdout.str()
+    assert "@pytest.mark.slow_tests: the host's marker for ft-harness ft_slow" in markers
+    assert "@pytest.mark.gpu_tests: the host's marker for ft-harness ft_gpu" in markers
+
+
+@pytest.mark.parametrize("pair", ["slow=long", "ft_slow", "ft_slow=ft_other", "ft_slow=not-a-name"])
+def test_bad_marker_alias_is_a_usage_error(aliased, pair):
+    result = aliased.runpytest("--ft-marker-alias", pair, "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--ft-marker-alias / ft_marker_alias expects FT_MARKER=HOST_MARKER*{pair!r}*"])

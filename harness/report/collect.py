@@ -95,5 +95,6 @@ class ResultCollector:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(render_json([self.run(int(exitstatus))]), encoding="utf-8")
+        # session.exitstatus, not the hook's argument: it includes --ft-strict's verdict (set before this trylast hook)
+        tmp.write_text(render_json([self.run(int(session.exitstatus))]), encoding="utf-8")
         os.replace(tmp, self.path)
