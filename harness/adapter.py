@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import AdapterLoadError
-from .spec import (CAPABILITIES, QUANTIZATIONS, SOURCE_PRIORITY, TASK_DEFAULTS, KnownFailure, LoraSpec, Method,
-                   Quantization, QuantKind, ResolvedArgs, RunResult, RunSpec, Source, SourceKind, TrainType)
+from .spec import *  # noqa: F403 - the vocabulary, re-exported (harness.spec.__all__)
+from .spec import __all__ as _VOCABULARY
+from .spec import CAPABILITIES, TASK_DEFAULTS, KnownFailure, ResolvedArgs, RunResult, RunSpec, Source
 
 __all__ = [
     # the contract
@@ -39,22 +40,8 @@ __all__ = [
     "parse_adapter_options",
     "split_adapter_spec",
     "ADAPTER_ENTRY_POINT_GROUP",
-    # the vocabulary, re-exported from harness.spec
-    "CAPABILITIES",
-    "QUANTIZATIONS",
-    "TASK_DEFAULTS",
-    "QuantKind",
-    "SourceKind",
-    "SOURCE_PRIORITY",
-    "Source",
-    "ResolvedArgs",
-    "LoraSpec",
-    "Method",
-    "TrainType",
-    "Quantization",
-    "RunSpec",
-    "RunResult",
-    "KnownFailure",
+    # the vocabulary, re-exported: every name of harness.spec
+    *_VOCABULARY,
 ]
 
 ADAPTER_ENTRY_POINT_GROUP = "ft_harness.adapters"
