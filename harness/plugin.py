@@ -20,6 +20,8 @@ Markers (the unprefixed names ``requires``, ``seed``, ``gpu``, ``slow`` still wo
   ft_seed(id)                  the documented failure a scenario reproduces (for reports)
   ft_gpu                       needs CUDA; skipped with a reason when absent (select with ``-m ft_gpu`` or ``-m gpu``)
   ft_slow                      long-running
+  ft_smoke(*variants)          the smoke tier (``-m ft_smoke``): at least one test of every scenario module, the
+                               seed stories first; with variants, only those parametrisations
 
 Fixtures: ``ft_adapter`` (session), ``ft_device`` ("cpu", plus an ft_gpu-marked "cuda" variant),
 ``tiny_assets`` (session: the adapter's tiny model + tokenizer + datasets, built locally).
@@ -101,6 +103,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", text)
         config.addinivalue_line("markers", f"{alias}: deprecated alias of {name}")
     config.addinivalue_line("markers", "ft_metric(name): skip when the adapter declares it cannot log this metric")
+    config.addinivalue_line("markers", "ft_smoke(*variants): in the smoke tier (-m ft_smoke): every variant, or only "
+                                       "those whose parameter id (device part aside) is one of variants")
     _configure_marker_aliases(config)
     if hasattr(config, "workerinput"):  # an xdist worker: the controller writes the report and judges skips
         return
@@ -213,6 +217,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for key, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    _narrow_smoke(scenario_items)
     _mark_aliases(config, scenario_items)
     _mark_gpu_and_seeds(scenario_items)
     if not any("ft_adapter" in getattr(i, "fixturenames", ()) for i in scenario_items):
@@ -257,6 +262,21 @@ def _mark_gpu_and_seeds(items: list[pytest.Item]) -> None:
         seed = next((m.args[0] for m in markers(item, "ft_seed") if m.args), None)
         if seed is not None:
             item.user_properties.append(("ft_seed", seed))
+
+
+def _narrow_smoke(items: list[pytest.Item]) -> None:
+    """``ft_smoke("nf4-2", ...)`` on a parametrised test puts only the named variants in the smoke tier: the mark is
+    dropped from every other variant before ``-m`` selects (a variant matches when its parameter id, with the
+    ``ft_device`` part in front taken off, is one of the names: ``nf4-2`` selects ``cpu-nf4-2`` and ``cuda-nf4-2``)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        marks = [m for m in getattr(item, "own_markers", []) if m.name == "ft_smoke" and m.args]
+        if not marks or callspec is None:
+            continue
+        wanted = {str(v) for m in marks for v in m.args}
+        device, _, rest = callspec.id.partition("-")
+        if callspec.id not in wanted and not (device in ("cpu", "cuda") and rest in wanted):
+            item.own_markers[:] = [m for m in item.own_markers if m.name != "ft_smoke"]
 
 
 def _add_skip(item: pytest.Item, kind: str, reason: str) -> None:

@@ -85,6 +85,7 @@ def _assert_cli_beats_saved(adapter, model_dir: Path, key: str, cli_value, saved
     assert_cli_beats_saved(resolved, key, cli_value, saved_value, where=model_dir, warning_owed=inherits)
 
 
+@pytest.mark.ft_smoke
 @REQUIRES_ARGS
 def test_cli_train_type_beats_saved_full(ft_adapter, full_ft_output):
     """resolve_args: --train_type lora on a full-FT output resolves to lora, sourced cli, with a warning naming both
@@ -157,6 +158,7 @@ def test_never_inherited_keys(ft_adapter, full_ft_output, tmp_path):
     assert_not_inherited(ft_adapter.resolve_args({}, model_dir), ("output_dir", "resume_from", "device"))
 
 
+@pytest.mark.ft_smoke
 @pytest.mark.ft_requires("sft", "lora", "full")
 def test_seed_lora_on_full_output_trains_lora(ft_adapter, full_ft_output, tiny_assets, tmp_path, ft_device):
     """The seed end to end: LoRA with --train_type lora on a full-FT output must train (and save) LoRA only."""

@@ -54,6 +54,7 @@ def arrange_best_off_the_save_cadence(output_dir: Path, save_steps: int, metric:
     return best
 
 
+@pytest.mark.ft_smoke
 def test_seed_best_between_saves_is_kept(ft_adapter, tiny_assets, tmp_path, ft_device):
     """eval every 3, save every 20 over 40 steps (the seed's 50/200, scaled down): no evaluated step is a save step,
     so wherever this framework's eval loss is lowest, the best is between two saves."""

@@ -15,6 +15,7 @@ from ._support import spec
 pytestmark = [pytest.mark.ft_requires("sft"), pytest.mark.ft_seed("layout")]
 
 
+@pytest.mark.ft_smoke("lora")
 @pytest.mark.parametrize("train_type", [pytest.param("full", marks=pytest.mark.ft_requires("full")),
                                         pytest.param("lora", marks=pytest.mark.ft_requires("lora"))])
 def test_checkpoint_layout(ft_adapter, tiny_assets, tmp_path, train_type, ft_device):

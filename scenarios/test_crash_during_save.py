@@ -39,6 +39,7 @@ def kill(adapter, run, point: KillPoint) -> None:
     require_killed(run_killed(adapter, run, point), point)
 
 
+@pytest.mark.ft_smoke("write#1-half-written")
 @pytest.mark.parametrize("point", POINTS, ids=str)
 def test_crash_during_save_keeps_previous_checkpoint(ft_adapter, tiny_assets, tmp_path, point):
     out = tmp_path / "run"

@@ -94,6 +94,7 @@ def _skip_bnb_on_cpu(quant, device):
         pytest.skip("diffusers quantises a UNet with bitsandbytes on CUDA only (the cuda variant runs it)")
 
 
+@pytest.mark.ft_smoke("quanto-int8-2")
 @pytest.mark.parametrize("k", [2, 4])
 @pytest.mark.parametrize("quant", QUANTS)
 def test_resume_matches_uninterrupted(uninterrupted, resumed, tiny_unet, quant, k, ft_device):

@@ -24,6 +24,7 @@ ATOL = 1e-5
 GLOBAL_BATCH = 8
 
 
+@pytest.mark.ft_smoke
 def test_sharded_full_save_is_whole_and_matches_single_process(ft_adapter, tiny_assets, tmp_path):
     common = dict(train_type="full", max_steps=4, save_steps=2, learning_rate=1e-3)
     single = ft_adapter.train(spec(tiny_assets, tmp_path / "single", per_device_train_batch_size=GLOBAL_BATCH,

@@ -37,11 +37,13 @@ def _pick(run, which):
     return run.checkpoints[0] if which == "intermediate" else run.final_dir
 
 
+@pytest.mark.ft_smoke("intermediate")
 @pytest.mark.parametrize("which", ["intermediate", "final"])
 def test_checkpoint_is_self_contained(full_run, tiny_assets, which):
     assert_self_contained(_pick(full_run, which), tiny_assets.model_dir)
 
 
+@pytest.mark.ft_smoke("intermediate")
 @pytest.mark.ft_requires("lora")
 @pytest.mark.parametrize("which", ["intermediate", "final"])
 def test_lora_trains_on_full_checkpoint(ft_adapter, full_run, tiny_assets, tmp_path, which, ft_device):

@@ -58,6 +58,7 @@ def ga_runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
     return get
 
 
+@pytest.mark.ft_smoke("2x2")
 @pytest.mark.parametrize("split", SPLITS)
 def test_accumulation_equals_large_batch(ga_runs, split):
     batch, accumulation = split

@@ -30,6 +30,7 @@ def lora_sft_output(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
                                  learning_rate=1e-2, device=ft_device))
 
 
+@pytest.mark.ft_smoke
 @pytest.mark.ft_requires("grpo", "full", "lora")
 def test_seed_grpo_full_from_lora_output_saves_whole_model(ft_adapter, lora_sft_output, tiny_assets, tmp_path,
                                                            ft_device):

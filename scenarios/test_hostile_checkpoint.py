@@ -52,6 +52,7 @@ def _resume_from_poisoned(ft_adapter, clean_run, tiny_assets, tmp_path, poisoned
     return marker, None
 
 
+@pytest.mark.ft_smoke("optimizer.pt")
 @pytest.mark.parametrize("poisoned", POISONED)
 def test_poisoned_pickle_is_never_executed(ft_adapter, clean_run, tiny_assets, tmp_path, poisoned):
     """Security: whatever the adapter does with the file, the pickle's code never runs."""

@@ -47,6 +47,7 @@ def tokenizer_variant(model_dir, out_dir, padding_side: str, pad_token: str):
     return out_dir
 
 
+@pytest.mark.ft_smoke("own-pad-right")
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("pad_token", [pytest.param("<pad>", id="own-pad"), pytest.param("</s>", id="pad=eos")])
 def test_samples_teach_the_assistant_turns(ft_adapter, tiny_assets, tmp_path, padding_side, pad_token):

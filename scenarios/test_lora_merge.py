@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.ft_seed("merge"), pytest.mark.ft_requires("sft", "lora
 ATOL = 1e-4
 
 
+@pytest.mark.ft_smoke("none")
 @pytest.mark.parametrize("quant", quant_params(None, "nf4", "int8", "quanto-int8"))
 def test_merged_model_is_the_trained_model(ft_adapter, tiny_assets, tmp_path, quant, ft_device, capfd, caplog,
                                            recwarn):

@@ -34,6 +34,7 @@ LOG_RTOL = 1e-5
 WEIGHT_ATOL = 5e-4
 
 
+@pytest.mark.ft_smoke
 def test_packed_training_equals_padded(ft_adapter, tiny_assets, tmp_path, ft_device):
     data = write_varied_datasets(tmp_path / "data", LENGTHS)
     runs = {}

@@ -80,6 +80,7 @@ def resumed(ft_adapter, uninterrupted, tiny_assets, tmp_path_factory, ft_device)
     return get
 
 
+@pytest.mark.ft_smoke("none-2", "nf4-2")
 @pytest.mark.parametrize("k", [2, 4])
 @pytest.mark.parametrize("quant", QUANTS)
 def test_resume_matches_uninterrupted(uninterrupted, resumed, quant, k, ft_device):

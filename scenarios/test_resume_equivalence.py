@@ -154,6 +154,7 @@ def runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
     return ResumeRuns(ft_adapter, tiny_assets, tmp_path_factory.mktemp("resume"), ft_device)
 
 
+@pytest.mark.ft_smoke("lora-k2-mid-epoch-0")
 @pytest.mark.parametrize("k", POINTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_resume_equals_uninterrupted(runs, kind, k, ft_device):
@@ -164,6 +165,7 @@ def test_resume_equals_uninterrupted(runs, kind, k, ft_device):
                              **device_tolerance(ft_device, GPU_RTOL))
 
 
+@pytest.mark.ft_smoke("lora-k2-mid-epoch-0")
 @pytest.mark.parametrize("k", POINTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_resume_consumes_the_same_samples(runs, kind, k):

@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.ft_seed("template"), pytest.mark.ft_requires("sft", "d
 CONVERSATION = chat_messages(CHAT_TRAIN[1])
 
 
+@pytest.mark.ft_smoke("lora")
 @pytest.mark.parametrize("train_type", [pytest.param("full", marks=pytest.mark.ft_requires("full")),
                                         pytest.param("lora", marks=pytest.mark.ft_requires("lora"))])
 def test_saved_tokenizer_reproduces_training_format(ft_adapter, tiny_assets, tmp_path, train_type, ft_device):

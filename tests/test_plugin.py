@@ -423,3 +423,58 @@ def test_bad_marker_alias_is_a_usage_error(aliased, pair):
     result = aliased.runpytest("--ft-marker-alias", pair, "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--ft-marker-alias / ft_marker_alias expects FT_MARKER=HOST_MARKER*{pair!r}*"])
+
+
+SMOKE_SCENARIOS = '''
+import pytest
+
+@pytest.mark.ft_smoke
+def test_whole(ft_adapter):
+    pass
+
+@pytest.mark.ft_smoke("nf4-2", "2x2")
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("quant", ["none", "nf4"])
+def test_variants(ft_adapter, ft_device, quant, k):
+    pass
+
+@pytest.mark.ft_smoke("write#1")
+@pytest.mark.parametrize("point", ["write#1", "next-save-write#1"])
+def test_exact(ft_adapter, point):
+    pass
+
+def test_not_smoke(ft_adapter):
+    pass
+'''
+
+
+def test_smoke_selects_the_named_variants_only(suite):
+    """``-m ft_smoke`` selects a bare-marked test whole, and of a marked parametrised test only the variants named
+    (the device part of the id aside; no suffix matching: ``write#1`` is not ``next-save-write#1``)."""
+    suite.makepyfile(test_smoke=SMOKE_SCENARIOS)
+    result = suite.runpytest("test_smoke.py", "--ft-adapter", "dummy_adapter:Dummy", "-m", "ft_smoke",
+                             "--collect-only", "-q")
+    selected = sorted(line.split("::", 1)[1] for line in result.outlines if "::" in line)
+    assert selected == ["test_exact[write#1]", "test_variants[cpu-nf4-2]", "test_variants[cuda-nf4-2]",
+                        "test_whole"], result.outlines
+    rest = suite.runpytest("test_smoke.py", "--ft-adapter", "dummy_adapter:Dummy", "-m", "not ft_smoke",
+                           "--collect-only", "-q")
+    assert sum("::" in line for line in rest.outlines) == 6 + 1 + 1, rest.outlines  # 6 variants, exact, not_smoke
+
+
+def test_every_scenario_module_is_in_the_smoke_tier():
+    """The smoke tier holds at least one test of every scenario module, so a PR job that runs only it still
+    touches every failure class."""
+    import ast
+    from pathlib import Path
+
+    import scenarios
+
+    bare = []
+    for path in sorted(Path(scenarios.__file__).parent.glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        marked = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+                  and any("ft_smoke" in ast.unparse(d) for d in n.decorator_list)]
+        if not marked:
+            bare.append(path.stem)
+    assert not bare, f"scenario modules with no ft_smoke test: {bare}"
