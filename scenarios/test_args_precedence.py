@@ -32,7 +32,7 @@ from harness.errors import ArrangementError
 from harness.oracles import (assert_adapter_only_save, assert_cli_beats_saved, assert_first_step_size,
                              assert_full_model_saved, assert_layers_respected, assert_log_matches_cli,
                              assert_lora_trained_as_asked, assert_not_inherited, assert_nothing_from_files,
-                             assert_saved_args_match, assert_saves_reproduce_log, start_weights)
+                             assert_saved_args_match, assert_saves_reproduce_log, from_saved_file, start_weights)
 
 from ._support import eval_rtol, evaluator, spec
 
@@ -81,7 +81,7 @@ def _assert_cli_beats_saved(adapter, model_dir: Path, key: str, cli_value, saved
     warning naming the key, both values and the file whenever the framework would otherwise have inherited it (ms-swift
     4 with load_args false never inherits: the CLI value then overrides nothing, so no warning is owed)."""
     resolved = adapter.resolve_args({key: cli_value}, model_dir)
-    inherits = adapter.resolve_args({}, model_dir).source_of(key).kind not in ("cli", "default")
+    inherits = from_saved_file(adapter.resolve_args({}, model_dir).source_of(key))
     assert_cli_beats_saved(resolved, key, cli_value, saved_value, where=model_dir, warning_owed=inherits)
 
 
@@ -229,6 +229,6 @@ def test_priority_property(ft_adapter, cli, checkpoint, adapter, model):
         def would_inherit(key: str) -> bool:
             """Whether the framework takes ``key`` from a saved file when the command line does not give it."""
             without = ft_adapter.resolve_args({k: v for k, v in cli.items() if k != key}, adapter_dir, ckpt_dir)
-            return without.source_of(key).kind not in ("cli", "default")
+            return from_saved_file(without.source_of(key))
 
         assert_layers_respected(resolved, layers, would_inherit)

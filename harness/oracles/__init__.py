@@ -35,7 +35,8 @@ from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_c
 from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, assert_follows_checkpoint,
                     assert_missing_state_reported, assert_resume_equivalent, assert_resumed_into_new_dir,
                     assert_resumed_not_restarted)
-from .resolution import assert_cli_beats_saved, assert_layers_respected, assert_not_inherited, assert_nothing_from_files
+from .resolution import (assert_cli_beats_saved, assert_layers_respected, assert_not_inherited,
+                         assert_nothing_from_files, from_saved_file)
 from .equivalence import assert_merged_is_trained_model, assert_runs_agree
 from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_checkpoint_kept, assert_evaluated_at,
                         assert_saves_reproduce_log, best_logged_step, logged_metrics)
@@ -67,6 +68,7 @@ __all__ = [
     "assert_nothing_from_files",
     "assert_not_inherited",
     "assert_layers_respected",
+    "from_saved_file",
     "FIRST_STEP_RTOL",
     "assert_lora_trained_as_asked",
     "assert_first_step_size",

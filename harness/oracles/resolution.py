@@ -12,8 +12,10 @@ from typing import Any
 
 from .failure import OracleFailure
 
-#: where a value may come from when nothing was inherited from saved files
-_NOT_FROM_FILES = ("cli", "default")
+def from_saved_file(source: Any) -> bool:
+    """Whether a resolved value's :class:`~harness.spec.Source` is a saved file (checkpoint, adapter or model
+    args.json), not the command line or the defaults."""
+    return source.kind not in ("cli", "default")
 
 
 def assert_cli_beats_saved(resolved: Any, key: str, cli_value: Any, saved_value: Any, *, where: Any,
@@ -41,7 +43,7 @@ def assert_cli_beats_saved(resolved: Any, key: str, cli_value: Any, saved_value:
 
 def assert_nothing_from_files(resolved: Any, *, why: str = "load_args=false", seed: str = "000") -> None:
     """Every resolved value came from the command line or the defaults (``why`` says why no file may be read)."""
-    from_files = {k: str(s) for k, s in resolved.sources.items() if s.kind not in _NOT_FROM_FILES}
+    from_files = {k: str(s) for k, s in resolved.sources.items() if from_saved_file(s)}
     if from_files:
         raise OracleFailure(seed, f"{why} must ignore every args.json, but these values came from files: "
                                   f"{from_files}")
@@ -50,7 +52,7 @@ def assert_nothing_from_files(resolved: Any, *, why: str = "load_args=false", se
 def assert_not_inherited(resolved: Any, keys: Iterable[str], *, seed: str = "000") -> None:
     """None of ``keys`` (paths and devices of the run that saved the file) was taken from a saved file."""
     inherited = {k: str(resolved.sources[k]) for k in keys
-                 if resolved.sources.get(k) is not None and resolved.sources[k].kind not in _NOT_FROM_FILES}
+                 if resolved.sources.get(k) is not None and from_saved_file(resolved.sources[k])}
     if inherited:
         raise OracleFailure(seed, f"keys that must never be inherited from a saved args.json were: {inherited} "
                                   f"(expected each from the command line or the defaults)")
