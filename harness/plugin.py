@@ -205,9 +205,17 @@ def _cuda_available() -> bool:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     if not (config.getoption("ft_adapter") or os.environ.get("FT_HARNESS_ADAPTER")):
         return []
+    from .runtime import library_versions, quanto_extension_pending
+
     adapter = get_adapter(config)
-    return [f"ft-harness adapter: {adapter.name} ({type(adapter).__module__}.{type(adapter).__qualname__}); "
-            f"capabilities: {', '.join(sorted(effective_capabilities(adapter)))}"]
+    lines = [f"ft-harness adapter: {adapter.name} ({type(adapter).__module__}.{type(adapter).__qualname__}); "
+             f"capabilities: {', '.join(sorted(effective_capabilities(adapter)))}"]
+    versions = {**adapter.versions(), **library_versions("torch", "transformers", "peft", "trl")}
+    lines.append("ft-harness versions: " + ", ".join(f"{name} {value}" for name, value in versions.items()))
+    pending = quanto_extension_pending()
+    if pending:
+        lines.append(f"ft-harness: {pending}")
+    return lines
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m/-k deselection: alias markers must be in place for `-m gpu`

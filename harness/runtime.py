@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 __all__ = ["FrameworkError", "run_in_fork", "cpu_threads", "library_versions"]
@@ -102,3 +103,25 @@ def cpu_threads(device: str) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def quanto_extension_pending() -> str | None:
+    """A note when optimum-quanto's C++ extension (``quanto_cpp``, used by the quanto-int4 kinds) is not yet built
+    for the installed torch: its first use compiles it, about two minutes on 2 cores with no output. ``None`` when
+    quanto is not installed or the build is there. Looks on disk only (neither quanto nor torch is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("optimum.quanto")
+        torch_version = version("torch")
+    except (ImportError, PackageNotFoundError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    build = Path(list(spec.submodule_search_locations)[0]) / "library" / "extensions" / "cpp" / "build"
+    stamp = build / "pytorch_version.txt"
+    if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == torch_version:
+        return None
+    return (f"optimum-quanto's C++ extension is not built for torch {torch_version} ({build}): the first quanto "
+            "scenario compiles it, about 2 minutes on 2 cores with no output, once per environment")

@@ -478,3 +478,28 @@ def test_every_scenario_module_is_in_the_smoke_tier():
         if not marked:
             bare.append(path.stem)
     assert not bare, f"scenario modules with no ft_smoke test: {bare}"
+
+
+def test_quanto_build_note_only_when_the_extension_is_not_built(tmp_path, monkeypatch):
+    """The header warns before optimum-quanto's silent two-minute compile, and only when it will happen."""
+    import importlib.machinery
+    import importlib.metadata
+    import importlib.util
+
+    from harness.runtime import quanto_extension_pending
+
+    package = tmp_path / "optimum" / "quanto"
+    build = package / "library" / "extensions" / "cpp" / "build"
+    build.mkdir(parents=True)
+    spec = importlib.machinery.ModuleSpec("optimum.quanto", None, is_package=True)
+    spec.submodule_search_locations = [str(package)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "optimum.quanto" else None)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.13.0+cpu")
+    note = quanto_extension_pending()
+    assert note and "not built for torch 2.13.0+cpu" in note and str(build) in note, note
+    (build / "pytorch_version.txt").write_text("2.12.0+cpu\n")
+    assert quanto_extension_pending(), "a build for another torch is rebuilt: still a note"
+    (build / "pytorch_version.txt").write_text("2.13.0+cpu\n")
+    assert quanto_extension_pending() is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert quanto_extension_pending() is None, "no quanto installed: nothing to say"
