@@ -710,3 +710,58 @@ def test_face_exports_exactly_the_public_names():
         module = defined.get(name)
         if module and module != harness.oracles.__name__:
             assert getattr(harness.oracles, name) is getattr(importlib.import_module(module), name), name
+
+
+# --- generation_config_changes / names_quantization (issue 32: false reds on correct frameworks) -------------------
+
+def _generation_config(directory: Path, **values) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "generation_config.json").write_text(json.dumps({"transformers_version": "5.23.0", **values}))
+    return directory
+
+
+class _TurnEndTokenizer:
+    """Stands in for a saved tokenizer whose chat template ends an assistant turn with id 7."""
+    chat_template = "{{ messages }}"
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [5] if text == "w2" else [4, 5, 7]}
+
+    def apply_chat_template(self, messages, tokenize=False):
+        return "w1 w2 <end>"
+
+
+@pytest.mark.parametrize(("saved", "tok", "verdict"), [
+    ({"eos_token_id": 3, "do_sample": False}, None, None),
+    ({"eos_token_id": [3], "do_sample": False}, None, None),  # LLaMA-Factory 0.9.5: the same stop token as a list
+    ({"eos_token_id": [3, 7], "do_sample": False}, _TurnEndTokenizer(), None),  # the template's turn end added
+    ({"eos_token_id": [3, 1], "do_sample": False}, _TurnEndTokenizer(), "eos_token_id [3, 1]"),  # ms-swift's <unk>
+    ({"eos_token_id": [3, 7], "do_sample": False}, None, "eos_token_id [3, 7]"),  # no template: nothing may be added
+    ({"eos_token_id": 7, "do_sample": False}, _TurnEndTokenizer(), "eos_token_id 7"),  # the base's stop token lost
+    ({"eos_token_id": 3, "do_sample": True}, None, "do_sample: True, base False"),
+    ({"eos_token_id": [3], "max_new_tokens": 64, "do_sample": False}, None, "max_new_tokens: 64, base None"),
+])
+def test_generation_config_changes(tmp_path, saved, tok, verdict):
+    from harness.oracles import generation_config_changes
+
+    base = _generation_config(tmp_path / "base", eos_token_id=3, do_sample=False)
+    found = generation_config_changes(_generation_config(tmp_path / "saved", **saved), base, tok)
+    if verdict is None:
+        assert found is None, found
+    else:
+        assert found and verdict in found and "saved/generation_config.json" in found, found
+
+
+@pytest.mark.parametrize(("text", "kind", "names"), [
+    ("cannot merge: the base is quantised", "nf4", True),
+    ("refusing to merge: trained on an nf4 (bitsandbytes 4-bit) base", "nf4", True),
+    ("refusing to merge: trained on an 8-bit (bitsandbytes LLM.int8) base", "int8", True),
+    ("refusing to merge: trained on a qint8 (optimum) base", "quanto-int8", True),
+    ("merge failed: shape mismatch in q_proj", "nf4", False),
+    ("refusing to merge: trained on an nf4 base", "quanto-int8", False),  # names another kind
+    ("merge failed", None, False),
+])
+def test_names_quantization(text, kind, names):
+    from harness.oracles import names_quantization
+
+    assert names_quantization(text, kind) is names

@@ -15,9 +15,9 @@ One module per family: :mod:`~harness.mutants.args`, :mod:`~harness.mutants.save
 from __future__ import annotations
 
 from .args import AdapterNamesAnotherBase, ArgsJsonBeatsCli, SavedAlphaDiffersFromTrained, TrainsWithSavedArgs
-from .saves import (FullSaveInBf16, IndexWithFirstShardOnly, LmHeadRetiedOnSave, NonAtomicSave, RankZeroShardSave,
-                   ResizedRowsNotSaved, RotatesBeforeSaving, ShardedSave, UnpicklesCheckpoint,
-                   WeightsOnlyIntermediateCheckpoints)
+from .saves import (FullSaveInBf16, IndexWithFirstShardOnly, LmHeadRetiedOnSave, MergedEosAsList, NonAtomicSave,
+                   RankZeroShardSave, RefusesQuantizedMergeByKind, ResizedRowsNotSaved, RotatesBeforeSaving,
+                   ShardedSave, UnpicklesCheckpoint, WeightsOnlyIntermediateCheckpoints)
 from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, MissingTrainingStateIgnored,
                     QuantizedResumeReinitLora, ResumeDropsOptimizerState, ResumeFromIgnored, RngNotRestoredOnResume,
                     ScheduleRestartsOnResume)
@@ -61,6 +61,8 @@ _ALL = (
     AdapterNamesAnotherBase,
     SavedAlphaDiffersFromTrained,
     RotatesBeforeSaving,
+    RefusesQuantizedMergeByKind,
+    MergedEosAsList,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

@@ -1,6 +1,6 @@
 """Mutants of saving: checkpoints without config files, saves in place, pickles loaded, one rank's shard, a partial
-shard set, a rounded dtype, a re-tied head, resized rows left out, rotation before the save; and the sharded-save
-correct control.
+shard set, a rounded dtype, a re-tied head, resized rows left out, rotation before the save; and the correct controls
+of saving and merge exports (a sharded save, a quantised merge refused by kind, a merged stop token written as a list).
 """
 
 from __future__ import annotations
@@ -209,3 +209,47 @@ class RotatesBeforeSaving(ReferenceAdapter):
 
         existing = sorted(step_of(c) for c in list_checkpoints(ctx.output_dir))
         return [s for s in policy.to_delete(existing + [step], best_step) if s != step]
+
+
+class RefusesQuantizedMergeByKind(ReferenceAdapter):
+    """A *correct control*: a LoRA trained on a quantised base is refused at merge time, loudly, with a message that
+    names the kind and its library ("an nf4 (bitsandbytes 4-bit) base") but never the word "quantised". A scenario
+    that recognises a refusal only by the substring ``quant`` paints this framework red (issue 32)."""
+
+    name = "control:refuses-quantized-merge-by-kind"
+    # a correct control: must pass everything
+    fails = ()
+    SAYS = {"nf4": "an nf4 (bitsandbytes 4-bit)", "int8": "an 8-bit (bitsandbytes LLM.int8)",
+            "quanto-int8": "a qint8 (optimum)", "quanto-int4": "a qint4 (optimum)"}
+
+    def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
+        from ..reference import args as argres
+        from ..layout import read_json
+
+        saved = Path(adapter_dir) / argres.ARGS_FILE
+        kind = read_json(saved).get("quantization") if saved.is_file() else None
+        if kind is not None:
+            raise RuntimeError(f"refusing to merge {adapter_dir}: it was trained on {self.SAYS[kind]} base, and "
+                               f"merging it into full-precision weights exports another model")
+        return super().merge(adapter_dir, output_dir)
+
+
+class MergedEosAsList(ReferenceAdapter):
+    """A *correct control*: the merged model's ``generation_config.json`` writes the base's single stop token as a
+    one-element list (``"eos_token_id": [3]`` for the base's ``3``), as LLaMA-Factory 0.9.5 does in its saves: the same
+    stop token. An oracle comparing the raw JSON value paints it red, and used to stop before the logits (issue 32)."""
+
+    name = "control:merged-eos-as-list"
+    # a correct control: must pass everything
+    fails = ()
+
+    def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
+        import json
+
+        merged = super().merge(adapter_dir, output_dir)
+        config_file = Path(merged) / "generation_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(config.get("eos_token_id"), list):
+            config["eos_token_id"] = [config["eos_token_id"]]
+            config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        return merged

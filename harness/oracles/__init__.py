@@ -29,7 +29,7 @@ from .reading import (checkpoint_weights, checkpoints_fingerprint, dir_fingerpri
                      start_weights, stat_fingerprint, trained_weights, weights_on_disk)
 from .saves import (REQUIRED_MODEL_FILES, assert_adapter_only_save, assert_checkpoint_layout,
                    assert_checkpoints_complete, assert_full_model_saved, assert_lora_base_is, assert_same_weights,
-                   assert_self_contained)
+                   assert_self_contained, generation_config_changes)
 from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_cli, assert_lora_trained_as_asked,
                   assert_saved_args_match)
 from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, assert_follows_checkpoint,
@@ -37,7 +37,7 @@ from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, as
                     assert_resumed_not_restarted)
 from .resolution import (assert_cli_beats_saved, assert_layers_respected, assert_not_inherited,
                          assert_nothing_from_files, from_saved_file)
-from .equivalence import assert_merged_is_trained_model, assert_runs_agree
+from .equivalence import QUANTIZATION_NAMES, assert_merged_is_trained_model, assert_runs_agree, names_quantization
 from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_checkpoint_kept, assert_evaluated_at,
                         assert_saves_reproduce_log, best_logged_step, logged_metrics)
 from .chat import assert_batches_teach_assistant, assert_saved_format, training_sample_of
@@ -61,6 +61,7 @@ __all__ = [
     "assert_checkpoint_layout",
     "REQUIRED_MODEL_FILES",
     "assert_self_contained",
+    "generation_config_changes",
     "assert_lora_base_is",
     "assert_checkpoints_complete",
     "assert_same_weights",
@@ -83,6 +84,8 @@ __all__ = [
     "assert_missing_state_reported",
     "assert_runs_agree",
     "assert_merged_is_trained_model",
+    "names_quantization",
+    "QUANTIZATION_NAMES",
     "EVAL_RTOL",
     "EVAL_RTOL_CUDA",
     "Evaluator",

@@ -11,7 +11,7 @@ from ..hf import dtype_kwargs, eval_logits
 from ..layout import LORA_FILES, list_checkpoints, read_log_history, step_of, weight_files
 from .failure import OracleFailure
 from .reading import _max_difference, checkpoint_weights, final_weights, losses_by_step, weights_on_disk
-from .saves import assert_self_contained
+from .saves import assert_self_contained, generation_config_changes
 
 
 def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rtol: float, weight_atol: float,
@@ -68,18 +68,41 @@ def assert_merged_is_trained_model(merged: Path, adapter_dir: Path, dataset_dir:
         raise OracleFailure(seed, f"{merged.name} holds adapter tensors after merging, e.g. {keys[0]} "
                                   f"({len(keys)} in all): the LoRA was not merged into the base weights")
     base = adapter_base(adapter_dir)
-    assert_self_contained(merged, base, seed=seed)
+    assert_self_contained(merged, base, seed=seed, generation_config=False)  # judged after the logits: see below
     trained = PeftModel.from_pretrained(load_causal_lm(base, quantization, "cpu"), str(adapter_dir))
     want = eval_logits(trained, dataset_dir, base)
     got = eval_logits(AutoModelForCausalLM.from_pretrained(str(merged), **dtype_kwargs(), local_files_only=True),
                       dataset_dir, merged)
     diff = (got - want).abs().max().item()
-    warned = [line for line in output.splitlines() if "warn" in line.lower() and "quant" in line.lower()]
-    if diff > atol and quantization and warned:
-        return  # not faithful, and said so
-    if diff > atol:
+    warned = [line for line in output.splitlines() if "warn" in line.lower() and names_quantization(line, quantization)]
+    problems = []
+    if diff > atol and not (quantization and warned):  # (a lossy merge of a quantised base is accepted when said)
         on = f"the {quantization} base" if quantization else "the base"
-        raise OracleFailure(seed, f"{merged.name}: logits on eval.jsonl differ from {on} + the adapter it trained by "
-                                  f"{diff:.3g} (> atol {atol:g}): the merge changed the model (wrong LoRA scale, wrong "
-                                  f"base, or a lossy merge of a quantised base"
-                                  + (", with no warning about the quantisation)" if quantization else ")"))
+        problems.append(f"{merged.name}: logits on eval.jsonl differ from {on} + the adapter it trained by {diff:.3g} "
+                        f"(> atol {atol:g}): the merge changed the model (wrong LoRA scale, wrong base, or a lossy merge "
+                        f"of a quantised base" + (", with no warning about the quantisation)" if quantization else ")"))
+    # the generation config is judged after the logits, so a merge whose numbers are right is not reported as one
+    # whose numbers were never compared (and both are reported when both are wrong)
+    from transformers import AutoTokenizer
+
+    changed = generation_config_changes(merged, base, AutoTokenizer.from_pretrained(str(merged), local_files_only=True))
+    if changed:
+        problems.append(changed + (f" (the logits agree within {diff:.3g})" if diff <= atol else ""))
+    if problems:
+        raise OracleFailure(seed, "; and ".join(problems))
+
+
+#: how a message may name each quantisation kind: the kind itself, its bit width, or its library (a refusal or
+#: warning saying "an nf4 (bitsandbytes) base" names it as well as one saying "quantised")
+QUANTIZATION_NAMES = {
+    "nf4": ("nf4", "4bit", "4-bit", "4 bit", "bitsandbytes", "bnb"),
+    "int8": ("int8", "8bit", "8-bit", "8 bit", "llm.int8", "bitsandbytes", "bnb"),
+    "quanto-int8": ("quanto", "qint8", "int8"),
+    "quanto-int4": ("quanto", "qint4", "int4"),
+}
+
+
+def names_quantization(text: str, kind: str | None) -> bool:
+    """Whether ``text`` names the quantisation ``kind`` (or quantisation at all: quant-ised/-ized/-ization)."""
+    lowered = text.lower()
+    return "quant" in lowered or any(name in lowered for name in QUANTIZATION_NAMES.get(kind or "", ()))

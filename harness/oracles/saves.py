@@ -96,11 +96,12 @@ REQUIRED_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json
 
 
 def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str = "w1 w2 w3 w4",
-                          seed: str = "003") -> None:
+                          seed: str = "003", generation_config: bool = True) -> None:
     """Copy ``directory`` alone to a fresh place and load model + tokenizer from it, offline.
 
     The loaded weights must equal the files (nothing silently re-initialised) and differ from
-    ``base_dir`` (the fine-tuned weights, not the original base); the tokenizer must round-trip text.
+    ``base_dir`` (the fine-tuned weights, not the original base); the tokenizer must round-trip text; and
+    (``generation_config``) its ``generation_config.json`` is the base's, as :func:`generation_config_changes` judges.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -134,7 +135,10 @@ def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str =
             raise OracleFailure(seed, f"{directory.name}: {len(not_loaded)} parameters are not in the files and were "
                                       f"randomly initialised on load, e.g. {not_loaded[0]}")
         base = weights_on_disk(base_dir)
-        _assert_generation_config_kept(directory, base_dir, seed)
+        if generation_config:
+            changed = generation_config_changes(directory, base_dir, tok)
+            if changed:
+                raise OracleFailure(seed, changed)
         if all(torch.equal(on_disk[k], base[k]) for k in on_disk if k in base):
             raise OracleFailure(seed, f"{directory.name}: weights are identical to the original base {base_dir}: "
                                       f"the fine-tuned weights were not saved")
@@ -144,20 +148,44 @@ def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str =
             raise OracleFailure(seed, f"{directory.name}: tokenizer does not round-trip {sample_text!r} (got {back!r})")
 
 
-def _assert_generation_config_kept(directory: Path, base_dir: Path, seed: str) -> None:
-    """``generation_config.json`` says how the model generates (EOS, sampling); a fine-tune that did not ask to change
-    it saves the base's (transformers_version aside)."""
+def _eos_ids(value: Any) -> list:
+    """``eos_token_id`` as a list: a scalar and a one-element list are the same stop token."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def generation_config_changes(directory: Path, base_dir: Path, tok=None) -> str | None:
+    """What ``directory``'s ``generation_config.json`` changed against the base's, or ``None``.
+
+    ``generation_config.json`` says how the model generates (stop tokens, sampling); a fine-tune that did not ask to
+    change it saves the base's (``transformers_version`` aside). ``eos_token_id`` is compared as a set of stop tokens
+    (``3`` and ``[3]`` are the same), and may gain exactly the saved chat template's turn end (``tok``'s; a server must
+    stop there: open-r1 PR #663) and nothing else; every other key must be the base's."""
+    from ..task import template_turn_end
+
     def read(d: Path) -> dict[str, Any]:
         f = Path(d) / "generation_config.json"
         data = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
         return {k: v for k, v in data.items() if k != "transformers_version"}
 
     got, want = read(directory), read(base_dir)
-    if want and got != want:
-        changed = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-        raise OracleFailure(seed, f"{Path(directory).name}/generation_config.json differs from the base's in "
-                                  f"{changed[:4]} (e.g. {changed[0]}: {got.get(changed[0])!r}, base "
-                                  f"{want.get(changed[0])!r}) although the run did not ask to change it")
+    if not want:
+        return None
+    problems = []
+    eos_got, eos_want = _eos_ids(got.get("eos_token_id")), _eos_ids(want.get("eos_token_id"))
+    end = template_turn_end(tok) if tok is not None and getattr(tok, "chat_template", None) else None
+    added = [e for e in eos_got if e not in eos_want]
+    if [e for e in eos_want if e not in eos_got] or [e for e in added if e != end]:
+        problems.append(f"eos_token_id {got.get('eos_token_id')!r}, base {want.get('eos_token_id')!r}"
+                        + (f" (the saved template's turn end, id {end}, is the one stop token it may add)"
+                           if end is not None else ""))
+    changed = sorted(k for k in set(got) | set(want) if k != "eos_token_id" and got.get(k) != want.get(k))
+    problems += [f"{k}: {got.get(k)!r}, base {want.get(k)!r}" for k in changed[:4]]
+    if not problems:
+        return None
+    return (f"{Path(directory).name}/generation_config.json differs from the base's: {'; '.join(problems)} - the run "
+            f"did not ask to change how the model generates")
 
 
 def assert_lora_base_is(adapter_dir: Path, expected_base: Path, *, seed: str = "003") -> None:
