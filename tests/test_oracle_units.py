@@ -765,3 +765,32 @@ def test_names_quantization(text, kind, names):
     from harness.oracles import names_quantization
 
     assert names_quantization(text, kind) is names
+
+
+@pytest.mark.parametrize(("config", "dtype", "fails"), [
+    ({"dtype": "float32"}, torch.float32, False),
+    ({"dtype": "bfloat16"}, torch.float32, True),  # served rounded
+    ({"torch_dtype": "bfloat16"}, torch.float32, True),  # transformers < 4.56 spelling
+    ({"torch_dtype": "bfloat16"}, torch.bfloat16, False),  # a bf16 model saved as bf16 is what it declares
+    ({}, torch.float32, False),  # nothing declared
+])
+def test_served_dtype(tmp_path, config, dtype, fails):
+    from harness.oracles import assert_served_dtype
+
+    save_file({"w": torch.zeros(2, 2, dtype=dtype), "ids": torch.zeros(2, dtype=torch.int64)},
+              str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if fails:
+        with pytest.raises(OracleFailure, match=r"config\.json declares dtype 'bfloat16', but its floating tensors are "
+                                                r"stored as 1 F32"):
+            assert_served_dtype(tmp_path)
+    else:
+        assert_served_dtype(tmp_path)
+
+
+def test_served_dtype_ignores_an_adapter_dir(tmp_path):
+    from harness.oracles import assert_served_dtype
+
+    save_file({"lora_A": torch.zeros(2, 2)}, str(tmp_path / "adapter_model.safetensors"))
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert_served_dtype(tmp_path)

@@ -15,7 +15,7 @@ One module per family: :mod:`~harness.mutants.args`, :mod:`~harness.mutants.save
 from __future__ import annotations
 
 from .args import AdapterNamesAnotherBase, ArgsJsonBeatsCli, SavedAlphaDiffersFromTrained, TrainsWithSavedArgs
-from .saves import (FullSaveInBf16, IndexWithFirstShardOnly, LmHeadRetiedOnSave, MergedEosAsList, NonAtomicSave,
+from .saves import (ConfigDeclaresBf16, FullSaveInBf16, IndexWithFirstShardOnly, LmHeadRetiedOnSave, MergedEosAsList, NonAtomicSave,
                    RankZeroShardSave, RefusesQuantizedMergeByKind, ResizedRowsNotSaved, RotatesBeforeSaving,
                    ShardedSave, UnpicklesCheckpoint, WeightsOnlyIntermediateCheckpoints)
 from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, MissingTrainingStateIgnored,
@@ -63,6 +63,7 @@ _ALL = (
     RotatesBeforeSaving,
     RefusesQuantizedMergeByKind,
     MergedEosAsList,
+    ConfigDeclaresBf16,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

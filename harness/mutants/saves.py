@@ -132,10 +132,11 @@ class FullSaveInBf16(ReferenceAdapter):
     saved model is not the trained one (every re-evaluation drifts) and a resume continues from rounded weights."""
 
     name = "mutant:full-save-in-bf16"
-    # every scenario that checks a full save's tensors (dtype) or reloads one to re-evaluate it
+    # every scenario that checks a full save's tensors (dtype) or reloads one to re-evaluate it; and, since the
+    # served-dtype check (its float32 config over bf16 files), the self-contained checkpoint of seed 003
     fails = (
-        "test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_grpo_full_save",
-        "test_resume_equivalence",
+        "test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_full_ft_as_lora_base",
+        "test_grpo_full_save", "test_resume_equivalence",
     )
 
     def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
@@ -253,3 +254,28 @@ class MergedEosAsList(ReferenceAdapter):
             config["eos_token_id"] = [config["eos_token_id"]]
             config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
         return merged
+
+
+class ConfigDeclaresBf16(ReferenceAdapter):
+    """Saved dtype, served — every full save's ``config.json`` declares ``dtype: bfloat16`` over the float32 tensors
+    the model trained and was saved in (a framework that writes the config of the dtype it was asked to *serve* in, or
+    copies the base's mixed-precision setting; transformers #28162 / #40180 discuss ``torch_dtype`` in saved configs).
+    Every reload with an explicit float32 reproduces the model; a server loading with the defaults (transformers 5's
+    ``dtype="auto"``, vLLM) computes in bf16."""
+
+    name = "mutant:config-declares-bf16"
+    # every scenario that checks a full save, reloads one for re-evaluation or serves one on its own (issue 32)
+    fails = (
+        "test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_full_ft_as_lora_base",
+        "test_grpo_full_save",
+    )
+
+    def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
+        import json
+
+        super().finalize_weights(ctx, directory, final)
+        config_file = Path(directory) / "config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            config["dtype"] = "bfloat16"
+            config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")

@@ -13,6 +13,7 @@ from typing import Any
 from ..layout import list_checkpoints, read_log_history, step_of, weight_files
 from .failure import OracleFailure
 from .reading import _header_and_bytes
+from .saves import assert_served_dtype
 
 
 #: Relative tolerance between a metric the run logged and the re-evaluation of the directory it saved at that step.
@@ -38,6 +39,7 @@ class Evaluator:
         self._seen: dict[Path, Mapping[str, float]] = {}  # one evaluation per directory (a framework's may be a run)
 
     def __call__(self, directory: Path, metric: str, seed: str) -> float:
+        assert_served_dtype(directory, seed=seed)  # what a server would load is what is re-evaluated here
         try:
             if Path(directory) not in self._seen:
                 self._seen[Path(directory)] = self._evaluate(Path(directory))

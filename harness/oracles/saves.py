@@ -56,6 +56,7 @@ def assert_full_model_saved(directory: Path, reference_dir: Path, start: Mapping
         raise OracleFailure(seed, f"{name}: {len(bad_dtypes)} tensors are saved in another dtype than the model trained "
                                   f"in, e.g. {k} is {got}, expected {want} (the base's): the saved model is a rounded "
                                   f"copy of the trained one")
+    assert_served_dtype(directory, seed=seed)
     want_bytes = sum(_tensor_bytes(found[k]) for k in found)
     if data_bytes != want_bytes:
         raise OracleFailure(seed, f"{name}: safetensors data is {_megabytes(data_bytes)} but its tensors need "
@@ -95,6 +96,39 @@ def assert_adapter_only_save(directory: Path, *, seed: str = "000") -> None:
 REQUIRED_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
 
 
+#: config.json's dtype names -> the safetensors dtype codes of tensors stored in them
+CONFIG_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
+
+
+def assert_served_dtype(directory: Path, *, seed: str = "003") -> None:
+    """A full model's ``config.json`` declares the dtype its floating tensors are stored in.
+
+    A server loads with the defaults (transformers 5's ``dtype="auto"``, vLLM): the dtype ``config.json`` declares
+    (``dtype``, or ``torch_dtype`` before transformers 4.56), not the files'. A save whose config declares bf16 over
+    float32 tensors is served rounded, computing other outputs than the model that trained and was saved, while every
+    reload with an explicit float32 (as the other oracles do) hides it. A directory without config.json or without
+    full-model weights (an adapter) has nothing to declare."""
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    files = weight_files(directory)
+    if not config_file.is_file() or not files:
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    declared = config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
+    if not isinstance(declared, str) or declared not in CONFIG_DTYPES:
+        return  # none ("auto" then means float32) or a name this check does not know
+    stored: dict[str, int] = {}
+    for f in files:
+        for name, meta in read_safetensors_header(f).items():
+            if name != "__metadata__" and meta["dtype"] in CONFIG_DTYPES.values():
+                stored[meta["dtype"]] = stored.get(meta["dtype"], 0) + 1
+    if stored and CONFIG_DTYPES[declared] not in stored:
+        found = ", ".join(f"{n} {code}" for code, n in sorted(stored.items()))
+        raise OracleFailure(seed, f"{directory.name}/config.json declares dtype {declared!r}, but its floating tensors "
+                                  f"are stored as {found}: loaded with the defaults a server uses (dtype='auto': "
+                                  f"transformers 5, vLLM) it computes in {declared}, not as the model that was trained")
+
+
 def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str = "w1 w2 w3 w4",
                           seed: str = "003", generation_config: bool = True) -> None:
     """Copy ``directory`` alone to a fresh place and load model + tokenizer from it, offline.
@@ -116,6 +150,7 @@ def assert_self_contained(directory: Path, base_dir: Path, *, sample_text: str =
         raise OracleFailure(seed, f"{directory.name} is not a self-contained model: missing {missing}; using it as "
                                   f"model_name_or_path fails with \"does not appear to have a file named "
                                   f"{missing[0]}\"")
+    assert_served_dtype(directory, seed=seed)
     with tempfile.TemporaryDirectory(prefix="ft-harness-alone-") as tmp:
         alone = Path(tmp) / directory.name
         shutil.copytree(directory, alone)
