@@ -43,7 +43,8 @@ class ResumeDropsOptimizerState(ReferenceAdapter):
     fails = ("test_quantized_lora_resume", "test_diffusion_lora_resume", "test_resume_equivalence")
 
     def prepare_resume(self, ctx: RunContext, checkpoint: Path) -> Path:
-        copy = Path(tempfile.mkdtemp(prefix="ft-mutant-")) / Path(checkpoint).name
+        # beside the run (in the test's own temporary directory, which pytest cleans), not in the system's /tmp
+        copy = Path(tempfile.mkdtemp(prefix="ft-mutant-", dir=Path(ctx.output_dir).parent)) / Path(checkpoint).name
         shutil.copytree(checkpoint, copy)
         for name in ("optimizer.pt", "scheduler.pt"):
             (copy / name).unlink(missing_ok=True)
