@@ -30,13 +30,15 @@ TIERS = {"smoke": "ft_smoke and not ft_gpu", "full": "not ft_gpu"}
 SMOKE_BUDGET_S = 300
 
 
-def measure(adapter: str, marks: str, extra: list[str]) -> dict:
+def measure(adapter: str, marks: str, extra: list[str], report: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         counts_file = Path(tmp) / "runs.txt"
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", FT_COUNT_RUNS=str(counts_file),
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")])))
         cmd = [sys.executable, "-m", "pytest", "--pyargs", "scenarios", "-q", "-p", "no:cacheprovider",
                "-p", "count_runs", "--ft-adapter", adapter, "-m", marks, *extra]
+        if report is not None:
+            cmd += ["--ft-report", str(report)]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -56,12 +58,18 @@ def main(argv=None) -> int:
     ap.add_argument("--adapter", action="append", help="adapter to measure (repeatable; default: reference)")
     ap.add_argument("--tier", action="append", choices=sorted(TIERS), help="tier(s) to run (default: both)")
     ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks" / "results" / "tiers.json"))
+    ap.add_argument("--report-dir", help="also write each run's ft-harness report JSON here (ADAPTER-TIER.json), "
+                                         "for `ft-harness report --merge`")
     ap.add_argument("pytest_args", nargs="*", help="more pytest arguments, after '--'")
     args = ap.parse_args(argv)
     results = {}
     for adapter in args.adapter or ["reference"]:
         for tier in args.tier or ["smoke", "full"]:
-            results[f"{adapter} {tier}"] = r = measure(adapter, TIERS[tier], args.pytest_args)
+            report = None
+            if args.report_dir:
+                Path(args.report_dir).mkdir(parents=True, exist_ok=True)
+                report = Path(args.report_dir).resolve() / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", adapter) + f"-{tier}.json")
+            results[f"{adapter} {tier}"] = r = measure(adapter, TIERS[tier], args.pytest_args, report)
             flag = " OVER BUDGET" if tier == "smoke" and r["wall_s"] > SMOKE_BUDGET_S else ""
             print(f"{adapter:45s} {tier:5s} {r['wall_s']:7.1f} s  runs {r['framework_runs']:4d} "
                   f"(train {r['runs']['train']}, merge {r['runs']['merge']}, evaluate {r['runs']['evaluate']})  "
