@@ -11,12 +11,13 @@ training); LLaMA-Factory #7085; verl #7401 ("exit status 0 without performing th
 updates"); SimpleTuner PR #3027 / #3045 (LR not restored). Seed 002 is one instance of it.
 
 Arrange: runs in which every piece of state matters — a linear schedule with warm-up, LoRA dropout 0.1
-(and a full-parameter run), gradient accumulation 2, three epochs over a 12-sample dataset whose samples
+(and a full-parameter run), gradient accumulation 2, four epochs over a 12-sample dataset whose samples
 are told apart by their words (so the consumed order is read back by :mod:`harness.probes`), an
 evaluation and a checkpoint every step (a cadence ``load_best_model_at_end`` accepts). Act: run A trains
-N=8 steps uninterrupted; run B is killed (SIGKILL, :class:`harness.faults.KillInTraining`) at its first
+N=11 steps uninterrupted; run B is killed (SIGKILL, :class:`harness.faults.KillInTraining`) at its first
 training step after checkpoint-k, then resumed from ``latest`` to N, for k in the middle of epoch 0,
-exactly on the epoch boundary, and inside epoch 1 (3 optimizer steps per epoch). Trainer-based frameworks save only on optimizer steps,
+exactly on the epoch boundary, inside epoch 1 (3 optimizer steps per epoch), and (LoRA) at k=10, where checkpoint-9
+lies beside checkpoint-10 ("latest" by name is checkpoint-9). Trainer-based frameworks save only on optimizer steps,
 so a save inside a gradient-accumulation window does not arise.
 
 Assert:
@@ -56,12 +57,16 @@ from ._support import captured_output, device_tolerance, spec
 
 pytestmark = [pytest.mark.ft_seed("resume"), pytest.mark.ft_requires("sft", "resume", "in-process")]
 
-N_STEPS = 8
+N_STEPS = 11
 BATCH, GRAD_ACC = 2, 2
-N_TRAIN = 12  # 3 optimizer steps per epoch: N_STEPS spans three epochs
+N_TRAIN = 12  # 3 optimizer steps per epoch: N_STEPS spans four epochs
 SAMPLES_PER_STEP = BATCH * GRAD_ACC
 #: mid-epoch 0, the epoch 0/1 boundary, inside epoch 1
 INTERRUPTIONS = {2: "mid-epoch-0", 3: "epoch-boundary", 5: "inside-epoch-1"}
+#: killed after checkpoint-10, with checkpoint-9 beside it (a save every step): "latest" chosen by name is
+#: checkpoint-9, which sorts after checkpoint-10 (issue 32: no resume crossed a digit boundary; transformers'
+#: get_last_checkpoint compares the numbers)
+DIGIT_BOUNDARY = 10
 GRPO_STEPS, GRPO_K = 4, 2
 #: CUDA kernels (cuBLAS split-K, bitsandbytes) are not bit-deterministic; not yet measured on a GPU
 GPU_RTOL = 1e-3
@@ -187,6 +192,20 @@ def test_resume_continues_from_checkpoint(runs, kind, k):
     run_b, _, before = runs.resumed(kind, k)
     assert_resumed_not_restarted(run_b, k, N_STEPS, before)
     assert_follows_checkpoint(run_b, runs.perturbed(kind, k), k)
+
+
+@pytest.mark.ft_requires("lora")
+def test_resume_from_latest_across_a_digit_boundary(runs, ft_device):
+    """Killed after checkpoint-10 with checkpoint-9 beside it, resumed from ``latest``: the resume reads checkpoint-10
+    (the step number, not the name, says which is newest) and continues it. A resume from checkpoint-9 re-runs step
+    10 deterministically, so the losses agree: the untouched checkpoints and the perturbed copy tell."""
+    k = DIGIT_BOUNDARY
+    run_a, _ = runs.uninterrupted("lora")
+    run_b, _, before = runs.resumed("lora", k)
+    assert_resumed_not_restarted(run_b, k, N_STEPS, before)
+    assert_follows_checkpoint(run_b, runs.perturbed("lora", k), k)
+    assert_resume_equivalent(run_a, run_b, k, keys=("loss", "learning_rate"), seed="resume",
+                             **device_tolerance(ft_device, GPU_RTOL))
 
 
 @pytest.mark.parametrize("missing", ["optimizer.pt", "scheduler.pt"])

@@ -19,7 +19,8 @@ from .saves import (ConfigDeclaresBf16, FullSaveInBf16, IndexWithFirstShardOnly,
                    RankZeroShardSave, RefusesQuantizedMergeByKind, ResizedRowsNotSaved, RotatesBeforeSaving,
                    ShardedSave, UnpicklesCheckpoint, WeightsOnlyIntermediateCheckpoints)
 from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, MissingTrainingStateIgnored,
-                    QuantizedResumeReinitLora, ResumeDropsOptimizerState, ResumeFromIgnored, RngNotRestoredOnResume,
+                    QuantizedResumeReinitLora, ResumeDropsOptimizerState, ResumeFromIgnored, ResumeLatestByName,
+                    RngNotRestoredOnResume,
                     ScheduleRestartsOnResume)
 from .best import (BestCheckpointMislabelled, EvaluatesOnTrainSplit, PlainTrainerBestCheckpoint, ResumeForgetsBest,
                   RotationDeletesBest, RotationSortsByName)
@@ -64,6 +65,7 @@ _ALL = (
     RefusesQuantizedMergeByKind,
     MergedEosAsList,
     ConfigDeclaresBf16,
+    ResumeLatestByName,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

@@ -157,3 +157,23 @@ class ResumeFromIgnored(ReferenceAdapter):
     def prepare_resume(self, ctx: RunContext, checkpoint: Path) -> Path | None:
         log.warning("ignoring resume_from=%s", checkpoint)
         return None
+
+
+class ResumeLatestByName(ReferenceAdapter):
+    """Resume equivalence — ``resume_from="latest"`` takes the last checkpoint in *name* order, so beside
+    ``checkpoint-10`` it resumes from ``checkpoint-9`` (string sort; transformers' ``get_last_checkpoint`` compares
+    the step numbers, hand-rolled resume code often does not: kohya-ss sd-scripts and many training scripts'
+    ``sorted(glob("checkpoint-*"))[-1]``). A deterministic re-run of step 10 reproduces the losses, so only the
+    checkpoint the resume read tells."""
+
+    name = "mutant:resume-latest-by-name"
+    fails = ("test_resume_equivalence",)
+
+    def start(self, spec):
+        from ..layout import list_checkpoints
+
+        if spec.resume_from == "latest":
+            by_name = sorted(list_checkpoints(spec.output_dir), key=lambda c: c.name)
+            if by_name:
+                spec = spec.replace(resume_from=by_name[-1])
+        return super().start(spec)
