@@ -49,7 +49,7 @@ ANYWHERE = "*"
 #: everywhere in a test's group cannot make that test differ, so only a differing answer (a *divergence*) selects
 DIVERGES = "diverges:"
 PURE_HOOKS = frozenset({"resolve_args", "effective_args", "checkpoint_policy", "restore_best", "best_checkpoint_path",
-                        "removed_before_save"})
+                        "removed_before_save", "resolve_latest"})
 
 
 def outcome(method, args, kwargs) -> tuple:

@@ -162,18 +162,14 @@ class ResumeFromIgnored(ReferenceAdapter):
 class ResumeLatestByName(ReferenceAdapter):
     """Resume equivalence — ``resume_from="latest"`` takes the last checkpoint in *name* order, so beside
     ``checkpoint-10`` it resumes from ``checkpoint-9`` (string sort; transformers' ``get_last_checkpoint`` compares
-    the step numbers, hand-rolled resume code often does not: kohya-ss sd-scripts and many training scripts'
-    ``sorted(glob("checkpoint-*"))[-1]``). A deterministic re-run of step 10 reproduces the losses, so only the
-    checkpoint the resume read tells."""
+    the step numbers; hand-rolled resume code that takes ``sorted(glob("checkpoint-*"))[-1]`` does not). A
+    deterministic re-run of step 10 reproduces the losses, so only the checkpoint the resume read tells."""
 
     name = "mutant:resume-latest-by-name"
     fails = ("test_resume_equivalence",)
 
-    def start(self, spec):
+    def resolve_latest(self, output_dir: Path) -> Path | None:
         from ..layout import list_checkpoints
 
-        if spec.resume_from == "latest":
-            by_name = sorted(list_checkpoints(spec.output_dir), key=lambda c: c.name)
-            if by_name:
-                spec = spec.replace(resume_from=by_name[-1])
-        return super().start(spec)
+        by_name = sorted(list_checkpoints(output_dir), key=lambda c: c.name)
+        return by_name[-1] if by_name else None

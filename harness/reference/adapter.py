@@ -381,6 +381,11 @@ class ReferenceAdapter(Adapter):
                          final_dir=final, log_history=tuple(trainer.state.log_history), resolved=ctx.resolved)
 
     # ------------------------------------------------------------------ steps
+    def resolve_latest(self, output_dir: Path) -> Path | None:
+        """The checkpoint ``resume_from="latest"`` names: the highest step number (checkpoint-10 after checkpoint-9,
+        as transformers' ``get_last_checkpoint`` compares them), None when there is none. A function of the files."""
+        return latest_checkpoint(output_dir)
+
     def start(self, spec: RunSpec) -> RunContext:
         """Clear stale staging dirs, resolve ``resume_from="latest"`` and the arguments (logging each
         non-default value with its source and warning on every CLI override), vet the resume checkpoint."""
@@ -390,7 +395,7 @@ class ReferenceAdapter(Adapter):
         for stale in output_dir.glob(".staging-*") if output_dir.is_dir() and is_main_process() else ():
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed save; never a checkpoint
         if spec.resume_from == "latest":
-            latest = latest_checkpoint(output_dir)
+            latest = self.resolve_latest(output_dir)
             if latest is None:
                 raise MissingFileError(output_dir, "checkpoint-*", "resume_from='latest' but no checkpoint exists")
             spec = spec.replace(resume_from=latest)
