@@ -12,8 +12,8 @@ unquantised base and on nf4, int8 (bitsandbytes) and quanto-int8 bases. Act: the
 adapter files or keys (the seed 003 oracle), and its logits on the eval set equal those of the model
 that trained — the base loaded as in training plus the adapter — within a measured tolerance. For a
 quantised base a faithful merge is impossible to the bit (the trained model computed with quantised
-weights): the merge must be refused (an error naming the quantisation: the word, the kind or its library), be faithful to the nf4 model, or warn that it
-is not (a warning line about the quantisation).
+weights): the merge must be refused (an error naming the quantisation: the word, the kind or its library), be
+faithful to the nf4 model, or warn that it is not (a warning line naming the quantisation).
 """
 
 from __future__ import annotations

@@ -15,13 +15,12 @@ One module per family: :mod:`~harness.mutants.args`, :mod:`~harness.mutants.save
 from __future__ import annotations
 
 from .args import AdapterNamesAnotherBase, ArgsJsonBeatsCli, SavedAlphaDiffersFromTrained, TrainsWithSavedArgs
-from .saves import (ConfigDeclaresBf16, FullSaveInBf16, IndexWithFirstShardOnly, LmHeadRetiedOnSave, MergedEosAsList, NonAtomicSave,
-                   RankZeroShardSave, RefusesQuantizedMergeByKind, ResizedRowsNotSaved, RotatesBeforeSaving,
-                   ShardedSave, UnpicklesCheckpoint, WeightsOnlyIntermediateCheckpoints)
+from .saves import (ConfigDeclaresBf16, FullSaveInBf16, IndexWithFirstShardOnly, LmHeadRetiedOnSave, MergedEosAsList,
+                   NonAtomicSave, RankZeroShardSave, RefusesQuantizedMergeByKind, ResizedRowsNotSaved,
+                   RotatesBeforeSaving, ShardedSave, UnpicklesCheckpoint, WeightsOnlyIntermediateCheckpoints)
 from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, MissingTrainingStateIgnored,
                     QuantizedResumeReinitLora, ResumeDropsOptimizerState, ResumeFromIgnored, ResumeLatestByName,
-                    RngNotRestoredOnResume,
-                    ScheduleRestartsOnResume)
+                    RngNotRestoredOnResume, ScheduleRestartsOnResume)
 from .best import (BestCheckpointMislabelled, EvaluatesOnTrainSplit, PlainTrainerBestCheckpoint, ResumeForgetsBest,
                   RotationDeletesBest, RotationSortsByName)
 from .data import (MeanOfMicroBatchMeans, MergeWithoutLoraScale, PackingWithoutBoundaries, PadIsEosInCollator,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .failure import OracleFailure
+from .saves import _eos_ids
 
 
 def _spans(positions: list[int]) -> list[list[int]]:
@@ -174,8 +175,7 @@ def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapp
     if config_dir is None or not (Path(config_dir) / "generation_config.json").is_file():
         raise OracleFailure(seed, f"{label}: a full model without generation_config.json: generation stops only at "
                                   f"config.json's eos, not at the template's turn end")
-    eos = GenerationConfig.from_pretrained(str(config_dir)).eos_token_id
-    eos = eos if isinstance(eos, list) else [eos]
+    eos = _eos_ids(GenerationConfig.from_pretrained(str(config_dir)).eos_token_id)
     if end is not None and end not in eos:
         raise OracleFailure(seed, f"{label}: generation_config.json ({Path(config_dir).name}) has eos_token_id {eos}, "
                                   f"which lacks the template's turn end {tok.convert_ids_to_tokens(end)!r} (id {end}): "

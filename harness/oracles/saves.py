@@ -213,8 +213,8 @@ def generation_config_changes(directory: Path, base_dir: Path, tok=None) -> str 
     added = [e for e in eos_got if e not in eos_want]
     if [e for e in eos_want if e not in eos_got] or [e for e in added if e != end]:
         problems.append(f"eos_token_id {got.get('eos_token_id')!r}, base {want.get('eos_token_id')!r}"
-                        + (f" (the saved template's turn end, id {end}, is the one stop token it may add)"
-                           if end is not None else ""))
+                        + (f" (allowed: the base's stop tokens, plus the saved template's turn end, id {end})"
+                           if end is not None else " (allowed: the base's stop tokens)"))
     changed = sorted(k for k in set(got) | set(want) if k != "eos_token_id" and got.get(k) != want.get(k))
     problems += [f"{k}: {got.get(k)!r}, base {want.get(k)!r}" for k in changed[:4]]
     if not problems:
