@@ -1,7 +1,10 @@
 """Root conftest for ft-harness's own test runs (the plugin itself is loaded via its entry point).
 
-Registers the hypothesis profiles ``ft-default`` (500 examples), ``ft-ci`` (200, derandomized) and
-``ft-thorough`` (5000), and loads ``ft-default`` unless ``--hypothesis-profile`` is given.
+Registers the hypothesis profiles ``ft-default`` (500 examples, random), ``ft-ci`` (200, derandomized) and
+``ft-thorough`` (5000), and loads ``ft-ci`` unless ``--hypothesis-profile`` is given: the README's test command is
+deterministic (the same examples in every run) and its properties take 0.4 x the time (the three argument-resolution
+properties: 13.2 / 11.8 / 11.7 s with 500 random examples on a slow 2-core machine). Explore with
+``--hypothesis-profile ft-default`` or ``ft-thorough``.
 """
 
 from hypothesis import settings
@@ -15,7 +18,7 @@ register_profiles()
 
 def pytest_configure(config):
     if not config.getoption("hypothesis_profile", None):
-        settings.load_profile("ft-default")
+        settings.load_profile("ft-ci")
 
 
 def pytest_collection_modifyitems(config, items):

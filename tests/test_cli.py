@@ -53,8 +53,24 @@ def test_report_json_and_exit_codes(tmp_path):
     # --tb: the whole failure after the table, untruncated, with the traceback
     assert "FAILED " in bad.stdout and "test_args_precedence.py::test_cli_train_type_beats_saved_full[cpu]" in bad.stdout
     assert "the saved args.json in" in bad.stdout and "test_args_precedence.py:" in bad.stdout
-    none = _cli("run", "--", "-k", "no_such_scenario_xyz", cwd=tmp_path)
-    assert none.returncode == 5 and "no scenario was collected" in none.stderr
+
+
+def test_run_with_nothing_collected_exits_5(monkeypatch, capsys):
+    """pytest's exit 5 (the -k/-m filters matched nothing) is passed on with a line saying so, not a green table.
+    (In-process with the run stubbed: the subprocess path is the test above's.)"""
+    import harness.cli
+    import harness.report
+
+    asked = []
+
+    def run_adapter(target, options, pytest_args, **kwargs):
+        asked.append(pytest_args)
+        return AdapterRun("reference", "reference", {}, 5, 0.1, [])
+
+    monkeypatch.setattr(harness.report, "run_adapter", run_adapter)
+    assert harness.cli.main(["run", "--", "-k", "no_such_scenario_xyz"]) == 5
+    assert asked == [["-k", "no_such_scenario_xyz"]]
+    assert "no scenario was collected (pytest exit 5)" in capsys.readouterr().err
 
 
 def _runs():
