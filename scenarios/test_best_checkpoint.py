@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from harness.errors import ArrangementError
 from harness.faults import KillInTraining, require_killed, run_killed
 from harness.models import write_datasets
-from harness.oracles import (assert_best_checkpoint_kept, assert_evaluated_at, assert_saves_reproduce_log,
+from harness.oracles import (assert_best_checkpoint_kept, assert_evaluated_at, assert_newest_save_kept,
+                             assert_saves_reproduce_log,
                              best_logged_step, logged_metrics)
 
 from ._support import eval_rtol, evaluator, spec
@@ -61,6 +62,7 @@ def test_seed_best_between_saves_is_kept(ft_adapter, tiny_assets, tmp_path, ft_d
     run = spec(tiny_assets, tmp_path / "run", train_type="full", max_steps=40, eval_steps=3, save_steps=20,
                learning_rate=LR, device=ft_device)
     result = ft_adapter.train(run)
+    assert_newest_save_kept(result.output_dir, 40)  # first: a missing newest save truncates the log read below
     judge = evaluator(ft_adapter, run)
     assert_saves_reproduce_log(result.output_dir, judge, rtol=eval_rtol(ft_device))  # the log is the saved models'
     assert_evaluated_at(result.output_dir, range(3, 41, 3), last_step=40)
@@ -76,6 +78,7 @@ def test_rotation_keeps_best(ft_adapter, tiny_assets, tmp_path, ft_device):
     run = spec(tiny_assets, tmp_path / "run", train_type="full", max_steps=30, eval_steps=2, save_steps=3,
                save_total_limit=1, learning_rate=LR, device=ft_device).replace(dataset_dir=data)
     result = ft_adapter.train(run)
+    assert_newest_save_kept(result.output_dir, 30)
     judge = evaluator(ft_adapter, run)
     assert_saves_reproduce_log(result.output_dir, judge, rtol=eval_rtol(ft_device))
     arrange_best_off_the_save_cadence(result.output_dir, 3)
@@ -93,6 +96,7 @@ def test_maximised_metric(ft_adapter, tiny_assets, tmp_path, ft_device):
                save_total_limit=1, metric="eval_accuracy", greater_is_better=True, learning_rate=3e-2,
                lr_scheduler_type="linear", warmup_steps=30, device=ft_device).replace(dataset_dir=data)
     result = ft_adapter.train(run)
+    assert_newest_save_kept(result.output_dir, 30)
     logged_as = ft_adapter.metric_name("eval_accuracy")  # e.g. ms-swift logs it as eval_token_acc
     judge = evaluator(ft_adapter, run)
     assert_saves_reproduce_log(result.output_dir, judge, metric=logged_as, greater_is_better=True,
@@ -115,6 +119,7 @@ def test_resumed_run_keeps_best_of_whole_log(ft_adapter, tiny_assets, tmp_path, 
                save_total_limit=1, learning_rate=LR, device=ft_device)
     require_killed(run_killed(ft_adapter, run, KillInTraining(30)), KillInTraining(30))
     result = ft_adapter.train(run.replace(resume_from="latest"))
+    assert_newest_save_kept(result.output_dir, 40)
     judge = evaluator(ft_adapter, run)
     assert_saves_reproduce_log(result.output_dir, judge, rtol=eval_rtol(ft_device))
     metrics = logged_metrics(result.output_dir, "eval_loss")
@@ -137,6 +142,7 @@ def test_any_cadence_keeps_best(ft_adapter, tiny_assets, ft_device, eval_steps, 
         run = spec(tiny_assets, Path(tmp) / "run", train_type="full", max_steps=max_steps, eval_steps=eval_steps,
                    save_steps=save_steps, save_total_limit=limit, learning_rate=LR, device=ft_device)
         result = ft_adapter.train(run)
+        assert_newest_save_kept(result.output_dir, max_steps)
         judge = evaluator(ft_adapter, run)
         assert_saves_reproduce_log(result.output_dir, judge, rtol=eval_rtol(ft_device))
         assert_best_checkpoint_kept(result.output_dir, judge, save_total_limit=limit, newest_step=max_steps,

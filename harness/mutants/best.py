@@ -1,5 +1,6 @@
 """Mutants of best-checkpoint handling: rotation that deletes the best, only save-cadence steps saved, a mislabelled
-pointer, rotation by name, evaluation on the training split, best tracking forgotten on resume.
+pointer, rotation by name, evaluation on the training split, best tracking forgotten on resume, every save but the
+best deleted at the end.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..layout import list_checkpoints, step_of
 from ..reference import ReferenceAdapter
 from ..reference.adapter import RunContext
 from ..reference.policy import CheckpointPolicy
@@ -96,3 +98,21 @@ class ResumeForgetsBest(ReferenceAdapter):
 
     def restore_best(self, ctx: RunContext, state) -> tuple[int, float] | None:
         return None
+
+
+class EndCleanupKeepsOnlyBest(ReferenceAdapter):
+    """Best checkpoint, transformers 4.49 (ms-swift 3.1.1) — at the end of training with ``save_total_limit=1``, every
+    checkpoint but the best is deleted, the newest save (the one a resume needs) included, while the framework still
+    reports it as the last checkpoint. The log left in the surviving checkpoint stops at the best's step, so a scenario
+    that read it for its arrangement first would report a failed arrangement instead of the deleted save (issue 32)."""
+
+    name = "mutant:end-cleanup-keeps-only-best"
+    fails = ("test_best_checkpoint",)
+
+    def rotate_checkpoints(self, ctx: RunContext, policy: CheckpointPolicy, best_step: int | None) -> None:
+        super().rotate_checkpoints(ctx, policy, best_step)
+        ckpts = {step_of(c): c for c in list_checkpoints(ctx.output_dir)}
+        if policy.save_total_limit == 1 and best_step in ckpts and max(ckpts) >= policy.max_steps:  # the final save
+            for step, directory in ckpts.items():
+                if step != best_step:
+                    shutil.rmtree(directory)

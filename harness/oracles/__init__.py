@@ -40,7 +40,7 @@ from .resolution import (assert_cli_beats_saved, assert_layers_respected, assert
                          assert_nothing_from_files, from_saved_file)
 from .equivalence import QUANTIZATION_NAMES, assert_merged_is_trained_model, assert_runs_agree, names_quantization
 from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_checkpoint_kept, assert_evaluated_at,
-                        assert_saves_reproduce_log, best_logged_step, logged_metrics)
+                        assert_newest_save_kept, assert_saves_reproduce_log, best_logged_step, logged_metrics)
 from .chat import assert_batches_teach_assistant, assert_saved_format, training_sample_of
 from .embeddings import assert_embeddings_saved, batches_loss
 
@@ -95,6 +95,7 @@ __all__ = [
     "logged_metrics",
     "assert_saves_reproduce_log",
     "assert_best_checkpoint_kept",
+    "assert_newest_save_kept",
     "best_logged_step",
     "assert_evaluated_at",
     "assert_batches_teach_assistant",

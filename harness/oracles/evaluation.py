@@ -163,9 +163,8 @@ def assert_best_checkpoint_kept(output_dir: Path, evaluate: Evaluator, *, metric
         raise OracleFailure(seed, f"best {metric}={metrics[best]:.6g} was logged at step {best}, but there is no "
                                   f"checkpoint-{best} on disk (checkpoints: {sorted(on_disk)}): the best model was "
                                   f"never saved or was rotated away")
-    if newest_step is not None and newest_step not in on_disk:
-        raise OracleFailure(seed, f"the newest save, checkpoint-{newest_step} (the one a resume needs), is not on disk "
-                                  f"(checkpoints: {sorted(on_disk)}): rotation removed it")
+    if newest_step is not None:
+        assert_newest_save_kept(output_dir, newest_step, seed=seed)
     if save_total_limit and len(on_disk) > save_total_limit + 1:
         raise OracleFailure(seed, f"{len(on_disk)} checkpoints on disk ({sorted(on_disk)}) with "
                                   f"save_total_limit={save_total_limit} (at most limit + the best allowed)")
@@ -189,6 +188,18 @@ def assert_best_checkpoint_kept(output_dir: Path, evaluate: Evaluator, *, metric
                               f"was logged at step {best}: " + (
                                   f"checkpoint-{others[0]} does not reproduce its logged value either: "
                                   + evaluate.hint() if formula else "the checkpoint does not hold the best model"))
+
+
+def assert_newest_save_kept(output_dir: Path, newest_step: int, *, seed: str = "004") -> None:
+    """The newest save of the cadence (``newest_step``: the one a resume needs) survived rotation. Scenarios check it
+    before reading the log for their arrangement: a framework that deleted it (transformers 4.49's end-of-training
+    cleanup under ``save_total_limit=1`` keeps only the best; ms-swift 3.1.1 still reports it as
+    ``last_model_checkpoint``) leaves a log that ends at an older save, which reads as a failed arrangement
+    otherwise, hiding the bug (issue 32)."""
+    on_disk = {step_of(c): c for c in list_checkpoints(output_dir)}
+    if newest_step not in on_disk:
+        raise OracleFailure(seed, f"the newest save, checkpoint-{newest_step} (the one a resume needs), is not on disk "
+                                  f"(checkpoints: {sorted(on_disk)}): rotation removed it")
 
 
 def best_logged_step(metrics: Mapping[int, float], greater_is_better: bool) -> int:
