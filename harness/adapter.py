@@ -40,11 +40,14 @@ __all__ = [
     "parse_adapter_options",
     "split_adapter_spec",
     "ADAPTER_ENTRY_POINT_GROUP",
+    "RESUME_FILE_ROLES",
     # the vocabulary, re-exported: every name of harness.spec
     *_VOCABULARY,
 ]
 
 ADAPTER_ENTRY_POINT_GROUP = "ft_harness.adapters"
+#: the roles of :attr:`Adapter.resume_files`
+RESUME_FILE_ROLES = frozenset({"optimizer", "scheduler", "rng", "args"})
 
 
 @runtime_checkable
@@ -96,6 +99,14 @@ class Adapter:
     #: harness metric name -> why the framework cannot log it (e.g. ``{"eval_accuracy": "no token accuracy"}``);
     #: a scenario marked ``ft_metric(name)`` is then skipped with that reason instead of failing
     unavailable_metrics: Mapping[str, str] = {}
+    #: the files a resume reads besides the weights, role -> path relative to a checkpoint directory: ``optimizer``,
+    #: ``scheduler`` and ``rng`` (the training state) and ``args`` (pickled training arguments). HF Trainer's by
+    #: default. The missing-state scenario deletes the ``optimizer`` and ``scheduler`` files, the hostile-checkpoint
+    #: scenario poisons the ``optimizer``, ``rng`` and ``args`` pickles; leave out a role the framework does not write
+    #: (its tests are skipped, naming it) and point a role at the framework's own file (e.g. one recipe-state file
+    #: for several roles: ``"../recipe_state/recipe_state.pt"``)
+    resume_files: Mapping[str, str] = {"optimizer": "optimizer.pt", "scheduler": "scheduler.pt",
+                                       "rng": "rng_state.pth", "args": "training_args.bin"}
     #: True when ``train`` runs the framework in a *subprocess* (a CLI by name): fault injection cannot kill it at a
     #: file write, so scenarios needing the implied ``in-process`` capability (the crash scenario) are skipped
     launches_subprocess: bool = False
@@ -165,7 +176,7 @@ class Adapter:
 #: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
 OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
                     "resolve_args", "merge", "evaluate", "unavailable_metrics", "launches_subprocess",
-                    "training_batches")
+                    "training_batches", "resume_files")
 
 
 def _import_target(target: str) -> Any:
@@ -271,11 +282,15 @@ def validate_adapter(adapter: Any, target: str = "") -> None:
 
     if adapter.model_arch not in ARCHITECTURES:
         raise AdapterLoadError(f"adapter {label!r}: model_arch {adapter.model_arch!r} is not one of {ARCHITECTURES}")
-    for member in ("metric_names", "arg_names", "unavailable_metrics"):
+    for member in ("metric_names", "arg_names", "unavailable_metrics", "resume_files"):
         mapping = getattr(adapter, member)
         if not isinstance(mapping, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                         for k, v in mapping.items()):
             raise AdapterLoadError(f"adapter {label!r}: {member} must map str to str, got {mapping!r}")
+    unknown_roles = set(adapter.resume_files) - RESUME_FILE_ROLES
+    if unknown_roles:
+        raise AdapterLoadError(f"adapter {label!r}: resume_files has unknown roles {sorted(unknown_roles)}; known: "
+                               f"{sorted(RESUME_FILE_ROLES)}")
     if not isinstance(adapter.launches_subprocess, bool):
         raise AdapterLoadError(f"adapter {label!r}: launches_subprocess must be True or False, "
                                f"got {adapter.launches_subprocess!r}")

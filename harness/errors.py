@@ -19,6 +19,7 @@ __all__ = [
     "AdapterLoadError",
     "SaveError",
     "ArrangementError",
+    "SpecRefused",
 ]
 
 
@@ -96,6 +97,18 @@ class QuantizationMismatchError(HarnessError):
 
 class AdapterLoadError(HarnessError):
     """``--ft-adapter module:Class`` could not be imported or does not satisfy the contract."""
+
+
+class SpecRefused(ConfigError):
+    """The framework cannot express what the scenario asked for (a schedule, a quantisation kind, a cadence it has no
+    key for): the adapter refuses the run up front (:func:`harness.kit.refuse`) instead of running something else.
+    The cell is red with ``SpecRefused: ... cannot express <key>=<value>`` as its reason: a gap the framework or its
+    adapter has, told apart from a wrong result by its name."""
+
+    def __init__(self, framework: str, key: str, value: object, why: str):
+        self.framework = framework
+        super().__init__(None, key, f"a value {framework} can express", value)
+        self.args = (f"{framework} cannot express {key}={value!r} (the scenario's command line): {why}",)
 
 
 class SaveError(HarnessError, OSError):

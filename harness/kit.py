@@ -51,7 +51,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .adapter import Adapter, KnownFailure, ResolvedArgs, RunResult, RunSpec
 from .layout import list_checkpoints, read_log_history
@@ -61,7 +61,7 @@ from .task import TASK_DEFAULTS, counting_reward
 __all__ = [
     "ConfigFileAdapter", "parse_bool", "check_options", "convert_datasets", "chat_as_messages", "convert_chat_datasets", "quantization_keys", "DATASET_FORMATS", "collect_result",
     "checkpoints_in", "write_config_file", "run_command", "counting_reward", "run_in_fork", "cpu_threads",
-    "library_versions", "FrameworkError", "TASK_DEFAULTS",
+    "library_versions", "FrameworkError", "TASK_DEFAULTS", "refuse",
 ]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -297,6 +297,16 @@ def convert_chat_datasets(dataset_dir: Path, out_dir: Path, fmt: str) -> dict[st
     elif fmt != "messages":
         raise ValueError(f"unknown chat dataset format {fmt!r} (messages, sharegpt)")
     return files
+
+
+def refuse(framework: str, key: str, value: Any, why: str) -> NoReturn:
+    """Refuse a run the framework cannot express (``refuse("torchtune", "lr_scheduler_type", "linear", "0.6.1 has
+    only cosine")``) instead of running something else: raises :class:`harness.errors.SpecRefused`, a red cell whose
+    reason names the key and value. Never map an unsupported value to a near one: the scenario would judge a run it
+    did not ask for."""
+    from .errors import SpecRefused
+
+    raise SpecRefused(framework, key, value, why)
 
 
 def quantization_keys(quantization: str | None, table: Mapping[str, Mapping[str, Any]], how: str) -> dict[str, Any]:

@@ -115,6 +115,7 @@ SAVED_INSTEAD = {"learning_rate": 2e-4, "lora_rank": 8, "lora_alpha": 4.0, "max_
 
 
 @pytest.mark.ft_requires("sft", "lora", "full")
+@pytest.mark.ft_metric("eval_loss")  # every save must reload to the eval loss the run logged
 def test_cli_values_are_the_trained_values(ft_adapter, full_ft_output, tiny_assets, tmp_path, ft_device):
     """LoRA on a full-FT output whose args.json says another learning rate, rank, alpha and max_steps: the run trains
     with every command-line value. Judged on what it saved: the first Adam step moved lora_B by the typed learning

@@ -39,7 +39,8 @@ from ._support import eval_rtol, evaluator, spec
 
 REAL_RUN_PHASES = (Phase.explicit, Phase.generate)  # derandomized, no shrinking: each example is a real run
 
-pytestmark = [pytest.mark.ft_seed("004"), pytest.mark.ft_requires("sft", "full", "best-checkpoint")]
+pytestmark = [pytest.mark.ft_seed("004"), pytest.mark.ft_requires("sft", "full", "best-checkpoint"),
+              pytest.mark.ft_metric("eval_loss")]
 
 LR = 1.5e-3
 

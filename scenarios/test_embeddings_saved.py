@@ -45,6 +45,7 @@ TRAIN_TYPES = [pytest.param("full", marks=pytest.mark.ft_requires("full")),
 
 
 @pytest.mark.ft_smoke("tied-full", "resized-lora")
+@pytest.mark.ft_metric("eval_loss")  # the reload must reproduce the eval loss logged at the final step
 @pytest.mark.parametrize("train_type", TRAIN_TYPES)
 @pytest.mark.parametrize("model", ["tied", pytest.param("resized", marks=pytest.mark.ft_requires("new-tokens"))])
 def test_embeddings_survive_save_and_reload(ft_adapter, tiny_assets, tmp_path, model, train_type, ft_device):

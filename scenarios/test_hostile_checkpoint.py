@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -32,18 +33,35 @@ def clean_run(ft_adapter, tiny_assets, tmp_path_factory):
     return ft_adapter.train(spec(tiny_assets, out, train_type="lora", max_steps=2, save_steps=2))
 
 
-POISONED = ["optimizer.pt", "rng_state.pth", "training_args.bin"]
+#: the pickles a resume reads, as roles of ``Adapter.resume_files`` (ids: HF Trainer's file names)
+POISONED = [pytest.param("optimizer", id="optimizer.pt"), pytest.param("rng", id="rng_state.pth"),
+            pytest.param("args", id="training_args.bin")]
 
 
-def _resume_from_poisoned(ft_adapter, clean_run, tiny_assets, tmp_path, poisoned):
-    """Arrange a checkpoint whose ``poisoned`` file is a malicious pickle, act: resume from it.
-    Returns (marker path, the exception the resume raised or None)."""
+def _poisoned_file(ft_adapter, role: str) -> str:
+    """The file the adapter says holds ``role`` (``resume_files``); a role it does not write is skipped."""
+    relative = ft_adapter.resume_files.get(role)
+    if relative is None:
+        pytest.skip(f"the adapter's resume_files names no {role} file: its checkpoints hold no such pickle")
+    return relative
+
+
+def _resume_from_poisoned(ft_adapter, clean_run, tiny_assets, tmp_path, relative):
+    """Arrange a checkpoint whose file ``relative`` (one a resume reads) is a malicious pickle, act: resume from it.
+    Returns (marker path, the exception the resume raised or None). Poisoning a file the framework does not write
+    would prove nothing (it never reads it): that is an arrangement error naming the file."""
     import torch
+
+    from harness.errors import ArrangementError
 
     ckpt = tmp_path / "checkpoint-2"
     shutil.copytree(clean_run.checkpoint(2), ckpt)
+    if not (ckpt / relative).is_file():
+        raise ArrangementError(f"checkpoint-2 of the clean run holds no {relative}; it holds "
+                               f"{sorted(p.name for p in ckpt.iterdir())}: the adapter's resume_files must name the "
+                               f"files its framework reads on resume")
     marker = tmp_path / "PWNED"
-    torch.save({"state": _Payload(marker)}, ckpt / poisoned)
+    torch.save({"state": _Payload(marker)}, ckpt / relative)
     try:
         ft_adapter.train(spec(tiny_assets, tmp_path / "resumed", train_type="lora", max_steps=4, save_steps=2,
                               resume_from=ckpt))
@@ -56,6 +74,7 @@ def _resume_from_poisoned(ft_adapter, clean_run, tiny_assets, tmp_path, poisoned
 @pytest.mark.parametrize("poisoned", POISONED)
 def test_poisoned_pickle_is_never_executed(ft_adapter, clean_run, tiny_assets, tmp_path, poisoned):
     """Security: whatever the adapter does with the file, the pickle's code never runs."""
+    poisoned = _poisoned_file(ft_adapter, poisoned)
     marker, _ = _resume_from_poisoned(ft_adapter, clean_run, tiny_assets, tmp_path, poisoned)
     assert not marker.exists(), (
         f"[pickle] resuming from a checkpoint whose {poisoned} holds a malicious pickle EXECUTED it "
@@ -66,12 +85,13 @@ def test_poisoned_pickle_is_never_executed(ft_adapter, clean_run, tiny_assets, t
 def test_refusal_names_the_file(ft_adapter, clean_run, tiny_assets, tmp_path, poisoned):
     """Usability: a refused resume says which file it refused (a safe refusal that does not is this
     test's failure only, never the security test's)."""
+    poisoned = _poisoned_file(ft_adapter, poisoned)
     marker, error = _resume_from_poisoned(ft_adapter, clean_run, tiny_assets, tmp_path, poisoned)
     if marker.exists():
         pytest.skip("the pickle was executed: test_poisoned_pickle_is_never_executed reports it")
     if error is None:
         pytest.skip(f"the resume did not refuse {poisoned} (it was never loaded, or loaded weights-only): "
                     f"nothing to name")
-    assert poisoned in str(error), (
+    assert Path(poisoned).name in str(error), (
         f"[pickle] the refusal should name the offending file {poisoned!r}, got "
         f"{type(error).__name__}: {str(error)[:300]}")

@@ -208,20 +208,33 @@ def test_resume_from_latest_across_a_digit_boundary(runs, ft_device):
                              **device_tolerance(ft_device, GPU_RTOL))
 
 
-@pytest.mark.parametrize("missing", ["optimizer.pt", "scheduler.pt"])
+#: the training state a resume needs, as roles of ``Adapter.resume_files`` (ids: HF Trainer's file names)
+STATE_ROLES = [pytest.param("optimizer", id="optimizer.pt"), pytest.param("scheduler", id="scheduler.pt")]
+
+
+@pytest.mark.parametrize("role", STATE_ROLES)
 @pytest.mark.ft_requires("lora")
-def test_resume_without_training_state_is_not_silent(runs, missing, capfd, caplog, recwarn):
-    """transformers' ``_load_optimizer_and_scheduler`` skips absent state silently: that must fail or warn."""
+def test_resume_without_training_state_is_not_silent(runs, role, capfd, caplog, recwarn):
+    """transformers' ``_load_optimizer_and_scheduler`` skips absent state silently: that must fail or warn. The file
+    deleted is the one the adapter says holds that state (``resume_files``)."""
     k = 5
+    relative = runs.adapter.resume_files.get(role)
+    if relative is None:
+        pytest.skip(f"the adapter's resume_files names no {role} file: its checkpoints keep no {role} state to lose")
     # (the directory's name must not contain the file's: a framework logging its output_dir would "name" it)
-    out = runs.copy_of_interrupted("lora", k, f"state-missing-{['optimizer.pt', 'scheduler.pt'].index(missing)}")
-    (out / f"checkpoint-{k}" / missing).unlink()
+    out = runs.copy_of_interrupted("lora", k, f"state-missing-{[r.values[0] for r in STATE_ROLES].index(role)}")
+    missing = out / f"checkpoint-{k}" / relative
+    if not missing.is_file():
+        raise ArrangementError(f"checkpoint-{k} of the interrupted run holds no {relative} (resume_files[{role!r}]); "
+                               f"it holds {sorted(p.name for p in missing.parent.iterdir())}: the adapter must name the "
+                               f"file its framework keeps the {role} state in")
+    missing.unlink()
     error = None
     try:
         runs.adapter.train(runs.spec(out, "lora", resume_from="latest"))
     except Exception as exc:  # noqa: BLE001 - judged by the oracle: it must name the file
         error = exc
-    assert_missing_state_reported(out / f"checkpoint-{k}" / missing, error, captured_output(capfd, caplog, recwarn))
+    assert_missing_state_reported(missing, error, captured_output(capfd, caplog, recwarn))
 
 
 @pytest.mark.ft_requires("grpo", "lora")

@@ -295,3 +295,27 @@ def test_worked_example_gets_a_first_green_scenario():
                            "myfw_adapter.adapter:MyFwAdapter"], env=env, cwd=str(EXAMPLE), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0 and "2 passed" in proc.stdout, f"expected 2 passed, got:\n{proc.stdout[-3000:]}"
+
+
+def test_resume_files_default_to_trainers_and_unknown_roles_are_refused():
+    """issue 37: where a checkpoint keeps its training state and pickles is a contract member (HF Trainer's files by
+    default), so the missing-state and hostile-pickle scenarios delete or poison the files the framework really reads."""
+    adapter = ToyFramework()
+    assert adapter.resume_files == {"optimizer": "optimizer.pt", "scheduler": "scheduler.pt", "rng": "rng_state.pth",
+                                    "args": "training_args.bin"}
+    adapter.resume_files = {"optimizer": "../recipe_state/recipe_state.pt", "scheduler": "../recipe_state/recipe_state.pt"}
+    validate_adapter(adapter)  # roles left out: those tests are skipped, naming the role
+    adapter.resume_files = {"optimiser": "opt.pt"}
+    with pytest.raises(AdapterLoadError, match=r"resume_files has unknown roles \['optimiser'\]; known: \['args'"):
+        validate_adapter(adapter)
+
+
+def test_refuse_names_the_key_and_value_and_is_a_config_error():
+    """issue 37: a spec the framework cannot express is refused up front, with a reason that names the key and value."""
+    from harness.errors import ConfigError, SpecRefused
+
+    with pytest.raises(SpecRefused) as info:
+        kit.refuse("torchtune", "lr_scheduler_type", "linear", "0.6.1 has only a cosine schedule with warm-up")
+    assert isinstance(info.value, ConfigError) and info.value.key == "lr_scheduler_type"
+    assert str(info.value).startswith("torchtune cannot express lr_scheduler_type='linear' (the scenario's command line): "
+                                      "0.6.1 has only a cosine"), str(info.value)

@@ -386,3 +386,15 @@ def test_diffusion_lora_with_foreign_keys_is_caught(unet_root, tmp_path):
     with pytest.raises(OracleFailure, match=r"b: .*(LoRA keys differ from the file|LoRA tensors differ from the file"
                                             r"|failed)"):
         assert_diffusion_lora_reloads(unet_root, a, b, None)
+
+
+def test_start_weights_of_an_adapter_without_its_base_names_file_and_key(tmp_path):
+    """issue 37: an adapter_config.json without base_model_name_or_path (torchtune writes it only when `tune download`
+    left original_repo_id.json) is a failure naming the file and the key, not a raw KeyError."""
+    from harness.oracles import OracleFailure, start_weights
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    with pytest.raises(OracleFailure) as info:
+        start_weights(tmp_path)
+    message = str(info.value)
+    assert "adapter_config.json" in message and "base_model_name_or_path" in message, message

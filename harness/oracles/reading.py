@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..hf import dtype_kwargs
-from ..layout import LORA_FILES, list_checkpoints, lora_dir, read_safetensors_header, step_of, weight_files
+from ..layout import (LORA_FILES, adapter_base, list_checkpoints, lora_dir, read_safetensors_header, step_of,
+                      weight_files)
 from .failure import OracleFailure
 
 
@@ -57,17 +59,22 @@ def weights_on_disk(directory: Path, *, seed: str = "001") -> dict[str, Any]:
     return out
 
 
-def start_weights(model_dir: Path) -> dict[str, Any]:
-    """The weights a run starting from ``model_dir`` starts with (an adapter dir is merged into its base)."""
+def start_weights(model_dir: Path, *, seed: str = "003") -> dict[str, Any]:
+    """The weights a run starting from ``model_dir`` starts with (an adapter dir is merged into its base). A saved
+    adapter whose ``adapter_config.json`` names no base is a failure of the run that saved it (a user's reload
+    cannot find the base either), reported naming the file and key."""
     model_dir = Path(model_dir)
     if not (model_dir / "adapter_config.json").is_file():
         return weights_on_disk(model_dir)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"], **dtype_kwargs(),
-                                                local_files_only=True)
+    try:
+        base_dir = adapter_base(model_dir)
+    except ConfigError as exc:
+        raise OracleFailure(seed, f"the saved adapter cannot be loaded as a user loads it: {exc} (PeftModel."
+                                  f"from_pretrained reads the base from that key)") from None
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), **dtype_kwargs(), local_files_only=True)
     merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
 
