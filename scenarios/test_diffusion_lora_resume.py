@@ -102,7 +102,7 @@ def test_resume_matches_uninterrupted(uninterrupted, resumed, tiny_unet, quant, 
     run_a, run_b = uninterrupted(quant), resumed(quant, k)
     tol = device_tolerance(ft_device, GPU_RTOL)
     assert_resume_equivalent(run_a.output_dir, run_b.output_dir, k, **tol)
-    assert_resumed_into_new_dir(run_b.output_dir, k)
+    assert_resumed_into_new_dir(run_b.output_dir, k, source=run_a.checkpoint(k))
     assert_diffusion_lora_reloads(tiny_unet, run_a.final_dir, run_b.final_dir, quant, device=ft_device, **tol)
 
 

@@ -86,7 +86,7 @@ def resumed(ft_adapter, uninterrupted, tiny_assets, tmp_path_factory, ft_device)
 def test_resume_matches_uninterrupted(uninterrupted, resumed, quant, k, ft_device):
     run_a, run_b = uninterrupted(quant), resumed(quant, k)
     assert_resume_equivalent(run_a.output_dir, run_b.output_dir, k, **device_tolerance(ft_device, GPU_RTOL))
-    assert_resumed_into_new_dir(run_b.output_dir, k)
+    assert_resumed_into_new_dir(run_b.output_dir, k, source=run_a.checkpoint(k))
     assert_adapter_only_save(run_b.final_dir, seed="002")
 
 

@@ -398,3 +398,22 @@ def test_start_weights_of_an_adapter_without_its_base_names_file_and_key(tmp_pat
         start_weights(tmp_path)
     message = str(info.value)
     assert "adapter_config.json" in message and "base_model_name_or_path" in message, message
+
+
+def test_resumed_into_new_dir_accepts_a_copy_of_the_source_only(tmp_path):
+    """issue 32 (SimpleTuner 4.10.1): a framework that resumes only from inside its output dir has checkpoint-k copied
+    there; a byte-identical copy of the checkpoint resumed from is not re-training, any other checkpoint <= k is."""
+    from harness.oracles import OracleFailure, assert_resumed_into_new_dir
+
+    source = tmp_path / "a" / "checkpoint-2"
+    source.mkdir(parents=True)
+    (source / "adapter_model.safetensors").write_bytes(b"trained")
+    out = tmp_path / "b"
+    shutil.copytree(source, out / "checkpoint-2")
+    (out / "checkpoint-4").mkdir()
+    assert_resumed_into_new_dir(out, 2, source=source)
+    with pytest.raises(OracleFailure, match=r"saved \['checkpoint-2'\]"):
+        assert_resumed_into_new_dir(out, 2)  # no source given: a checkpoint <= k is a retrain
+    (out / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"retrained")
+    with pytest.raises(OracleFailure, match="trained steps <= 2 again"):
+        assert_resumed_into_new_dir(out, 2, source=source)
