@@ -417,3 +417,18 @@ def test_resumed_into_new_dir_accepts_a_copy_of_the_source_only(tmp_path):
     (out / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"retrained")
     with pytest.raises(OracleFailure, match="trained steps <= 2 again"):
         assert_resumed_into_new_dir(out, 2, source=source)
+
+
+def test_an_evaluate_that_ignores_its_directory_is_named(tmp_path):
+    """issue 32 (ms-swift 3.1.1 adapter): three checkpoints with different logged losses re-evaluate to the same value:
+    the adapter's evaluate is not evaluating the directory it is given, and the message says so."""
+    from harness.oracles import Evaluator, OracleFailure, assert_saves_reproduce_log
+
+    history = [{"step": s, "eval_loss": 4.0 - s / 10} for s in (1, 2, 3)]
+    for s in (1, 2, 3):
+        (tmp_path / f"checkpoint-{s}").mkdir()
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 3, "log_history": history}))
+    same = Evaluator(lambda directory: {"eval_loss": 3.93353}, own_formula=True, name="stuck")
+    with pytest.raises(OracleFailure, match=r"stuck's evaluate gives eval_loss=3.93353 for each of 3 saves whose "
+                                            r"logged values differ .*does not evaluate the directory it is given"):
+        assert_saves_reproduce_log(tmp_path, same)

@@ -107,6 +107,13 @@ def assert_saves_reproduce_log(output_dir: Path, evaluate: Evaluator, *, metric:
         found[label] = value = evaluate(directory, metric, seed)
         if not any(_close(value, v, rtol) for v in expected.values()):
             wrong.append((label, value, expected))
+    logged_apart = {round(next(iter(exp.values())), 9) for _, _, exp in judged}
+    if len(judged) > 1 and len(logged_apart) > 1 and all(_close(v, next(iter(found.values())), 1e-9) for v in found.values()):
+        raise OracleFailure(seed, f"{evaluate.name}'s evaluate gives {metric}={next(iter(found.values())):.6g} for each "
+                                  f"of {len(judged)} saves whose logged values differ "
+                                  f"({', '.join(f'{label}: {next(iter(exp.values())):.6g}' for label, _, exp in judged[:3])}"
+                                  f"): it does not evaluate the directory it is given (the adapter's evaluate is wrong, "
+                                  f"not the framework's saves)")
     if len(wrong) == len(judged) and len(judged) > 1:
         shown = "; ".join(f"{label}: {value:.6g} vs {', '.join(f'{v:.6g} at step {s}' for s, v in list(exp.items())[:2])}"
                           for label, value, exp in wrong[:3])
