@@ -24,7 +24,7 @@ from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, Miss
 from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit, PlainTrainerBestCheckpoint,
                   ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
 from .data import (MeanOfMicroBatchMeans, MergeWithoutLoraScale, PackingWithoutBoundaries, PadIsEosInCollator,
-                  SavedTokenizerWithoutTemplate)
+                  SavedTokenizerWithoutTemplate, TemplateWithoutGenerationPrompt)
 
 #: every mutant, in the detection matrix's order
 _ALL = (
@@ -56,6 +56,7 @@ _ALL = (
     FullSaveInBf16,
     PadIsEosInCollator,
     SavedTokenizerWithoutTemplate,
+    TemplateWithoutGenerationPrompt,
     LmHeadRetiedOnSave,
     ResizedRowsNotSaved,
     TrainsWithSavedArgs,

@@ -1,5 +1,6 @@
 """Mutants of what the model is fed and what a merge makes of it: the mean of micro-batch means, a merge without the
-LoRA scale, packing without boundaries, pads masked by value, a saved tokenizer without the template.
+LoRA scale, packing without boundaries, pads masked by value, a saved tokenizer without the template, a saved template
+without its generation prompt.
 """
 
 from __future__ import annotations
@@ -92,3 +93,28 @@ class SavedTokenizerWithoutTemplate(ReferenceAdapter):
         saved = json.loads(config.read_text(encoding="utf-8"))
         saved.pop("chat_template", None)
         config.write_text(json.dumps(saved, indent=2), encoding="utf-8")
+
+
+class TemplateWithoutGenerationPrompt(ReferenceAdapter):
+    """Saved template, served (issue 32; LLaMA-Factory #5476's rewritten templates, the thinking-template family of
+    ``../shared/CATALOGUE.md``): the chat template saved with each checkpoint lost its ``add_generation_prompt``
+    branch. The training conversation renders exactly as trained, so only a server's prompt (the conversation so far
+    plus the generation prompt) shows it: the reply is asked for without the assistant header the model learnt."""
+
+    name = "mutant:template-without-generation-prompt"
+    fails = ("test_saved_template",)
+
+    def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
+        import json
+        import re
+
+        super().finalize_chat_format(ctx, directory)
+        cut = lambda t: re.sub(r"\{%-?\s*if add_generation_prompt\s*-?%\}.*?\{%-?\s*endif\s*-?%\}", "", t, flags=re.S)  # noqa: E731
+        jinja = Path(directory) / "chat_template.jinja"
+        if jinja.is_file():
+            jinja.write_text(cut(jinja.read_text(encoding="utf-8")), encoding="utf-8")
+        config = Path(directory) / "tokenizer_config.json"
+        saved = json.loads(config.read_text(encoding="utf-8"))
+        if isinstance(saved.get("chat_template"), str):
+            saved["chat_template"] = cut(saved["chat_template"])
+            config.write_text(json.dumps(saved, indent=2), encoding="utf-8")

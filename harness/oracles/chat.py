@@ -153,16 +153,43 @@ def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapp
         raise OracleFailure(seed, f"{label}: the saved tokenizer has no chat template (no chat_template.jinja, none in "
                                   f"tokenizer_config.json): a server falls back to a default format the model never "
                                   f"saw (LLaMA-Factory #5836 / #5904, ms-swift #2831)")
-    served = tok.apply_chat_template(list(conversation), tokenize=True)
-    served = list(served["input_ids"] if hasattr(served, "keys") else served)
-    if served != list(training_ids):
-        def show(ids):
-            return " ".join(tok.convert_ids_to_tokens(list(ids)))
+    def render(messages, **kwargs) -> list[int]:
+        ids = tok.apply_chat_template(list(messages), tokenize=True, **kwargs)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
+    def show(ids):
+        return " ".join(tok.convert_ids_to_tokens(list(ids)))
+
+    served = render(conversation)
+    if served != list(training_ids):
         raise OracleFailure(seed, f"{label}: apply_chat_template of the training conversation gives {show(served)!r}, "
                                   f"but the run trained on {show(training_ids)!r}: the saved template is not the one "
                                   f"the model was trained with (LLaMA-Factory #7785 / #5476, Qwen3-VL #1488)")
+    # served as a server prompts it: each prefix that ends before an assistant turn, with the generation prompt, must
+    # be exactly what the model saw before that turn's reply, so the trained ids go on with the reply itself (a
+    # template that lost its generation prompt renders the training conversation unchanged, and serves prompts the
+    # model never saw)
+    for i, message in enumerate(conversation):
+        if message.get("role") != "assistant":
+            continue
+        prompt = render(conversation[:i], add_generation_prompt=True)
+        reply = tok(message["content"], add_special_tokens=False)["input_ids"]
+        trained = list(training_ids)
+        if prompt + reply != trained[:len(prompt) + len(reply)]:
+            start = len(render(conversation[:i]))  # where the trained reply is: the first match after the prefix
+            at = next((j for j in range(start, len(trained)) if trained[j:j + len(reply)] == reply), len(trained))
+            raise OracleFailure(seed, f"{label}: apply_chat_template of the {i} messages before assistant turn "
+                                      f"{sum(m.get('role') == 'assistant' for m in conversation[:i]) + 1} with "
+                                      f"add_generation_prompt=True gives {show(prompt)!r}, but the run trained the "
+                                      f"reply {show(reply)!r} after {show(trained[:at])!r}: a server prompting the saved "
+                                      f"model renders a prompt the model never saw before a reply")
     base = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    for token, want_id in sorted(base.get_added_vocab().items(), key=lambda kv: kv[1]):
+        got_id = tok.convert_tokens_to_ids(token)
+        if got_id != want_id:
+            raise OracleFailure(seed, f"{label}: the saved tokenizer encodes {token!r} as id {got_id}, the base "
+                                      f"tokenizer (and the run) as {want_id}: a server encodes the template's tokens "
+                                      f"to other embeddings than the ones trained")
     for attr in ("bos_token", "eos_token", "pad_token", "unk_token"):
         want, got = getattr(base, attr), getattr(tok, attr)
         if want is not None and (got != want or tok.convert_tokens_to_ids(want) != base.convert_tokens_to_ids(want)):
