@@ -432,3 +432,21 @@ def test_an_evaluate_that_ignores_its_directory_is_named(tmp_path):
     with pytest.raises(OracleFailure, match=r"stuck's evaluate gives eval_loss=3.93353 for each of 3 saves whose "
                                             r"logged values differ .*does not evaluate the directory it is given"):
         assert_saves_reproduce_log(tmp_path, same)
+
+
+def test_attention_mask_must_be_zero_on_leading_padding_and_nowhere_in_the_sample():
+    """issue 32: a collator that drops the attention mask passes every label check; what it changes is what a
+    left-padded sample attends to. Trailing pads attended by a causal model change nothing and pass."""
+    from harness.oracles import OracleFailure
+    from harness.oracles.chat import _assert_mask_is_the_padding
+
+    def check(ids, mask):
+        _assert_mask_is_the_padding(ids, mask, 0, "sample", lambda t: str(list(t)), "labels")
+
+    check([0, 0, 5, 6, 7], [0, 0, 1, 1, 1])  # left padding, masked
+    check([5, 6, 7, 0, 0], [1, 1, 1, 0, 0])  # right padding, masked
+    check([5, 6, 7, 0, 0], [1, 1, 1, 1, 1])  # right padding attended: harmless for a causal model
+    with pytest.raises(OracleFailure, match="the 2 pad tokens before the sample carry attention mask 1"):
+        check([0, 0, 5, 6, 7], [1, 1, 1, 1, 1])
+    with pytest.raises(OracleFailure, match=r"attention mask 0 on 1 tokens of the sample, first at position 3"):
+        check([0, 0, 5, 6, 7], [0, 0, 1, 0, 1])

@@ -7,11 +7,21 @@ accuracy metric, and keeps its own defaults where a user would (e.g. its step-0 
 CPU must write: the four ``lora_*_kernel`` flags off (axolotl's Triton LoRA kernels are on by default and need CUDA),
 no bf16/tf32, ``attn_implementation: sdpa`` (what axolotl's packing warning asks for), ``dataset_num_proc: 1``. ``save_on_best`` has no axolotl key and is not passed.
 Options (``--ft-adapter-option KEY=VALUE``): see :data:`OPTIONS`.
+
+Like a user training often on the same data, a session keeps one ``dataset_prepared_path`` per preparation (named by
+the YAML less :data:`RUN_ONLY_KEYS`, the seed included: axolotl shuffles before saving, and its dataset hash names
+paths but not the seed), the data files kept by content: a run loads what an identical preparation saved.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
+import hashlib
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +38,17 @@ QUANT_KEYS = {"nf4": {"load_in_4bit": True, "adapter": "qlora"}, "int8": {"load_
 CPU_KEYS = {"lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False,
             "lora_embedding_kernel": False, "bf16": False, "fp16": False, "tf32": False,
             "attn_implementation": "sdpa", "gradient_checkpointing": False}
+#: keys axolotl 0.21.0's dataset preparation never reads (utils/data, loaders/tokenizer.py): runs differing only there
+#: share a prepared dataset
+RUN_ONLY_KEYS = frozenset("""output_dir max_steps micro_batch_size gradient_accumulation_steps learning_rate lr_scheduler
+    warmup_steps optimizer weight_decay logging_steps save_strategy save_steps save_total_limit save_safetensors
+    eval_strategy eval_steps eval_batch_size metric_for_best_model greater_is_better load_best_model_at_end
+    resume_from_checkpoint auto_resume_from_checkpoints adapter lora_r lora_alpha lora_dropout lora_target_linear
+    lora_target_modules lora_model_dir load_in_4bit load_in_8bit dataset_prepared_path""".split())
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:20]
 
 
 def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Path], workdir: Path, *,
@@ -84,6 +105,7 @@ def _run(command: str, config_path: Path, **kwargs: Any) -> None:
     """``axolotl <command> cfg.yml`` as its CLI runs it: load_cfg, then the command (in this, a forked, process)."""
     from axolotl.cli.config import load_cfg
 
+    gc.freeze()  # the inherited heap (torch, transformers, axolotl) is left out of axolotl's many gc.collect() calls
     if command == "train":
         from axolotl.cli.args import TrainerCliArgs
         from axolotl.cli.train import do_train
@@ -109,9 +131,35 @@ class AxolotlAdapter(ConfigFileAdapter):
     def __init__(self, **options: str):
         super().__init__(**options)
         self.trained_with: dict[Path, dict[str, Any]] = {}
+        self._session: Path | None = None
+
+    def session_dir(self) -> Path:
+        """This session's data files (``data/<content hash>/``) and prepared datasets; removed at exit."""
+        if self._session is None:
+            self._session = Path(tempfile.mkdtemp(prefix="ft-axolotl-session-"))
+            atexit.register(shutil.rmtree, self._session, True)
+        return self._session
+
+    def _kept(self, path: Path) -> Path:
+        if not Path(path).is_file():
+            return Path(path)
+        kept = self.session_dir() / "data" / _digest(Path(path).read_bytes()) / Path(path).name
+        if not kept.is_file():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, kept)
+        return kept
+
+    def _prepared_dir(self, cfg: Mapping[str, Any]) -> Path:
+        model = Path(cfg["base_model"])  # its tokenizer and config files by content: what tokenising reads
+        files = {p.name: _digest(p.read_bytes()) for p in sorted(model.glob("*")) if p.is_file()
+                 and p.suffix in (".json", ".txt", ".model", ".jinja")} if model.is_dir() else {}
+        key = {**{k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}, "base_model_files": files}
+        return self.session_dir() / "prepared" / _digest(json.dumps(key, sort_keys=True, default=str).encode())
 
     def write_config(self, spec, values, data, workdir):
+        data = {name: self._kept(path) for name, path in data.items()}
         cfg = build_config(spec, values, data, workdir, load_best_model_at_end=self.flag("load_best_model_at_end"))
+        cfg["dataset_prepared_path"] = str(self._prepared_dir(cfg))
         self.trained_with[Path(spec.output_dir)] = cfg  # merge-lora reuses it, as users pass their training YAML
         return write_config_file(workdir / "axolotl.yml", cfg)
 
@@ -124,6 +172,7 @@ class AxolotlAdapter(ConfigFileAdapter):
         import axolotl.cli.train  # noqa: F401
         import axolotl.train  # noqa: F401
         import axolotl.common.datasets  # noqa: F401
+        import axolotl.core.builders  # noqa: F401  (trl's trainers, wandb, evaluate: 3 s a run when imported after fork)
 
     def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
         """``axolotl merge-lora train.yml --lora-model-dir DIR``: the YAML the adapter was trained with (quantisation

@@ -23,8 +23,8 @@ from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, Miss
                     RngNotRestoredOnResume, ScheduleRestartsOnResume)
 from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit, PlainTrainerBestCheckpoint,
                   ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
-from .data import (MeanOfMicroBatchMeans, MergeWithoutLoraScale, PackingWithoutBoundaries, PadIsEosInCollator,
-                  SavedTokenizerWithoutTemplate, TemplateWithoutGenerationPrompt)
+from .data import (CollatorDropsAttentionMask, MeanOfMicroBatchMeans, MergeWithoutLoraScale, PackingWithoutBoundaries,
+                  PadIsEosInCollator, SavedTokenizerWithoutTemplate, TemplateWithoutGenerationPrompt)
 
 #: every mutant, in the detection matrix's order
 _ALL = (
@@ -57,6 +57,7 @@ _ALL = (
     PadIsEosInCollator,
     SavedTokenizerWithoutTemplate,
     TemplateWithoutGenerationPrompt,
+    CollatorDropsAttentionMask,
     LmHeadRetiedOnSave,
     ResizedRowsNotSaved,
     TrainsWithSavedArgs,

@@ -1,6 +1,6 @@
 """Mutants of what the model is fed and what a merge makes of it: the mean of micro-batch means, a merge without the
 LoRA scale, packing without boundaries, pads masked by value, a saved tokenizer without the template, a saved template
-without its generation prompt.
+without its generation prompt, a collator without the attention mask.
 """
 
 from __future__ import annotations
@@ -118,3 +118,24 @@ class TemplateWithoutGenerationPrompt(ReferenceAdapter):
         if isinstance(saved.get("chat_template"), str):
             saved["chat_template"] = cut(saved["chat_template"])
             config.write_text(json.dumps(saved, indent=2), encoding="utf-8")
+
+
+class CollatorDropsAttentionMask(ReferenceAdapter):
+    """Label masking (issue 32): the chat collator returns an all-ones attention mask (a hand-rolled collator that
+    pads ``input_ids`` and ``labels`` but builds the mask as ``torch.ones_like``). Labels on padding are still -100,
+    so the loss looks right, but a left-padded sample attends to its pad tokens: it trains on another context than it
+    serves in."""
+
+    name = "mutant:collator-drops-attention-mask"
+    # also: the attended tokens of a trained sample are no longer what the saved template renders
+    fails = ("test_label_masking", "test_saved_template")
+
+    def chat_collator(self, ctx: RunContext, tok):
+        collate = super().chat_collator(ctx, tok)
+
+        def ones(features):
+            batch = collate(features)
+            batch["attention_mask"] = batch["attention_mask"].new_ones(batch["attention_mask"].shape)
+            return batch
+
+        return ones

@@ -66,6 +66,7 @@ def assert_batches_teach_assistant(batches: Iterable[Mapping[str, Any]], dataset
             if not (len(ids) == len(labels) == len(mask)):
                 raise OracleFailure(seed, f"{where}: input_ids, labels and attention_mask have lengths "
                                           f"{len(ids)}, {len(labels)}, {len(mask)}")
+            _assert_mask_is_the_padding(ids, mask, tok.pad_token_id, where, show, seed)
             padded = [i for i, m in enumerate(mask) if not m and labels[i] != -100]
             if padded:
                 raise OracleFailure(seed, f"{where}: {len(padded)} padding positions (attention mask 0) carry a label, "
@@ -108,6 +109,30 @@ def assert_batches_teach_assistant(batches: Iterable[Mapping[str, Any]], dataset
         raise OracleFailure(seed, f"one epoch of training batches never holds train.jsonl rows {[u + 1 for u in unseen]} "
                                   f"(of {len(rows)}; {checked} samples seen): dropped or truncated away")
     return checked
+
+
+def _assert_mask_is_the_padding(ids: list[int], mask: list[int], pad_id: int | None, where: str, show, seed: str
+                                ) -> None:
+    """Attention mask 0 exactly on padding where it matters: the pad run before a left-padded sample (a causal model's
+    tokens attend to it: a collator that drops the mask trains on another context than it serves) is masked, and no
+    token of the sample is. (Trailing pads with mask 1 change nothing a causal model computes, so they pass.) The pad
+    id is the one at the masked positions, else the tokenizer's."""
+    zeros = [i for i, m in enumerate(mask) if not m]
+    at_zeros = {ids[i] for i in zeros}
+    pad = next(iter(at_zeros)) if len(at_zeros) == 1 else pad_id
+    if pad is None:
+        return
+    lead = next((i for i, t in enumerate(ids) if t != pad), len(ids))
+    trail = next((i for i, t in enumerate(reversed(ids)) if t != pad), len(ids))
+    inside = [i for i in zeros if lead <= i < len(ids) - trail]
+    if inside:
+        raise OracleFailure(seed, f"{where}: attention mask 0 on {len(inside)} tokens of the sample, first at position "
+                                  f"{inside[0]} ({show([ids[inside[0]]])!r}): the model does not see them")
+    attended = [i for i in range(lead) if mask[i]]
+    if attended and lead < len(ids):
+        raise OracleFailure(seed, f"{where}: the {lead} pad tokens before the sample carry attention mask 1 at "
+                                  f"{len(attended)} positions: every token of the sample attends to padding (a collator "
+                                  f"that drops or misaligns the attention mask of left-padded rows)")
 
 
 def training_sample_of(batches: Iterable[Mapping[str, Any]], conversation: list[Mapping[str, str]], tokenizer_dir: Path,
