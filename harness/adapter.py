@@ -107,6 +107,11 @@ class Adapter:
     #: for several roles: ``"../recipe_state/recipe_state.pt"``)
     resume_files: Mapping[str, str] = {"optimizer": "optimizer.pt", "scheduler": "scheduler.pt",
                                        "rng": "rng_state.pth", "args": "training_args.bin"}
+    #: which checkpoints the framework can resume from: ``"any"`` (a path to any checkpoint, also a copy or another
+    #: run's, into any output dir: HF Trainer) or ``"newest"`` (only its own output dir's newest, by design: one
+    #: resume point per run, as torchtune's single recipe state). With ``"newest"``, the scenarios that resume from a
+    #: copied or another run's checkpoint skip, saying so, instead of failing
+    resume_points: str = "any"
     #: True when ``train`` runs the framework in a *subprocess* (a CLI by name): fault injection cannot kill it at a
     #: file write, so scenarios needing the implied ``in-process`` capability (the crash scenario) are skipped
     launches_subprocess: bool = False
@@ -176,7 +181,7 @@ class Adapter:
 #: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
 OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
                     "resolve_args", "merge", "evaluate", "unavailable_metrics", "launches_subprocess",
-                    "training_batches", "resume_files")
+                    "training_batches", "resume_files", "resume_points")
 
 
 def _import_target(target: str) -> Any:
@@ -291,6 +296,8 @@ def validate_adapter(adapter: Any, target: str = "") -> None:
     if unknown_roles:
         raise AdapterLoadError(f"adapter {label!r}: resume_files has unknown roles {sorted(unknown_roles)}; known: "
                                f"{sorted(RESUME_FILE_ROLES)}")
+    if adapter.resume_points not in ("any", "newest"):
+        raise AdapterLoadError(f"adapter {label!r}: resume_points must be 'any' or 'newest', got {adapter.resume_points!r}")
     if not isinstance(adapter.launches_subprocess, bool):
         raise AdapterLoadError(f"adapter {label!r}: launches_subprocess must be True or False, "
                                f"got {adapter.launches_subprocess!r}")

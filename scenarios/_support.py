@@ -47,3 +47,11 @@ def quant_params(*names: str | None) -> list:
     """``pytest.param`` per quantisation (``None`` = unquantised), each marked with its capability."""
     return [pytest.param(q, id=q or "none",
                          marks=[pytest.mark.ft_requires(QUANTIZATIONS[q].capability)] if q else []) for q in names]
+
+
+def require_resume_from_elsewhere(adapter: Adapter) -> None:
+    """Skip, saying why, when the adapter's framework resumes only its own output dir's newest checkpoint
+    (``resume_points = "newest"``): a resume from a copied or another run's checkpoint cannot be expressed there."""
+    if getattr(adapter, "resume_points", "any") == "newest":
+        pytest.skip(f"{adapter.name} resumes only the newest checkpoint of its own output dir (resume_points='newest'): "
+                    f"this test resumes from a copied or another run's checkpoint")

@@ -28,7 +28,7 @@ from harness.faults import perturb_weights
 from harness.oracles import (assert_diffusion_lora_reloads, assert_follows_checkpoint, assert_resume_equivalent,
                              assert_resumed_into_new_dir, checkpoints_fingerprint, dir_fingerprint)
 
-from ._support import device_tolerance, quant_params, spec
+from ._support import device_tolerance, quant_params, require_resume_from_elsewhere, spec
 
 pytestmark = [pytest.mark.ft_seed("002"), pytest.mark.ft_requires("diffusion", "lora", "resume")]
 
@@ -76,6 +76,7 @@ def resumed(ft_adapter, uninterrupted, tiny_assets, tiny_unet, tmp_path_factory,
 
     def get(quant, k):
         if (quant, k) not in runs:
+            require_resume_from_elsewhere(ft_adapter)  # into a new directory, from A's checkpoint
             run_a = uninterrupted(quant)
             before = dir_fingerprint(tiny_unet), checkpoints_fingerprint(run_a.output_dir, k)
             out = tmp_path_factory.mktemp(f"diffusion-resumed-{quant or 'none'}-k{k}") / "out"
@@ -110,6 +111,7 @@ def test_resume_matches_uninterrupted(uninterrupted, resumed, tiny_unet, quant, 
 def test_resume_reads_the_checkpoint(ft_adapter, uninterrupted, resumed, tiny_assets, tiny_unet, tmp_path, quant,
                                      ft_device):
     """A copy of checkpoint-4 with perturbed LoRA weights must lead elsewhere than checkpoint-4 itself."""
+    require_resume_from_elsewhere(ft_adapter)
     _skip_bnb_on_cpu(quant, ft_device)
     k = 4
     copy = tmp_path / "source" / f"checkpoint-{k}"

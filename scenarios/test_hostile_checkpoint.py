@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ._support import spec
+from ._support import require_resume_from_elsewhere, spec
 
 pytestmark = [pytest.mark.ft_seed("pickle"), pytest.mark.ft_requires("sft", "lora", "resume")]
 
@@ -54,6 +54,7 @@ def _resume_from_poisoned(ft_adapter, clean_run, tiny_assets, tmp_path, relative
 
     from harness.errors import ArrangementError
 
+    require_resume_from_elsewhere(ft_adapter)  # from a poisoned copy of the clean run's checkpoint
     ckpt = tmp_path / "checkpoint-2"
     shutil.copytree(clean_run.checkpoint(2), ckpt)
     if not (ckpt / relative).is_file():

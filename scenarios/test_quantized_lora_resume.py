@@ -26,7 +26,7 @@ from harness.faults import perturb_weights
 from harness.oracles import (assert_adapter_only_save, assert_follows_checkpoint, assert_resume_equivalent,
                              assert_resumed_into_new_dir, checkpoints_fingerprint, dir_fingerprint)
 
-from ._support import device_tolerance, quant_params, spec
+from ._support import device_tolerance, quant_params, require_resume_from_elsewhere, spec
 
 pytestmark = [pytest.mark.ft_seed("002"), pytest.mark.ft_requires("sft", "lora", "resume")]
 
@@ -67,6 +67,7 @@ def resumed(ft_adapter, uninterrupted, tiny_assets, tmp_path_factory, ft_device)
 
     def get(quant, k):
         if (quant, k) not in runs:
+            require_resume_from_elsewhere(ft_adapter)  # into a new directory, from A's checkpoint
             run_a = uninterrupted(quant)
             before = dir_fingerprint(tiny_assets.model_dir), checkpoints_fingerprint(run_a.output_dir, k)
             out = tmp_path_factory.mktemp(f"resumed-{quant or 'none'}-k{k}") / "out"
@@ -93,6 +94,7 @@ def test_resume_matches_uninterrupted(uninterrupted, resumed, quant, k, ft_devic
 @pytest.mark.parametrize("quant", QUANTS)
 def test_resume_reads_the_checkpoint(ft_adapter, uninterrupted, resumed, tiny_assets, tmp_path, quant, ft_device):
     """A copy of checkpoint-4 with perturbed LoRA weights must lead elsewhere than checkpoint-4 itself."""
+    require_resume_from_elsewhere(ft_adapter)
     k = 4
     copy = tmp_path / "source" / f"checkpoint-{k}"
     shutil.copytree(uninterrupted(quant).checkpoint(k), copy)
@@ -103,6 +105,7 @@ def test_resume_reads_the_checkpoint(ft_adapter, uninterrupted, resumed, tiny_as
 
 @pytest.mark.ft_requires("quant-nf4", "quant-int8")
 def test_resume_with_other_quantization_is_refused(ft_adapter, uninterrupted, tiny_assets, tmp_path, ft_device):
+    require_resume_from_elsewhere(ft_adapter)
     run_a = uninterrupted("nf4")
     with pytest.raises(Exception) as excinfo:
         ft_adapter.train(spec(tiny_assets, tmp_path / "resumed", train_type="lora", quantization="int8",

@@ -319,3 +319,20 @@ def test_refuse_names_the_key_and_value_and_is_a_config_error():
     assert isinstance(info.value, ConfigError) and info.value.key == "lr_scheduler_type"
     assert str(info.value).startswith("torchtune cannot express lr_scheduler_type='linear' (the scenario's command line): "
                                       "0.6.1 has only a cosine"), str(info.value)
+
+
+def test_resume_points_is_any_or_newest():
+    """issue 37: a framework with one resume point per run by design (torchtune's single recipe state) declares
+    resume_points = "newest"; the tests that resume from a copied or another run's checkpoint then skip, saying so."""
+    import scenarios._support as support
+
+    adapter = ToyFramework()
+    assert adapter.resume_points == "any"
+    support.require_resume_from_elsewhere(adapter)  # no skip
+    adapter.resume_points = "newest"
+    validate_adapter(adapter)
+    with pytest.raises(pytest.skip.Exception, match="resumes only the newest checkpoint of its own output dir"):
+        support.require_resume_from_elsewhere(adapter)
+    adapter.resume_points = "latest"
+    with pytest.raises(AdapterLoadError, match="resume_points must be 'any' or 'newest'"):
+        validate_adapter(adapter)
