@@ -450,3 +450,28 @@ def test_attention_mask_must_be_zero_on_leading_padding_and_nowhere_in_the_sampl
         check([0, 0, 5, 6, 7], [1, 1, 1, 1, 1])
     with pytest.raises(OracleFailure, match=r"attention mask 0 on 1 tokens of the sample, first at position 3"):
         check([0, 0, 5, 6, 7], [0, 0, 1, 0, 1])
+
+
+def test_a_lora_save_with_a_merged_copy_is_not_full_training(tmp_path):
+    """issue 37 (torchtune saves the merged model beside the adapter): full weights beside a LoRA adapter are full
+    training only where the tensors the adapter does not target differ from the base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from harness.oracles import OracleFailure, assert_adapter_only_save
+
+    assets = build_assets(tmp_path / "assets", arch="llama", seed=0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(assets.model_dir)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)  # a trained adapter: merging changes the targeted weights
+    out = tmp_path / "save"
+    model.save_pretrained(str(out))
+    model.merge_and_unload().save_pretrained(str(out))  # the merged copy beside it
+    assert_adapter_only_save(out, base_dir=assets.model_dir)
+    weights = load_file(str(out / "model.safetensors"))
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"] + 1e-3
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(OracleFailure, match=r"tensors outside the adapter's target modules differ from the base"):
+        assert_adapter_only_save(out, base_dir=assets.model_dir)

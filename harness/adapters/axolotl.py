@@ -40,11 +40,11 @@ CPU_KEYS = {"lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel":
             "attn_implementation": "sdpa", "gradient_checkpointing": False}
 #: keys axolotl 0.21.0's dataset preparation never reads (utils/data, loaders/tokenizer.py): runs differing only there
 #: share a prepared dataset
-RUN_ONLY_KEYS = frozenset("""output_dir max_steps micro_batch_size gradient_accumulation_steps learning_rate lr_scheduler
-    warmup_steps optimizer weight_decay logging_steps save_strategy save_steps save_total_limit save_safetensors
-    eval_strategy eval_steps eval_batch_size metric_for_best_model greater_is_better load_best_model_at_end
-    resume_from_checkpoint auto_resume_from_checkpoints adapter lora_r lora_alpha lora_dropout lora_target_linear
-    lora_target_modules lora_model_dir load_in_4bit load_in_8bit dataset_prepared_path""".split())
+RUN_ONLY_KEYS = frozenset("""output_dir max_steps micro_batch_size gradient_accumulation_steps learning_rate
+    lr_scheduler warmup_steps optimizer weight_decay logging_steps save_strategy save_steps save_total_limit
+    save_safetensors eval_strategy eval_steps eval_batch_size metric_for_best_model greater_is_better
+    load_best_model_at_end resume_from_checkpoint auto_resume_from_checkpoints adapter lora_r lora_alpha lora_dropout
+    lora_target_linear lora_target_modules lora_model_dir load_in_4bit load_in_8bit dataset_prepared_path""".split())
 
 
 def _digest(data: bytes) -> str:
@@ -172,7 +172,7 @@ class AxolotlAdapter(ConfigFileAdapter):
         import axolotl.cli.train  # noqa: F401
         import axolotl.train  # noqa: F401
         import axolotl.common.datasets  # noqa: F401
-        import axolotl.core.builders  # noqa: F401  (trl's trainers, wandb, evaluate: 3 s a run when imported after fork)
+        import axolotl.core.builders  # noqa: F401  (trl's trainers, wandb, evaluate: 3 s a run if imported after fork)
 
     def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
         """``axolotl merge-lora train.yml --lora-model-dir DIR``: the YAML the adapter was trained with (quantisation

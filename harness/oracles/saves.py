@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..hf import dtype_kwargs
-from ..layout import list_checkpoints, read_safetensors_header, step_of, weight_files
+from ..layout import adapter_base, list_checkpoints, read_safetensors_header, step_of, weight_files
 from .failure import OracleFailure, _megabytes
 from .reading import _header_and_bytes, _present_weight_files, _tensor_bytes, weights_on_disk
 
@@ -77,8 +78,10 @@ def assert_full_model_saved(directory: Path, reference_dir: Path, start: Mapping
                                       f"although the run was full-parameter")
 
 
-def assert_adapter_only_save(directory: Path, *, seed: str = "000") -> None:
-    """A LoRA run saved an adapter, and nothing but LoRA tensors."""
+def assert_adapter_only_save(directory: Path, *, base_dir: Path | None = None, seed: str = "000") -> None:
+    """A LoRA run saved an adapter, and nothing but LoRA tensors. A full model saved beside the adapter (torchtune saves
+    the merged model by default) is full training only where it differs from the base: every tensor the adapter does
+    not target must be the base's (``base_dir``, else the one ``adapter_config.json`` names), bit for bit."""
     directory = Path(directory)
     if not (directory / "adapter_config.json").is_file():
         found = sorted(p.name for p in directory.iterdir())
@@ -86,11 +89,35 @@ def assert_adapter_only_save(directory: Path, *, seed: str = "000") -> None:
                                   f"command line said train_type=lora, found {found}: the run trained something else")
     header = read_safetensors_header(directory / "adapter_model.safetensors")
     non_lora = sorted(k for k in header if "lora_" not in k)
-    if non_lora or weight_files(directory):
-        raise OracleFailure(seed, f"{directory.name}: a LoRA run saved non-LoRA weights "
-                                  f"({non_lora[:3] or 'model.safetensors'}): full parameters were trained")
+    if non_lora:
+        raise OracleFailure(seed, f"{directory.name}: a LoRA run saved non-LoRA weights ({non_lora[:3]}) in its "
+                                  f"adapter: full parameters were trained")
+    if weight_files(directory):
+        _assert_merged_copy_of_lora(directory, header, base_dir, seed)
     if not header:
         raise OracleFailure(seed, f"{directory.name}: adapter_model.safetensors holds no tensors")
+
+
+def _assert_merged_copy_of_lora(directory: Path, adapter_header: Mapping[str, Any], base_dir: Path | None,
+                                seed: str) -> None:
+    """The full weights beside a LoRA adapter are a merged copy: each tensor the adapter does not target equals the
+    base's. (One a LoRA run trained besides its adapter means full parameters were trained.)"""
+    import torch
+
+    try:
+        base_dir = Path(base_dir) if base_dir is not None else adapter_base(directory)
+    except ConfigError as exc:
+        raise OracleFailure(seed, f"{directory.name}: a LoRA save holds full weights too, and its base cannot be found "
+                                  f"to tell a merged copy from full training: {exc}") from None
+    targets = {k.split(".lora_")[0].removeprefix("base_model.model.") for k in adapter_header}
+    saved, base = weights_on_disk(directory, seed=seed), weights_on_disk(base_dir, seed=seed)
+    changed = sorted(k for k, v in saved.items() if k.rsplit(".", 1)[0] not in targets and k in base
+                     and not torch.equal(v, base[k]))
+    if changed:
+        raise OracleFailure(seed, f"{directory.name}: a LoRA run saved full weights whose {len(changed)} tensors outside "
+                                  f"the adapter's target modules differ from the base {base_dir.name} (e.g. "
+                                  f"{changed[:3]}): full parameters were trained (a merged copy of the LoRA would "
+                                  f"leave them as the base's)")
 
 
 REQUIRED_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
