@@ -5,7 +5,12 @@ Registers the hypothesis profiles ``ft-default`` (500 examples, random), ``ft-ci
 deterministic (the same examples in every run) and its properties take 0.4 x the time (the three argument-resolution
 properties: 13.2 / 11.8 / 11.7 s with 500 random examples on a slow 2-core machine). Explore with
 ``--hypothesis-profile ft-default`` or ``ft-thorough``.
+
+Under pytest-xdist each worker computes with one thread (torch's intra-op pool, and ``OMP_NUM_THREADS=1`` for the
+processes it starts): ``-n 2`` on 2 cores is then 2 threads, not 4 whose OpenMP pools spin against each other.
 """
+
+import os
 
 from hypothesis import settings
 
@@ -19,6 +24,11 @@ register_profiles()
 def pytest_configure(config):
     if not config.getoption("hypothesis_profile", None):
         settings.load_profile("ft-ci")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

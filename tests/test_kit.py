@@ -48,8 +48,13 @@ class ToyFramework(kit.ConfigFileAdapter):
 def test_config_file_adapter_end_to_end(tiny_assets, tmp_path):
     adapter = ToyFramework()
     validate_adapter(adapter)
-    result = adapter.train(RunSpec(model_dir=tiny_assets.model_dir, output_dir=tmp_path / "out",
-                                   dataset_dir=tiny_assets.dataset_dir, train_type="full", max_steps=1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # (under xdist the worker runs on one thread already: the fork must still set it)
+    try:
+        result = adapter.train(RunSpec(model_dir=tiny_assets.model_dir, output_dir=tmp_path / "out",
+                                       dataset_dir=tiny_assets.dataset_dir, train_type="full", max_steps=1))
+    finally:
+        torch.set_num_threads(threads)
     assert [c.name for c in result.checkpoints] == ["checkpoint-1"] and result.final_dir == tmp_path / "out"
     assert result.log_history == ({"step": 1, "loss": 1.0},)
     state = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())
