@@ -47,8 +47,7 @@ RUN_ONLY_KEYS = frozenset("""output_dir max_steps micro_batch_size gradient_accu
     lora_target_linear lora_target_modules lora_model_dir load_in_4bit load_in_8bit dataset_prepared_path""".split())
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:20]
+_digest = lambda data: hashlib.sha256(data).hexdigest()[:20]  # noqa: E731
 
 
 def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Path], workdir: Path, *,
@@ -131,19 +130,13 @@ class AxolotlAdapter(ConfigFileAdapter):
     def __init__(self, **options: str):
         super().__init__(**options)
         self.trained_with: dict[Path, dict[str, Any]] = {}
-        self._session: Path | None = None
-
-    def session_dir(self) -> Path:
-        """This session's data files (``data/<content hash>/``) and prepared datasets; removed at exit."""
-        if self._session is None:
-            self._session = Path(tempfile.mkdtemp(prefix="ft-axolotl-session-"))
-            atexit.register(shutil.rmtree, self._session, True)
-        return self._session
+        self.session_dir = Path(tempfile.mkdtemp(prefix="ft-axolotl-session-"))  # data by content, prepared datasets
+        atexit.register(shutil.rmtree, self.session_dir, True)
 
     def _kept(self, path: Path) -> Path:
         if not Path(path).is_file():
             return Path(path)
-        kept = self.session_dir() / "data" / _digest(Path(path).read_bytes()) / Path(path).name
+        kept = self.session_dir / "data" / _digest(Path(path).read_bytes()) / Path(path).name
         if not kept.is_file():
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, kept)
@@ -154,7 +147,7 @@ class AxolotlAdapter(ConfigFileAdapter):
         files = {p.name: _digest(p.read_bytes()) for p in sorted(model.glob("*")) if p.is_file()
                  and p.suffix in (".json", ".txt", ".model", ".jinja")} if model.is_dir() else {}
         key = {**{k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}, "base_model_files": files}
-        return self.session_dir() / "prepared" / _digest(json.dumps(key, sort_keys=True, default=str).encode())
+        return self.session_dir / "prepared" / _digest(json.dumps(key, sort_keys=True, default=str).encode())
 
     def write_config(self, spec, values, data, workdir):
         data = {name: self._kept(path) for name, path in data.items()}
