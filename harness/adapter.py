@@ -297,7 +297,8 @@ def validate_adapter(adapter: Any, target: str = "") -> None:
         raise AdapterLoadError(f"adapter {label!r}: resume_files has unknown roles {sorted(unknown_roles)}; known: "
                                f"{sorted(RESUME_FILE_ROLES)}")
     if adapter.resume_points not in ("any", "newest"):
-        raise AdapterLoadError(f"adapter {label!r}: resume_points must be 'any' or 'newest', got {adapter.resume_points!r}")
+        raise AdapterLoadError(f"adapter {label!r}: resume_points must be 'any' or 'newest', "
+                               f"got {adapter.resume_points!r}")
     if not isinstance(adapter.launches_subprocess, bool):
         raise AdapterLoadError(f"adapter {label!r}: launches_subprocess must be True or False, "
                                f"got {adapter.launches_subprocess!r}")

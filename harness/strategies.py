@@ -8,8 +8,8 @@
 * ``cadences`` — eval/save cadences, ``save_total_limit``, ``max_steps`` and metric direction, with
   a metrics sequence, for the checkpoint policy.
 
-Profiles: ``ft-default`` (500 examples, random), ``ft-ci`` (200, derandomized: reproducible in CI; the self-tests' default),
-``ft-thorough`` (5000). Select with ``pytest --hypothesis-profile ft-ci``.
+Profiles: ``ft-default`` (500 examples, random), ``ft-ci`` (200, derandomized: reproducible in CI; the self-tests'
+default), ``ft-thorough`` (5000). Select with ``pytest --hypothesis-profile ft-ci``.
 """
 
 from __future__ import annotations

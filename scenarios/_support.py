@@ -52,6 +52,6 @@ def quant_params(*names: str | None) -> list:
 def require_resume_from_elsewhere(adapter: Adapter) -> None:
     """Skip, saying why, when the adapter's framework resumes only its own output dir's newest checkpoint
     (``resume_points = "newest"``): a resume from a copied or another run's checkpoint cannot be expressed there."""
-    if getattr(adapter, "resume_points", "any") == "newest":
+    if adapter.resume_points == "newest":
         pytest.skip(f"{adapter.name} resumes only the newest checkpoint of its own output dir (resume_points='newest'): "
                     f"this test resumes from a copied or another run's checkpoint")

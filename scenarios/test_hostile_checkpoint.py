@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import ArrangementError
+
 from ._support import require_resume_from_elsewhere, spec
 
 pytestmark = [pytest.mark.ft_seed("pickle"), pytest.mark.ft_requires("sft", "lora", "resume")]
@@ -51,8 +53,6 @@ def _resume_from_poisoned(ft_adapter, clean_run, tiny_assets, tmp_path, relative
     Returns (marker path, the exception the resume raised or None). Poisoning a file the framework does not write
     would prove nothing (it never reads it): that is an arrangement error naming the file."""
     import torch
-
-    from harness.errors import ArrangementError
 
     require_resume_from_elsewhere(ft_adapter)  # from a poisoned copy of the clean run's checkpoint
     ckpt = tmp_path / "checkpoint-2"

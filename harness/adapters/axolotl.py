@@ -47,7 +47,8 @@ RUN_ONLY_KEYS = frozenset("""output_dir max_steps micro_batch_size gradient_accu
     lora_target_linear lora_target_modules lora_model_dir load_in_4bit load_in_8bit dataset_prepared_path""".split())
 
 
-_digest = lambda data: hashlib.sha256(data).hexdigest()[:20]  # noqa: E731
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:20]
 
 
 def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Path], workdir: Path, *,

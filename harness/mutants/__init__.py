@@ -21,8 +21,8 @@ from .saves import (ConfigDeclaresBf16, FullSaveInBf16, IndexWithFirstShardOnly,
 from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, MissingTrainingStateIgnored,
                     QuantizedResumeReinitLora, ResumeDropsOptimizerState, ResumeFromIgnored, ResumeLatestByName,
                     RngNotRestoredOnResume, ScheduleRestartsOnResume)
-from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit, PlainTrainerBestCheckpoint,
-                  ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
+from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit,
+                  PlainTrainerBestCheckpoint, ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
 from .data import (CollatorDropsAttentionMask, MeanOfMicroBatchMeans, MergeWithoutLoraScale, PackingWithoutBoundaries,
                   PadIsEosInCollator, SavedTokenizerWithoutTemplate, TemplateWithoutGenerationPrompt)
 

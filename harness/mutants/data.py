@@ -109,7 +109,11 @@ class TemplateWithoutGenerationPrompt(ReferenceAdapter):
         import re
 
         super().finalize_chat_format(ctx, directory)
-        cut = lambda t: re.sub(r"\{%-?\s*if add_generation_prompt\s*-?%\}.*?\{%-?\s*endif\s*-?%\}", "", t, flags=re.S)  # noqa: E731
+        branch = re.compile(r"\{%-?\s*if add_generation_prompt\s*-?%\}.*?\{%-?\s*endif\s*-?%\}", flags=re.S)
+
+        def cut(template: str) -> str:
+            return branch.sub("", template)
+
         jinja = Path(directory) / "chat_template.jinja"
         if jinja.is_file():
             jinja.write_text(cut(jinja.read_text(encoding="utf-8")), encoding="utf-8")

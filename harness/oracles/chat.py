@@ -194,12 +194,12 @@ def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapp
     # be exactly what the model saw before that turn's reply, so the trained ids go on with the reply itself (a
     # template that lost its generation prompt renders the training conversation unchanged, and serves prompts the
     # model never saw)
+    trained = list(training_ids)
     for i, message in enumerate(conversation):
         if message.get("role") != "assistant":
             continue
         prompt = render(conversation[:i], add_generation_prompt=True)
         reply = tok(message["content"], add_special_tokens=False)["input_ids"]
-        trained = list(training_ids)
         if prompt + reply != trained[:len(prompt) + len(reply)]:
             start = len(render(conversation[:i]))  # where the trained reply is: the first match after the prefix
             at = next((j for j in range(start, len(trained)) if trained[j:j + len(reply)] == reply), len(trained))

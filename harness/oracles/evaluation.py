@@ -107,13 +107,13 @@ def assert_saves_reproduce_log(output_dir: Path, evaluate: Evaluator, *, metric:
         found[label] = value = evaluate(directory, metric, seed)
         if not any(_close(value, v, rtol) for v in expected.values()):
             wrong.append((label, value, expected))
-    logged_apart = {round(next(iter(exp.values())), 9) for _, _, exp in judged}
-    if len(judged) > 1 and len(logged_apart) > 1 and all(_close(v, next(iter(found.values())), 1e-9) for v in found.values()):
-        raise OracleFailure(seed, f"{evaluate.name}'s evaluate gives {metric}={next(iter(found.values())):.6g} for each "
-                                  f"of {len(judged)} saves whose logged values differ "
-                                  f"({', '.join(f'{label}: {next(iter(exp.values())):.6g}' for label, _, exp in judged[:3])}"
-                                  f"): it does not evaluate the directory it is given (the adapter's evaluate is wrong, "
-                                  f"not the framework's saves)")
+    values = list(found.values())
+    logged = [(label, next(iter(exp.values()))) for label, _, exp in judged]  # each save's own step's value first
+    if len({round(v, 9) for _, v in logged}) > 1 and all(_close(v, values[0], 1e-9) for v in values):
+        raise OracleFailure(seed, f"{evaluate.name}'s evaluate gives {metric}={values[0]:.6g} for each of {len(judged)} "
+                                  f"saves whose logged values differ "
+                                  f"({', '.join(f'{label}: {v:.6g}' for label, v in logged[:3])}): it does not evaluate "
+                                  f"the directory it is given (the adapter's evaluate is wrong, not the framework's saves)")
     if len(wrong) == len(judged) and len(judged) > 1:
         shown = "; ".join(f"{label}: {value:.6g} vs {', '.join(f'{v:.6g} at step {s}' for s, v in list(exp.items())[:2])}"
                           for label, value, exp in wrong[:3])
