@@ -5,8 +5,14 @@ a file half-written; see :mod:`harness.faults`): once checkpoint-2's directory e
 *next* save, armed only after checkpoint-2 is complete and training has moved on. Afterwards every
 ``checkpoint-N`` on disk must be complete (the previous one intact and loadable), and resuming from the
 newest checkpoint must finish the run. Saving in place (no temporary sibling + rename) leaves a
-half-written checkpoint that a resume picks up. With ``save_total_limit=1`` the old checkpoint may go
-only once the new one is complete: rotating first (making room) leaves nothing to resume from.
+half-written checkpoint that a resume picks up.
+
+Then every file-system step of one save, as ALICE (Pillai et al., OSDI 2014) and CrashMonkey (Mohan et al.,
+OSDI 2018) do for file systems: with ``save_total_limit=1`` the save of checkpoint-4 is recorded step by step
+and each step's crash state is judged and resumed. The old checkpoint may go only once the new one is complete
+under its name: rotating first (making room), deleting the old one before the staged new one is renamed into
+place, or publishing the new one by copying it file by file each leave a moment with nothing whole to resume
+from.
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ import os
 
 import pytest
 
-from harness.faults import KillPoint, require_killed, run_killed
-from harness.layout import list_checkpoints, step_of
-from harness.oracles import assert_checkpoints_complete, read_log_history
+from harness.faults import KillPoint, crash_states, require_killed, restore_tree, run_killed
+from harness.oracles import (assert_checkpoints_complete, assert_crash_state_sound, completed_checkpoints,
+                             read_log_history)
 
 from ._support import spec
 
@@ -28,8 +34,6 @@ POINTS = [KillPoint(after_checkpoint=2, nth_write=1, partial=True),
           KillPoint(after_checkpoint=2, nth_write=3, partial=True),
           KillPoint(after_checkpoint=2, nth_write=1, partial=True, in_next_save=True),
           KillPoint(after_checkpoint=2, nth_write=2, partial=False, in_next_save=True)]
-#: inside the save after the one a limit of 1 keeps (checkpoint-4's, with checkpoint-2 complete and the only one)
-NEXT_SAVE_POINTS = [p for p in POINTS if p.in_next_save]
 
 
 def kill(adapter, run, point: KillPoint) -> None:
@@ -53,21 +57,37 @@ def test_crash_during_save_keeps_previous_checkpoint(ft_adapter, tiny_assets, tm
     assert_checkpoints_complete(out, tiny_assets.model_dir)
 
 
-@pytest.mark.parametrize("point", NEXT_SAVE_POINTS, ids=str)
-def test_crash_with_save_limit_keeps_previous_checkpoint(ft_adapter, tiny_assets, tmp_path, point):
-    """save_total_limit=1: checkpoint-2 is the only checkpoint when checkpoint-4's save is killed; it may be rotated
-    away only after checkpoint-4 is complete, so after the crash it is still on disk, whole, and the run resumes from
-    it. (A half-written checkpoint-4 left under its name is the verdict of the test above, not this one.)"""
+def test_crash_at_every_step_of_a_save(ft_adapter, tiny_assets, tmp_path, record_property):
+    """save_total_limit=1, a crash at every file-system step of checkpoint-4's save
+    (:func:`harness.faults.crash_states`: each mkdir, open for writing, tensor write, rename, unlink and rmdir, from
+    the staging of the new checkpoint to the rotation of the old one): whatever each step leaves is a state a user
+    can resume from — every ``checkpoint-N`` on disk byte for byte as its completed save wrote it (a half-deleted
+    checkpoint-2 is allowed only beside a complete checkpoint-4: "latest" never picks it), checkpoint-2 or
+    checkpoint-4 complete, and a resume from latest reaches step 6. This is where a framework that deletes the old
+    checkpoint after writing the new one's files but before renaming it into place, or that copies a staged
+    checkpoint file by file instead of renaming it, loses data: between two tensor writes, where the kill points
+    above never land. The number of steps tried is recorded as the test's ``crash_points`` property (JUnit XML)."""
+    if not hasattr(os, "fork"):
+        pytest.skip("fault injection forks the test process; this platform has no os.fork")
     out = tmp_path / "run"
     run = spec(tiny_assets, out, train_type="full", max_steps=6, save_steps=2, save_total_limit=1)
-    kill(ft_adapter, run, point)
-    on_disk = sorted(step_of(c) for c in list_checkpoints(out))
-    assert 2 in on_disk, (
-        f"killed inside checkpoint-4's save with save_total_limit=1: checkpoint-2 was rotated away before checkpoint-4 "
-        f"was complete (on disk: {on_disk or 'no checkpoint'}); the old checkpoint may go only after the new one is "
-        f"complete")
-    assert_checkpoints_complete(out, tiny_assets.model_dir, only=[2])
-    # (whether the half-written checkpoint-4 is left under its name is the test above's verdict)
-    result = ft_adapter.train(run.replace(resume_from=out / "checkpoint-2"))
-    steps_logged = {h["step"] for h in read_log_history(result.output_dir) if "loss" in h}
-    assert 6 in steps_logged, f"resumed from checkpoint-2, the run did not reach step 6 (logged {sorted(steps_logged)})"
+    found = crash_states(ft_adapter, run, after_checkpoint=2, root=tmp_path / "states")
+    record_property("crash_points", len(found.states))
+    completed = completed_checkpoints(found.before, found.after)
+    resumed: set[tuple] = set()
+    for state in found.states:
+        point = f"{state.mutation} of {len(found.states)} in checkpoint-4's save"
+        complete = assert_crash_state_sound(state.tree, completed, point=point, after_checkpoint=2)
+        # resume once per distinct shape of what the crash left: the names in the output dir, and which
+        # checkpoints are complete (states that differ only inside a staging dir resume alike)
+        shape = (tuple(sorted(p.name for p in state.tree.iterdir())), tuple(complete))
+        if shape in resumed:
+            continue
+        resumed.add(shape)
+        restore_tree(state.tree, out)
+        result = ft_adapter.train(run.replace(resume_from="latest"))
+        steps_logged = {h["step"] for h in read_log_history(result.output_dir) if "loss" in h}
+        assert 6 in steps_logged, (
+            f"killed just before file-system step {point}, the run resumed from latest did not reach step 6 (logged "
+            f"steps {sorted(steps_logged)}; on disk before the resume: {sorted(p.name for p in state.tree.iterdir())})")
+    record_property("crash_resumes", len(resumed))

@@ -51,11 +51,13 @@ ANYWHERE = "*"
 DIVERGES = "diverges:"
 PURE_HOOKS = frozenset({"resolve_args", "effective_args", "checkpoint_policy", "restore_best", "best_checkpoint_path",
                         "removed_before_save", "resolve_latest", "check_resume_state"})
-#: reference data members whose value changes only what an *interrupted* save leaves on disk: a save written in
-#: place and one staged and renamed into place end in the same tree when nothing stops them. Read outside a
-#: fault-injection child (``harness.faults.INJECTING`` false) such a member cannot change a test's outcome, so only
-#: its reads inside one are recorded (NonAtomicSave: 75 selected tests -> the ones that kill a run)
-INTERRUPTION_ONLY = frozenset({"atomic_saves"})
+#: reference members whose value changes only what an *interrupted* save leaves on disk: a save written in place and
+#: one staged and renamed into place (or copied into place, or with the old checkpoint deleted just before the rename)
+#: end in the same tree when nothing stops them. Used outside a fault-injection child whose kill can land inside a
+#: save (``harness.faults.KILLS_INSIDE_SAVES`` false: no child, or one killed between training steps, after its saves
+#: finished) such a member cannot change a test's outcome, so only its uses inside one are recorded (NonAtomicSave:
+#: 75 selected tests -> the ones that kill a run inside a save)
+INTERRUPTION_ONLY = frozenset({"atomic_saves", "publish_checkpoint"})
 
 
 def outcome(method, args, kwargs) -> tuple:
@@ -202,7 +204,7 @@ class HookTrace:
             if name not in names or type(obj) is not ReferenceAdapter:
                 return value  # (a mutant asked a pure question runs untraced)
             if not (callable(value) and getattr(value, "__self__", None) is obj):
-                if name not in INTERRUPTION_ONLY or faults.INJECTING:
+                if name not in INTERRUPTION_ONLY or faults.KILLS_INSIDE_SAVES:
                     trace._touch(name)  # a data member: read is use
                 return value
 
@@ -210,7 +212,8 @@ class HookTrace:
             def called(*args, **kwargs):  # a method: recorded when called, not when looked up (validation)
                 if name in PURE_HOOKS:
                     return pure_call(name, value, args, kwargs)
-                trace._touch(name)
+                if name not in INTERRUPTION_ONLY or faults.KILLS_INSIDE_SAVES:
+                    trace._touch(name)
                 return value(*args, **kwargs)
 
             return called

@@ -475,3 +475,59 @@ def test_a_lora_save_with_a_merged_copy_is_not_full_training(tmp_path):
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(OracleFailure, match=r"tensors outside the adapter's target modules differ from the base"):
         assert_adapter_only_save(out, base_dir=assets.model_dir)
+
+
+# --------------------------------------------------------------------------- crash states
+def _ckpt(tree: Path, name: str, files: dict[str, bytes]) -> None:
+    (tree / name).mkdir(parents=True, exist_ok=True)
+    for file, data in files.items():
+        (tree / name / file).write_bytes(data)
+
+
+OLD = {"model.safetensors": b"old weights", "trainer_state.json": b"{2}"}
+NEW = {"model.safetensors": b"new weights", "trainer_state.json": b"{4}"}
+
+
+@pytest.fixture
+def completed(tmp_path):
+    """checkpoint-2 complete before the save; after it, checkpoint-4 complete and checkpoint-2 rotated away."""
+    from harness.oracles import completed_checkpoints
+
+    _ckpt(tmp_path / "before", "checkpoint-2", OLD)
+    _ckpt(tmp_path / "after", "checkpoint-4", NEW)
+    return completed_checkpoints(tmp_path / "before", tmp_path / "after")
+
+
+@pytest.mark.parametrize("on_disk", [
+    {"checkpoint-2": OLD},  # the new one not yet in place
+    {"checkpoint-2": OLD, "checkpoint-4": NEW},  # in place, the old not yet rotated
+    {"checkpoint-2": {"trainer_state.json": b"{2}"}, "checkpoint-4": NEW},  # half-deleted old beside a whole new
+    {"checkpoint-4": NEW},
+], ids=["old-only", "both", "old-half-deleted", "new-only"])
+def test_crash_state_sound(tmp_path, completed, on_disk):
+    from harness.oracles import assert_crash_state_sound
+
+    for name, files in on_disk.items():
+        _ckpt(tmp_path / "state", name, files)
+    assert assert_crash_state_sound(tmp_path / "state", completed, point="#1", after_checkpoint=2) == sorted(
+        int(n.split("-")[1]) for n, f in on_disk.items() if f in (OLD, NEW))
+
+
+@pytest.mark.parametrize("on_disk, message", [
+    ({"checkpoint-2": OLD, "checkpoint-4": {"model.safetensors": b"new"}},
+     r"checkpoint-4 is on disk but incomplete \(missing trainer_state.json; differs: model.safetensors \(3 of 11 "
+     r"bytes\)\) and it is the newest"),
+    ({}, r"no complete checkpoint-2 or newer is left \(on disk: no checkpoint\)"),
+    ({"checkpoint-2": {"model.safetensors": b"old weights"}}, r"checkpoint-2 is on disk but incomplete \(missing "
+                                                             r"trainer_state.json\) and it is the newest"),
+    ({"checkpoint-2": {"model.safetensors": b"old weights"}, "checkpoint-3": NEW, "checkpoint-4": NEW},
+     r"checkpoint-3 is on disk but incomplete \(no completed save of this run left a checkpoint of this name\)"),
+], ids=["new-partial", "nothing", "old-partial-alone", "unknown-name"])
+def test_crash_state_unsound_names_the_checkpoint(tmp_path, completed, on_disk, message):
+    from harness.oracles import assert_crash_state_sound
+
+    (tmp_path / "state").mkdir()
+    for name, files in on_disk.items():
+        _ckpt(tmp_path / "state", name, files)
+    with pytest.raises(OracleFailure, match=r"killed just before file-system step #7 rename a -> b: " + message):
+        assert_crash_state_sound(tmp_path / "state", completed, point="#7 rename a -> b", after_checkpoint=2)

@@ -127,10 +127,10 @@ def test_quantization_mismatch_names_both(assets, tmp_path, lora_run):
 
 def test_disk_full_during_checkpoint_keeps_previous(assets, tmp_path, monkeypatch):
     """A save that fails (ENOSPC on the final rename) raises SaveError; checkpoint-2 stays intact."""
-    import harness.reference.trainer as trainer_mod
+    import harness.reference.adapter as adapter_mod
 
     out = tmp_path / "run"
-    real = trainer_mod.atomic_replace_dir
+    real = adapter_mod.atomic_replace_dir
     calls = {"n": 0}
 
     def failing(staging, final):
@@ -139,7 +139,7 @@ def test_disk_full_during_checkpoint_keeps_previous(assets, tmp_path, monkeypatc
             raise SaveError(final, os.strerror(errno.ENOSPC))
         return real(staging, final)
 
-    monkeypatch.setattr(trainer_mod, "atomic_replace_dir", failing)
+    monkeypatch.setattr(adapter_mod, "atomic_replace_dir", failing)
     spec = RunSpec(model_dir=assets.model_dir, output_dir=out, dataset_dir=assets.dataset_dir, train_type="full",
                    max_steps=4, save_steps=2)
     with pytest.raises(SaveError, match="checkpoint-4.*No space left on device.*left intact"):
@@ -156,3 +156,36 @@ def test_missing_resume_dir_and_latest(assets, tmp_path):
         ReferenceAdapter().train(spec)
     with pytest.raises(CheckpointError, match="resume checkpoint does not exist"):
         ReferenceAdapter().prepare_resume(None, tmp_path / "checkpoint-9")
+
+
+def _tree(directory):
+    """Relative path -> bytes of every file of ``directory`` (``mkstemp``'s random ``*.tmp`` names by suffix only)."""
+    import re
+
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        rel = re.sub(r"\.[a-z0-9_]{8}\.tmp$", ".XXXXXXXX.tmp", str(path.relative_to(directory)))
+        out[rel] = path.read_bytes() if path.is_file() else "dir"
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fault injection forks")
+def test_crash_state_is_what_a_real_kill_leaves(assets, tmp_path):
+    """harness.faults.crash_states copies the output dir before each file-system step instead of killing a run
+    there: for the rename that publishes checkpoint-2 and for a step inside the rotation of checkpoint-1, a real
+    SIGKILL at that step leaves byte for byte the recorded copy."""
+    from harness.faults import KILLED, crash_states, run_killed_at_step
+
+    out = tmp_path / "run"
+    run = RunSpec(model_dir=assets.model_dir, output_dir=out, dataset_dir=assets.dataset_dir, train_type="full",
+                  max_steps=3, save_steps=1, save_total_limit=1)
+    found = crash_states(ReferenceAdapter(), run, after_checkpoint=1, root=tmp_path / "states")
+    ops = [s.mutation.op for s in found.states]
+    assert {"mkdir", "write-tensors", "open-write", "rename", "unlink", "rmdir"} <= set(ops), ops
+    publish = next(s for s in found.states if s.mutation.op == "rename" and s.mutation.path.endswith("-> checkpoint-2"))
+    rotating = next(s for s in found.states
+                    if s.mutation.op == "unlink" and s.mutation.path.startswith("checkpoint-1/"))
+    for state in (publish, rotating):
+        shutil.rmtree(out)
+        assert run_killed_at_step(ReferenceAdapter(), run, after_checkpoint=1, index=state.mutation.index) == KILLED
+        assert _tree(out) == _tree(state.tree), f"killed before {state.mutation}: the tree differs from the copy"

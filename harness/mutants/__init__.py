@@ -15,9 +15,10 @@ One module per family: :mod:`~harness.mutants.args`, :mod:`~harness.mutants.save
 from __future__ import annotations
 
 from .args import AdapterNamesAnotherBase, ArgsJsonBeatsCli, SavedAlphaDiffersFromTrained, TrainsWithSavedArgs
-from .saves import (ConfigDeclaresBf16, FullSaveInBf16, IndexWithFirstShardOnly, LmHeadRetiedOnSave, MergedEosAsList,
-                   NonAtomicSave, RankZeroShardSave, RefusesQuantizedMergeByKind, ResizedRowsNotSaved,
-                   RotatesBeforeSaving, ShardedSave, UnpicklesCheckpoint, WeightsOnlyIntermediateCheckpoints)
+from .saves import (ConfigDeclaresBf16, CopiesStagedCheckpoint, DeletesOldBeforeRename, FullSaveInBf16,
+                   IndexWithFirstShardOnly, LmHeadRetiedOnSave, MergedEosAsList, NonAtomicSave, RankZeroShardSave,
+                   RefusesQuantizedMergeByKind, ResizedRowsNotSaved, RotatesBeforeSaving, ShardedSave,
+                   UnpicklesCheckpoint, WeightsOnlyIntermediateCheckpoints)
 from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, MissingTrainingStateIgnored,
                     QuantizedResumeReinitLora, ResumeDropsOptimizerState, ResumeFromIgnored, ResumeLatestByName,
                     RngNotRestoredOnResume, ScheduleRestartsOnResume)
@@ -68,6 +69,8 @@ _ALL = (
     MergedEosAsList,
     ConfigDeclaresBf16,
     ResumeLatestByName,
+    DeletesOldBeforeRename,
+    CopiesStagedCheckpoint,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

@@ -1,5 +1,6 @@
 """Mutants of saving: checkpoints without config files, saves in place, pickles loaded, one rank's shard, a partial
-shard set, a rounded dtype, a re-tied head, resized rows left out, rotation before the save; and the correct controls
+shard set, a rounded dtype, a re-tied head, resized rows left out, rotation before the save, the old checkpoint deleted
+before the new one is renamed into place, a staged checkpoint copied into place file by file; and the correct controls
 of saving and merge exports (a sharded save, a quantised merge refused by kind, a merged stop token written as a list).
 """
 
@@ -210,6 +211,61 @@ class RotatesBeforeSaving(ReferenceAdapter):
 
         existing = sorted(step_of(c) for c in list_checkpoints(ctx.output_dir))
         return [s for s in policy.to_delete(existing + [step], best_step) if s != step]
+
+
+class DeletesOldBeforeRename(ReferenceAdapter):
+    """Crash during save — the new checkpoint is staged completely, then rotation by ``save_total_limit`` deletes the
+    old one, and only then is the staged checkpoint renamed into place: a crash between the deletion and the rename
+    leaves nothing whole under a ``checkpoint-N`` name (with a limit of 1: no checkpoint at all), though every file
+    write has finished. The kill points at tensor writes never land there; a crash at every file-system step does.
+    (transformers PR #27820 staged each checkpoint in ``tmp-checkpoint-N`` and renamed it into place; PR #28364
+    and #28848 reworked the rename and the clean-up across ranks; PR #36112 reverted the tmp dir again. ms-swift
+    #9780 and #6392 are rotation bugs of the same family.)"""
+
+    name = "mutant:deletes-old-before-rename"
+    # the same deletions as the reference, between two steps of the same save: only a crash there can tell
+    fails = ("test_crash_during_save",)
+
+    def publish_checkpoint(self, ctx: RunContext, staging: Path, final: Path) -> Path:
+        import shutil
+
+        from ..layout import list_checkpoints, read_json, step_of
+
+        policy = self.checkpoint_policy(ctx)
+        if policy.save_total_limit:
+            best = read_json(Path(staging) / "trainer_state.json").get("best_global_step")
+            step = step_of(final)
+            existing = sorted(step_of(c) for c in list_checkpoints(final.parent))
+            for doomed in policy.to_delete(existing + [step], best):
+                if doomed != step:
+                    shutil.rmtree(final.parent / f"checkpoint-{doomed}")
+        return super().publish_checkpoint(ctx, staging, final)
+
+
+class CopiesStagedCheckpoint(ReferenceAdapter):
+    """Crash during save — the checkpoint is staged in a temporary directory, as it should be, but published by
+    copying its files one by one into ``checkpoint-N`` (``shutil.copy`` where ``os.replace`` belongs, as a save to
+    another file system or a "sync to the output dir" step does): a crash mid-copy leaves a ``checkpoint-N`` without
+    its last files, under its final name, which "latest" picks up."""
+
+    name = "mutant:copies-staged-checkpoint"
+    # the same tree once the copy is done: only a crash inside it can tell
+    fails = ("test_crash_during_save",)
+
+    def publish_checkpoint(self, ctx: RunContext, staging: Path, final: Path) -> Path:
+        import shutil
+
+        if Path(final).exists():
+            return super().publish_checkpoint(ctx, staging, final)
+        for item in sorted(Path(staging).rglob("*")):
+            target = Path(final) / item.relative_to(staging)
+            if item.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(item, target)
+        shutil.rmtree(staging)
+        return Path(final)
 
 
 class RefusesQuantizedMergeByKind(ReferenceAdapter):

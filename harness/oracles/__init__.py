@@ -27,10 +27,10 @@ from ..layout import read_log_history # the log every family reads, as the oracl
 from .failure import SEEDS, OracleFailure
 from .reading import (checkpoint_weights, checkpoints_fingerprint, dir_fingerprint, final_weights, losses_by_step,
                      start_weights, stat_fingerprint, trained_weights, weights_on_disk)
-from .saves import (CONFIG_DTYPES, REQUIRED_MODEL_FILES, assert_adapter_only_save, assert_checkpoint_layout,
-                   assert_checkpoints_complete, assert_full_model_saved, assert_lora_base_is, assert_same_weights,
-                   assert_self_contained, assert_served_dtype,
-                   generation_config_changes)
+from .saves import (CONFIG_DTYPES, REQUIRED_MODEL_FILES, CompletedCheckpoints, assert_adapter_only_save,
+                   assert_checkpoint_layout, assert_checkpoints_complete, assert_crash_state_sound,
+                   assert_full_model_saved, assert_lora_base_is, assert_same_weights, assert_self_contained,
+                   assert_served_dtype, completed_checkpoints, generation_config_changes)
 from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_cli, assert_lora_trained_as_asked,
                   assert_saved_args_match)
 from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, assert_follows_checkpoint,
@@ -67,6 +67,9 @@ __all__ = [
     "CONFIG_DTYPES",
     "assert_lora_base_is",
     "assert_checkpoints_complete",
+    "assert_crash_state_sound",
+    "completed_checkpoints",
+    "CompletedCheckpoints",
     "assert_same_weights",
     "assert_cli_beats_saved",
     "assert_nothing_from_files",

@@ -9,6 +9,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +301,93 @@ def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: 
             raise OracleFailure(seed, f"{ckpt.name} is incomplete after a crash: {type(exc).__name__}: {exc}") from None
         steps.append(int(ckpt.name.split("-")[1]))
     return steps
+
+
+#: a file of a checkpoint as its save left it: (size in bytes, sha256)
+FileDigest = tuple[int, str]
+
+
+def checkpoint_digests(tree: Path) -> dict[str, dict[str, FileDigest]]:
+    """``checkpoint-N`` name -> {file path inside it: (size, sha256)} for every checkpoint of ``tree``."""
+    import hashlib
+
+    out: dict[str, dict[str, FileDigest]] = {}
+    for ckpt in list_checkpoints(tree):
+        files = sorted(p for p in ckpt.rglob("*") if p.is_file())
+        out[ckpt.name] = {str(p.relative_to(ckpt)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+                          for p in files}
+    return out
+
+
+@dataclass(frozen=True)
+class CompletedCheckpoints:
+    """Each checkpoint's completed versions around one save (``versions``: name -> digests), and the names the save
+    left once it was over (``kept``; a name missing there was rotated away by the save)."""
+
+    versions: Mapping[str, list[dict[str, FileDigest]]]
+    kept: frozenset[str]
+
+
+def completed_checkpoints(before: Path, after: Path) -> CompletedCheckpoints:
+    """Each checkpoint as it stood when the save began (``before``) and once the save was over (``after``): a crash
+    state may hold either version of each, and nothing in between."""
+    versions: dict[str, list[dict[str, FileDigest]]] = {}
+    final = checkpoint_digests(after)
+    for tree in (checkpoint_digests(before), final):
+        for name, files in tree.items():
+            if files not in versions.setdefault(name, []):
+                versions[name].append(files)
+    return CompletedCheckpoints(versions=versions, kept=frozenset(final))
+
+
+def _incompleteness(found: Mapping[str, FileDigest], versions: list[dict[str, FileDigest]]) -> str | None:
+    """None when ``found`` holds one completed version's every file byte for byte; else what is missing or differs
+    (measured against the closest version)."""
+    if not versions:
+        return "no completed save of this run left a checkpoint of this name"
+    best = None
+    for files in versions:
+        missing = [f for f in files if f not in found]
+        differs = [f"{f} ({found[f][0]} of {size} bytes)" if found[f][0] != size else f"{f} (other bytes)"
+                   for f, (size, digest) in files.items() if f in found and found[f][1] != digest]
+        if not missing and not differs:
+            return None
+        text = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                            f"differs: {', '.join(differs)}" if differs else "") if part)
+        if best is None or len(missing) + len(differs) < best[0]:
+            best = (len(missing) + len(differs), text)
+    return best[1]
+
+
+def assert_crash_state_sound(state: Path, completed: CompletedCheckpoints, *, point: str,
+                             after_checkpoint: int, seed: str = "crash") -> list[int]:
+    """What a crash at ``point`` left (``state``, an output dir) is something a user can resume from: every
+    ``checkpoint-N`` on disk is byte for byte one of its completed versions (:func:`completed_checkpoints`), at
+    least one of ``checkpoint-{after_checkpoint}`` and the newer ones is complete, and the newest is. The one
+    exception is a checkpoint the save was rotating away (it has no version once the save is over) while a newer
+    complete one exists: a half-deleted old checkpoint that "latest" never picks (transformers' ``shutil.rmtree``
+    rotation leaves one). Returns the steps of the complete checkpoints."""
+    found = checkpoint_digests(state)
+    verdicts = {name: _incompleteness(files, list(completed.versions.get(name, []))) for name, files in found.items()}
+    steps = sorted((step_of(Path(name)), name) for name in found)
+    complete = [s for s, name in steps if verdicts[name] is None]
+    where = f"killed just before file-system step {point}"
+    if steps and verdicts[steps[-1][1]] is not None:
+        newest = steps[-1][1]
+        raise OracleFailure(seed, f"{where}: {newest} is on disk but incomplete ({verdicts[newest]}) and it is the "
+                                  f"newest checkpoint, so a resume from latest picks it up; expected every "
+                                  f"checkpoint-N on disk to be as its completed save wrote it, or absent")
+    if not any(s >= after_checkpoint for s in complete):
+        raise OracleFailure(seed, f"{where}: no complete checkpoint-{after_checkpoint} or newer is left (on disk: "
+                                  f"{[name for _, name in steps] or 'no checkpoint'}); the old checkpoint may go only "
+                                  f"once the new one is complete")
+    for s, name in steps:
+        rotated = name in completed.versions and name not in completed.kept
+        if verdicts[name] is None or (rotated and any(c > s for c in complete)):
+            continue
+        raise OracleFailure(seed, f"{where}: {name} is on disk but incomplete ({verdicts[name]}); expected every "
+                                  f"checkpoint-N on disk to be as its completed save wrote it, or absent")
+    return complete
 
 
 def assert_same_weights(directory: Path, expected_dir: Path, *, atol: float, seed: str = "dist") -> None:

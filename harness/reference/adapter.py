@@ -14,7 +14,8 @@ run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resol
 :meth:`merge_scaling`, :meth:`load_diffusion_lora`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`, :meth:`effective_args`,
-:meth:`finalize_adapter`, :meth:`restore_best`, :meth:`best_checkpoint_path`, :meth:`removed_before_save`.
+:meth:`finalize_adapter`, :meth:`restore_best`, :meth:`best_checkpoint_path`, :meth:`removed_before_save`,
+:meth:`publish_checkpoint`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ..errors import ConfigError, MissingFileError, QuantizationMismatchError
 from ..task import is_chat_dataset, template_turn_end
 from . import args as argres
 from ..layout import adapter_base, is_adapter_dir, latest_checkpoint, list_checkpoints, read_json, step_of
-from .io import atomic_write_text, check_pickled_state
+from .io import atomic_replace_dir, atomic_write_text, check_pickled_state
 from .policy import CheckpointPolicy
 
 log = logging.getLogger("harness.reference")
@@ -139,6 +140,11 @@ class ReferenceAdapter(Adapter):
     def best_checkpoint_path(self, ctx: RunContext, step: int) -> Path:
         """What ``best_model_checkpoint`` records for a new best evaluated (and saved) at ``step``."""
         return ctx.output_dir / f"checkpoint-{step}"
+
+    def publish_checkpoint(self, ctx: RunContext, staging: Path, final: Path) -> Path:
+        """Put a completely written checkpoint (``staging``) in place as ``final`` (atomic saves only): one
+        ``os.replace``, so ``final`` is absent or whole at every instant; rotation waits until it is in place."""
+        return atomic_replace_dir(staging, final)
 
     def finalize_checkpoint(self, ctx: RunContext, directory: Path, final: bool) -> None:
         """Complete a saved directory before it is renamed into place: args.json records the run; a full

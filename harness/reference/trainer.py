@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from transformers import TrainerCallback
 
 from ..errors import CheckpointError, ConfigError
-from .io import atomic_replace_dir, validate_model_dir
+from .io import validate_model_dir
 from .policy import CheckpointPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,7 +177,7 @@ def trainer_class(base):
                         self.state.best_model_checkpoint = str(final_root / Path(best).relative_to(staging_root))
                         self.state.save_to_json(str(staging_root / name / "trainer_state.json"))
                     self.ft_adapter.finalize_checkpoint(self.ft_context, staging_root / name, final=False)
-                    atomic_replace_dir(staging_root / name, final_root / name)
+                    self.ft_adapter.publish_checkpoint(self.ft_context, staging_root / name, final_root / name)
             finally:
                 self._ft_staging_root = None
                 if is_main_process():
