@@ -383,3 +383,12 @@ def test_detection(pytester, reference_run, target):
         f"{target} (hooks {sorted(hooks)}; selected {len(tests)} tests of {modules}, the others never touch them; "
         f"{len(select.settled)} not run after their module failed): "
         f"scenarios failing {sorted(failing)}, expected exactly {sorted(expected)}\n{details}")
+
+
+def test_docs_hold_the_matrix_and_the_mutant_lines():
+    """docs/detection.md's matrix and mutant list are what ``python -m harness.mutants`` prints (regenerate with it)."""
+    from harness.mutants.__main__ import matrix, mutant_lines
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "detection.md").read_text(encoding="utf-8")
+    assert f"## The matrix\n\n{matrix()}\n\n" in doc, "docs/detection.md's matrix is stale: python -m harness.mutants"
+    assert f"\n{mutant_lines()}\n" in doc, "docs/detection.md's mutant lines are stale: python -m harness.mutants"
