@@ -67,6 +67,10 @@ CAPABILITIES = frozenset(
 #: The values a run has when the command line leaves them unset (and the reference's defaults).
 #: ``0`` means "off" for the cadences/limits so that a user can override a saved cadence with "none"
 #: (``None`` means "not set"). The scenarios rely on ``logging every step`` and ``seed`` as well;
+#: the best-checkpoint story (seed 004, ``RunSpec.story``): the one whose runs an adapter's
+#: ``load_best_model_at_end=true`` option (a habit of that story's users) applies to
+BEST_CHECKPOINT_STORY = "004"
+
 #: see docs/adapters.md, "What the scenarios assume".
 TASK_DEFAULTS: dict[str, Any] = {
     "method": "sft",
@@ -80,6 +84,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "save_steps": 0,
     "save_total_limit": 0,
     "save_on_best": True,
+    "load_best_model_at_end": False,
     "metric": "eval_loss",
     "greater_is_better": None,
     "seed": 42,
@@ -196,6 +201,7 @@ _CLI_FIELDS = (
     "save_steps",
     "save_total_limit",
     "save_on_best",
+    "load_best_model_at_end",
     "metric",
     "greater_is_better",
     "seed",
@@ -232,6 +238,9 @@ class RunSpec:
     save_steps: int | None = None
     save_total_limit: int | None = None
     save_on_best: bool | None = None
+    #: the final model (``output_dir``) is the best evaluated checkpoint's, as transformers'
+    #: ``load_best_model_at_end`` promises
+    load_best_model_at_end: bool | None = None
     metric: str | None = None
     greater_is_better: bool | None = None
     resume_from: Path | Literal["latest"] | None = None
@@ -240,6 +249,10 @@ class RunSpec:
     world_size: int = 1
     cli: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, str] = field(default_factory=dict)
+    #: the failure story this run belongs to (its scenario module's seed, e.g. ``"004"`` for the best checkpoint), not
+    #: a training argument: an adapter option that models a habit of that story's users (transformers' and
+    #: LLaMA-Factory's ``load_best_model_at_end=true`` column) applies only to the runs of that story
+    story: str | None = None
     #: what every scenario relies on without typing it (docs/adapters.md, "What the scenarios assume"): pass these to
     #: the framework explicitly. The seed is ``seed`` when typed, else :data:`TASK_DEFAULTS`' (see
     #: :meth:`run_seed`); the loss (and the eval metrics when ``eval_steps`` is set) is logged every

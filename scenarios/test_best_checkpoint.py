@@ -31,11 +31,11 @@ from hypothesis import strategies as st
 from harness.errors import ArrangementError
 from harness.faults import KillInTraining, require_killed, run_killed
 from harness.models import write_datasets
-from harness.oracles import (assert_best_checkpoint_kept, assert_evaluated_at, assert_newest_save_kept,
-                             assert_saves_reproduce_log,
-                             best_logged_step, logged_metrics)
+from harness.spec import BEST_CHECKPOINT_STORY
+from harness.oracles import (assert_best_checkpoint_kept, assert_evaluated_at, assert_final_is_best,
+                             assert_newest_save_kept, assert_saves_reproduce_log, best_logged_step, logged_metrics)
 
-from ._support import eval_rtol, evaluator, spec
+from ._support import eval_rtol, evaluator, spec as _spec
 
 REAL_RUN_PHASES = (Phase.explicit, Phase.generate)  # derandomized, no shrinking: each example is a real run
 
@@ -43,6 +43,13 @@ pytestmark = [pytest.mark.ft_seed("004"), pytest.mark.ft_requires("sft", "full",
               pytest.mark.ft_metric("eval_loss")]
 
 LR = 1.5e-3
+STORY = BEST_CHECKPOINT_STORY
+
+
+def spec(*args, **fields):
+    """A run of this story: an adapter option modelling its users' habit (``load_best_model_at_end=true`` in the
+    transformers and LLaMA-Factory columns) applies to it, and to no other scenario's runs."""
+    return _spec(*args, story=STORY, **fields)
 
 
 def arrange_best_off_the_save_cadence(output_dir: Path, save_steps: int, metric: str = "eval_loss",
@@ -130,6 +137,18 @@ def test_resumed_run_keeps_best_of_whole_log(ft_adapter, tiny_assets, tmp_path, 
                                f"step 30, but it is at step {best} ({metrics})")
     assert_best_checkpoint_kept(result.output_dir, judge, save_total_limit=1, newest_step=40,
                                 rtol=eval_rtol(ft_device))
+
+
+def test_best_model_loaded_at_end(ft_adapter, tiny_assets, tmp_path, ft_device):
+    """``load_best_model_at_end`` typed by the user, with a cadence transformers accepts (save_steps a round multiple
+    of eval_steps: eval every 3, save every 9, 30 steps): the best evaluation lands on an evaluated step that is not
+    a save step (LLaMA-Factory's documented case: the final model was checkpoint-20's while trainer_state reported
+    step 25's score). The final model must re-evaluate to the best logged value — however the framework keeps it."""
+    run = spec(tiny_assets, tmp_path / "run", train_type="full", max_steps=30, eval_steps=3, save_steps=9,
+               load_best_model_at_end=True, learning_rate=LR, device=ft_device)
+    result = ft_adapter.train(run)
+    arrange_best_off_the_save_cadence(result.output_dir, 9)
+    assert_final_is_best(result.output_dir, result.final_dir, evaluator(ft_adapter, run), rtol=eval_rtol(ft_device))
 
 
 @settings(max_examples=8, deadline=None, derandomize=True, database=None, phases=REAL_RUN_PHASES,

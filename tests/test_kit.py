@@ -13,6 +13,7 @@ import pytest
 import torch  # imported here so pytester's in-process runs never unload/reload it
 
 from harness import kit
+from harness.spec import BEST_CHECKPOINT_STORY
 from harness.adapter import RunSpec, effective_capabilities, load_adapter, validate_adapter
 from harness.errors import AdapterLoadError, ConfigError
 from harness.task import TASK_DEFAULTS
@@ -270,13 +271,21 @@ def test_axolotl_adapter_loads_without_axolotl(tmp_path):
     adapter = load_adapter("axolotl[load_best_model_at_end=true]")
     assert isinstance(adapter, AxolotlAdapter) and adapter.name.endswith("[load_best_model_at_end=true]")
     assert "args" not in adapter.capabilities and "eval_accuracy" in adapter.unavailable_metrics
-    spec = RunSpec(model_dir=tmp_path / "m", output_dir=tmp_path / "o", dataset_dir=tmp_path / "d", eval_steps=2)
+    spec = RunSpec(model_dir=tmp_path / "m", output_dir=tmp_path / "o", dataset_dir=tmp_path / "d", eval_steps=2,
+                   story=BEST_CHECKPOINT_STORY)
     import yaml
 
     path = adapter.write_config(spec, _values(eval_steps=2), DATA, tmp_path)
     cfg = yaml.safe_load(path.read_text())
     assert path.name == "axolotl.yml" and cfg["load_best_model_at_end"] is True and cfg["lora_mlp_kernel"] is False
     assert adapter.trained_with[tmp_path / "o"]["output_dir"] == str(tmp_path / "o"), "merge-lora reuses the YAML"
+    # the option is the best-checkpoint story's: another story's evaluating run keeps axolotl's default
+    other = yaml.safe_load(adapter.write_config(spec.replace(story="embeddings"), _values(eval_steps=2), DATA,
+                                                tmp_path).read_text())
+    assert other["load_best_model_at_end"] is False
+    typed_values = _values(eval_steps=2, load_best_model_at_end=True)
+    typed = yaml.safe_load(adapter.write_config(spec.replace(story=None), typed_values, DATA, tmp_path).read_text())
+    assert typed["load_best_model_at_end"] is True, "typed by the user: on in any story"
 
 
 # ---------------------------------------------------------------------------------------------- the worked example

@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import RunSpec
+from ..spec import BEST_CHECKPOINT_STORY
 from ..errors import ConfigError
 from ..kit import ConfigFileAdapter, cpu_threads, quantization_keys, run_in_fork, write_config_file
 from ..layout import adapter_base, is_adapter_dir
 
 __all__ = ["AxolotlAdapter", "OPTIONS", "build_config"]
 
-OPTIONS = {"load_best_model_at_end": ("false", "true/false: axolotl's load_best_model_at_end")}
+OPTIONS = {"load_best_model_at_end": ("false", "true/false: axolotl's load_best_model_at_end (best-checkpoint story "
+                                                "runs only)")}
 QUANT_KEYS = {"nf4": {"load_in_4bit": True, "adapter": "qlora"}, "int8": {"load_in_8bit": True}}
 CPU_KEYS = {"lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False,
             "lora_embedding_kernel": False, "bf16": False, "fp16": False, "tf32": False,
@@ -152,7 +154,9 @@ class AxolotlAdapter(ConfigFileAdapter):
 
     def write_config(self, spec, values, data, workdir):
         data = {name: self._kept(path) for name, path in data.items()}
-        cfg = build_config(spec, values, data, workdir, load_best_model_at_end=self.flag("load_best_model_at_end"))
+        loads_best = bool(values.get("load_best_model_at_end")) or (
+            self.flag("load_best_model_at_end") and spec.story == BEST_CHECKPOINT_STORY)  # the option: that story only
+        cfg = build_config(spec, values, data, workdir, load_best_model_at_end=loads_best)
         cfg["dataset_prepared_path"] = str(self._prepared_dir(cfg))
         self.trained_with[Path(spec.output_dir)] = cfg  # merge-lora reuses it, as users pass their training YAML
         return write_config_file(workdir / "axolotl.yml", cfg)

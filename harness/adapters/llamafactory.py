@@ -13,7 +13,8 @@ with bitsandbytes, HQQ or EETQ only (no optimum-quanto). ``packing=True`` become
 ``neat_packing`` (no attention across packed samples); ``merge`` is ``llamafactory-cli export``'s
 ``export_model(config)``. Options (``--ft-adapter-option KEY=VALUE``):
 
-``load_best_model_at_end``  true/false (default false), passed through to TrainingArguments.
+``load_best_model_at_end``  true/false (default false), passed through to TrainingArguments in the best-checkpoint
+                            story's runs (seed 004) only; a run that types ``load_best_model_at_end`` gets it either way.
 ``template``                LLaMA-Factory template (default ``empty`` for text data; for chat data none, so that
                             LLaMA-Factory parses the tokenizer's own chat template, ``parse_template``).
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import Adapter, RunResult, RunSpec
+from ..spec import BEST_CHECKPOINT_STORY
 from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
 from .. import hf
@@ -166,8 +168,9 @@ class LlamaFactoryAdapter(Adapter):
         else:
             convert_datasets(Path(spec.dataset_dir), data, "alpaca")
         template = self.template if (self.template_given or not chat) else None
-        return build_config(spec, resolved.values, data, template=template,
-                            load_best_model_at_end=self.load_best_model_at_end,
+        loads_best = bool(resolved.values.get("load_best_model_at_end")) or (
+            self.load_best_model_at_end and spec.story == BEST_CHECKPOINT_STORY)  # the option: that story's runs only
+        return build_config(spec, resolved.values, data, template=template, load_best_model_at_end=loads_best,
                             special_tokens_key=self.special_tokens_key), resolved
 
     def train(self, spec: RunSpec) -> RunResult:

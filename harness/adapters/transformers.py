@@ -15,7 +15,9 @@ the reference's fixes: what the libraries do by themselves is what the scenarios
 There are no saved argument files in plain transformers, so the ``args`` capability is not declared
 (seed 000 is about frameworks that layer them). Options (``--ft-adapter-option KEY=VALUE``):
 
-``load_best_model_at_end``  true/false (default false): transformers' own best-model tracking.
+``load_best_model_at_end``  true/false (default false): transformers' own best-model tracking, switched on for the
+                            best-checkpoint story's runs (seed 004) only; a run that types
+                            ``load_best_model_at_end`` gets it either way.
 ``prepare_kbit``            true/false (default false): call ``peft.prepare_model_for_kbit_training``
                             on quantised bases, as QLoRA recipes do.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import Adapter, RunResult, RunSpec
+from ..spec import BEST_CHECKPOINT_STORY
 from .. import hf
 from ..runtime import cpu_threads, library_versions
 from ..kit import check_options, collect_result, parse_bool
@@ -35,7 +38,8 @@ from ..task import is_chat_dataset
 __all__ = ["TransformersAdapter", "OPTIONS", "training_arguments", "sft_config_arguments", "sft_trainer"]
 
 OPTIONS = {
-    "load_best_model_at_end": "true/false, default false: Trainer reloads the best checkpoint at the end",
+    "load_best_model_at_end": "true/false, default false: Trainer reloads the best checkpoint at the end (best-checkpoint "
+                              "story runs only)",
     "prepare_kbit": "true/false, default false: peft.prepare_model_for_kbit_training on quantised bases",
 }
 
@@ -102,6 +106,12 @@ class TransformersAdapter(Adapter):
     def versions(self) -> dict[str, str]:
         return library_versions("transformers", "peft", "trl", "torch")
 
+    def loads_best(self, spec: RunSpec, values: Mapping[str, Any]) -> bool:
+        """``load_best_model_at_end`` for this run: as typed, or on for every best-checkpoint story run when the
+        option is (a habit of that story's users; other stories' runs keep transformers' default)."""
+        return bool(values.get("load_best_model_at_end")) or (
+            self.load_best_model_at_end and spec.story == BEST_CHECKPOINT_STORY)
+
     def merge(self, adapter_dir: Path, output_dir: Path) -> Path:
         """PEFT's ``merge_and_unload`` on the base the adapter names, then ``save_pretrained`` (as users do)."""
         return hf.merge_lora(adapter_dir, output_dir)
@@ -138,7 +148,7 @@ class TransformersAdapter(Adapter):
             for p in model.parameters():
                 p.requires_grad_(True)
         targs = training_arguments(values, spec.output_dir, spec.device,
-                                   load_best_model_at_end=self.load_best_model_at_end, given=spec.cli_args())
+                                   load_best_model_at_end=self.loads_best(spec, values), given=spec.cli_args())
         if is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
             trainer = sft_trainer(values, model, tok, targs, Path(spec.dataset_dir))
         else:

@@ -22,7 +22,7 @@ from .saves import (ConfigDeclaresBf16, CopiesStagedCheckpoint, DeletesOldBefore
 from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, MissingTrainingStateIgnored,
                     QuantizedResumeReinitLora, ResumeDropsOptimizerState, ResumeFromIgnored, ResumeLatestByName,
                     RngNotRestoredOnResume, ScheduleRestartsOnResume)
-from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit,
+from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit, IgnoresLoadBestAtEnd,
                   PlainTrainerBestCheckpoint, ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
 from .data import (CollatorDropsAttentionMask, MeanOfMicroBatchMeans, MergeWithoutLoraScale, PackingWithoutBoundaries,
                   PadIsEosInCollator, SavedTokenizerWithoutTemplate, TemplateWithoutGenerationPrompt)
@@ -71,6 +71,7 @@ _ALL = (
     ResumeLatestByName,
     DeletesOldBeforeRename,
     CopiesStagedCheckpoint,
+    IgnoresLoadBestAtEnd,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

@@ -1,6 +1,6 @@
 """Mutants of best-checkpoint handling: rotation that deletes the best, only save-cadence steps saved, a mislabelled
 pointer, rotation by name, evaluation on the training split, best tracking forgotten on resume, every save but the
-best deleted at the end.
+best deleted at the end, load_best_model_at_end ignored.
 """
 
 from __future__ import annotations
@@ -116,3 +116,15 @@ class EndCleanupKeepsOnlyBest(ReferenceAdapter):
             for step, directory in ckpts.items():
                 if step != best_step:
                     shutil.rmtree(directory)
+
+
+class IgnoresLoadBestAtEnd(ReferenceAdapter):
+    """Best model at the end — ``load_best_model_at_end`` is accepted and silently ignored: the final model is the last
+    step's, though the best evaluation was earlier and is on disk (a framework that parses the key but never passes it
+    on to Trainer, or reloads the best before a final save that writes the live model)."""
+
+    name = "mutant:ignores-load-best-at-end"
+    fails = ("test_best_checkpoint",)
+
+    def load_best_at_end(self, ctx: RunContext, trainer) -> None:
+        return None

@@ -27,10 +27,10 @@ from ..layout import read_log_history # the log every family reads, as the oracl
 from .failure import SEEDS, OracleFailure
 from .reading import (checkpoint_weights, checkpoints_fingerprint, dir_fingerprint, final_weights, losses_by_step,
                      start_weights, stat_fingerprint, trained_weights, weights_on_disk)
-from .saves import (CONFIG_DTYPES, REQUIRED_MODEL_FILES, CompletedCheckpoints, assert_adapter_only_save,
-                   assert_checkpoint_layout, assert_checkpoints_complete, assert_crash_state_sound,
-                   assert_full_model_saved, assert_lora_base_is, assert_same_weights, assert_self_contained,
-                   assert_served_dtype, completed_checkpoints, generation_config_changes)
+from .saves import (CONFIG_DTYPES, CompletedCheckpoints, FileDigest, REQUIRED_MODEL_FILES, assert_adapter_only_save,
+                    assert_checkpoint_layout, assert_checkpoints_complete, assert_crash_state_sound,
+                    assert_full_model_saved, assert_lora_base_is, assert_same_weights, assert_self_contained,
+                    assert_served_dtype, checkpoint_digests, completed_checkpoints, generation_config_changes)
 from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_cli, assert_lora_trained_as_asked,
                   assert_saved_args_match)
 from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, assert_follows_checkpoint,
@@ -40,7 +40,8 @@ from .resolution import (assert_cli_beats_saved, assert_layers_respected, assert
                          assert_nothing_from_files, from_saved_file)
 from .equivalence import QUANTIZATION_NAMES, assert_merged_is_trained_model, assert_runs_agree, names_quantization
 from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_checkpoint_kept, assert_evaluated_at,
-                        assert_newest_save_kept, assert_saves_reproduce_log, best_logged_step, logged_metrics)
+                        assert_final_is_best, assert_newest_save_kept, assert_saves_reproduce_log, best_logged_step,
+                        logged_metrics)
 from .chat import assert_batches_teach_assistant, assert_saved_format, training_sample_of
 from .embeddings import assert_embeddings_saved, batches_loss
 
@@ -70,6 +71,8 @@ __all__ = [
     "assert_crash_state_sound",
     "completed_checkpoints",
     "CompletedCheckpoints",
+    "FileDigest",
+    "checkpoint_digests",
     "assert_same_weights",
     "assert_cli_beats_saved",
     "assert_nothing_from_files",
@@ -99,6 +102,7 @@ __all__ = [
     "assert_saves_reproduce_log",
     "assert_best_checkpoint_kept",
     "assert_newest_save_kept",
+    "assert_final_is_best",
     "best_logged_step",
     "assert_evaluated_at",
     "assert_batches_teach_assistant",

@@ -197,6 +197,44 @@ def assert_best_checkpoint_kept(output_dir: Path, evaluate: Evaluator, *, metric
                                   + evaluate.hint() if formula else "the checkpoint does not hold the best model"))
 
 
+def assert_final_is_best(output_dir: Path, final_dir: Path, evaluate: Evaluator, *, metric: str = "eval_loss",
+                         greater_is_better: bool = False, rtol: float = EVAL_RTOL, seed: str = "004") -> int:
+    """``load_best_model_at_end``: the final model (``final_dir``) does what the best evaluation's model did — it
+    re-evaluates to the best logged metric. Judged by what the final model does, not by which checkpoint a
+    trainer_state names, so a framework that keeps the best model any way it likes passes. When it does not, the
+    message says which checkpoint's weights the final model holds (LLaMA-Factory's documented mislabel, and
+    transformers' own behaviour when the best evaluation was not a save step: the best *saved* checkpoint is
+    loaded, while ``best_metric`` reports the unsaved step's value). Returns the best step."""
+    output_dir, final_dir = Path(output_dir), Path(final_dir)
+    metrics = logged_metrics(output_dir, metric)
+    if not metrics:
+        raise OracleFailure(seed, f"{output_dir.name}: no {metric!r} in the logged history; nothing was evaluated")
+    best = best_logged_step(metrics, greater_is_better)
+    value = evaluate(final_dir, metric, seed)
+    if _close(value, metrics[best], rtol):
+        return best
+    from .reading import weights_on_disk
+
+    final = weights_on_disk(final_dir, seed=seed)
+
+    def same(directory: Path) -> bool:
+        other = weights_on_disk(directory, seed=seed)
+        return other.keys() == final.keys() and all(other[k].equal(final[k]) for k in final)
+
+    holds = [c.name for c in list_checkpoints(output_dir) if weight_files(c) and same(c)]
+    close = sorted((s for s, v in metrics.items() if _close(value, v, rtol)))
+    state_file = final_dir / "trainer_state.json"
+    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
+    says = (f"; its trainer_state.json says best_model_checkpoint={Path(state['best_model_checkpoint']).name!r}, "
+            f"best_metric={state.get('best_metric')!r}" if state.get("best_model_checkpoint") else "")
+    raise OracleFailure(seed, f"load_best_model_at_end: the final model in {final_dir.name} re-evaluates to "
+                              f"{metric}={value:.6g}, but the best {metric}={metrics[best]:.6g} was logged at step "
+                              f"{best}; " + (f"it holds {holds[0]}'s weights" if holds else
+                                             "its weights are no checkpoint's on disk") +
+                              (f" (the value logged at step {close[0]})" if close else "") + says +
+                              ": the model loaded at the end is not the best")
+
+
 def assert_newest_save_kept(output_dir: Path, newest_step: int, *, seed: str = "004") -> None:
     """The newest save of the cadence (``newest_step``: the one a resume needs) survived rotation. Scenarios check it
     before reading the log for their arrangement: a framework that deleted it (transformers 4.49's end-of-training

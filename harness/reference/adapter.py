@@ -15,7 +15,7 @@ run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resol
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`, :meth:`effective_args`,
 :meth:`finalize_adapter`, :meth:`restore_best`, :meth:`best_checkpoint_path`, :meth:`removed_before_save`,
-:meth:`publish_checkpoint`.
+:meth:`publish_checkpoint`, :meth:`load_best_at_end`.
 """
 
 from __future__ import annotations
@@ -140,6 +140,16 @@ class ReferenceAdapter(Adapter):
     def best_checkpoint_path(self, ctx: RunContext, step: int) -> Path:
         """What ``best_model_checkpoint`` records for a new best evaluated (and saved) at ``step``."""
         return ctx.output_dir / f"checkpoint-{step}"
+
+    def load_best_at_end(self, ctx: RunContext, trainer) -> None:
+        """``load_best_model_at_end``: before the final save, the model takes the best evaluation's weights. With
+        ``save_on_best`` (the default) the best is always on disk: the checkpoint ``best_model_checkpoint`` names,
+        read as a resume reads weights. Without an evaluation there is no best, and the last step's model stays."""
+        best = trainer.state.best_model_checkpoint
+        if best and Path(best).is_dir():
+            self.load_checkpoint_weights(ctx, trainer, Path(best), trainer.model)
+            log.info("load_best_model_at_end: the final model is %s's (best %s=%s)", Path(best).name,
+                     ctx.values["metric"], trainer.state.best_metric)
 
     def publish_checkpoint(self, ctx: RunContext, staging: Path, final: Path) -> Path:
         """Put a completely written checkpoint (``staging``) in place as ``final`` (atomic saves only): one
@@ -382,6 +392,8 @@ class ReferenceAdapter(Adapter):
         model, tok = self.load(ctx)
         trainer = self.build_trainer(ctx, model, tok)
         trainer.train(resume_from_checkpoint=str(ctx.resume) if ctx.resume else None)
+        if ctx.values["load_best_model_at_end"]:
+            self.load_best_at_end(ctx, trainer)
         final = self.save_final(ctx, trainer)
         return RunResult(output_dir=ctx.output_dir, checkpoints=tuple(list_checkpoints(ctx.output_dir)),
                          final_dir=final, log_history=tuple(trainer.state.log_history), resolved=ctx.resolved)

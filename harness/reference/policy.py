@@ -95,7 +95,7 @@ class CheckpointPolicy:
         shown = ", ".join(map(str, lost[:6])) + (", ..." if len(lost) > 6 else "")
         cure = ("save-on-best will save such a step when it is the best"
                 if self.save_on_best else "the best model can be lost: enable save_on_best or align the cadences")
-        return (f"save_steps={self.save_steps} is not a multiple of eval_steps={self.eval_steps}: "
+        return (f"eval_steps={self.eval_steps} is not a multiple of save_steps={self.save_steps}: "
                 f"{len(lost)} evaluated step(s) ({shown}) are never on the save cadence; {cure}")
 
 
