@@ -157,18 +157,24 @@ def assert_best_checkpoint_kept(output_dir: Path, evaluate: Evaluator, *, metric
     (``newest_step``: the last step of the save cadence, what a resume needs) and at most ``save_total_limit`` + the
     best, and a recorded ``best_model_checkpoint`` names ``checkpoint-<best step>``. Returns the best step.
 
-    The best is the oracle's own reading of the logged history (the first step holding the best value);
-    the checkpoint's own trainer_state.json is never taken as evidence that it holds the best model.
+    The best is the oracle's own reading of the logged history (the first step holding the best value; in a tie, any
+    tied step whose checkpoint is on disk, the first of them judged); the checkpoint's own trainer_state.json is
+    never taken as evidence that it holds the best model.
     """
     output_dir = Path(output_dir)
     metrics = logged_metrics(output_dir, metric)
     if not metrics:
         raise OracleFailure(seed, f"{output_dir.name}: no {metric!r} in the logged history; nothing was evaluated")
-    best = best_logged_step(metrics, greater_is_better)
+    first = best_logged_step(metrics, greater_is_better)
+    # a tie: every step holding the best value is a best model (transformers keeps the first; a framework that keeps a
+    # later one has the same model quality, and is judged by whether that one is on disk and named)
+    tied = sorted(s for s, v in metrics.items() if v == metrics[first])
     on_disk = {step_of(c): c for c in list_checkpoints(output_dir)}
+    best = next((s for s in tied if s in on_disk), first)
     if best not in on_disk:
-        raise OracleFailure(seed, f"best {metric}={metrics[best]:.6g} was logged at step {best}, but there is no "
-                                  f"checkpoint-{best} on disk (checkpoints: {sorted(on_disk)}): the best model was "
+        also = f" (tied at steps {tied})" if len(tied) > 1 else ""
+        raise OracleFailure(seed, f"best {metric}={metrics[best]:.6g} was logged at step {best}{also}, but there is "
+                                  f"no checkpoint-{best} on disk (checkpoints: {sorted(on_disk)}): the best model was "
                                   f"never saved or was rotated away")
     if newest_step is not None:
         assert_newest_save_kept(output_dir, newest_step, seed=seed)
@@ -181,7 +187,8 @@ def assert_best_checkpoint_kept(output_dir: Path, evaluate: Evaluator, *, metric
         final_state = on_disk[max(on_disk)] / "trainer_state.json"
     if final_state.is_file():
         recorded = json.loads(final_state.read_text(encoding="utf-8")).get("best_model_checkpoint")
-        if recorded and (Path(recorded).name != f"checkpoint-{best}" or not Path(recorded).is_dir()):
+        names = {f"checkpoint-{s}" for s in tied if s in on_disk}
+        if recorded and (Path(recorded).name not in names or not Path(recorded).is_dir()):
             where = "does not exist on disk" if not Path(recorded).is_dir() else "exists, but is not the best"
             raise OracleFailure(seed, f"{final_state.parent.name}/trainer_state.json names best_model_checkpoint="
                                       f"{recorded!r}, which {where}: the best logged {metric} is "
