@@ -77,10 +77,10 @@ class AdapterNamesAnotherBase(ReferenceAdapter):
     # the LoRA-on-a-full-output runs: the named base's weights (seed 003) and the re-evaluation through it (seed 000)
     fails = ("test_args_precedence", "test_full_ft_as_lora_base")
 
-    def finalize_adapter(self, ctx: RunContext, directory: Path) -> None:
+    def name_finetuned_base(self, ctx: RunContext, directory: Path) -> None:
         import json
 
-        super().finalize_adapter(ctx, directory)
+        super().name_finetuned_base(ctx, directory)
         origin_args = Path(ctx.base_dir) / "args.json"
         origin = json.loads(origin_args.read_text(encoding="utf-8")).get("model_dir") if origin_args.is_file() else None
         if origin:

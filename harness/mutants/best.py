@@ -82,11 +82,8 @@ class EvaluatesOnTrainSplit(ReferenceAdapter):
     # every scenario whose reload must reproduce the logged eval loss (embeddings, the trained-values run)
     fails = ("test_args_precedence", "test_best_checkpoint", "test_embeddings_saved")
 
-    def build_trainer(self, ctx: RunContext, model, tok):
-        trainer = super().build_trainer(ctx, model, tok)
-        if getattr(trainer, "eval_dataset", None) is not None:
-            trainer.eval_dataset = trainer.train_dataset
-        return trainer
+    def evaluation_dataset(self, ctx: RunContext, trainer):
+        return trainer.train_dataset
 
 
 class ResumeForgetsBest(ReferenceAdapter):

@@ -25,6 +25,75 @@ class MeanOfMicroBatchMeans(ReferenceAdapter):
         trainer.model_accepts_loss_kwargs = False  # Trainer then averages each micro-batch and divides by k
 
 
+class DropsIncompleteAccumulationWindow(ReferenceAdapter):
+    """Gradient accumulation — an epoch's last window with fewer than k micro-batches is never trained: the epoch is
+    cut to ``len(dataloader) // k`` whole windows (NVIDIA-NeMo/Automodel PR #2257: "silently dropped the trailing
+    micro-batches", the scheduler sized by floor division; transformers #14309, torchseq #8, pet #36). The tail's
+    samples are skipped once per epoch, silently; with a dataset that divides into windows nothing shows."""
+
+    name = "mutant:drops-incomplete-accumulation-window"
+    fails = ("test_grad_accumulation",)
+
+    def accumulation_loss(self, ctx: RunContext, trainer) -> None:
+        super().accumulation_loss(ctx, trainer)
+        windows, make = ctx.values["gradient_accumulation_steps"], trainer.get_train_dataloader
+
+        def whole_windows():
+            loader = make()
+            return _WholeWindows(loader, windows) if len(loader) % windows else loader
+
+        trainer.get_train_dataloader = whole_windows
+
+
+class _WholeWindows:
+    """A train dataloader cut to whole accumulation windows (its length and its iteration); the rest delegates."""
+
+    def __init__(self, loader, windows: int):
+        self._loader, self._length = loader, len(loader) // windows * windows
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self):
+        import itertools
+
+        return itertools.islice(iter(self._loader), self._length)
+
+    def __getattr__(self, name: str):
+        return getattr(self._loader, name)
+
+
+class SchedulerSteppedPerMicroBatch(ReferenceAdapter):
+    """Gradient accumulation — the LR scheduler is stepped on every micro-batch instead of every optimizer step, so
+    with k-step accumulation the warm-up and decay run k times too fast (starVLA PR #210: ``lr_scheduler.step()`` on
+    every micro-batch inside ``accelerator.accumulate()``; Lightning #1476, accelerate #963, SpecForge #364). With a
+    constant LR it changes nothing: only a schedule shows it."""
+
+    name = "mutant:scheduler-stepped-per-micro-batch"
+    # the resume module accumulates (2 x 2) under a linear schedule: its batch-split resume and its 11-step run,
+    # whose schedule reaches 0 halfway, show it too
+    fails = ("test_grad_accumulation", "test_resume_equivalence")
+
+    def accumulation_loss(self, ctx: RunContext, trainer) -> None:
+        super().accumulation_loss(ctx, trainer)
+        import functools
+
+        windows, create = ctx.values["gradient_accumulation_steps"], trainer.create_scheduler
+
+        def create_scheduler(num_training_steps: int, optimizer=None):
+            # k scheduler steps per optimizer step: after n steps the schedule stands at n * k (a partial, not a
+            # closure, so the scheduler's state_dict still pickles into each checkpoint)
+            scheduler = create(num_training_steps, optimizer)
+            scheduler.lr_lambdas = [functools.partial(_ahead, fn, windows) for fn in scheduler.lr_lambdas]
+            return scheduler
+
+        trainer.create_scheduler = create_scheduler
+
+
+def _ahead(fn, factor: int, step: int) -> float:
+    return fn(step * factor)
+
+
 class MergeWithoutLoraScale(ReferenceAdapter):
     """LoRA merge, peft #1043 / #2321 family: the merge adds ``B @ A`` without the ``lora_alpha / r`` scale the
     adapter trained with, so the merged model is not the trained one (with alpha == r it would not show)."""

@@ -23,11 +23,9 @@ class QuantizedResumeReinitLora(ReferenceAdapter):
     name = "mutant:quantized-resume-reinit-lora"
     fails = ("test_quantized_lora_resume", "test_diffusion_lora_resume")
 
-    def load_checkpoint_weights(self, ctx: RunContext, trainer, checkpoint: Path, model) -> None:
-        if ctx.values["quantization"] is not None:
-            log.warning("could not load %s into the quantised base; continuing with fresh LoRA weights", checkpoint)
-            return
-        super().load_checkpoint_weights(ctx, trainer, checkpoint, model)
+    def load_lora_on_quantized_base(self, ctx: RunContext, model, checkpoint: Path) -> int:
+        log.warning("could not load %s into the quantised base; continuing with fresh LoRA weights", checkpoint)
+        return 0
 
     def load_diffusion_lora(self, ctx: RunContext, checkpoint: Path, unet) -> None:
         if ctx.values["quantization"] is not None:

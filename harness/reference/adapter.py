@@ -164,6 +164,8 @@ class ReferenceAdapter(Adapter):
             self.finalize_weights(ctx, Path(directory), final)
         if (Path(directory) / "adapter_config.json").is_file():
             self.finalize_adapter(ctx, Path(directory))
+            if (Path(ctx.base_dir) / argres.ARGS_FILE).is_file():
+                self.name_finetuned_base(ctx, Path(directory))
         if is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
             self.finalize_chat_format(ctx, Path(directory))
         config = read_json(Path(directory) / "config.json") if (Path(directory) / "config.json").is_file() else {}
@@ -173,6 +175,10 @@ class ReferenceAdapter(Adapter):
     def finalize_adapter(self, ctx: RunContext, directory: Path) -> None:
         """Complete a LoRA save: PEFT wrote adapter_config.json from the trained model's own LoRA config (rank,
         ``lora_alpha``, target modules) and the base it was put on; the reference keeps it as written."""
+
+    def name_finetuned_base(self, ctx: RunContext, directory: Path) -> None:
+        """LoRA on a fine-tuned output (its directory holds args.json: seed 003's arrangement; only such runs reach
+        this): adapter_config.json names that directory, as PEFT wrote it, not the model it was fine-tuned from."""
 
     def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
         """Chat runs only (``messages`` / ``prompt``+``completion`` data reach this): every save carries the format the
@@ -301,10 +307,21 @@ class ReferenceAdapter(Adapter):
         from .trainer import load_lora_weights_by_name
 
         if _is_peft(model):
-            n = load_lora_weights_by_name(model, checkpoint)
+            if ctx.values["quantization"] is not None:
+                n = self.load_lora_on_quantized_base(ctx, model, checkpoint)
+            else:
+                n = load_lora_weights_by_name(model, checkpoint)
             log.info("resumed %d LoRA tensors from %s", n, checkpoint)
         else:
             trainer._load_from_checkpoint_default(str(checkpoint), model)
+
+    def load_lora_on_quantized_base(self, ctx: RunContext, model, checkpoint: Path) -> int:
+        """Resume on a quantised base (only quantised LoRA resumes reach this: seed 002's failure point): the LoRA
+        tensors by name, as on any base; returns how many. (Its own seam keeps a mutant of it off every other
+        resume in the detection matrix.)"""
+        from .trainer import load_lora_weights_by_name
+
+        return load_lora_weights_by_name(model, checkpoint)
 
     def load_diffusion_lora(self, ctx: RunContext, checkpoint: Path, unet) -> None:
         """Diffusion resume: SimpleTuner's call chain (diffusers + PEFT), then every LoRA tensor checked."""
@@ -502,9 +519,16 @@ class ReferenceAdapter(Adapter):
                                    callbacks=[PolicyCallback(policy, ctx.values["metric"], self, ctx)],
                                    wrap=trainer_class, collator=collator)
         trainer.ft_adapter, trainer.ft_context = self, ctx
+        if ctx.values["eval_steps"] and getattr(trainer, "eval_dataset", None) is not None:
+            trainer.eval_dataset = self.evaluation_dataset(ctx, trainer)
         if ctx.values["gradient_accumulation_steps"] > 1:
             self.accumulation_loss(ctx, trainer)
         return trainer
+
+    def evaluation_dataset(self, ctx: RunContext, trainer):
+        """What a run's periodic evaluations score (only runs with ``eval_steps`` reach this): eval.jsonl's rows, as
+        :func:`harness.hf.build_trainer` loaded them."""
+        return trainer.eval_dataset
 
     # ------------------------------------------------------------------ saving
     def save_final(self, ctx: RunContext, trainer) -> Path:
