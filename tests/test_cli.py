@@ -47,12 +47,13 @@ def test_report_json_and_exit_codes(tmp_path):
     cell = ids["test_args_precedence.py::test_never_inherited_keys"]["results"]["reference"]
     assert cell["outcome"] == "passed" and ids["test_args_precedence.py::test_never_inherited_keys"]["seed"] == "000"
     assert "[reference] ok" in ok.stderr  # progress line per test
-    bad = _cli("run", "--adapter", "harness.mutants:ArgsJsonBeatsCli", "-k", "test_cli_train_type_beats",
+    # (the resolution property: the mutant's cheapest red, no training run; 4 s against 14 s for a trained one)
+    bad = _cli("run", "--adapter", "harness.mutants:ArgsJsonBeatsCli", "-k", "test_priority_property",
                "-m", "not ft_gpu", "--tb", cwd=tmp_path)  # pytest options without '--'
     assert bad.returncode == 1 and "FAIL: " in bad.stdout and "seed 000" in bad.stdout
     # --tb: the whole failure after the table, untruncated, with the traceback
-    assert "FAILED " in bad.stdout and "test_args_precedence.py::test_cli_train_type_beats_saved_full[cpu]" in bad.stdout
-    assert "the saved args.json in" in bad.stdout and "test_args_precedence.py:" in bad.stdout
+    assert "FAILED " in bad.stdout and "test_args_precedence.py::test_priority_property" in bad.stdout
+    assert "expected 'lora' from the cli layer" in bad.stdout and "test_args_precedence.py:" in bad.stdout
 
 
 def test_run_with_nothing_collected_exits_5(monkeypatch, capsys):

@@ -34,8 +34,7 @@ class DropsIncompleteAccumulationWindow(ReferenceAdapter):
     name = "mutant:drops-incomplete-accumulation-window"
     fails = ("test_grad_accumulation",)
 
-    def accumulation_loss(self, ctx: RunContext, trainer) -> None:
-        super().accumulation_loss(ctx, trainer)
+    def incomplete_window(self, ctx: RunContext, trainer) -> None:
         windows, make = ctx.values["gradient_accumulation_steps"], trainer.get_train_dataloader
 
         def whole_windows():

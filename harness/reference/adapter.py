@@ -302,6 +302,11 @@ class ReferenceAdapter(Adapter):
         ``num_items_in_batch`` to the model: transformers PR #34191), so k micro-batches equal one batch k
         times larger. Nothing to change; the seam lets a mutant put the pre-4.46 mean of means back."""
 
+    def incomplete_window(self, ctx: RunContext, trainer) -> None:
+        """Accumulation over an epoch that ends in an incomplete window (only such runs reach this): Trainer trains
+        it as one more optimizer step over the micro-batches left (``num_update_steps_per_epoch`` rounds up) and
+        divides its loss by that window's own token count. Nothing to change; the seam lets a mutant drop it."""
+
     def load_checkpoint_weights(self, ctx: RunContext, trainer, checkpoint: Path, model) -> None:
         """Resume: LoRA tensors by name (works on every quantised base), full weights as Trainer does."""
         from .trainer import load_lora_weights_by_name
@@ -523,6 +528,9 @@ class ReferenceAdapter(Adapter):
             trainer.eval_dataset = self.evaluation_dataset(ctx, trainer)
         if ctx.values["gradient_accumulation_steps"] > 1:
             self.accumulation_loss(ctx, trainer)
+            micro_batches = -(-len(trainer.train_dataset) // ctx.values["per_device_train_batch_size"])
+            if micro_batches % ctx.values["gradient_accumulation_steps"]:
+                self.incomplete_window(ctx, trainer)
         return trainer
 
     def evaluation_dataset(self, ctx: RunContext, trainer):
