@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import AdapterLoadError
+from .layout import trainer_default
 from .spec import *  # noqa: F403 - the vocabulary, re-exported (harness.spec.__all__)
 from .spec import __all__ as _VOCABULARY
 from .spec import CAPABILITIES, TASK_DEFAULTS, KnownFailure, ResolvedArgs, RunResult, RunSpec, Source
@@ -112,6 +113,9 @@ class Adapter:
     #: resume point per run, as torchtune's single recipe state). With ``"newest"``, the scenarios that resume from a
     #: copied or another run's checkpoint skip, saying so, instead of failing
     resume_points: str = "any"
+    #: the framework's names for the log keys the oracles read (:data:`harness.layout.LOG_SCHEMA`), harness key ->
+    #: its key, e.g. ``{"learning_rate": "lr"}``; applied to what :meth:`log_history` returns
+    log_keys: Mapping[str, str] = {}
     #: True when ``train`` runs the framework in a *subprocess* (a CLI by name): fault injection cannot kill it at a
     #: file write, so scenarios needing the implied ``in-process`` capability (the crash scenario) are skipped
     launches_subprocess: bool = False
@@ -169,6 +173,24 @@ class Adapter:
         ``data`` capability when you implement it."""
         raise NotImplementedError(f"{type(self).__name__}.training_batches (declare the 'data' capability only with it)")
 
+    @trainer_default
+    def checkpoints(self, output_dir: Path) -> Mapping[int, Path]:
+        """The run's checkpoints, step -> directory (each one a resume point holding the weights saved at that
+        step): where the oracles look for them. HF Trainer's ``output_dir/checkpoint-N`` by default; a framework with
+        its own layout (``epoch_E/``, ``step_N/``) maps its directories to optimizer steps here instead of faking
+        Trainer's names. A directory that is not on disk (a dangling link) is ignored."""
+        from .layout import TRAINER_LAYOUT
+
+        return TRAINER_LAYOUT.checkpoints(output_dir)
+
+    def log_history(self, output_dir: Path) -> list[Mapping[str, Any]]:
+        """The run's log, one mapping per logged event with an integer ``step`` (:data:`harness.layout.LOG_SCHEMA`;
+        other names through :attr:`log_keys`). HF Trainer's ``trainer_state.json`` ``log_history`` by default (the
+        final output's, else the newest checkpoint's); a framework with its own metric log reads it here."""
+        from .layout import TRAINER_LAYOUT
+
+        return TRAINER_LAYOUT.log_history(output_dir)
+
     def metric_name(self, metric: str) -> str:
         """The name the framework logs ``metric`` under."""
         return self.metric_names.get(metric, metric)
@@ -181,7 +203,7 @@ class Adapter:
 #: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
 OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
                     "resolve_args", "merge", "evaluate", "unavailable_metrics", "launches_subprocess",
-                    "training_batches", "resume_files", "resume_points")
+                    "training_batches", "resume_files", "resume_points", "checkpoints", "log_history", "log_keys")
 
 
 def _import_target(target: str) -> Any:
@@ -287,7 +309,7 @@ def validate_adapter(adapter: Any, target: str = "") -> None:
 
     if adapter.model_arch not in ARCHITECTURES:
         raise AdapterLoadError(f"adapter {label!r}: model_arch {adapter.model_arch!r} is not one of {ARCHITECTURES}")
-    for member in ("metric_names", "arg_names", "unavailable_metrics", "resume_files"):
+    for member in ("metric_names", "arg_names", "unavailable_metrics", "resume_files", "log_keys"):
         mapping = getattr(adapter, member)
         if not isinstance(mapping, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                         for k, v in mapping.items()):

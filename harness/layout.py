@@ -10,10 +10,13 @@ safely (safetensors, ``torch.load(weights_only=True)``). Whether what it reads i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import numbers
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ConfigError, CorruptFileError, MissingFileError, UnsafeCheckpointError
 
@@ -34,6 +37,18 @@ __all__ = [
     "adapter_base",
     "lora_dir",
     "read_log_history",
+    "LOG_SCHEMA",
+    "RunLayout",
+    "TrainerLayout",
+    "TRAINER_LAYOUT",
+    "use_layout",
+    "run_layout",
+    "trainer_default",
+    "uses_trainer_checkpoints",
+    "run_checkpoints",
+    "run_checkpoint",
+    "run_step_of",
+    "run_log_history",
 ]
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -182,7 +197,7 @@ def lora_dir(output_dir: Path) -> Path:
     output_dir = Path(output_dir)
     if any((output_dir / name).is_file() for name in LORA_FILES):
         return output_dir
-    ckpts = list_checkpoints(output_dir)
+    ckpts = run_checkpoints(output_dir)
     return ckpts[-1] if ckpts else output_dir
 
 
@@ -196,3 +211,142 @@ def read_log_history(output_dir: Path) -> list[dict[str, Any]]:
         if path.is_file():
             return list(json.loads(path.read_text(encoding="utf-8")).get("log_history", []))
     raise FileNotFoundError(f"{output_dir}: no trainer_state.json in the output or any checkpoint")
+
+
+# --------------------------------------------------------------------------- a run's declared layout
+#: The log keys the oracles read, each entry of a run's log history a mapping with an integer ``step``: ``loss``
+#: (the training loss of that step, a token mean), ``learning_rate`` (after that step's scheduler step), ``grad_norm``
+#: (before clipping), ``epoch`` (fractional), ``eval_<metric>`` (an evaluation at that step: ``eval_loss``,
+#: ``eval_accuracy``, or the metric's name), and GRPO's ``reward``. Other keys are carried along unread. A framework
+#: that logs another name declares ``log_keys`` (harness key -> its key, e.g. ``{"learning_rate": "lr"}``).
+LOG_SCHEMA: Mapping[str, str] = {
+    "step": "the optimizer step the entry belongs to (an integer >= 0; an entry without one belongs to no step)",
+    "loss": "training loss of the step (a number)",
+    "learning_rate": "learning rate after the step's scheduler step (a number)",
+    "grad_norm": "gradient norm before clipping (a number)",
+    "epoch": "fractional epoch (a number)",
+    "eval_*": "an evaluation at that step: eval_loss, eval_accuracy, ... (numbers)",
+    "reward": "GRPO: mean reward of the step (a number)",
+}
+_NUMERIC = ("loss", "learning_rate", "grad_norm", "epoch", "reward")
+
+
+class RunLayout(Protocol):
+    """Where a run keeps its checkpoints and its log: what the oracles read a run's files through. An adapter is
+    one (:class:`harness.adapter.Adapter` has HF Trainer's as defaults); :data:`TRAINER_LAYOUT` is HF Trainer's."""
+
+    log_keys: Mapping[str, str]
+
+    def checkpoints(self, output_dir: Path) -> Mapping[int, Path]: ...
+
+    def log_history(self, output_dir: Path) -> list[Mapping[str, Any]]: ...
+
+
+class TrainerLayout:
+    """HF Trainer's layout: ``output_dir/checkpoint-N`` directories (a dangling link is not one), the log history in
+    ``trainer_state.json`` (the final output's, else the newest checkpoint's), the keys as :data:`LOG_SCHEMA` names."""
+
+    log_keys: Mapping[str, str] = {}
+
+    def checkpoints(self, output_dir: Path) -> dict[int, Path]:
+        return {step_of(c): c for c in list_checkpoints(output_dir)}
+
+    def log_history(self, output_dir: Path) -> list[dict[str, Any]]:
+        return read_log_history(output_dir)
+
+
+TRAINER_LAYOUT = TrainerLayout()
+_ACTIVE: list[Any] = []
+#: checkpoint directory -> its step, as the layout in use last declared it (:func:`run_step_of` reads it back)
+_STEPS: dict[Path, int] = {}
+
+
+@contextlib.contextmanager
+def use_layout(layout: RunLayout) -> Iterator[RunLayout]:
+    """Within the block, the ``run_*`` readers (what the oracles read a run through) follow ``layout``: the pytest
+    plugin enters it with the adapter under test, so a framework keeps its own layout instead of faking Trainer's."""
+    _ACTIVE.append(layout)
+    _STEPS.clear()
+    try:
+        yield layout
+    finally:
+        _ACTIVE.remove(layout)
+        _STEPS.clear()
+
+
+def trainer_default(method):
+    """Marks a contract default that reads HF Trainer's layout (so :func:`uses_trainer_checkpoints` can tell)."""
+    method.trainer_default = True
+    return method
+
+
+def uses_trainer_checkpoints() -> bool:
+    """Whether the layout in use keeps HF Trainer's ``checkpoint-N`` directories (its ``checkpoints`` is Trainer's,
+    not one a framework declared): only then do Trainer's own files (``trainer_state.json`` per checkpoint) belong
+    to the layout."""
+    layout = run_layout()
+    method = getattr(layout, "checkpoints", None)
+    return isinstance(layout, TrainerLayout) or getattr(getattr(method, "__func__", method), "trainer_default", False)
+
+
+def run_layout() -> RunLayout:
+    """The layout in use (the adapter under test's; HF Trainer's outside a scenario run)."""
+    return _ACTIVE[-1] if _ACTIVE else TRAINER_LAYOUT
+
+
+def _declared_checkpoints(output_dir: Path) -> dict[int, Path]:
+    layout = run_layout()
+    found = layout.checkpoints(Path(output_dir))
+    if not isinstance(found, Mapping) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
+                                                 for k in found):
+        raise ConfigError(Path(output_dir), "checkpoints()", "a mapping of step (int >= 0) -> checkpoint directory",
+                          found)
+    found = {k: Path(v) for k, v in found.items() if Path(v).is_dir()}
+    _STEPS.update({v: k for k, v in found.items()})
+    return found
+
+
+def run_checkpoints(output_dir: Path) -> list[Path]:
+    """The run's checkpoint directories by step, as its layout declares them (absent or dangling ones left out)."""
+    found = _declared_checkpoints(output_dir)
+    return [found[k] for k in sorted(found)]
+
+
+def run_checkpoint(output_dir: Path, step: int) -> Path:
+    """The run's checkpoint of ``step`` (its layout's directory; ``output_dir/checkpoint-<step>`` if none is on disk,
+    so a message can still name where it was expected)."""
+    return _declared_checkpoints(output_dir).get(step, Path(output_dir) / f"checkpoint-{step}")
+
+
+def run_step_of(checkpoint: Path) -> int:
+    """The step of a checkpoint directory: its layout's, else the ``checkpoint-N`` name's."""
+    checkpoint = Path(checkpoint)
+    if checkpoint in _STEPS:
+        return _STEPS[checkpoint]
+    if checkpoint.parent.is_dir():
+        _declared_checkpoints(checkpoint.parent)
+    return _STEPS[checkpoint] if checkpoint in _STEPS else step_of(checkpoint)
+
+
+def run_log_history(output_dir: Path) -> list[dict[str, Any]]:
+    """The run's log history as its layout gives it, keys renamed to :data:`LOG_SCHEMA`'s by the layout's
+    ``log_keys`` and checked: every entry a mapping, its ``step`` (where it has one) an integer, the schema's values
+    numbers. A bad
+    entry is a :class:`~harness.errors.ConfigError` naming the entry and the key."""
+    layout = run_layout()
+    rename = {theirs: ours for ours, theirs in dict(getattr(layout, "log_keys", {}) or {}).items()}
+    where = Path(output_dir) / "log_history"
+    history: list[dict[str, Any]] = []
+    for i, entry in enumerate(layout.log_history(Path(output_dir))):
+        if not isinstance(entry, Mapping):
+            raise ConfigError(where, f"[{i}]", "a mapping of log keys", entry)
+        entry = {rename.get(k, k): v for k, v in entry.items()}
+        step = entry.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ConfigError(where, f"[{i}].step", "an integer step >= 0 (LOG_SCHEMA)", step)
+        for key, value in entry.items():
+            if (key in _NUMERIC or key.startswith("eval_")) and value is not None and not (
+                    isinstance(value, numbers.Number) and not isinstance(value, bool)):
+                raise ConfigError(where, f"[{i}].{key}", "a number (LOG_SCHEMA)", value)
+        history.append(entry)
+    return history

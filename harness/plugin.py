@@ -43,6 +43,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -484,9 +485,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def ft_adapter(request: pytest.FixtureRequest) -> FrameworkAdapter:
-    """The adapter under test (``--ft-adapter``)."""
-    return get_adapter(request.config)
+def ft_adapter(request: pytest.FixtureRequest) -> Iterator[FrameworkAdapter]:
+    """The adapter under test (``--ft-adapter``); while it is up, the oracles read runs in its layout (its
+    ``checkpoints`` / ``log_history`` / ``log_keys``: :func:`harness.layout.use_layout`)."""
+    from .layout import use_layout
+
+    adapter = get_adapter(request.config)
+    with use_layout(adapter):
+        yield adapter
 
 
 @pytest.fixture(scope="session")

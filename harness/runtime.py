@@ -73,6 +73,11 @@ def run_in_fork(fn: Callable[[], Any]) -> None:
         if sig == signal.SIGKILL and faults is not None and faults.INJECTING:
             os.kill(os.getpid(), signal.SIGKILL)  # a fault-injection kill point: die the same way
         raise FrameworkError(f"the training process died with signal {sig}")
+    faults = sys.modules.get("harness.faults")
+    if faults is not None and faults.INJECTING and os.WEXITSTATUS(status) == faults.FINISHED and not message:
+        # the crash-state recorder ended training once the save it records was over (``os._exit(FINISHED)`` in the
+        # training process): end the same way, so its forked parent reads the recording, not a framework error
+        os._exit(faults.FINISHED)
     if os.WEXITSTATUS(status) != 0:
         raise FrameworkError(message or f"the training process exited with {os.WEXITSTATUS(status)}")
 

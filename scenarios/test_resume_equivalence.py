@@ -47,6 +47,7 @@ import pytest
 from harness.adapter import LoraSpec
 from harness.errors import ArrangementError
 from harness.faults import KillInTraining, perturb_weights, require_killed, run_killed
+from harness.layout import run_checkpoint
 from harness.models import read_texts, write_datasets
 from harness.oracles import (assert_consumed_in_order, assert_follows_checkpoint, assert_missing_state_reported,
                              assert_resume_equivalent, assert_resumed_not_restarted, assert_runs_agree,
@@ -148,7 +149,7 @@ class ResumeRuns:
         key = ("perturbed", kind, k)
         if key not in self._cache:
             out = self.copy_of_interrupted(kind, k, "perturbed")
-            perturb_weights(out / f"checkpoint-{k}")
+            perturb_weights(run_checkpoint(out, k))
             self.adapter.train(self.spec(out, kind, resume_from="latest"))
             self._cache[key] = out
         return self._cache[key]
@@ -223,11 +224,11 @@ def test_resume_without_training_state_is_not_silent(runs, role, capfd, caplog, 
         pytest.skip(f"the adapter's resume_files names no {role} file: its checkpoints keep no {role} state to lose")
     # (the directory's name must not contain the file's: a framework logging its output_dir would "name" it)
     out = runs.copy_of_interrupted("lora", k, f"state-missing-{[r.values[0] for r in STATE_ROLES].index(role)}")
-    missing = out / f"checkpoint-{k}" / relative
+    missing = run_checkpoint(out, k) / relative
     if not missing.is_file():
+        held = sorted(p.name for p in missing.parent.iterdir()) if missing.parent.is_dir() else "nothing (no such directory)"
         raise ArrangementError(f"checkpoint-{k} of the interrupted run holds no {relative} (resume_files[{role!r}]); "
-                               f"it holds {sorted(p.name for p in missing.parent.iterdir())}: the adapter must name the "
-                               f"file its framework keeps the {role} state in")
+                               f"it holds {held}: the adapter must name the file its framework keeps the {role} state in")
     missing.unlink()
     error = None
     try:

@@ -154,6 +154,34 @@ def test_child_sigkill_kills_the_parent_during_fault_injection():
             f"expected the runner to die by SIGKILL, found status {status}: {why.read()}")
 
 
+def test_recorder_finish_in_a_child_ends_the_runner_the_same_way():
+    """The crash-state recorder ends training with ``os._exit(FINISHED)`` once the save it records is over; an adapter
+    training in ``run_in_fork`` (LLaMA-Factory's) must pass that on, not report "the training process exited with 3"
+    (measured: LLaMA-Factory 0.9.5's crash-every-step cell was an ArrangementError for that reason)."""
+    import importlib
+    import tempfile
+    import traceback
+
+    faults = importlib.import_module("harness.faults")
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as why:
+        pid = os.fork()
+        if pid == 0:  # a stand-in for the recording child of harness.faults.crash_states
+            code = 0
+            try:
+                faults.INJECTING = True
+                kit.run_in_fork(lambda: os._exit(faults.FINISHED))
+            except BaseException:  # noqa: BLE001 - reported through the file
+                Path(why.name).write_text(traceback.format_exc())
+                code = 1
+            finally:
+                os._exit(code)  # reached only when FINISHED was not passed on
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == faults.FINISHED, (
+            f"expected the runner to exit with FINISHED ({faults.FINISHED}), found status {status}: {why.read()}")
+    with pytest.raises(kit.FrameworkError, match="exited with 3"):  # outside fault injection: an error
+        kit.run_in_fork(lambda: os._exit(3))
+
+
 def test_run_command_names_the_exit_status(tmp_path):
     assert kit.run_command(["python3", "-c", "print('ok')"]).strip() == "ok"
     with pytest.raises(kit.FrameworkError, match=r"exited with 2; output tail:\nbad"):

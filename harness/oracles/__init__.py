@@ -23,7 +23,7 @@ This face re-exports every public name: ``from harness.oracles import X`` is the
 
 from __future__ import annotations
 
-from ..layout import read_log_history # the log every family reads, as the oracles see it
+from ..layout import run_log_history as read_log_history  # the log every family reads, in the run's own layout
 from .failure import SEEDS, OracleFailure
 from .reading import (checkpoint_weights, checkpoints_fingerprint, dir_fingerprint, final_weights, losses_by_step,
                      start_weights, stat_fingerprint, trained_weights, weights_on_disk)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..layout import list_checkpoints, read_log_history, step_of
+from ..layout import run_checkpoints, run_log_history, run_step_of
 from .failure import OracleFailure
 from .reading import _lora_tensors
 
@@ -86,8 +86,8 @@ def assert_log_matches_cli(output_dir: Path, max_steps: int, learning_rate: floa
     checkpoint-<max_steps> on disk, none beyond, losses logged up to that step) and logged ``learning_rate`` at every
     step (the log agrees with the run; the weights are judged by :func:`assert_first_step_size`)."""
     output_dir = Path(output_dir)
-    steps = sorted(step_of(c) for c in list_checkpoints(output_dir))
-    history = read_log_history(output_dir)
+    steps = sorted(run_step_of(c) for c in run_checkpoints(output_dir))
+    history = run_log_history(output_dir)
     logged = sorted({int(e["step"]) for e in history if "loss" in e and "step" in e})
     if not steps or steps[-1] != max_steps or (logged and logged[-1] != max_steps):
         raise OracleFailure(seed, f"{output_dir.name}: the command line said max_steps={max_steps}; found checkpoints "

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hf import dtype_kwargs
-from ..layout import list_checkpoints, read_log_history
+from ..layout import run_checkpoints, run_log_history
 from .failure import OracleFailure
 from .reading import _lora_tensors, _present_weight_files, weights_on_disk
 
@@ -65,7 +65,7 @@ def assert_embeddings_saved(output_dir: Path, base_dir: Path, eval_batches: list
     from ..layout import is_adapter_dir
 
     output_dir = Path(output_dir)
-    evals = {int(h["step"]): float(h["eval_loss"]) for h in read_log_history(output_dir) if "eval_loss" in h}
+    evals = {int(h["step"]): float(h["eval_loss"]) for h in run_log_history(output_dir) if "eval_loss" in h}
     if not evals:
         raise OracleFailure(seed, f"{output_dir.name}: no eval_loss logged; nothing to reproduce")
     step = max(evals)
@@ -104,7 +104,7 @@ def assert_embeddings_saved(output_dir: Path, base_dir: Path, eval_batches: list
     if embed is not None and embed.shape[0] < len(tok):
         raise OracleFailure(seed, f"{output_dir.name}: the saved embeddings have {embed.shape[0]} rows, the saved "
                                   f"tokenizer {len(tok)} tokens: the resized rows were not saved")
-    checkpoints = list_checkpoints(output_dir)
+    checkpoints = run_checkpoints(output_dir)
     if new_tokens and checkpoints:
         first = _saved_embeddings(checkpoints[0], seed)
         if first is not None and torch.equal(first[new_ids], embed[new_ids]):

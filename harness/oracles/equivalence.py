@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ..hf import dtype_kwargs, eval_logits
-from ..layout import LORA_FILES, list_checkpoints, read_log_history, step_of, weight_files
+from ..layout import LORA_FILES, run_checkpoint, run_checkpoints, run_log_history, run_step_of, weight_files
 from .failure import OracleFailure
 from .reading import _max_difference, checkpoint_weights, final_weights, losses_by_step, weights_on_disk
 from .saves import assert_self_contained, generation_config_changes
@@ -18,7 +18,7 @@ def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rt
                       what: str, seed: str) -> None:
     """Two runs that must train the same model: every logged ``keys`` value per step within ``rtol``, and
     the weights of every checkpoint both saved (and the final ones) within ``weight_atol`` (max abs)."""
-    history_e, history_a = read_log_history(expected), read_log_history(actual)
+    history_e, history_a = run_log_history(expected), run_log_history(actual)
     for key in keys:
         e, a = losses_by_step(history_e, key), losses_by_step(history_a, key)
         if not e:
@@ -31,11 +31,12 @@ def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rt
                 raise OracleFailure(seed, f"{what}: {key} at step {step} is {a[step]!r}, expected {e[step]!r} "
                                           f"(relative difference {abs(a[step] - e[step]) / abs(e[step] or 1):.3g} > "
                                           f"{rtol:g})")
-    both = sorted({step_of(c) for c in list_checkpoints(expected)} & {step_of(c) for c in list_checkpoints(actual)})
-    loads = [(f"checkpoint-{n}", checkpoint_weights, f"checkpoint-{n}") for n in both]
-    loads.append(("final weights", final_weights, "."))
-    for label, load, sub in loads:
-        we, wa = load(Path(expected) / sub, seed=seed), load(Path(actual) / sub, seed=seed)
+    both = sorted({run_step_of(c) for c in run_checkpoints(expected)} & {run_step_of(c) for c in run_checkpoints(actual)})
+    loads = [(f"checkpoint-{n}", checkpoint_weights, run_checkpoint(expected, n), run_checkpoint(actual, n))
+             for n in both]
+    loads.append(("final weights", final_weights, Path(expected), Path(actual)))
+    for label, load, where_e, where_a in loads:
+        we, wa = load(where_e, seed=seed), load(where_a, seed=seed)
         if set(we) != set(wa):
             raise OracleFailure(seed, f"{what}: {label} hold different tensors: {sorted(set(we) ^ set(wa))[:3]}")
         worst, diff, _ = _max_difference(we, wa, 0.0, 0.0)

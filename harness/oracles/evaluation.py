@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..layout import list_checkpoints, read_log_history, step_of, weight_files
+from ..layout import run_checkpoints, run_log_history, run_step_of, weight_files
 from .failure import OracleFailure
 from .reading import _header_and_bytes
 from .saves import assert_served_dtype
@@ -66,7 +66,7 @@ class Evaluator:
 def logged_metrics(output_dir: Path, metric: str, history: Iterable[Mapping[str, Any]] | None = None
                    ) -> dict[int, float]:
     """step -> value of ``metric`` in the run's logged history (``history``: already read)."""
-    history = read_log_history(output_dir) if history is None else history
+    history = run_log_history(output_dir) if history is None else history
     return {int(h["step"]): float(h[metric]) for h in history if metric in h}
 
 
@@ -85,14 +85,14 @@ def assert_saves_reproduce_log(output_dir: Path, evaluate: Evaluator, *, metric:
     is of an evaluated step: :func:`assert_best_checkpoint_kept` is what requires the best's save).
     """
     output_dir = Path(output_dir)
-    history = read_log_history(output_dir)
+    history = run_log_history(output_dir)
     metrics = logged_metrics(output_dir, metric, history)
     if not metrics:
         raise OracleFailure(seed, f"{output_dir.name}: no {metric!r} in the logged history; nothing was evaluated")
     judged: list[tuple[str, Path, dict[int, float]]] = []
-    for ckpt in list_checkpoints(output_dir):
-        if step_of(ckpt) in metrics:
-            judged.append((ckpt.name, ckpt, {step_of(ckpt): metrics[step_of(ckpt)]}))
+    for ckpt in run_checkpoints(output_dir):
+        if run_step_of(ckpt) in metrics:
+            judged.append((ckpt.name, ckpt, {run_step_of(ckpt): metrics[run_step_of(ckpt)]}))
     last = max(int(h["step"]) for h in history if "step" in h)
     if last in metrics and (weight_files(output_dir) or (output_dir / "adapter_config.json").is_file()):
         # the last step's model, or the one a load-best-at-end reloaded: any evaluated step's (an exact match to
@@ -169,7 +169,7 @@ def assert_best_checkpoint_kept(output_dir: Path, evaluate: Evaluator, *, metric
     # a tie: every step holding the best value is a best model (transformers keeps the first; a framework that keeps a
     # later one has the same model quality, and is judged by whether that one is on disk and named)
     tied = sorted(s for s, v in metrics.items() if v == metrics[first])
-    on_disk = {step_of(c): c for c in list_checkpoints(output_dir)}
+    on_disk = {run_step_of(c): c for c in run_checkpoints(output_dir)}
     best = next((s for s in tied if s in on_disk), first)
     if best not in on_disk:
         also = f" (tied at steps {tied})" if len(tied) > 1 else ""
@@ -228,7 +228,7 @@ def assert_final_is_best(output_dir: Path, final_dir: Path, evaluate: Evaluator,
         other = weights_on_disk(directory, seed=seed)
         return other.keys() == final.keys() and all(other[k].equal(final[k]) for k in final)
 
-    holds = [c.name for c in list_checkpoints(output_dir) if weight_files(c) and same(c)]
+    holds = [c.name for c in run_checkpoints(output_dir) if weight_files(c) and same(c)]
     close = sorted((s for s, v in metrics.items() if _close(value, v, rtol)))
     state_file = final_dir / "trainer_state.json"
     state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
@@ -248,7 +248,7 @@ def assert_newest_save_kept(output_dir: Path, newest_step: int, *, seed: str = "
     cleanup under ``save_total_limit=1`` keeps only the best; ms-swift 3.1.1 still reports it as
     ``last_model_checkpoint``) leaves a log that ends at an older save, which reads as a failed arrangement
     otherwise, hiding the bug (issue 32)."""
-    on_disk = {step_of(c): c for c in list_checkpoints(output_dir)}
+    on_disk = {run_step_of(c): c for c in run_checkpoints(output_dir)}
     if newest_step not in on_disk:
         raise OracleFailure(seed, f"the newest save, checkpoint-{newest_step} (the one a resume needs), is not on disk "
                                   f"(checkpoints: {sorted(on_disk)}): rotation removed it")

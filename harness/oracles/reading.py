@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..hf import dtype_kwargs
-from ..layout import (LORA_FILES, adapter_base, list_checkpoints, lora_dir, read_safetensors_header, step_of,
+from ..layout import (LORA_FILES, adapter_base, run_checkpoints, lora_dir, read_safetensors_header, run_step_of,
                       weight_files)
 from .failure import OracleFailure
 
@@ -115,7 +115,7 @@ def final_weights(output_dir: Path, *, seed: str = "resume") -> dict[str, Any]:
         return lora
     if weight_files(output_dir):
         return weights_on_disk(output_dir, seed=seed)
-    ckpts = list_checkpoints(output_dir)
+    ckpts = run_checkpoints(output_dir)
     if ckpts and weight_files(ckpts[-1]):
         return weights_on_disk(ckpts[-1], seed=seed)
     raise OracleFailure(seed, f"{output_dir.name}: no weights on disk (neither {LORA_FILES} nor a full model)")
@@ -130,7 +130,7 @@ def checkpoint_weights(checkpoint: Path, *, seed: str = "resume") -> dict[str, A
 def trained_weights(output_dir: Path, *, seed: str = "resume") -> dict[str, Any]:
     """The state the run trained to: its newest checkpoint's weights (a final save may be a best checkpoint
     reloaded by ``load_best_model_at_end``, even one before a resume point), else its final weights."""
-    ckpts = list_checkpoints(output_dir)
+    ckpts = run_checkpoints(output_dir)
     return checkpoint_weights(ckpts[-1], seed=seed) if ckpts else final_weights(output_dir, seed=seed)
 
 
@@ -164,4 +164,4 @@ def stat_fingerprint(directory: Path) -> dict[str, tuple[int, int, int]]:
 
 def checkpoints_fingerprint(output_dir: Path, up_to_step: int) -> dict[str, Any]:
     """:func:`stat_fingerprint` of every ``checkpoint-N`` with N <= ``up_to_step``."""
-    return {c.name: stat_fingerprint(c) for c in list_checkpoints(output_dir) if step_of(c) <= up_to_step}
+    return {c.name: stat_fingerprint(c) for c in run_checkpoints(output_dir) if run_step_of(c) <= up_to_step}

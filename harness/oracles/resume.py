@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..layout import list_checkpoints, lora_dir, read_log_history, step_of
+from ..layout import lora_dir, run_checkpoint, run_checkpoints, run_log_history, run_step_of
 from .failure import OracleFailure
 from .reading import (_adapter_tensors, _max_difference, checkpoint_weights, checkpoints_fingerprint, dir_fingerprint,
                      final_weights, losses_by_step, trained_weights)
@@ -72,7 +72,7 @@ def assert_resume_equivalent(uninterrupted: Path, resumed: Path, resumed_from_st
     too where the schedule matters) for every step k+1..N, and end with the same weights (LoRA tensors, or
     the full model). ``rtol``/``atol`` default to exact: CPU runs are bit-identical."""
     k = resumed_from_step
-    history_a, history_b = read_log_history(uninterrupted), read_log_history(resumed)
+    history_a, history_b = run_log_history(uninterrupted), run_log_history(resumed)
     for key in keys:
         a, b = losses_by_step(history_a, key), losses_by_step(history_b, key)
         want = {s: v for s, v in a.items() if s > k}
@@ -107,21 +107,21 @@ def assert_resumed_not_restarted(output_dir: Path, k: int, max_steps: int, befor
         changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
         raise OracleFailure(seed, f"resuming from checkpoint-{k} rewrote or removed {changed}: the run trained "
                                   f"steps <= {k} again instead of continuing")
-    have = {step_of(c) for c in list_checkpoints(output_dir)}
+    have = {run_step_of(c) for c in run_checkpoints(output_dir)}
     want = {s for s in range(k + 1, max_steps + 1) if s % save_steps == 0}
     if want - have:
         raise OracleFailure(seed, f"resumed from checkpoint-{k}, the run left no checkpoint for steps "
                                   f"{sorted(want - have)} (on disk: {sorted(have)}): it did not reach max_steps="
                                   f"{max_steps}")
-    steps = [int(h["step"]) for h in read_log_history(output_dir) if "loss" in h]
+    steps = [int(h["step"]) for h in run_log_history(output_dir) if "loss" in h]
     twice = sorted({s for s in steps if steps.count(s) > 1})
     if twice:
         raise OracleFailure(seed, f"steps {twice} are logged more than once after resuming from checkpoint-{k}: "
                                   f"they were trained again")
-    ckpt = Path(output_dir) / f"checkpoint-{k}"
+    ckpt = run_checkpoint(output_dir, k)
     _, diff, _ = _max_difference(checkpoint_weights(ckpt, seed=seed), trained_weights(output_dir, seed=seed), 0, 0)
     if diff == 0.0:
-        raise OracleFailure(seed, f"{list_checkpoints(output_dir)[-1].name}'s weights equal checkpoint-{k}'s: the "
+        raise OracleFailure(seed, f"{run_checkpoints(output_dir)[-1].name}'s weights equal checkpoint-{k}'s: the "
                                   f"resumed run did not train")
 
 
@@ -132,7 +132,7 @@ def assert_resumed_into_new_dir(output_dir: Path, k: int, *, source: Path | None
     output directory (SimpleTuner: ``<output_dir>/<name>``) or its adapter puts there; a deterministic retrain that
     reproduces it byte for byte is told apart by the perturbed-checkpoint test, not here (issue 32)."""
     copied = Path(source).name if source is not None else None
-    again = [c.name for c in list_checkpoints(output_dir) if step_of(c) <= k
+    again = [c.name for c in run_checkpoints(output_dir) if run_step_of(c) <= k
              and not (c.name == copied and dir_fingerprint(c) == dir_fingerprint(Path(source)))]
     if again:
         raise OracleFailure(seed, f"resumed from checkpoint-{k} into {Path(output_dir).name}, the run saved {again}: "
@@ -143,7 +143,7 @@ def assert_follows_checkpoint(resumed: Path, perturbed: Path, k: int, *, seed: s
     """A run resumed from a *perturbed* copy of checkpoint-k must differ from one resumed from the original:
     its loss at step k+1 and its final weights follow the weights it read. Equal results mean the
     checkpoint's weights were never read (a restart from step 0, or weights taken from elsewhere)."""
-    a, b = losses_by_step(read_log_history(resumed)), losses_by_step(read_log_history(perturbed))
+    a, b = losses_by_step(run_log_history(resumed)), losses_by_step(run_log_history(perturbed))
     if k + 1 in a and k + 1 in b and a[k + 1] == b[k + 1]:
         raise OracleFailure(seed, f"perturbing checkpoint-{k}'s weights on disk left the loss at step {k + 1} "
                                   f"unchanged ({a[k + 1]!r}): the resumed run did not start from checkpoint-{k}")

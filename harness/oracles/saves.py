@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..hf import dtype_kwargs
-from ..layout import adapter_base, list_checkpoints, read_safetensors_header, step_of, weight_files
+from ..layout import (adapter_base, read_safetensors_header, run_checkpoints, run_log_history, run_step_of,
+                      uses_trainer_checkpoints, weight_files)
 from .failure import OracleFailure, _megabytes
 from .reading import _header_and_bytes, _present_weight_files, _tensor_bytes, weights_on_disk
 
@@ -282,8 +283,8 @@ def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: 
     """
     steps = []
     wanted = None if only is None else set(only)
-    for ckpt in list_checkpoints(output_dir):
-        if wanted is not None and step_of(ckpt) not in wanted:
+    for ckpt in run_checkpoints(output_dir):
+        if wanted is not None and run_step_of(ckpt) not in wanted:
             continue
         state_file = ckpt / "trainer_state.json"
         try:
@@ -312,7 +313,7 @@ def checkpoint_digests(tree: Path) -> dict[str, dict[str, FileDigest]]:
     import hashlib
 
     out: dict[str, dict[str, FileDigest]] = {}
-    for ckpt in list_checkpoints(tree):
+    for ckpt in run_checkpoints(tree):
         files = sorted(p for p in ckpt.rglob("*") if p.is_file())
         out[ckpt.name] = {str(p.relative_to(ckpt)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
                           for p in files}
@@ -369,7 +370,7 @@ def assert_crash_state_sound(state: Path, completed: CompletedCheckpoints, *, po
     rotation leaves one). Returns the steps of the complete checkpoints."""
     found = checkpoint_digests(state)
     verdicts = {name: _incompleteness(files, list(completed.versions.get(name, []))) for name, files in found.items()}
-    steps = sorted((step_of(Path(name)), name) for name in found)
+    steps = sorted((run_step_of(Path(name)), name) for name in found)
     complete = [s for s, name in steps if verdicts[name] is None]
     where = f"killed just before file-system step {point}"
     if steps and verdicts[steps[-1][1]] is not None:
@@ -409,11 +410,14 @@ def assert_same_weights(directory: Path, expected_dir: Path, *, atol: float, see
 
 def assert_checkpoint_layout(output_dir: Path, final_dir: Path, steps: Iterable[int], train_type: str, *,
                              seed: str = "layout") -> None:
-    """``output_dir`` holds exactly ``checkpoint-<step>`` for ``steps``, each with a ``trainer_state.json`` whose
-    ``global_step`` is its step and whose log has losses, and each with safetensors weights of ``train_type``
-    (``full``: model.safetensors or an index and its shards; ``lora``: adapter_model.safetensors) holding tensors;
-    ``final_dir`` holds such weights too."""
+    """``output_dir`` holds exactly the checkpoints of ``steps`` in the run's layout (HF Trainer's
+    ``checkpoint-<step>``, each with a ``trainer_state.json`` whose ``global_step`` is its step and whose log has
+    losses; a framework declaring its own ``checkpoints`` maps its directories to steps, and its log must hold a
+    loss for each checkpoint's step), each with safetensors weights of ``train_type`` (``full``: model.safetensors or
+    an index and its shards; ``lora``: adapter_model.safetensors) holding tensors; ``final_dir`` holds such weights
+    too."""
     output_dir, final_dir = Path(output_dir), Path(final_dir)
+    trainer_layout = uses_trainer_checkpoints()
 
     def weights(directory: Path) -> list[Path]:
         if train_type == "full":
@@ -421,23 +425,38 @@ def assert_checkpoint_layout(output_dir: Path, final_dir: Path, steps: Iterable[
         adapter = directory / "adapter_model.safetensors"
         return [adapter] if adapter.is_file() else []
 
-    names = sorted((p.name for p in output_dir.iterdir() if p.name.startswith("checkpoint-")),
-                   key=lambda n: (len(n), n))
-    expected = [f"checkpoint-{s}" for s in steps]
-    if names != expected:
-        raise OracleFailure(seed, f"expected checkpoints {expected} in {output_dir}, found {names}")
-    for name in names:
-        ckpt = output_dir / name
-        state_file = ckpt / "trainer_state.json"
-        if not state_file.is_file():
-            raise OracleFailure(seed, f"{name} has no trainer_state.json (found "
-                                      f"{sorted(p.name for p in ckpt.iterdir())})")
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        if state.get("global_step") != step_of(ckpt):
-            raise OracleFailure(seed, f"{name}/trainer_state.json records global_step {state.get('global_step')!r}, "
-                                      f"expected {step_of(ckpt)}")
-        if not [h.get("step") for h in state.get("log_history", []) if "loss" in h]:
-            raise OracleFailure(seed, f"{name}/trainer_state.json logs no loss (expected one per logged step)")
+    expected_steps = sorted(steps)
+    if trainer_layout:
+        names = sorted((p.name for p in output_dir.iterdir() if p.name.startswith("checkpoint-")),
+                       key=lambda n: (len(n), n))
+        expected = [f"checkpoint-{s}" for s in expected_steps]
+        if names != expected:
+            raise OracleFailure(seed, f"expected checkpoints {expected} in {output_dir}, found {names}")
+        ckpts = [output_dir / name for name in names]
+    else:
+        ckpts = run_checkpoints(output_dir)
+        found = {run_step_of(c): c for c in ckpts}
+        if sorted(found) != expected_steps:
+            raise OracleFailure(seed, f"expected checkpoints of steps {expected_steps} in {output_dir}, the adapter's "
+                                      f"checkpoints() gives {({k: str(v) for k, v in sorted(found.items())})}")
+        logged = {h["step"] for h in run_log_history(output_dir) if "loss" in h and "step" in h}
+        unlogged = [s for s in expected_steps if s not in logged]
+        if unlogged:
+            raise OracleFailure(seed, f"the run's log_history holds no loss for checkpoint steps {unlogged} "
+                                      f"(logged: {sorted(logged)})")
+    for ckpt in ckpts:
+        name = ckpt.name
+        if trainer_layout:
+            state_file = ckpt / "trainer_state.json"
+            if not state_file.is_file():
+                raise OracleFailure(seed, f"{name} has no trainer_state.json (found "
+                                          f"{sorted(p.name for p in ckpt.iterdir())})")
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+            if state.get("global_step") != run_step_of(ckpt):
+                raise OracleFailure(seed, f"{name}/trainer_state.json records global_step "
+                                          f"{state.get('global_step')!r}, expected {run_step_of(ckpt)}")
+            if not [h.get("step") for h in state.get("log_history", []) if "loss" in h]:
+                raise OracleFailure(seed, f"{name}/trainer_state.json logs no loss (expected one per logged step)")
         files = weights(ckpt)
         if not files:
             raise OracleFailure(seed, f"{name} holds no {train_type} weights (found "
