@@ -39,18 +39,18 @@ class NonAtomicSave(ReferenceAdapter):
 
 
 class UnpicklesCheckpoint(ReferenceAdapter):
-    """Hostile checkpoint — resume loads pickled checkpoint files with ``torch.load(weights_only=False)``."""
+    """Hostile checkpoint — resume loads pickled checkpoint files with ``torch.load(weights_only=False)``: a file that
+    does not load weights-only (a hostile pickle) is unpickled, and its code runs, instead of being refused."""
 
     name = "mutant:unpickles-checkpoint"
     fails = ("test_hostile_checkpoint",)
 
-    def prepare_resume(self, ctx: RunContext, checkpoint: Path) -> Path:
+    def unsafe_pickled_state(self, ctx: RunContext, checkpoint: Path, error) -> None:
         import torch
 
         for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
             if (Path(checkpoint) / name).is_file():
                 torch.load(Path(checkpoint) / name, weights_only=False)
-        return checkpoint
 
 
 class RankZeroShardSave(ReferenceAdapter):
