@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .adapter import Adapter, KnownFailure, ResolvedArgs, RunResult, RunSpec
-from .layout import list_checkpoints, read_log_history
+from .layout import list_checkpoints, run_checkpoints, run_log_history
 from .runtime import FrameworkError, cpu_threads, library_versions, run_in_fork
 from .task import TASK_DEFAULTS, counting_reward
 
@@ -140,13 +140,15 @@ def checkpoints_in(output_dir: Path) -> list[Path]:
 
 
 def collect_result(spec: RunSpec, final_dir: Path, resolved: ResolvedArgs | None) -> RunResult:
-    """A RunResult from the files on disk (log history from the newest trainer_state.json)."""
+    """A RunResult from the files on disk, read in the layout in use (the adapter under test's ``checkpoints`` and
+    ``log_history``; HF Trainer's, the newest trainer_state.json, by default)."""
     output_dir = Path(spec.output_dir)
     try:
-        history = tuple(read_log_history(output_dir))
+        history = tuple(run_log_history(output_dir))
     except FileNotFoundError:
         history = ()
-    return RunResult(output_dir=output_dir, checkpoints=tuple(checkpoints_in(output_dir)), final_dir=Path(final_dir),
+    checkpoints = tuple(run_checkpoints(output_dir)) if output_dir.is_dir() else ()
+    return RunResult(output_dir=output_dir, checkpoints=checkpoints, final_dir=Path(final_dir),
                      log_history=history, resolved=resolved)
 
 

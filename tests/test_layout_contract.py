@@ -132,3 +132,18 @@ def test_run_readers_follow_the_layout_in_use_and_check_the_schema(tmp_path):
         with pytest.raises(ConfigError, match=r"checkpoints\(\).*a mapping of step \(int >= 0\)"):
             run_checkpoints(tmp_path)
     assert json.dumps(TRAINER_LAYOUT.log_keys) == "{}"
+
+
+def test_kit_results_follow_the_layout_in_use(tmp_path):
+    """A kit adapter's RunResult (``collect_result``) lists the checkpoints and the log its layout declares."""
+    from harness import kit
+    from harness.adapter import RunSpec
+
+    (tmp_path / "epoch_0").mkdir()
+    layout = _Layout({3: tmp_path / "epoch_0"}, [{"step": 3, "loss": 1.5, "lr": 5e-4}])
+    run = RunSpec(model_dir=tmp_path, output_dir=tmp_path, dataset_dir=tmp_path)
+    assert kit.collect_result(run, tmp_path, None).checkpoints == ()  # HF Trainer's layout: no checkpoint-N here
+    with use_layout(layout):
+        result = kit.collect_result(run, tmp_path, None)
+    assert result.checkpoints == (tmp_path / "epoch_0",)
+    assert result.log_history == ({"step": 3, "loss": 1.5, "learning_rate": 5e-4},)
