@@ -6,6 +6,10 @@ and formats — ``checkpoint-N`` directories, safetensors headers and sharded in
 diffusers LoRA files, ``adapter_config.json``'s base, ``trainer_state.json`` — and reads them
 safely (safetensors, ``torch.load(weights_only=True)``). Whether what it reads is *right* is for
 :mod:`harness.oracles` to decide; how to *write* it is each implementation's business.
+
+A framework that lays its runs out otherwise declares where its checkpoints and its log are (the contract's
+``checkpoints`` / ``log_history`` / ``log_keys``); the ``run_*`` readers at the end of this module follow the layout in
+use (:func:`use_layout`), and the oracles read every run through them.
 """
 
 from __future__ import annotations
