@@ -378,3 +378,15 @@ def test_resume_points_is_any_or_newest():
     adapter.resume_points = "latest"
     with pytest.raises(AdapterLoadError, match="resume_points must be 'any' or 'newest'"):
         validate_adapter(adapter)
+
+
+def test_every_contract_member_is_in_the_adapter_docs():
+    """docs/adapters.md's "What an adapter may declare" table names every member the contract lets an adapter have
+    (``OPTIONAL_MEMBERS`` plus the required ones), so the docs cannot fall behind the contract."""
+    from harness.adapter import OPTIONAL_MEMBERS
+
+    doc = (EXAMPLE.parent.parent / "docs" / "adapters.md").read_text(encoding="utf-8")
+    table = doc[doc.index("### What an adapter may declare"):]
+    table = table[:table.index("\n\n", table.index("| member |"))]
+    missing = [m for m in ("name", "capabilities", "train", *OPTIONAL_MEMBERS) if f"`{m}" not in table]
+    assert not missing, f"docs/adapters.md's member table lacks {missing}"
