@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import AdapterLoadError
-from .layout import trainer_default
+from .layout import TRAINER_LAYOUT, trainer_default
 from .spec import *  # noqa: F403 - the vocabulary, re-exported (harness.spec.__all__)
 from .spec import __all__ as _VOCABULARY
 from .spec import CAPABILITIES, TASK_DEFAULTS, KnownFailure, ResolvedArgs, RunResult, RunSpec, Source
@@ -179,16 +179,12 @@ class Adapter:
         step): where the oracles look for them. HF Trainer's ``output_dir/checkpoint-N`` by default; a framework with
         its own layout (``epoch_E/``, ``step_N/``) maps its directories to optimizer steps here instead of faking
         Trainer's names. A directory that is not on disk (a dangling link) is ignored."""
-        from .layout import TRAINER_LAYOUT
-
         return TRAINER_LAYOUT.checkpoints(output_dir)
 
     def log_history(self, output_dir: Path) -> list[Mapping[str, Any]]:
         """The run's log, one mapping per logged event with an integer ``step`` (:data:`harness.layout.LOG_SCHEMA`;
         other names through :attr:`log_keys`). HF Trainer's ``trainer_state.json`` ``log_history`` by default (the
         final output's, else the newest checkpoint's); a framework with its own metric log reads it here."""
-        from .layout import TRAINER_LAYOUT
-
         return TRAINER_LAYOUT.log_history(output_dir)
 
     def metric_name(self, metric: str) -> str:

@@ -49,6 +49,7 @@ __all__ = [
     "run_layout",
     "trainer_default",
     "uses_trainer_checkpoints",
+    "run_checkpoint_map",
     "run_checkpoints",
     "run_checkpoint",
     "run_step_of",
@@ -310,10 +311,16 @@ def _declared_checkpoints(output_dir: Path) -> dict[int, Path]:
     return found
 
 
+def run_checkpoint_map(output_dir: Path) -> dict[int, Path]:
+    """The run's checkpoints, step -> directory in step order, as its layout declares them (absent or dangling ones
+    left out): what an oracle reads when it needs both the step and the directory."""
+    found = _declared_checkpoints(output_dir)
+    return {k: found[k] for k in sorted(found)}
+
+
 def run_checkpoints(output_dir: Path) -> list[Path]:
     """The run's checkpoint directories by step, as its layout declares them (absent or dangling ones left out)."""
-    found = _declared_checkpoints(output_dir)
-    return [found[k] for k in sorted(found)]
+    return list(run_checkpoint_map(output_dir).values())
 
 
 def run_checkpoint(output_dir: Path, step: int) -> Path:
@@ -335,8 +342,7 @@ def run_step_of(checkpoint: Path) -> int:
 def run_log_history(output_dir: Path) -> list[dict[str, Any]]:
     """The run's log history as its layout gives it, keys renamed to :data:`LOG_SCHEMA`'s by the layout's
     ``log_keys`` and checked: every entry a mapping, its ``step`` (where it has one) an integer, the schema's values
-    numbers. A bad
-    entry is a :class:`~harness.errors.ConfigError` naming the entry and the key."""
+    numbers. A bad entry is a :class:`~harness.errors.ConfigError` naming the entry and the key."""
     layout = run_layout()
     rename = {theirs: ours for ours, theirs in dict(getattr(layout, "log_keys", {}) or {}).items()}
     where = Path(output_dir) / "log_history"

@@ -67,13 +67,12 @@ def run_in_fork(fn: Callable[[], Any]) -> None:
     with os.fdopen(read_fd, encoding="utf-8") as fh:
         message = fh.read()
     _, status = os.waitpid(pid, 0)
+    faults = sys.modules.get("harness.faults")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        faults = sys.modules.get("harness.faults")
         if sig == signal.SIGKILL and faults is not None and faults.INJECTING:
             os.kill(os.getpid(), signal.SIGKILL)  # a fault-injection kill point: die the same way
         raise FrameworkError(f"the training process died with signal {sig}")
-    faults = sys.modules.get("harness.faults")
     if faults is not None and faults.INJECTING and os.WEXITSTATUS(status) == faults.FINISHED and not message:
         # the crash-state recorder ended training once the save it records was over (``os._exit(FINISHED)`` in the
         # training process): end the same way, so its forked parent reads the recording, not a framework error

@@ -11,7 +11,8 @@ import json
 import pytest
 
 from harness.errors import ConfigError
-from harness.layout import TRAINER_LAYOUT, run_checkpoints, run_log_history, run_step_of, use_layout
+from harness.layout import (TRAINER_LAYOUT, run_checkpoint_map, run_checkpoints, run_log_history, run_step_of,
+                            use_layout)
 
 STEP_DIRS = '''
 import json
@@ -121,6 +122,7 @@ def test_run_readers_follow_the_layout_in_use_and_check_the_schema(tmp_path):
     with use_layout(layout):
         assert run_checkpoints(tmp_path) == [tmp_path / "epoch_0"]  # epoch_1 is not on disk (a dangling entry)
         assert run_step_of(tmp_path / "epoch_0") == 3
+        assert run_checkpoint_map(tmp_path) == {3: tmp_path / "epoch_0"}
         assert run_log_history(tmp_path) == [{"step": 1, "loss": 2.0, "learning_rate": 1e-3}]
         layout._history = [{"step": "1", "loss": 2.0}]
         with pytest.raises(ConfigError, match=r"log_history: key '\[0\]\.step': expected an integer step"):

@@ -24,9 +24,9 @@ from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, Miss
                     RngNotRestoredOnResume, ScheduleRestartsOnResume)
 from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit, IgnoresLoadBestAtEnd,
                   PlainTrainerBestCheckpoint, ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
-from .data import (CollatorDropsAttentionMask, DropsIncompleteAccumulationWindow, MeanOfMicroBatchMeans, MergeWithoutLoraScale, PackingWithoutBoundaries,
-                  PadIsEosInCollator, SavedTokenizerWithoutTemplate, SchedulerSteppedPerMicroBatch,
-                  TemplateWithoutGenerationPrompt)
+from .data import (CollatorDropsAttentionMask, DropsIncompleteAccumulationWindow, MeanOfMicroBatchMeans,
+                  MergeWithoutLoraScale, PackingWithoutBoundaries, PadIsEosInCollator, SavedTokenizerWithoutTemplate,
+                  SchedulerSteppedPerMicroBatch, TemplateWithoutGenerationPrompt)
 
 #: every mutant, in the detection matrix's order
 _ALL = (

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..layout import run_checkpoints, run_log_history, run_step_of
+from ..layout import run_checkpoint_map, run_log_history
 from .failure import OracleFailure
 from .reading import _lora_tensors
 
@@ -86,7 +86,7 @@ def assert_log_matches_cli(output_dir: Path, max_steps: int, learning_rate: floa
     checkpoint-<max_steps> on disk, none beyond, losses logged up to that step) and logged ``learning_rate`` at every
     step (the log agrees with the run; the weights are judged by :func:`assert_first_step_size`)."""
     output_dir = Path(output_dir)
-    steps = sorted(run_step_of(c) for c in run_checkpoints(output_dir))
+    steps = list(run_checkpoint_map(output_dir))
     history = run_log_history(output_dir)
     logged = sorted({int(e["step"]) for e in history if "loss" in e and "step" in e})
     if not steps or steps[-1] != max_steps or (logged and logged[-1] != max_steps):

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ..hf import dtype_kwargs, eval_logits
-from ..layout import LORA_FILES, run_checkpoint, run_checkpoints, run_log_history, run_step_of, weight_files
+from ..layout import LORA_FILES, run_checkpoint_map, run_log_history, weight_files
 from .failure import OracleFailure
 from .reading import _max_difference, checkpoint_weights, final_weights, losses_by_step, weights_on_disk
 from .saves import assert_self_contained, generation_config_changes
@@ -31,9 +31,9 @@ def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rt
                 raise OracleFailure(seed, f"{what}: {key} at step {step} is {a[step]!r}, expected {e[step]!r} "
                                           f"(relative difference {abs(a[step] - e[step]) / abs(e[step] or 1):.3g} > "
                                           f"{rtol:g})")
-    both = sorted({run_step_of(c) for c in run_checkpoints(expected)} & {run_step_of(c) for c in run_checkpoints(actual)})
-    loads = [(f"checkpoint-{n}", checkpoint_weights, run_checkpoint(expected, n), run_checkpoint(actual, n))
-             for n in both]
+    ckpts_e, ckpts_a = run_checkpoint_map(expected), run_checkpoint_map(actual)
+    loads = [(f"checkpoint-{n}", checkpoint_weights, ckpts_e[n], ckpts_a[n])
+             for n in sorted(ckpts_e.keys() & ckpts_a.keys())]
     loads.append(("final weights", final_weights, Path(expected), Path(actual)))
     for label, load, where_e, where_a in loads:
         we, wa = load(where_e, seed=seed), load(where_a, seed=seed)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..layout import run_checkpoints, run_log_history, run_step_of, weight_files
+from ..layout import run_checkpoint_map, run_checkpoints, run_log_history, weight_files
 from .failure import OracleFailure
 from .reading import _header_and_bytes
 from .saves import assert_served_dtype
@@ -90,9 +90,9 @@ def assert_saves_reproduce_log(output_dir: Path, evaluate: Evaluator, *, metric:
     if not metrics:
         raise OracleFailure(seed, f"{output_dir.name}: no {metric!r} in the logged history; nothing was evaluated")
     judged: list[tuple[str, Path, dict[int, float]]] = []
-    for ckpt in run_checkpoints(output_dir):
-        if run_step_of(ckpt) in metrics:
-            judged.append((ckpt.name, ckpt, {run_step_of(ckpt): metrics[run_step_of(ckpt)]}))
+    for step, ckpt in run_checkpoint_map(output_dir).items():
+        if step in metrics:
+            judged.append((ckpt.name, ckpt, {step: metrics[step]}))
     last = max(int(h["step"]) for h in history if "step" in h)
     if last in metrics and (weight_files(output_dir) or (output_dir / "adapter_config.json").is_file()):
         # the last step's model, or the one a load-best-at-end reloaded: any evaluated step's (an exact match to
@@ -169,7 +169,7 @@ def assert_best_checkpoint_kept(output_dir: Path, evaluate: Evaluator, *, metric
     # a tie: every step holding the best value is a best model (transformers keeps the first; a framework that keeps a
     # later one has the same model quality, and is judged by whether that one is on disk and named)
     tied = sorted(s for s, v in metrics.items() if v == metrics[first])
-    on_disk = {run_step_of(c): c for c in run_checkpoints(output_dir)}
+    on_disk = run_checkpoint_map(output_dir)
     best = next((s for s in tied if s in on_disk), first)
     if best not in on_disk:
         also = f" (tied at steps {tied})" if len(tied) > 1 else ""
@@ -248,7 +248,7 @@ def assert_newest_save_kept(output_dir: Path, newest_step: int, *, seed: str = "
     cleanup under ``save_total_limit=1`` keeps only the best; ms-swift 3.1.1 still reports it as
     ``last_model_checkpoint``) leaves a log that ends at an older save, which reads as a failed arrangement
     otherwise, hiding the bug (issue 32)."""
-    on_disk = {run_step_of(c): c for c in run_checkpoints(output_dir)}
+    on_disk = run_checkpoint_map(output_dir)
     if newest_step not in on_disk:
         raise OracleFailure(seed, f"the newest save, checkpoint-{newest_step} (the one a resume needs), is not on disk "
                                   f"(checkpoints: {sorted(on_disk)}): rotation removed it")

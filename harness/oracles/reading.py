@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..hf import dtype_kwargs
-from ..layout import (LORA_FILES, adapter_base, run_checkpoints, lora_dir, read_safetensors_header, run_step_of,
+from ..layout import (LORA_FILES, adapter_base, lora_dir, read_safetensors_header, run_checkpoint_map, run_checkpoints,
                       weight_files)
 from .failure import OracleFailure
 
@@ -164,4 +164,4 @@ def stat_fingerprint(directory: Path) -> dict[str, tuple[int, int, int]]:
 
 def checkpoints_fingerprint(output_dir: Path, up_to_step: int) -> dict[str, Any]:
     """:func:`stat_fingerprint` of every ``checkpoint-N`` with N <= ``up_to_step``."""
-    return {c.name: stat_fingerprint(c) for c in run_checkpoints(output_dir) if run_step_of(c) <= up_to_step}
+    return {c.name: stat_fingerprint(c) for step, c in run_checkpoint_map(output_dir).items() if step <= up_to_step}

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..layout import lora_dir, run_checkpoint, run_checkpoints, run_log_history, run_step_of
+from ..layout import lora_dir, run_checkpoint, run_checkpoint_map, run_checkpoints, run_log_history
 from .failure import OracleFailure
 from .reading import (_adapter_tensors, _max_difference, checkpoint_weights, checkpoints_fingerprint, dir_fingerprint,
                      final_weights, losses_by_step, trained_weights)
@@ -107,7 +107,7 @@ def assert_resumed_not_restarted(output_dir: Path, k: int, max_steps: int, befor
         changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
         raise OracleFailure(seed, f"resuming from checkpoint-{k} rewrote or removed {changed}: the run trained "
                                   f"steps <= {k} again instead of continuing")
-    have = {run_step_of(c) for c in run_checkpoints(output_dir)}
+    have = set(run_checkpoint_map(output_dir))
     want = {s for s in range(k + 1, max_steps + 1) if s % save_steps == 0}
     if want - have:
         raise OracleFailure(seed, f"resumed from checkpoint-{k}, the run left no checkpoint for steps "
@@ -132,7 +132,7 @@ def assert_resumed_into_new_dir(output_dir: Path, k: int, *, source: Path | None
     output directory (SimpleTuner: ``<output_dir>/<name>``) or its adapter puts there; a deterministic retrain that
     reproduces it byte for byte is told apart by the perturbed-checkpoint test, not here (issue 32)."""
     copied = Path(source).name if source is not None else None
-    again = [c.name for c in run_checkpoints(output_dir) if run_step_of(c) <= k
+    again = [c.name for step, c in run_checkpoint_map(output_dir).items() if step <= k
              and not (c.name == copied and dir_fingerprint(c) == dir_fingerprint(Path(source)))]
     if again:
         raise OracleFailure(seed, f"resumed from checkpoint-{k} into {Path(output_dir).name}, the run saved {again}: "

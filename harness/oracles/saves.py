@@ -15,8 +15,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..hf import dtype_kwargs
-from ..layout import (adapter_base, read_safetensors_header, run_checkpoints, run_log_history, run_step_of,
-                      uses_trainer_checkpoints, weight_files)
+from ..layout import (adapter_base, read_safetensors_header, run_checkpoint_map, run_checkpoints, run_log_history,
+                      step_of, uses_trainer_checkpoints, weight_files)
 from .failure import OracleFailure, _megabytes
 from .reading import _header_and_bytes, _present_weight_files, _tensor_bytes, weights_on_disk
 
@@ -283,8 +283,8 @@ def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: 
     """
     steps = []
     wanted = None if only is None else set(only)
-    for ckpt in run_checkpoints(output_dir):
-        if wanted is not None and run_step_of(ckpt) not in wanted:
+    for step, ckpt in run_checkpoint_map(output_dir).items():
+        if wanted is not None and step not in wanted:
             continue
         state_file = ckpt / "trainer_state.json"
         try:
@@ -370,7 +370,7 @@ def assert_crash_state_sound(state: Path, completed: CompletedCheckpoints, *, po
     rotation leaves one). Returns the steps of the complete checkpoints."""
     found = checkpoint_digests(state)
     verdicts = {name: _incompleteness(files, list(completed.versions.get(name, []))) for name, files in found.items()}
-    steps = sorted((run_step_of(Path(name)), name) for name in found)
+    steps = sorted((step_of(Path(name)), name) for name in found)
     complete = [s for s, name in steps if verdicts[name] is None]
     where = f"killed just before file-system step {point}"
     if steps and verdicts[steps[-1][1]] is not None:
@@ -434,9 +434,9 @@ def assert_checkpoint_layout(output_dir: Path, final_dir: Path, steps: Iterable[
             raise OracleFailure(seed, f"expected checkpoints {expected} in {output_dir}, found {names}")
         ckpts = [output_dir / name for name in names]
     else:
-        ckpts = run_checkpoints(output_dir)
-        found = {run_step_of(c): c for c in ckpts}
-        if sorted(found) != expected_steps:
+        found = run_checkpoint_map(output_dir)
+        ckpts = list(found.values())
+        if list(found) != expected_steps:
             raise OracleFailure(seed, f"expected checkpoints of steps {expected_steps} in {output_dir}, the adapter's "
                                       f"checkpoints() gives {({k: str(v) for k, v in sorted(found.items())})}")
         logged = {h["step"] for h in run_log_history(output_dir) if "loss" in h and "step" in h}
@@ -452,9 +452,9 @@ def assert_checkpoint_layout(output_dir: Path, final_dir: Path, steps: Iterable[
                 raise OracleFailure(seed, f"{name} has no trainer_state.json (found "
                                           f"{sorted(p.name for p in ckpt.iterdir())})")
             state = json.loads(state_file.read_text(encoding="utf-8"))
-            if state.get("global_step") != run_step_of(ckpt):
+            if state.get("global_step") != step_of(ckpt):
                 raise OracleFailure(seed, f"{name}/trainer_state.json records global_step "
-                                          f"{state.get('global_step')!r}, expected {run_step_of(ckpt)}")
+                                          f"{state.get('global_step')!r}, expected {step_of(ckpt)}")
             if not [h.get("step") for h in state.get("log_history", []) if "loss" in h]:
                 raise OracleFailure(seed, f"{name}/trainer_state.json logs no loss (expected one per logged step)")
         files = weights(ckpt)
