@@ -48,7 +48,7 @@ __all__ = [
 
 ADAPTER_ENTRY_POINT_GROUP = "ft_harness.adapters"
 #: the roles of :attr:`Adapter.resume_files`
-RESUME_FILE_ROLES = frozenset({"optimizer", "scheduler", "rng", "args"})
+RESUME_FILE_ROLES = frozenset({"optimizer", "scheduler", "rng", "args", "weights"})
 
 
 @runtime_checkable
@@ -105,13 +105,16 @@ class Adapter:
     #: default. The missing-state scenario deletes the ``optimizer`` and ``scheduler`` files, the hostile-checkpoint
     #: scenario poisons the ``optimizer``, ``rng`` and ``args`` pickles; leave out a role the framework does not write
     #: (its tests are skipped, naming it) and point a role at the framework's own file (e.g. one recipe-state file
-    #: for several roles: ``"../recipe_state/recipe_state.pt"``)
+    #: for several roles: ``"../recipe_state/recipe_state.pt"``). ``weights``: the file a resume reads the trained
+    #: weights from when it is not the safetensors ones (torchtune's ``adapter_model.pt``, read with
+    #: ``weights_only=True``): the scenarios that perturb a checkpoint to prove a resume read it perturb that one too
     resume_files: Mapping[str, str] = {"optimizer": "optimizer.pt", "scheduler": "scheduler.pt",
                                        "rng": "rng_state.pth", "args": "training_args.bin"}
     #: which checkpoints the framework can resume from: ``"any"`` (a path to any checkpoint, also a copy or another
     #: run's, into any output dir: HF Trainer) or ``"newest"`` (only its own output dir's newest, by design: one
     #: resume point per run, as torchtune's single recipe state). With ``"newest"``, the scenarios that resume from a
-    #: copied or another run's checkpoint skip, saying so, instead of failing
+    #: copied or another run's checkpoint skip, saying so, instead of failing (the hostile-pickle ones poison a copy of
+    #: the whole output dir instead)
     resume_points: str = "any"
     #: the framework's names for the log keys the oracles read (:data:`harness.layout.LOG_SCHEMA`), harness key ->
     #: its key, e.g. ``{"learning_rate": "lr"}``; applied to what :meth:`log_history` returns

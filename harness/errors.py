@@ -106,7 +106,7 @@ class SpecRefused(ConfigError):
     adapter has, told apart from a wrong result by its name."""
 
     def __init__(self, framework: str, key: str, value: object, why: str):
-        self.framework = framework
+        self.framework, self.why = framework, why
         super().__init__(None, key, f"a value {framework} can express", value)
         self.args = (f"{framework} cannot express {key}={value!r} (the scenario's command line): {why}",)
 

@@ -14,6 +14,7 @@ exists, either before any byte is written or after half of the file is on disk.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -84,10 +85,14 @@ def _run_forked(adapter: Any, spec: Any, install: Any, *, inside_saves: bool) ->
     ``inside_saves``: whether the fault can land inside a save (:data:`KILLS_INSIDE_SAVES` in the child)."""
     import traceback
 
+    from .errors import SpecRefused
+
     sys.stdout.flush()
     sys.stderr.flush()
+    refusal_r, refusal_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never return into the caller (pytest) — always _exit
+        os.close(refusal_r)
         code = RAISED
         try:
             import torch
@@ -98,12 +103,27 @@ def _run_forked(adapter: Any, spec: Any, install: Any, *, inside_saves: bool) ->
             install()
             adapter.train(spec)
             code = FINISHED
+        except SpecRefused as exc:  # the adapter refused the run: the parent raises the same refusal
+            os.write(refusal_w, json.dumps([exc.framework, exc.key, repr(exc.found), exc.why]).encode())
         except BaseException:  # noqa: BLE001 - reported through the exit status
             traceback.print_exc()
         finally:
             os._exit(code)
+    os.close(refusal_w)
+    with os.fdopen(refusal_r, "rb") as pipe:
+        refusal = pipe.read()
     _, status = os.waitpid(pid, 0)
+    if refusal:  # a refusal is the cell's verdict (a gap), not an arrangement that went wrong
+        framework, key, value, why = json.loads(refusal)
+        raise SpecRefused(framework, key, _Literal(value), why)
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+class _Literal(str):
+    """A value already in its ``repr`` form (a refusal's value, carried out of a forked child as text)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def require_killed(status: int, point: KillPoint | KillInTraining | str) -> None:
@@ -118,6 +138,13 @@ def require_killed(status: int, point: KillPoint | KillInTraining | str) -> None
     raise ArrangementError(f"the run was to be killed at {point}, but it {what}")
 
 
+def _saved(output_dir: Path, step: int) -> bool:
+    """Whether the run's checkpoint of ``step`` is on disk, in the layout in use (inherited by the forked child)."""
+    from .layout import run_checkpoint_map
+
+    return step in run_checkpoint_map(output_dir)
+
+
 def _install(output_dir: Path, point: KillPoint) -> None:
     import safetensors.torch as st
     import torch
@@ -127,7 +154,7 @@ def _install(output_dir: Path, point: KillPoint) -> None:
         from .probes import training_forwards
 
         def arm(_input_ids: Any) -> None:
-            if (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
+            if _saved(output_dir, point.after_checkpoint):
                 state["armed"] = True
 
         hook = training_forwards(arm)
@@ -136,7 +163,7 @@ def _install(output_dir: Path, point: KillPoint) -> None:
 
     def should_kill() -> bool:
         # in the next save: armed once, the checkpoint may since be gone (a rotation that makes room first)
-        armed = state["armed"] if point.in_next_save else (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir()
+        armed = state["armed"] if point.in_next_save else _saved(output_dir, point.after_checkpoint)
         if not armed:
             return False
         state["writes"] += 1
@@ -176,7 +203,7 @@ def _install_training_kill(output_dir: Path, point: KillInTraining) -> None:
     from .probes import training_forwards
 
     def maybe_kill(_input_ids: Any) -> None:
-        if (output_dir / f"checkpoint-{point.after_checkpoint}").is_dir():
+        if _saved(output_dir, point.after_checkpoint):
             os.kill(os.getpid(), signal.SIGKILL)
 
     hook = training_forwards(maybe_kill)
@@ -290,7 +317,7 @@ def _install_recorder(output_dir: Path, after_checkpoint: int, root: Path | None
     import safetensors.torch as st
     import torch
 
-    from .layout import list_checkpoints, step_of
+    from .layout import run_checkpoint_map
 
     roots = {os.path.abspath(output_dir), os.path.realpath(output_dir)}
     state: dict[str, Any] = {"armed": False, "busy": False, "log": []}
@@ -335,12 +362,12 @@ def _install_recorder(output_dir: Path, after_checkpoint: int, root: Path | None
         if state["busy"]:
             return
         if not state["armed"]:
-            if (output_dir / f"checkpoint-{after_checkpoint}").is_dir():
+            if _saved(output_dir, after_checkpoint):
                 state["busy"] = True
                 snapshot("before")
                 state["busy"], state["armed"] = False, True
             return
-        if state["log"] and any(step_of(c) > after_checkpoint for c in list_checkpoints(output_dir)):
+        if state["log"] and any(k > after_checkpoint for k in run_checkpoint_map(output_dir)):
             state["busy"] = True  # the save is over: keep its end state, and stop here
             snapshot("after")
             if root is not None:
@@ -423,13 +450,18 @@ PERTURBATION = 0.05
 
 def perturb_weights(checkpoint: Path, delta: float = PERTURBATION) -> list[Path]:
     """Add ``delta`` to every floating-point tensor of a checkpoint's weights (LoRA files, or the full
-    model's files and shards), rewriting them in place; returns the files changed. A run that really
+    model's files and shards, and the file the adapter under test declares as ``resume_files["weights"]``), rewriting
+    them in place; returns the files changed. A run that really
     resumes from this checkpoint must then end elsewhere than one resumed from the original."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from .errors import MissingFileError
     from .layout import LORA_FILES, weight_files
+
+    import torch
+
+    from .layout import run_layout
 
     checkpoint = Path(checkpoint)
     files = [checkpoint / n for n in LORA_FILES if (checkpoint / n).is_file()] or [
@@ -442,4 +474,12 @@ def perturb_weights(checkpoint: Path, delta: float = PERTURBATION) -> list[Path]
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         tensors = {k: (v + delta if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
         save_file(tensors, str(path), metadata=metadata)
+    # the file the framework's resume reads its weights from, where it is another one (torchtune: adapter_model.pt)
+    declared = dict(getattr(run_layout(), "resume_files", {}) or {}).get("weights")
+    if declared and (checkpoint / declared).is_file():
+        path = checkpoint / declared
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        torch.save({k: v + delta if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()},
+                   path)
+        files.append(path)
     return files

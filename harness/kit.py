@@ -302,8 +302,8 @@ def convert_chat_datasets(dataset_dir: Path, out_dir: Path, fmt: str) -> dict[st
 
 
 def refuse(framework: str, key: str, value: Any, why: str) -> NoReturn:
-    """Refuse a run the framework cannot express (``refuse("torchtune", "lr_scheduler_type", "linear", "0.6.1 has
-    only cosine")``) instead of running something else: raises :class:`harness.errors.SpecRefused`, a red cell whose
+    """Refuse a run the framework cannot express (``refuse("torchtune", "eval_steps", 2, "0.6.1's single-device
+    recipes have no validation")``) instead of running something else: raises :class:`harness.errors.SpecRefused`, a red cell whose
     reason names the key and value. Never map an unsupported value to a near one: the scenario would judge a run it
     did not ask for."""
     from .errors import SpecRefused

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from harness.adapter import LoraSpec
 from harness.errors import ArrangementError
+from harness.layout import run_checkpoint
 from harness.oracles import (assert_adapter_only_save, assert_cli_beats_saved, assert_first_step_size,
                              assert_full_model_saved, assert_layers_respected, assert_log_matches_cli,
                              assert_lora_trained_as_asked, assert_not_inherited, assert_nothing_from_files,
@@ -130,7 +131,7 @@ def test_cli_values_are_the_trained_values(ft_adapter, full_ft_output, tiny_asse
                lr_scheduler_type="constant", device=ft_device, **TYPED)
     result = ft_adapter.train(run)
     lora = TYPED["lora"]
-    assert_first_step_size(result.output_dir / "checkpoint-1", TYPED["learning_rate"])
+    assert_first_step_size(run_checkpoint(result.output_dir, 1), TYPED["learning_rate"])
     for directory in (*result.checkpoints, result.final_dir):
         assert_lora_trained_as_asked(directory, r=lora.r, alpha=lora.alpha, target_modules=lora.target_modules)
     assert_log_matches_cli(result.output_dir, TYPED["max_steps"], TYPED["learning_rate"])

@@ -3,7 +3,8 @@
 Checkpoints come from anywhere. ``optimizer.pt``, ``rng_state.pth`` and ``training_args.bin`` are
 pickles; one crafted to create a marker directory when unpickled replaces the real file. Resuming
 must not run it: load with ``torch.load(weights_only=True)`` (or safetensors) and refuse what
-needs more. The marker must not exist afterwards, whatever the adapter did.
+needs more. The marker must not exist afterwards, whatever the adapter did. The files poisoned are the ones the adapter says
+its framework reads (``Adapter.resume_files``: torchtune's ``../recipe_state/recipe_state.pt``, not Trainer's names).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ArrangementError
+from harness.layout import run_checkpoint
 
-from ._support import require_resume_from_elsewhere, spec
+from ._support import spec
 
 pytestmark = [pytest.mark.ft_seed("pickle"), pytest.mark.ft_requires("sft", "lora", "resume")]
 
@@ -29,10 +31,21 @@ class _Payload:
         return (os.makedirs, (self.marker,))
 
 
+#: a framework that resumes only its own output dir's newest checkpoint (``resume_points="newest"``, e.g. torchtune's
+#: single recipe state) is poisoned in a copy of the whole output dir, resumed from its checkpoint-2 there: its run
+#: goes on past checkpoint-2, so that save is an intermediate one with its training state
+IN_PLACE_STEPS = 4
+
+
+def in_place(adapter) -> bool:
+    return adapter.resume_points == "newest"
+
+
 @pytest.fixture(scope="module")
 def clean_run(ft_adapter, tiny_assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean")
-    return ft_adapter.train(spec(tiny_assets, out, train_type="lora", max_steps=2, save_steps=2))
+    steps = IN_PLACE_STEPS if in_place(ft_adapter) else 2
+    return ft_adapter.train(spec(tiny_assets, out, train_type="lora", max_steps=steps, save_steps=2))
 
 
 #: the pickles a resume reads, as roles of ``Adapter.resume_files`` (ids: HF Trainer's file names)
@@ -54,17 +67,21 @@ def _resume_from_poisoned(ft_adapter, clean_run, tiny_assets, tmp_path, relative
     would prove nothing (it never reads it): that is an arrangement error naming the file."""
     import torch
 
-    require_resume_from_elsewhere(ft_adapter)  # from a poisoned copy of the clean run's checkpoint
-    ckpt = tmp_path / "checkpoint-2"
-    shutil.copytree(clean_run.checkpoint(2), ckpt)
+    if in_place(ft_adapter):  # its own output dir, copied whole: the resume reads the state beside checkpoint-2
+        shutil.copytree(clean_run.output_dir, tmp_path / "resumed", symlinks=True)
+        ckpt = run_checkpoint(tmp_path / "resumed", 2)
+    else:  # a poisoned copy of the clean run's checkpoint
+        ckpt = tmp_path / "checkpoint-2"
+        shutil.copytree(run_checkpoint(clean_run.output_dir, 2), ckpt)
     if not (ckpt / relative).is_file():
-        raise ArrangementError(f"checkpoint-2 of the clean run holds no {relative}; it holds "
+        raise ArrangementError(f"checkpoint-2 of the clean run ({ckpt}) has no {relative}; it holds "
                                f"{sorted(p.name for p in ckpt.iterdir())}: the adapter's resume_files must name the "
                                f"files its framework reads on resume")
     marker = tmp_path / "PWNED"
     torch.save({"state": _Payload(marker)}, ckpt / relative)
     try:
-        ft_adapter.train(spec(tiny_assets, tmp_path / "resumed", train_type="lora", max_steps=4, save_steps=2,
+        ft_adapter.train(spec(tiny_assets, tmp_path / "resumed", train_type="lora",
+                              max_steps=IN_PLACE_STEPS + 2 if in_place(ft_adapter) else 4, save_steps=2,
                               resume_from=ckpt))
     except Exception as exc:  # refusing is a correct outcome
         return marker, exc

@@ -47,7 +47,7 @@ import pytest
 from harness.adapter import LoraSpec
 from harness.errors import ArrangementError
 from harness.faults import KillInTraining, perturb_weights, require_killed, run_killed
-from harness.layout import run_checkpoint
+from harness.layout import run_checkpoint, run_checkpoint_map
 from harness.models import read_texts, write_datasets
 from harness.oracles import (assert_consumed_in_order, assert_follows_checkpoint, assert_missing_state_reported,
                              assert_resume_equivalent, assert_resumed_not_restarted, assert_runs_agree,
@@ -77,9 +77,11 @@ KINDS = [pytest.param("lora", id="lora", marks=pytest.mark.ft_requires("lora")),
 POINTS = [pytest.param(k, id=f"k{k}-{where}") for k, where in INTERRUPTIONS.items()]
 
 
-def run_spec(assets, data_dir: Path, output_dir: Path, kind: str, device: str, **fields):
+def run_spec(assets, data_dir: Path, output_dir: Path, kind: str, device: str, evaluates: bool = True, **fields):
     """What the user types: warm-up + linear decay, dropout, accumulation, eval and a save every step
-    (GRPO: LoRA with dropout, warm-up + decay, a save every step; its sampling draws on the RNG)."""
+    (GRPO: LoRA with dropout, warm-up + decay, a save every step; its sampling draws on the RNG). The evaluation is
+    there because it is state a resume restores alongside (and a cadence best-model tracking accepts), not for an
+    assertion: a framework that cannot evaluate (``evaluates`` false) is asked for none."""
     lora = LoraSpec(r=4, alpha=8.0, dropout=0.1) if kind in ("lora", "grpo") else None
     if kind == "grpo":
         return spec(assets, output_dir, method="grpo", train_type="lora", lora=lora, max_steps=GRPO_STEPS,
@@ -87,7 +89,8 @@ def run_spec(assets, data_dir: Path, output_dir: Path, kind: str, device: str, *
                     device=device, **fields).replace(dataset_dir=data_dir)
     return spec(assets, output_dir, train_type=kind, lora=lora, max_steps=N_STEPS,
                 learning_rate=1e-2 if kind == "lora" else 2e-3, lr_scheduler_type="linear", warmup_steps=2,
-                per_device_train_batch_size=BATCH, gradient_accumulation_steps=GRAD_ACC, eval_steps=1,
+                per_device_train_batch_size=BATCH, gradient_accumulation_steps=GRAD_ACC,
+                eval_steps=1 if evaluates else None,
                 save_steps=1, seed=42, device=device, **fields).replace(dataset_dir=data_dir)
 
 
@@ -105,7 +108,8 @@ class ResumeRuns:
         return ConsumedSamples(self.texts, self.assets.model_dir, self.root / "probes" / f"{name}.jsonl")
 
     def spec(self, output_dir: Path, kind: str, **fields):
-        return run_spec(self.assets, self.data_dir, output_dir, kind, self.device, **fields)
+        evaluates = "eval_loss" not in self.adapter.unavailable_metrics
+        return run_spec(self.assets, self.data_dir, output_dir, kind, self.device, evaluates, **fields)
 
     def uninterrupted(self, kind: str):
         key = ("A", kind)
@@ -122,7 +126,7 @@ class ResumeRuns:
             out = self.root / f"killed-{kind}-k{k}"
             point = KillInTraining(k)
             require_killed(run_killed(self.adapter, self.spec(out, kind), point), point)
-            newest = sorted(int(c.name.split("-")[1]) for c in out.glob("checkpoint-*"))
+            newest = sorted(run_checkpoint_map(out))
             if not newest or newest[-1] != k:
                 raise ArrangementError(f"the run was to be killed right after checkpoint-{k}, but the newest "
                                        f"checkpoints on disk are {newest}")

@@ -287,3 +287,104 @@ def test_swift_tiny_template_matches_the_tiny_chat_format():
     messages = [m for q, a in chat for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
     want = tok.apply_chat_template(messages, tokenize=False)
     assert tok(rendered, add_special_tokens=False)["input_ids"] == tok(want, add_special_tokens=False)["input_ids"]
+
+
+# ---------------------------------------------------------------------------------------------- torchtune
+from harness.adapters import torchtune as tt  # noqa: E402
+from harness.errors import SpecRefused  # noqa: E402
+
+
+def _tt_values(**kw):
+    return {**DEFAULTS, "seed": 42, "logging_steps": 1, **kw}
+
+
+def test_torchtune_config_maps_the_run(tiny_assets, tmp_path):
+    spec = _spec(tmp_path, max_steps=8, save_steps=4)
+    cfg = tt.build_config(spec, _tt_values(max_steps=8, save_steps=4), {"train": tmp_path / "t.jsonl"},
+                          tiny_assets.model_dir)
+    assert (cfg["epochs"], cfg["max_steps_per_epoch"]) == (2, 4), "a save every 4 steps is an epoch of 4 steps"
+    assert cfg["model"]["_component_"] == "torchtune.models.llama3.lora_llama3"
+    assert cfg["model"]["apply_lora_to_mlp"] and not cfg["model"]["apply_lora_to_output"], "all-linear, no lm_head"
+    assert (cfg["model"]["embed_dim"], cfg["model"]["num_kv_heads"], cfg["model"]["rope_base"]) == (64, 2, 10000.0)
+    assert cfg["checkpointer"]["model_type"] == "LLAMA3" and cfg["checkpointer"]["output_dir"] == str(spec.output_dir)
+    assert cfg["lr_scheduler"]["num_cycles"] == 0.0, "constant: the cosine schedule with no cycle (factor 1)"
+    assert cfg["clip_grad_norm"] == 1.0 and cfg["optimizer"]["weight_decay"] == 0.0 and not cfg["dataset"]["add_eos"]
+    assert not cfg["resume_from_checkpoint"]
+    whole = tt.build_config(spec, _tt_values(train_type="full"), {"train": tmp_path / "t.jsonl"}, tiny_assets.model_dir)
+    assert (whole["epochs"], whole["max_steps_per_epoch"]) == (1, 8), "no save cadence: one epoch of max_steps"
+    assert whole["model"]["_component_"] == "torchtune.models.llama3.llama3"
+
+
+def test_torchtune_resume_from_an_epoch_of_its_output_dir(tiny_assets, tmp_path):
+    for epoch in ("epoch_0", "epoch_1"):
+        (tmp_path / "out" / epoch).mkdir(parents=True)
+        (tmp_path / "out" / epoch / "model-00001-of-00001.safetensors").write_bytes(b"")
+        (tmp_path / "out" / epoch / "adapter_model.safetensors").write_bytes(b"")
+    spec = _spec(tmp_path, resume_from=tmp_path / "out" / "epoch_0")
+    lora = tt.build_config(spec, _tt_values(save_steps=4), {"train": tmp_path / "t.jsonl"}, tiny_assets.model_dir)
+    assert lora["resume_from_checkpoint"] and lora["checkpointer"]["adapter_checkpoint"] == "epoch_0/adapter_model.pt"
+    full = tt.build_config(spec, _tt_values(save_steps=4, train_type="full"), {"train": tmp_path / "t.jsonl"},
+                           tiny_assets.model_dir)
+    assert full["checkpointer"]["checkpoint_files"] == ["epoch_0/model-00001-of-00001.safetensors"]
+    latest = tt.build_config(_spec(tmp_path, resume_from="latest"), _tt_values(save_steps=4),
+                             {"train": tmp_path / "t.jsonl"}, tiny_assets.model_dir)
+    assert latest["checkpointer"]["adapter_checkpoint"] == "epoch_1/adapter_model.pt", "latest: the newest epoch"
+    latest_full = tt.build_config(_spec(tmp_path, resume_from="latest"), _tt_values(save_steps=4, train_type="full"),
+                                  {"train": tmp_path / "t.jsonl"}, tiny_assets.model_dir)
+    assert latest_full["checkpointer"]["checkpoint_files"] == ["epoch_1/model-00001-of-00001.safetensors"]
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"max_steps": 8, "save_steps": 3}, "save_steps"),
+    ({"lr_scheduler_type": "cosine_with_restarts"}, "lr_scheduler_type"),
+    ({"lr_scheduler_type": "constant", "warmup_steps": 2}, "lr_scheduler_type"),
+    ({"eval_steps": 2}, "eval_steps"),
+])
+def test_torchtune_refuses_what_it_cannot_express(tiny_assets, tmp_path, values, key):
+    with pytest.raises(SpecRefused, match=f"torchtune cannot express {key}="):
+        tt.build_config(_spec(tmp_path), _tt_values(**values), {"train": tmp_path / "t.jsonl"}, tiny_assets.model_dir)
+    elsewhere = _spec(tmp_path, resume_from=tmp_path / "copy" / "epoch_0")
+    with pytest.raises(SpecRefused, match="resumes only an epoch_E of its own output_dir"):
+        tt.build_config(elsewhere, _tt_values(), {"train": tmp_path / "t.jsonl"}, tiny_assets.model_dir)
+
+
+def test_torchtune_layout_is_read_as_torchtune_writes_it(tmp_path):
+    """Checkpoints are epoch_E/ mapped to steps by the saved config's max_steps_per_epoch; the log is the DiskLogger
+    file, ``lr`` read as learning_rate through the declared log_keys."""
+    from harness.layout import run_checkpoint_map, run_log_history, use_layout
+
+    out = tmp_path / "out"
+    for name in ("epoch_0", "epoch_1", "epoch_x", "recipe_state"):
+        (out / name).mkdir(parents=True)
+    (out / "torchtune_config.yaml").write_text("max_steps_per_epoch: 4\nepochs: 2\n", encoding="utf-8")
+    (out / "logs").mkdir()
+    (out / "logs" / "log.txt").write_text(
+        "Step 1 | loss:3.98 lr:0.001 tokens_per_second_per_gpu:312.5 grad_norm:tensor(1.2500) \n"
+        "noise\nStep 2 | loss:3.5 lr:0.0005 \n", encoding="utf-8")
+    adapter = load_adapter("harness.adapters.torchtune:TorchtuneAdapter")
+    with use_layout(adapter):
+        assert run_checkpoint_map(out) == {4: out / "epoch_0", 8: out / "epoch_1"}
+        history = run_log_history(out)
+    assert history[0] == {"step": 1, "loss": 3.98, "learning_rate": 0.001, "tokens_per_second_per_gpu": 312.5,
+                          "grad_norm": 1.25}
+    assert [h["step"] for h in history] == [1, 2] and adapter.resume_points == "newest"
+    assert adapter.checkpoints(tmp_path / "never") == {}
+
+
+def test_torchtune_schedules_are_its_cosine_or_transformers_linear(tiny_assets, tmp_path):
+    """constant and cosine are torchtune's one schedule (num_cycles 0 / 0.5); linear is transformers'
+    get_linear_schedule_with_warmup, whose signature is the one the recipes instantiate a scheduler with."""
+    import inspect
+
+    from transformers import get_linear_schedule_with_warmup
+
+    def scheduler(**kw):
+        return tt.build_config(_spec(tmp_path), _tt_values(**kw), {"train": tmp_path / "t.jsonl"},
+                               tiny_assets.model_dir)["lr_scheduler"]
+
+    assert scheduler(lr_scheduler_type="linear", warmup_steps=2) == {
+        "_component_": "transformers.get_linear_schedule_with_warmup", "num_warmup_steps": 2}
+    assert list(inspect.signature(get_linear_schedule_with_warmup).parameters) == [
+        "optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"]
+    assert scheduler(lr_scheduler_type="cosine", warmup_steps=1) == {"_component_": tt.COSINE, "num_cycles": 0.5,
+                                                                    "num_warmup_steps": 1}

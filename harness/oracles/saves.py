@@ -275,32 +275,36 @@ def assert_lora_base_is(adapter_dir: Path, expected_base: Path, *, seed: str = "
 
 def assert_checkpoints_complete(output_dir: Path, reference_dir: Path, *, seed: str = "crash",
                                 only: Iterable[int] | None = None) -> list[int]:
-    """Every ``checkpoint-N`` on disk (or those of the steps ``only``) is complete: whole model weights and a readable
-    trainer_state.json.
+    """Every ``checkpoint-N`` on disk (or those of the steps ``only``) is complete: whole model weights, and in HF
+    Trainer's layout a readable trainer_state.json of its step (a framework with its own layout keeps its state
+    elsewhere: its weights are judged).
 
     A crash may leave no ``checkpoint-N`` or a complete one, never a half-written one under that name
     (a resume would pick it up). Returns the steps checked.
     """
     steps = []
     wanted = None if only is None else set(only)
+    trainer_layout = uses_trainer_checkpoints()
     for step, ckpt in run_checkpoint_map(output_dir).items():
         if wanted is not None and step not in wanted:
             continue
-        state_file = ckpt / "trainer_state.json"
-        try:
-            state = json.loads(state_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise OracleFailure(seed, f"{ckpt.name} is incomplete: trainer_state.json unreadable ({exc}); a resume "
-                                      f"would pick up a partial checkpoint") from None
-        if state.get("global_step") != int(ckpt.name.split("-")[1]):
-            raise OracleFailure(seed, f"{ckpt.name}/trainer_state.json has global_step={state.get('global_step')!r}")
+        if trainer_layout:
+            state_file = ckpt / "trainer_state.json"
+            try:
+                state = json.loads(state_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise OracleFailure(seed, f"{ckpt.name} is incomplete: trainer_state.json unreadable ({exc}); a "
+                                          f"resume would pick up a partial checkpoint") from None
+            if state.get("global_step") != step:
+                raise OracleFailure(seed, f"{ckpt.name}/trainer_state.json has global_step="
+                                          f"{state.get('global_step')!r}, expected {step}")
         try:
             assert_full_model_saved(ckpt, reference_dir, seed=seed)
         except OracleFailure as exc:
             raise OracleFailure(seed, f"{ckpt.name} is incomplete after a crash: {exc}") from None
         except Exception as exc:  # unreadable safetensors and the like
             raise OracleFailure(seed, f"{ckpt.name} is incomplete after a crash: {type(exc).__name__}: {exc}") from None
-        steps.append(int(ckpt.name.split("-")[1]))
+        steps.append(step)
     return steps
 
 
@@ -370,7 +374,8 @@ def assert_crash_state_sound(state: Path, completed: CompletedCheckpoints, *, po
     rotation leaves one). Returns the steps of the complete checkpoints."""
     found = checkpoint_digests(state)
     verdicts = {name: _incompleteness(files, list(completed.versions.get(name, []))) for name, files in found.items()}
-    steps = sorted((step_of(Path(name)), name) for name in found)
+    step_by_name = {c.name: k for k, c in run_checkpoint_map(state).items()}  # the layout's steps, not names
+    steps = sorted((step_by_name[name], name) for name in found)
     complete = [s for s, name in steps if verdicts[name] is None]
     where = f"killed just before file-system step {point}"
     if steps and verdicts[steps[-1][1]] is not None:

@@ -41,7 +41,7 @@ FORMAT = "ft-harness-report/1"
 SEVERITY = {"error": 5, "failed": 4, "xpassed": 3, "passed": 1, "xfailed": 2, "skipped": 0}
 OUTCOMES = tuple(SEVERITY)
 #: the libraries an adapter's ``versions`` may list besides its framework (the framework is the first other entry)
-LIBRARIES = ("transformers", "peft", "trl", "torch", "bitsandbytes", "optimum-quanto", "diffusers")
+LIBRARIES = ("transformers", "peft", "trl", "torch", "bitsandbytes", "optimum-quanto", "diffusers", "torchao")
 
 
 @dataclass
@@ -107,8 +107,11 @@ def aggregate(run: AdapterRun) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- columns
 def framework(target: str, versions: Mapping[str, str], *, plain_transformers: bool = True) -> tuple[str, str] | None:
     """(name, version) of the framework a run of ``target`` tested: the first entry of its ``versions``
-    that is not one of :data:`LIBRARIES`; for the plain transformers adapter (if ``plain_transformers``),
-    transformers itself."""
+    that is not one of :data:`LIBRARIES` (the entry named as the target itself first: a report's versions are
+    stored sorted); for the plain transformers adapter (if ``plain_transformers``), transformers itself."""
+    name = target.split("[")[0]
+    if name in versions and name not in LIBRARIES:
+        return name, versions[name]
     for name, version in versions.items():
         if name not in LIBRARIES:
             return name, version
