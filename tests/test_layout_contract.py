@@ -149,3 +149,94 @@ def test_kit_results_follow_the_layout_in_use(tmp_path):
         result = kit.collect_result(run, tmp_path, None)
     assert result.checkpoints == (tmp_path / "epoch_0",)
     assert result.log_history == ({"step": 3, "loss": 1.5, "learning_rate": 5e-4},)
+
+
+class EpochDirs:
+    """A framework layout with no ``checkpoint-N`` name: ``epoch_E/`` holds the save of step 2 * (E + 1)."""
+
+    log_keys: dict = {}
+    resume_files = {"weights": "adapter_model.pt"}
+
+    def checkpoints(self, output_dir):
+        return {2 * (int(p.name[6:]) + 1): p for p in output_dir.glob("epoch_*")}
+
+    def log_history(self, output_dir):
+        return []
+
+
+class _SavesThenTrains:
+    """An adapter whose "training" saves epoch_0/ (step 2 in :class:`EpochDirs`), then runs training forwards."""
+
+    def train(self, spec):
+        import torch
+
+        (spec.output_dir / "epoch_0").mkdir(parents=True)
+        embedding = torch.nn.Embedding(4, 2).train()
+        for _ in range(3):
+            embedding(torch.tensor([[1, 2]]))
+
+
+def test_kill_points_find_the_checkpoint_in_the_layout_in_use(tmp_path):
+    """issue 37: a kill "at the first training step after checkpoint-2" arms on the layout's checkpoint of step 2
+    (before: only on a directory named checkpoint-2, so a framework with its own layout was never killed and its
+    resume tests were arrangement errors)."""
+    from harness.adapter import RunSpec
+    from harness.faults import FINISHED, KILLED, KillInTraining, run_killed
+
+    def spec(name):
+        return RunSpec(model_dir=tmp_path, output_dir=tmp_path / name, dataset_dir=tmp_path)
+
+    with use_layout(EpochDirs()):
+        assert run_killed(_SavesThenTrains(), spec("declared"), KillInTraining(2)) == KILLED
+    assert run_killed(_SavesThenTrains(), spec("trainer"), KillInTraining(2)) == FINISHED, (
+        "in HF Trainer's layout epoch_0/ is no checkpoint: the kill point is never reached")
+
+
+def test_a_refusal_inside_a_killed_fork_is_the_refusal(tmp_path):
+    """An adapter refusing its spec in the forked child of a kill arrangement raises the same SpecRefused in the test
+    (the cell says the framework cannot express it), not "the run raised" (an arrangement error)."""
+    from harness.adapter import RunSpec
+    from harness.errors import SpecRefused
+    from harness.faults import KillInTraining, run_killed
+    from harness.kit import refuse
+
+    class Refuses:
+        def train(self, spec):
+            refuse("myfw", "lr_scheduler_type", "linear", "it has only cosine")
+
+    with pytest.raises(SpecRefused, match=r"myfw cannot express lr_scheduler_type='linear' .*: it has only cosine"):
+        run_killed(Refuses(), RunSpec(model_dir=tmp_path, output_dir=tmp_path / "o", dataset_dir=tmp_path),
+                   KillInTraining(2))
+
+
+def test_perturbation_reaches_the_declared_weights_file(tmp_path):
+    """A resume-reads-the-checkpoint check perturbs the weights the framework's resume reads: the safetensors, and the
+    ``resume_files["weights"]`` file where the adapter declares one (torchtune resumes LoRA from adapter_model.pt)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from harness.faults import perturb_weights
+
+    ckpt = tmp_path / "epoch_0"
+    ckpt.mkdir()
+    save_file({"w": torch.zeros(2)}, str(ckpt / "adapter_model.safetensors"))
+    torch.save({"w": torch.zeros(2), "step": 3}, ckpt / "adapter_model.pt")
+    assert perturb_weights(ckpt) == [ckpt / "adapter_model.safetensors"], "HF Trainer's layout declares no .pt"
+    with use_layout(EpochDirs()):
+        changed = perturb_weights(ckpt)
+    assert changed == [ckpt / "adapter_model.safetensors", ckpt / "adapter_model.pt"]
+    pt = torch.load(ckpt / "adapter_model.pt", weights_only=True)
+    assert pt["step"] == 3 and torch.all(pt["w"] > 0) and torch.all(load_file(str(ckpt / "adapter_model.safetensors"))["w"] > 0)
+
+
+def test_crash_oracles_read_steps_from_the_layout(tmp_path, tiny_assets):
+    """The completeness check needs trainer_state.json only in HF Trainer's layout; its steps are the layout's."""
+    import shutil
+
+    from harness.oracles import assert_checkpoints_complete
+
+    out = tmp_path / "out"
+    for name in ("epoch_0", "epoch_1"):
+        shutil.copytree(tiny_assets.model_dir, out / name)
+    with use_layout(EpochDirs()):
+        assert assert_checkpoints_complete(out, tiny_assets.model_dir) == [2, 4]
