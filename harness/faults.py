@@ -456,12 +456,10 @@ def perturb_weights(checkpoint: Path, delta: float = PERTURBATION) -> list[Path]
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from .errors import MissingFileError
-    from .layout import LORA_FILES, weight_files
-
     import torch
 
-    from .layout import run_layout
+    from .errors import MissingFileError
+    from .layout import LORA_FILES, run_layout, weight_files
 
     checkpoint = Path(checkpoint)
     files = [checkpoint / n for n in LORA_FILES if (checkpoint / n).is_file()] or [

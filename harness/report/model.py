@@ -109,9 +109,9 @@ def framework(target: str, versions: Mapping[str, str], *, plain_transformers: b
     """(name, version) of the framework a run of ``target`` tested: the first entry of its ``versions``
     that is not one of :data:`LIBRARIES` (the entry named as the target itself first: a report's versions are
     stored sorted); for the plain transformers adapter (if ``plain_transformers``), transformers itself."""
-    name = target.split("[")[0]
-    if name in versions and name not in LIBRARIES:
-        return name, versions[name]
+    own = target.split("[")[0]
+    if own in versions and own not in LIBRARIES:
+        return own, versions[own]
     for name, version in versions.items():
         if name not in LIBRARIES:
             return name, version
