@@ -163,7 +163,7 @@ def test_framework_entry_points_are_registered():
     from importlib.metadata import entry_points
 
     names = {ep.name for ep in entry_points(group="ft_harness.adapters")}
-    assert {"reference", "transformers", "swift", "llamafactory"} <= names
+    assert {"reference", "transformers", "swift", "llamafactory", "axolotl", "torchtune", "unsloth"} <= names
 
 
 def test_known_upstream_failure_for_old_quanto(monkeypatch):
@@ -388,3 +388,57 @@ def test_torchtune_schedules_are_its_cosine_or_transformers_linear(tiny_assets, 
         "optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"]
     assert scheduler(lr_scheduler_type="cosine", warmup_steps=1) == {"_component_": tt.COSINE, "num_cycles": 0.5,
                                                                     "num_warmup_steps": 1}
+
+
+# ---------------------------------------------------------------------------------------------- unsloth
+from harness.adapters import unsloth as us  # noqa: E402 - imports no unsloth until an adapter is constructed
+
+
+def test_unsloth_loads_as_its_notebooks_do():
+    """FastLanguageModel keywords: the task's length bound, float32 unless asked, bitsandbytes 4/8-bit for nf4/int8,
+    full_finetuning for a full run; get_peft_model's names for the run's LoRA (r, random_state)."""
+    import torch
+
+    lora = us.load_kwargs({**DEFAULTS, "train_type": "lora", "quantization": "nf4"}, "float32")
+    assert lora == {"max_seq_length": 64, "dtype": torch.float32, "load_in_4bit": True, "load_in_8bit": False,
+                    "full_finetuning": False, "local_files_only": True}
+    full = us.load_kwargs({**DEFAULTS, "train_type": "full", "quantization": "int8"}, "auto")
+    assert full["dtype"] is None and full["load_in_8bit"] and not full["load_in_4bit"] and full["full_finetuning"]
+    assert us.load_kwargs({**DEFAULTS, "train_type": "lora"}, "bfloat16")["dtype"] is torch.bfloat16
+    peft = us.peft_kwargs({**DEFAULTS, "lora_rank": 4, "lora_alpha": 16, "target_modules": ("q_proj", "v_proj")})
+    assert peft == {"r": 4, "lora_alpha": 16, "lora_dropout": DEFAULTS["lora_dropout"],
+                    "target_modules": ["q_proj", "v_proj"], "random_state": DEFAULTS["seed"],
+                    "use_gradient_checkpointing": False}
+    assert us.peft_kwargs({**DEFAULTS, "target_modules": "all-linear"})["target_modules"] == "all-linear"
+
+
+def test_unsloth_options_are_checked_before_unsloth_is_imported(monkeypatch):
+    import sys
+
+    with pytest.raises(TypeError, match="dtype: float32"):
+        us.UnslothAdapter(nope="1")
+    with pytest.raises(TypeError, match="expected one of float32, bfloat16, auto"):
+        us.UnslothAdapter(dtype="float16")
+    monkeypatch.setitem(sys.modules, "unsloth", None)  # as where unsloth is not installed
+    with pytest.raises(AdapterLoadError, match=r"ft-harness\[unsloth\]"):
+        us.UnslothAdapter()
+    assert {"grpo", "packing", "quant-int8"}.isdisjoint(us.UnslothAdapter.capabilities), "its CPU backend: SFT, no 8-bit"
+
+
+def test_a_subclass_loads_the_model_its_own_way(tiny_assets, tmp_path):
+    """The transformers adapter's ``load_model`` / ``add_lora`` hooks (what the unsloth adapter overrides) are the ones
+    its trainer trains: the batches come through a subclass's loader, and its LoRA is the model trained."""
+    calls = []
+
+    class Loader(TransformersAdapter):
+        def load_model(self, spec, values):
+            calls.append(("load", values["train_type"]))
+            return super().load_model(spec, values)
+
+        def add_lora(self, model, values):
+            calls.append(("lora", values["lora_rank"]))
+            return super().add_lora(model, values)
+
+    spec = RunSpec(model_dir=tiny_assets.model_dir, output_dir=tmp_path / "run", dataset_dir=tiny_assets.dataset_dir,
+                   train_type="lora", max_steps=1, cli={"lora_rank": 2})
+    assert Loader().training_batches(spec) and calls == [("load", "lora"), ("lora", 2)]

@@ -123,6 +123,9 @@ def test_pins_errors_and_overrides():
     assert "trl==0.12.2" in select_pins("transformers", "4.46.0").requirements
     assert {"trl==0.13.0", "peft==0.14.0", "datasets==3.2.0"} <= set(select_pins("transformers", "4.48.0").requirements)
     assert not select_pins("transformers", "5.23.0").harness_no_deps
+    un = select_pins("unsloth", "2026.9.14")
+    assert "unsloth_zoo<=2026.9.14" in un.requirements, "the companion as of the swept release ({version})"
+    assert "torch==2.14.1" in un.requirements and un.adapter == "unsloth"
 
 
 def test_llamafactory_pins():

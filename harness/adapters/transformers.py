@@ -126,24 +126,35 @@ class TransformersAdapter(Adapter):
         with cpu_threads(spec.device):
             return hf.epoch_batches(self._train(spec, build_only=True).get_train_dataloader())
 
+    def load_model(self, spec: RunSpec, values: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The model to train and its tokenizer: ``AutoModelForCausalLM.from_pretrained`` in float32, quantised as the
+        run asks, and ``AutoTokenizer``. A framework that loads its own way (unsloth's ``FastLanguageModel``)
+        overrides this and :meth:`add_lora`; the trainer, resume and saves stay this class's."""
+        from transformers import AutoTokenizer
+
+        model = hf.load_causal_lm(spec.model_dir, values["quantization"], spec.device)
+        return model, AutoTokenizer.from_pretrained(str(spec.model_dir))
+
+    def add_lora(self, model: Any, values: Mapping[str, Any]) -> Any:
+        """``peft.get_peft_model`` with the run's LoRA settings (after ``prepare_model_for_kbit_training`` on a
+        quantised base when the option asks for it); torch's seed is the run's when this is called."""
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if values["quantization"] is not None and self.prepare_kbit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return get_peft_model(model, hf.lora_config(dict(values)))
+
     def _train(self, spec: RunSpec, build_only: bool = False) -> Any:
         import torch
-        from transformers import AutoTokenizer, set_seed
-
-        from ..hf import lora_config
+        from transformers import set_seed
 
         resolved = self.resolve_args(spec.cli_args(), spec.model_dir)
         values = dict(resolved.values)
         set_seed(values["seed"])
-        model = hf.load_causal_lm(spec.model_dir, values["quantization"], spec.device)
-        tok = AutoTokenizer.from_pretrained(str(spec.model_dir))
+        model, tok = self.load_model(spec, values)
         if values["train_type"] == "lora":
-            from peft import get_peft_model, prepare_model_for_kbit_training
-
-            if values["quantization"] is not None and self.prepare_kbit:
-                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
             torch.manual_seed(values["seed"])
-            model = get_peft_model(model, lora_config(values))
+            model = self.add_lora(model, values)
         else:
             for p in model.parameters():
                 p.requires_grad_(True)

@@ -78,9 +78,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_selection_arguments(sp: argparse.ArgumentParser) -> None:
     """Which framework, releases and scenarios; sweep, bisect or CI matrix; where the outputs go."""
-    sp.add_argument("framework", metavar="FRAMEWORK",
-                    help="a framework of harness/sweep/pins.py: ms-swift (swift), llamafactory, transformers, "
-                         "simpletuner")
+    from .pins import PINS
+
+    known = ", ".join(f"{name} ({', '.join(e['aliases'])})" if e.get("aliases") else name for name, e in PINS.items())
+    sp.add_argument("framework", metavar="FRAMEWORK", help=f"a framework of harness/sweep/pins.py: {known}")
     sp.add_argument("--versions", metavar="SPEC", default=None,
                     help="versions: '3.1.1,3.2.0', '3.0.0..3.3.0', 'latest' or a comma list of those")
     sp.add_argument("--scenario", action="append", default=[], metavar="PATTERN",

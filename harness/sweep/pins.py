@@ -16,7 +16,9 @@ this module is code: data only.
     ``python``              interpreter for the env (``X.Y``; ``--python`` overrides)
     ``no_deps``             install the framework with ``--no-deps`` (its own metadata resolves for
                             minutes or not at all); the requirements below then stand in for its deps
-    ``requirements``        extra requirements, resolved together (besides ``DEFAULTS['requirements']``)
+    ``requirements``        extra requirements, resolved together (besides ``DEFAULTS['requirements']``);
+                            ``{version}`` in one is the release being swept (``unsloth_zoo<={version}``: the
+                            companion package as of that release)
     ``requirements_files``  requirement files, relative to the ft-harness source tree
     ``overrides``           ``uv --overrides``: replace any requirement of that name, including a pin
                             in ``requirements_files`` (a release that needs an older library)
@@ -143,6 +145,19 @@ PINS = {
             {"versions": ">=4.40.0,<4.47.0", "python": "3.11", "harness_no_deps": True,
              "requirements": ["peft==0.13.2", "trl==0.12.2", *_TRANSFORMERS_OLD],
              "note": "below ft-harness's transformers floor: ft-harness --no-deps, era libraries"},
+        ],
+    },
+    "unsloth": {
+        "distribution": "unsloth",
+        "adapter": "unsloth",
+        "aliases": [],
+        "ranges": [
+            {"versions": ">=2024.1", "python": "3.11",
+             "requirements": ["torch==2.14.1", "torchvision==0.29.1", "unsloth_zoo<={version}"],
+             "overrides": ["torch==2.14.1"],
+             "note": "tox -e unsloth's pair (unsloth checks torchvision against torch; PyPI's does not import beside "
+                     "the CPU torch 2.13.0 wheel); unsloth_zoo is released with unsloth under the same date-based "
+                     "versions, so <= the swept release is the zoo of its day (each unsloth also declares a floor)"},
         ],
     },
     "simpletuner": {
