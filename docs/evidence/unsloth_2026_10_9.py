@@ -2,7 +2,8 @@
 
 Run in the unsloth env from the repository root: ``.tox/unsloth/bin/python docs/evidence/unsloth_2026_10_9.py CASE``
 with CASE one of ``tokens`` (``add_new_tokens`` + the CPU backend's ``get_peft_model``: the new rows are never made
-trainable) or ``merge`` (``save_pretrained_merged(..., "merged_16bit")`` is an exact merge cast to bfloat16). Each prints
+trainable), ``chat`` (the notebook chat recipe on the CPU backend's stock TRL ``SFTTrainer``: a second BOS and a second
+EOS) or ``merge`` (``save_pretrained_merged(..., "merged_16bit")`` is an exact merge cast to bfloat16). Each prints
 the numbers the column's notes quote. CPU, seconds each after unsloth's import (about 35-55 s).
 """
 
@@ -63,6 +64,29 @@ def tokens() -> None:
         print(name, "sum of the new rows as saved:", rows)
 
 
+def chat() -> None:
+    """The notebook recipe (apply_chat_template(tokenize=False) -> SFTTrainer(dataset_text_field="text") ->
+    train_on_responses_only): the CPU backend's SFTTrainer is TRL's (unsloth_zoo/cpu/trainer.py wraps it for legacy
+    keywords and the loss only), so TRL tokenises the rendered text with special tokens (a second BOS) and appends an EOS
+    to text that ends in the template's trailing space (a second EOS). unsloth's GPU path replaces that dataset
+    preparation (unsloth_zoo/dataset_utils.py sft_prepare_dataset: "We found double BOS tokens - we shall remove one
+    automatically.")."""
+    from harness.adapter import RunSpec, load_adapter
+    from harness.models import write_chat_datasets
+
+    data = write_chat_datasets(ROOT / "chat")
+    adapter = load_adapter("unsloth")
+    batches = adapter.training_batches(RunSpec(model_dir=ASSETS.model_dir, output_dir=ROOT / "chatrun",
+                                               dataset_dir=data, train_type="lora", max_steps=1))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ASSETS.model_dir))
+    ids, labels = batches[0]["input_ids"][0], batches[0]["labels"][0]
+    print("SFTTrainer in use:", __import__("trl").SFTTrainer.__mro__[1].__module__)
+    print("trained on:", tok.convert_ids_to_tokens(ids))
+    print("labels:    ", [tok.convert_ids_to_tokens(t) if t != -100 else "-" for t in labels])
+
+
 def merge() -> None:
     """The CPU backend merges in float32 (merge_and_unload) and casts to bfloat16 for "merged_16bit"; the whole
     logit gap the merge oracle measured is that cast."""
@@ -85,4 +109,4 @@ def merge() -> None:
 
 
 if __name__ == "__main__":
-    {"tokens": tokens, "merge": merge}[sys.argv[1]]()
+    {"tokens": tokens, "chat": chat, "merge": merge}[sys.argv[1]]()

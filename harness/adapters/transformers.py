@@ -144,6 +144,11 @@ class TransformersAdapter(Adapter):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return get_peft_model(model, hf.lora_config(dict(values)))
 
+    def chat_trainer(self, values: Mapping[str, Any], model: Any, tok: Any, targs: Mapping[str, Any],
+                     dataset_dir: Path) -> Any:
+        """The trainer for chat data: TRL ``SFTTrainer`` with ``assistant_only_loss`` (:func:`sft_trainer`)."""
+        return sft_trainer(values, model, tok, targs, dataset_dir)
+
     def _train(self, spec: RunSpec, build_only: bool = False) -> Any:
         import torch
         from transformers import set_seed
@@ -161,7 +166,7 @@ class TransformersAdapter(Adapter):
         targs = training_arguments(values, spec.output_dir, spec.device,
                                    load_best_model_at_end=self.loads_best(spec, values), given=spec.cli_args())
         if is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
-            trainer = sft_trainer(values, model, tok, targs, Path(spec.dataset_dir))
+            trainer = self.chat_trainer(values, model, tok, targs, Path(spec.dataset_dir))
         else:
             collator = hf.packing_collator() if values.get("packing") else None  # the padding-free recipe, as documented
             trainer = hf.build_trainer(values, model, tok, targs, spec.dataset_dir, collator=collator)

@@ -8,9 +8,12 @@ SFTTrainer"):
   full_finetuning=...)`` returns the model and its tokenizer; LoRA is ``FastLanguageModel.get_peft_model(model, r,
   lora_alpha, lora_dropout, target_modules, random_state=seed)``; new special tokens go through unsloth's own
   ``add_new_tokens(model, tokenizer, new_tokens=...)`` before the LoRA, as its docs order it;
-* the trainers are this package's transformers adapter's, run with unsloth's patches in place: TRL ``SFTTrainer``
-  (``assistant_only_loss``) for chat data, ``Trainer`` on the task's tokenised text for text data; resume is
-  ``trainer.train(resume_from_checkpoint=...)``; the layout is HF Trainer's;
+* chat data goes the way unsloth's notebooks take it: each conversation rendered by the saved tokenizer's own
+  template (``tokenizer.apply_chat_template(messages, tokenize=False)``) into a ``text`` column, TRL ``SFTTrainer`` on
+  that column, then unsloth's ``train_on_responses_only(trainer, instruction_part=..., response_part=...)`` with the
+  template's turn markers (``"<|user|> "``, ``"<|assistant|> "``); text data is ``Trainer`` on the task's tokenised
+  text, with unsloth's training defaults in place; resume is ``trainer.train(resume_from_checkpoint=...)``; the layout
+  is HF Trainer's;
 * merging is unsloth's ``model.save_pretrained_merged(dir, tokenizer, save_method="merged_16bit")`` on the adapter
   directory loaded back with ``FastLanguageModel.from_pretrained`` the way the run loaded its base (4-bit for an nf4
   run, which is how an unsloth user reloads a QLoRA adapter; the CPU backend then refuses to merge, naming the 4-bit
@@ -45,7 +48,7 @@ from ..adapter import RunResult, RunSpec
 from ..errors import AdapterLoadError
 from ..kit import check_options, parse_bool
 from ..runtime import library_versions
-from .transformers import TransformersAdapter
+from .transformers import TransformersAdapter, sft_config_arguments
 
 __all__ = ["UnslothAdapter", "OPTIONS", "load_kwargs", "peft_kwargs"]
 
@@ -56,6 +59,8 @@ OPTIONS = {
 }
 DTYPES = ("float32", "bfloat16", "auto")
 MAX_SEQ_LENGTH = 64  # the task's length bound (harness.task encodes every row within it)
+#: the tiny chat template's turn markers (harness.models.CHAT_TEMPLATE), what its user passes train_on_responses_only
+TURN_MARKERS = ("<|user|> ", "<|assistant|> ")
 
 
 def load_kwargs(values: Mapping[str, Any], dtype: str) -> dict[str, Any]:
@@ -120,6 +125,25 @@ class UnslothAdapter(TransformersAdapter):
         from unsloth import FastLanguageModel
 
         return FastLanguageModel.get_peft_model(model, **peft_kwargs(values))
+
+    def chat_trainer(self, values: Mapping[str, Any], model: Any, tok: Any, targs: Mapping[str, Any],
+                     dataset_dir: Path) -> Any:
+        """Chat SFT as unsloth's notebooks write it (see the module docstring)."""
+        from datasets import Dataset
+        from transformers.trainer_callback import PrinterCallback
+        from trl import SFTConfig, SFTTrainer
+        from unsloth.chat_templates import train_on_responses_only
+
+        from ..kit import chat_as_messages
+
+        data = {name: Dataset.from_list([{"text": tok.apply_chat_template(row["messages"], tokenize=False)}
+                                         for row in chat_as_messages(Path(dataset_dir) / f"{name}.jsonl")])
+                for name in ("train", "eval")}
+        config = {**sft_config_arguments(values, targs), "assistant_only_loss": False, "dataset_text_field": "text"}
+        trainer = SFTTrainer(model=model, args=SFTConfig(**config), train_dataset=data["train"],
+                             eval_dataset=data["eval"], processing_class=tok)
+        trainer.remove_callback(PrinterCallback)
+        return train_on_responses_only(trainer, instruction_part=TURN_MARKERS[0], response_part=TURN_MARKERS[1])
 
     def train(self, spec: RunSpec) -> RunResult:
         self.quantization_of[str(Path(spec.output_dir).resolve())] = spec.quantization
