@@ -709,3 +709,19 @@ def test_prune_removes_only_envs_the_pins_no_longer_use(tmp_path, fake_uv, capsy
     assert _cli_in(tmp_path, uv, "ms-swift", "--prune") == 0
     assert current.is_dir() and other.is_dir() and not stale.exists() and not uncovered.exists()
     assert "removed" in capsys.readouterr().out
+
+
+def test_a_broken_run_is_explained_by_what_pytest_said(tmp_path):
+    """`ft-harness report` keeps pytest's output in the report's <session> row (the run log holds only its own last
+    line): the version's cell is the exception an import raised there (unsloth < 2026.10.9 without a GPU)."""
+    from harness.sweep.failures import run_failure_line
+    from harness.sweep.runs import session_output
+
+    report = tmp_path / "r.json"
+    said = ('E   harness.errors.AdapterLoadError: the unsloth adapter cannot start: import unsloth raised '
+            'NotImplementedError: Unsloth cannot find any torch accelerator? You need a GPU.\n1 error in 3.1s')
+    report.write_text(json.dumps({"format": 1, "adapters": [{"name": "unsloth", "tests": [
+        {"nodeid": "<session>", "scenario": "<session>", "outcome": "error", "reason": "pytest exited with 3",
+         "message": said}]}]}), encoding="utf-8")
+    assert "You need a GPU" in run_failure_line(session_output(report))
+    assert session_output(tmp_path / "absent.json") == ""

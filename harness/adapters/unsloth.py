@@ -108,6 +108,9 @@ class UnslothAdapter(TransformersAdapter):
         except ImportError as exc:
             raise AdapterLoadError(f"the unsloth adapter needs unsloth and unsloth_zoo (pip install "
                                    f"'ft-harness[unsloth]', or tox -e unsloth): import unsloth failed: {exc}") from exc
+        except NotImplementedError as exc:  # before its CPU backend (2026.10.9): "... You need a GPU."
+            raise AdapterLoadError(f"the unsloth adapter cannot start: import unsloth raised "
+                                   f"NotImplementedError: {exc}") from exc
 
     def versions(self) -> dict[str, str]:
         return library_versions("unsloth", "unsloth_zoo", "transformers", "peft", "trl", "torch")

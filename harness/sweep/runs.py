@@ -93,7 +93,9 @@ def run_version(builder: EnvBuilder, pins: Pins, out: Path, *, options: Mapping[
         res.report = out_json
         log(f"{tag} scenarios ran in {res.run_s:.1f}s (exit {res.exit_code}) -> {out_json}")
     else:  # no report, or pytest stopped before any test (an import error in the framework, INTERNALERROR)
-        tail = run_log.read_text(encoding="utf-8", errors="replace")[-20000:]
+        # `ft-harness report` keeps pytest's own output in the report's <session> row, not in the run log: both are read
+        # (the last exception line wins, the run log's coming last)
+        tail = session_output(out_json) + "\n" + run_log.read_text(encoding="utf-8", errors="replace")[-20000:]
         why = (f"timed out after {timeout:.0f}s" if res.exit_code == -1
                else f"exit {res.exit_code}: {run_failure_line(tail)}")
         res.error = f"run: {why}"
@@ -143,6 +145,17 @@ def _run_group(cmd: list[str], out, cwd: Path, env: Mapping[str, str], timeout: 
 
 
 _PSEUDO_TESTS = ("<session>", "<environment>")
+
+
+def session_output(path: Path) -> str:
+    """What pytest printed in a run that broke, as ``ft-harness report`` keeps it: the ``<session>`` rows' messages
+    (empty when the report is absent or has none)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return "\n".join(t.get("message") or "" for a in data.get("adapters", [])
+                         for t in a.get("tests") or [] if t.get("scenario", t.get("nodeid")) == "<session>")
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _has_tests(path: Path) -> bool:
