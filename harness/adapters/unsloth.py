@@ -84,7 +84,7 @@ def peft_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class UnslothAdapter(TransformersAdapter):
-    """unsloth's FastLanguageModel + TRL on its CPU fallback; everything else is the transformers adapter's."""
+    """unsloth's FastLanguageModel + TRL on its CPU backend; everything else is the transformers adapter's."""
 
     name = "unsloth"
     capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "best-checkpoint", "merge", "data",
@@ -97,14 +97,14 @@ class UnslothAdapter(TransformersAdapter):
             raise TypeError(f"unsloth adapter option dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}")
         self.load_best_model_at_end = parse_bool("unsloth", "load_best_model_at_end",
                                                  options.get("load_best_model_at_end", "false"))
-        self.prepare_kbit = False  # get_peft_model prepares a quantised base itself
+        self.prepare_kbit = False  # unsloth's get_peft_model prepares the model itself (FastCPUModel._prepare)
         self.quantization_of: dict[str, str | None] = {}  # output dir -> the run's base quantisation (for merge)
         if self.dtype != "float32" or self.load_best_model_at_end:
             self.name = "unsloth[" + ",".join(
                 ([f"dtype={self.dtype}"] if self.dtype != "float32" else [])
                 + (["load_best_model_at_end"] if self.load_best_model_at_end else [])) + "]"
         try:
-            import unsloth  # noqa: F401 - first, so that its patches apply (it warns when transformers came before it)
+            import unsloth  # noqa: F401 - first, as its docs ask: its training defaults and patches apply from here on
         except ImportError as exc:
             raise AdapterLoadError(f"the unsloth adapter needs unsloth and unsloth_zoo (pip install "
                                    f"'ft-harness[unsloth]', or tox -e unsloth): import unsloth failed: {exc}") from exc
