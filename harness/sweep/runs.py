@@ -147,26 +147,30 @@ def _run_group(cmd: list[str], out, cwd: Path, env: Mapping[str, str], timeout: 
 _PSEUDO_TESTS = ("<session>", "<environment>")
 
 
+def _report_rows(path: Path) -> list[Mapping]:
+    """Every test row of a JSON report, each adapter's in turn; none when it is absent or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = [t for a in data.get("adapters", []) for t in a.get("tests") or []]
+    except (OSError, ValueError, AttributeError):
+        return []
+    return rows if all(isinstance(t, Mapping) for t in rows) else []  # a malformed row: the report is unreadable
+
+
+def _row_name(row: Mapping) -> str:
+    return row.get("scenario", row.get("nodeid"))
+
+
 def session_output(path: Path) -> str:
     """What pytest printed in a run that broke, as ``ft-harness report`` keeps it: the ``<session>`` rows' messages
     (empty when the report is absent or has none)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return "\n".join(t.get("message") or "" for a in data.get("adapters", [])
-                         for t in a.get("tests") or [] if t.get("scenario", t.get("nodeid")) == "<session>")
-    except (OSError, ValueError, AttributeError):
-        return ""
+    return "\n".join(t.get("message") or "" for t in _report_rows(path) if _row_name(t) == "<session>")
 
 
 def _has_tests(path: Path) -> bool:
     """Whether the report holds a scenario outcome (a ``<session>`` row alone, pytest's INTERNALERROR at
     collection, is a run that stopped before any test: it gets the version's own ``run:`` cell)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return any(t.get("scenario", t.get("nodeid")) not in _PSEUDO_TESTS
-                   for a in data.get("adapters", []) for t in a.get("tests") or [])
-    except (OSError, ValueError, AttributeError):
-        return False
+    return any(_row_name(t) not in _PSEUDO_TESTS for t in _report_rows(path))
 
 
 def _error_run(res: VersionResult):
