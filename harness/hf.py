@@ -1,4 +1,4 @@
-"""The tiny task on transformers ``Trainer`` / TRL ``GRPOTrainer``, wired once: the quantisation and LoRA configs,
+"""The tiny task on transformers ``Trainer`` / TRL ``GRPOTrainer`` / ``DPOTrainer``, wired once: the quantisation and LoRA configs,
 model loading, training arguments, trainers, merging and re-evaluation of saved directories.
 
 Ground floor: the reference, the plain transformers adapter and LLaMA-Factory's config building take
@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .spec import QUANTIZATIONS
 
 __all__ = ["quantization_config", "lora_config", "dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer",
+           "dpo_dataset", "dpo_config_arguments",
            "merge_lora", "packing_collator", "load_saved", "eval_logits", "evaluate_saved", "chat_collator", "epoch_batches"]
 
 
@@ -106,10 +107,32 @@ def packing_collator(*, position_ids: bool = True):
     return DataCollatorWithFlattening(return_position_ids=position_ids)
 
 
+def dpo_dataset(dataset_dir: Path):
+    """``preferences.jsonl`` as TRL's conversational preference rows: the prompt a user turn, each completion an
+    assistant turn, so the tokenizer's chat template renders them (as every framework's DPO does)."""
+    from datasets import Dataset
+
+    from .task import preferences
+
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                               "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                               "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+                              for r in preferences(Path(dataset_dir))])
+
+
+def dpo_config_arguments(values: Mapping[str, Any], targs: Mapping[str, Any]) -> dict[str, Any]:
+    """TRL ``DPOConfig`` keywords: the Trainer arguments plus ``beta`` and ``loss_type`` as resolved, reference
+    log-probs computed at each step (not precomputed), no evaluation, tokenisation in this process."""
+    return dict(targs, beta=values["beta"], loss_type=values["loss_type"], max_length=64, eval_strategy="no",
+                precompute_ref_log_probs=False, dataset_num_proc=None)
+
+
 def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any], dataset_dir: Path, *,
-                  callbacks: Sequence[Any] = (), wrap: Callable[[type], type] | None = None, collator: Any = None):
-    """A ``Trainer`` (SFT on train/eval.jsonl, next-token accuracy when the metric asks for it) or a TRL
-    ``GRPOTrainer`` (prompts.jsonl, :func:`harness.task.counting_reward`) over ``targs``; ``wrap`` may
+                  callbacks: Sequence[Any] = (), wrap: Callable[[type], type] | None = None, collator: Any = None,
+                  ref_model: Any = None):
+    """A ``Trainer`` (SFT on train/eval.jsonl, next-token accuracy when the metric asks for it), a TRL
+    ``GRPOTrainer`` (prompts.jsonl, :func:`harness.task.counting_reward`) or a TRL ``DPOTrainer``
+    (preferences.jsonl; ``ref_model`` as given, None = TRL's own choice) over ``targs``; ``wrap`` may
     subclass the trainer class (the reference's atomic saves). The per-step printer is removed: the logs
     stay in ``trainer.state.log_history``."""
     from transformers.trainer_callback import PrinterCallback
@@ -130,6 +153,12 @@ def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any
         trainer = wrap(GRPOTrainer)(model=model, reward_funcs=counting_reward, args=cfg, processing_class=tok,
                                     train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in prompts]),
                                     callbacks=list(callbacks))
+    elif values["method"] == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        trainer = wrap(DPOTrainer)(model=model, ref_model=ref_model, args=DPOConfig(**dpo_config_arguments(values, targs)),
+                                   processing_class=tok, train_dataset=dpo_dataset(Path(dataset_dir)),
+                                   callbacks=list(callbacks))
     else:
         from transformers import Trainer, TrainingArguments
 

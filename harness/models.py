@@ -12,6 +12,8 @@ The datasets are designed for the scenarios:
   evaluation lands in the middle of a run, not at its end, which is what the best-checkpoint
   scenario (seed 004) needs.
 * ``prompts.jsonl`` holds short prompts for GRPO (seed 001).
+* ``preferences.jsonl`` holds DPO rows: a counting-up ``prompt``, the ``chosen`` completion continuing the count (what
+  ``train.jsonl`` teaches) and the ``rejected`` one counting down (what ``eval.jsonl`` holds): a real preference.
 
 Every file is plain JSON lines so that a real framework's adapter can convert it to its own format.
 """
@@ -37,6 +39,8 @@ __all__ = [
     "VARIED_LENGTHS",
     "write_jsonl",
     "read_jsonl",
+    "preference_rows",
+    "PREFERENCE_ROWS",
     "read_texts",
     "build_assets",
     "VOCAB_WORDS",
@@ -160,15 +164,31 @@ def _words(start: int, step: int, n: int = SEQ_WORDS) -> str:
 def write_datasets(dataset_dir: str | os.PathLike, n_train: int = 48, n_eval: int = 16, stride: int = 1,
                    eval_direction: int = -1) -> Path:
     """Write ``train.jsonl`` (counting up, sample *i* from word ``i * stride``), ``eval.jsonl`` (counting down; with
-    ``eval_direction=+1`` counting up like the training set) and ``prompts.jsonl``."""
+    ``eval_direction=+1`` counting up like the training set), ``prompts.jsonl`` and ``preferences.jsonl``."""
     dataset_dir = Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     train = [{"text": _words(i * stride, +1)} for i in range(n_train)]
     evals = [{"text": _words(7 * i + 3, eval_direction)} for i in range(n_eval)]
     prompts = [{"prompt": _words(i * 5, +1, 4)} for i in range(8)]
-    for name, rows in (("train", train), ("eval", evals), ("prompts", prompts)):
+    for name, rows in (("train", train), ("eval", evals), ("prompts", prompts), ("preferences", preference_rows())):
         write_jsonl(dataset_dir / f"{name}.jsonl", rows)
     return dataset_dir
+
+
+#: rows of ``preferences.jsonl``: one batch of the DPO scenarios holds them all, so a step's logged means do not depend
+#: on the data order
+PREFERENCE_ROWS = 8
+
+
+def preference_rows(n: int = PREFERENCE_ROWS) -> list[dict[str, str]]:
+    """DPO rows: ``prompt`` counts up 4 words from ``3 * i``; ``chosen`` continues the count for 3 words, ``rejected``
+    counts down from the prompt's last word (plain strings; an adapter renders them in its framework's format)."""
+    rows = []
+    for i in range(n):
+        start = 3 * i
+        rows.append({"prompt": _words(start, +1, 4), "chosen": _words(start + 4, +1, 3),
+                     "rejected": _words(start + 2, -1, 3)})
+    return rows
 
 
 #: training-sample lengths (words) of clearly different sizes: batches of 4 mix short and long samples

@@ -42,6 +42,7 @@ CAPABILITIES = frozenset(
         "args",  # resolve_args(): layered argument resolution is observable
         "sft",  # supervised fine-tuning
         "grpo",  # GRPO reinforcement learning
+        "dpo",  # DPO preference training (method="dpo"; preferences.jsonl; logs TRL's rewards/* keys every step)
         "diffusion",  # LoRA on a diffusion denoiser (method="diffusion"; model_dir holds unet/ and scheduler/)
         "full",  # full-parameter training
         "lora",  # LoRA training
@@ -96,6 +97,8 @@ TASK_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 0,
     "packing": False,
     "num_generations": 4,
+    "beta": 0.1,  # DPO's KL weight (TRL's default); > 0
+    "loss_type": "sigmoid",  # DPO's loss (the paper's; TRL's default)
     "max_completion_length": 8,
     "load_args": True,
     "allow_quantization_change": False,
@@ -181,7 +184,7 @@ class LoraSpec:
     target_modules: str | tuple[str, ...] = "all-linear"
 
 
-Method = Literal["sft", "grpo", "diffusion"]
+Method = Literal["sft", "grpo", "dpo", "diffusion"]
 TrainType = Literal["full", "lora"]
 Quantization = Literal["nf4", "int8", "quanto-int8", "quanto-int4"]
 

@@ -24,6 +24,7 @@ __all__ = [
     "sft_datasets",
     "collate",
     "counting_reward",
+    "preferences",
     "accuracy_metrics",
     "is_chat_dataset",
     "chat_messages",
@@ -100,6 +101,25 @@ def counting_reward(prompts, completions, **_: Any) -> list[float]:
         in_vocab = sum(w in data_words for w in words)
         rewards.append(0.5 * in_vocab / max(len(words), 1) + 0.5 * counted / max(len(words), 1))
     return rewards
+
+
+def preferences(dataset_dir: Path) -> list[dict[str, str]]:
+    """``preferences.jsonl``'s DPO rows, each a non-empty string ``prompt``, ``chosen`` and ``rejected``; a missing file
+    or a row without one of them is a :class:`~harness.errors.ConfigError` naming the file, the line and the key."""
+    from .models import read_jsonl
+
+    path = Path(dataset_dir) / "preferences.jsonl"
+    if not path.is_file():
+        raise MissingFileError(dataset_dir, path.name, "DPO needs prompt / chosen / rejected rows")
+    rows = read_jsonl(path)
+    for i, row in enumerate(rows):
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
+                raise ConfigError(path, f"line {i + 1}.{key}", "a non-empty string",
+                                  row.get(key) if isinstance(row, dict) else row)
+    if not rows:
+        raise ConfigError(path, None, "at least one prompt / chosen / rejected row", "an empty file")
+    return rows
 
 
 def accuracy_metrics():

@@ -9,7 +9,7 @@ adapter::
     pytest --pyargs scenarios --ft-adapter harness.mutants:ArgsJsonBeatsCli
 
 One module per family: :mod:`~harness.mutants.args`, :mod:`~harness.mutants.saves`, :mod:`~harness.mutants.resume`,
-:mod:`~harness.mutants.best`, :mod:`~harness.mutants.data`.
+:mod:`~harness.mutants.best`, :mod:`~harness.mutants.data`, :mod:`~harness.mutants.preference`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, Evaluates
 from .data import (CollatorDropsAttentionMask, DropsIncompleteAccumulationWindow, MeanOfMicroBatchMeans,
                   MergeWithoutLoraScale, PackingWithoutBoundaries, PadIsEosInCollator, SavedTokenizerWithoutTemplate,
                   SchedulerSteppedPerMicroBatch, TemplateWithoutGenerationPrompt)
+from .preference import (FreshReferenceAdapter, ReferenceInBfloat16, ReferenceIsBaseUnderAdapter,
+                         ReferenceIsResumedPolicy, ReferenceReloadedFromDisk)
 
 #: every mutant, in the detection matrix's order
 _ALL = (
@@ -75,6 +77,11 @@ _ALL = (
     DeletesOldBeforeRename,
     CopiesStagedCheckpoint,
     IgnoresLoadBestAtEnd,
+    ReferenceIsBaseUnderAdapter,
+    FreshReferenceAdapter,
+    ReferenceIsResumedPolicy,
+    ReferenceInBfloat16,
+    ReferenceReloadedFromDisk,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

@@ -21,6 +21,7 @@ SEEDS = {
     "labels": "label-masking: every training sample must teach its assistant turns, through their end, and nothing else",
     "template": "saved-template: every saved tokenizer must encode a chat exactly as training did, and stop where it ends",
     "layout": "checkpoint-layout: a run leaves checkpoint-N directories at its save cadence, each with its state and weights",
+    "ref": "reference-model: preference training must measure its reward against the policy the run starts from",
     "embeddings": "embeddings-saved: tied and resized embeddings must be saved as trained and reload to the logged eval",
 }
 

@@ -529,9 +529,10 @@ class ReferenceAdapter(Adapter):
         collator = self.packing_collator(ctx, model) if ctx.values["packing"] else None
         if collator is None and is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
             collator = self.chat_collator(ctx, tok)
+        ref_model = self.reference_model(ctx, model) if ctx.values["method"] == "dpo" else None
         trainer = hf.build_trainer(ctx.values, model, tok, targs, ctx.spec.dataset_dir,
                                    callbacks=[PolicyCallback(policy, ctx.values["metric"], self, ctx)],
-                                   wrap=trainer_class, collator=collator)
+                                   wrap=trainer_class, collator=collator, ref_model=ref_model)
         trainer.ft_adapter, trainer.ft_context = self, ctx
         if ctx.values["eval_steps"] and getattr(trainer, "eval_dataset", None) is not None:
             trainer.eval_dataset = self.evaluation_dataset(ctx, trainer)
@@ -541,6 +542,21 @@ class ReferenceAdapter(Adapter):
             if micro_batches % ctx.values["gradient_accumulation_steps"]:
                 self.incomplete_window(ctx, trainer)
         return trainer
+
+    def reference_model(self, ctx: RunContext, model):
+        """DPO's reference: a frozen copy of the policy the run starts from (the base plus the pre-trained adapter, the
+        full checkpoint, or the base plus the fresh LoRA), in the policy's dtype, taken before a resumed run loads its
+        checkpoint's weights into the policy, so the reference stays the original start. Not TRL's default: a merged
+        model's reference would be reloaded from the path its config names (the bare base)."""
+        import copy
+
+        ref = copy.deepcopy(model)
+        if _is_peft(ref):  # the transformers model inside, its LoRA layers in place: TRL's forward patches need it
+            ref = ref.get_base_model()
+        ref.eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
 
     def evaluation_dataset(self, ctx: RunContext, trainer):
         """What a run's periodic evaluations score (only runs with ``eval_steps`` reach this): eval.jsonl's rows, as

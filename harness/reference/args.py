@@ -51,7 +51,8 @@ NEVER_INHERITED = frozenset(
 )
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "method": ("sft", "grpo", "diffusion"),
+    "method": ("sft", "grpo", "dpo", "diffusion"),
+    "loss_type": ("sigmoid", "ipo", "hinge"),
     "train_type": ("full", "lora"),
     "quantization": (None, *QUANTIZATIONS),
     "lr_scheduler_type": ("constant", "linear", "cosine"),
@@ -154,6 +155,8 @@ def _check(key: str, value: Any, file: Path | None) -> None:
         raise bad("true or false")
     if key in _OPTIONAL_BOOL and value is not None and type(value) is not bool:
         raise bad("true, false or null")
+    if key == "beta" and (type(value) not in (int, float) or not math.isfinite(value) or value <= 0):
+        raise bad("a finite positive number (DPO's KL weight)")
     if key == "metric" and not (isinstance(value, str) and value):
         raise bad("a metric name such as 'eval_loss'")
     if key == "target_modules" and not (

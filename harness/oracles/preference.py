@@ -1,0 +1,146 @@
+"""Preference training's reference model (DPO): the implicit reward is measured against the policy the run starts from.
+
+DPO's reward of a completion is ``beta * (log p_policy - log p_reference)``. Before the first update the policy *is* the
+starting policy, so when the reference is that same model both logged rewards of the first step are 0, whatever the
+data, the tokenisation or the framework; a reference that is anything else (the bare base under a pre-trained adapter,
+a freshly initialised adapter, another dtype) makes them non-zero. After a resume the reference is still the original
+start: the resumed steps' rewards equal the uninterrupted run's (a reference re-taken from the resumed weights logs 0
+right after the resume). The oracles read the run's logged history in its own layout (TRL's ``rewards/chosen`` /
+``rewards/rejected`` keys, which every TRL-based framework logs); for the message, when the run also logs
+``logps/chosen`` and its tokenisation is the tiny chat template's, the harness recomputes what the run's reference
+was and names it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..layout import run_log_history
+from .failure import OracleFailure
+
+__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "dpo_rewards_by_step", "completion_logps",
+           "assert_reference_is_start", "assert_reference_survives_resume"]
+
+SEED = "ref"
+
+#: |rewards/chosen|, |rewards/rejected| at the first logged step. Measured: the reference logs exactly 0.0 for both in
+#: every start case on CPU (the policy and its frozen copy run the same float32 kernels, and a reference reloaded from
+#: disk, mutant ReferenceReloadedFromDisk, logs 0.0 too); the smallest known bug, a bfloat16 reference (mutant
+#: ReferenceInBfloat16), logs max(|rewards/chosen|, |rewards/rejected|) of 1.2e-5 (LoRA on the LoRA SFT output) to
+#: 3.7e-4 (full on the full SFT output); a reference that is the bare base under a pre-trained adapter 0.040.
+DPO_REWARD_ATOL = 1e-6
+#: relative bound on the resumed steps' rewards against the uninterrupted run's. Measured: the reference's resumed rewards
+#: equal the uninterrupted ones exactly on CPU; a reference re-taken at the resume logs 0 (a relative difference of 1).
+DPO_RESUME_RTOL = 1e-4
+#: |logps/chosen - the harness's recomputation| (relative) under which the run tokenised the preference rows as the tiny
+#: chat template does, so the reference log-prob the run used can be recomputed and named in a failure message
+_SAME_TOKENISATION_RTOL = 1e-4
+#: |the reference log-prob the run used - a candidate's| (relative) under which the reference is named as that candidate:
+#: float32 sums of about 16 agree to about 1e-7; the bfloat16 reference is off by 6e-5 to 2e-4 relative
+_SAME_MODEL_RTOL = 2e-6
+
+
+def dpo_rewards_by_step(history: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
+    """Training steps' logged ``rewards/chosen``, ``rewards/rejected`` (and ``logps/chosen`` where logged), by step."""
+    out: dict[int, dict[str, float]] = {}
+    for entry in history:
+        if "rewards/chosen" in entry and "rewards/rejected" in entry and "step" in entry:
+            out[int(entry["step"])] = {k: float(entry[k]) for k in ("rewards/chosen", "rewards/rejected", "logps/chosen")
+                                       if k in entry}
+    return out
+
+
+def completion_logps(directory: Path, dataset_dir: Path, device: str = "cpu") -> float:
+    """The mean over ``preferences.jsonl``'s rows of the summed log-probability of the ``chosen`` completion (through
+    the template's turn end) under the model saved in ``directory`` (an adapter on its base, or a full model),
+    the row rendered by the directory's tokenizer's chat template as a user prompt and an assistant answer."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..hf import load_saved
+    from ..task import encode_chat, preferences
+
+    model, tok_dir = load_saved(Path(directory), None, device)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    model.eval()
+    total = []
+    for row in preferences(Path(dataset_dir)):
+        enc = encode_chat(tok, [{"role": "user", "content": row["prompt"]},
+                                {"role": "assistant", "content": row["chosen"]}])
+        ids = torch.tensor([enc["input_ids"]], device=model.device)
+        labels = torch.tensor(enc["labels"][1:], device=model.device)
+        with torch.no_grad():
+            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        keep = labels != -100
+        total.append(logps[keep].gather(-1, labels[keep].unsqueeze(-1)).sum().item())
+    return sum(total) / len(total)
+
+
+def _diagnosis(step_log: Mapping[str, float], beta: float, candidates: Mapping[str, Path], start: str,
+               dataset_dir: Path) -> str:
+    """What the run's reference was, when its logged policy log-prob shows the tiny template's tokenisation."""
+    if "logps/chosen" not in step_log:
+        return ""
+    found = {name: completion_logps(path, dataset_dir) for name, path in candidates.items()}
+    policy = step_log["logps/chosen"]
+    if not math.isclose(policy, found[start], rel_tol=_SAME_TOKENISATION_RTOL):
+        return (f"; the run's logps/chosen {policy:.6g} is not the starting policy's {found[start]:.6g} under the tiny "
+                f"chat template (another tokenisation), so the harness cannot recompute its reference")
+    used = policy - step_log["rewards/chosen"] / beta
+    nearest = min(found, key=lambda name: abs(found[name] - used))
+    off = abs(found[nearest] - used)
+    listed = ", ".join(f"{name} {value:.8g}" for name, value in found.items())
+    verdict = (f"the reference is {nearest}" if off <= _SAME_MODEL_RTOL * abs(used) else
+               f"the reference is none of them (nearest: {nearest}, off by {off:.3g}: another dtype or precision?)")
+    return (f"; the reference's mean log-prob of the chosen completions was {used:.8g} (logps/chosen - rewards/chosen / "
+            f"beta); recomputed: {listed}: {verdict}")
+
+
+def assert_reference_is_start(output_dir: Path, *, start: str, candidates: Mapping[str, Path], dataset_dir: Path,
+                              beta: float, atol: float = DPO_REWARD_ATOL) -> None:
+    """Before any update the reference is the policy the run starts from: the first logged step's ``rewards/chosen``
+    and ``rewards/rejected`` are 0 within ``atol``. ``candidates`` names saved models the reference could be (the
+    starting policy under the name ``start``, the bare base, ...), for the message."""
+    rewards = dpo_rewards_by_step(run_log_history(Path(output_dir)))
+    if not rewards:
+        raise OracleFailure(SEED, f"{Path(output_dir).name} logged no DPO rewards: expected 'rewards/chosen' and "
+                                  f"'rewards/rejected' at every training step (TRL's keys)")
+    step = min(rewards)
+    log = rewards[step]
+    chosen, rejected = log["rewards/chosen"], log["rewards/rejected"]
+    if abs(chosen) <= atol and abs(rejected) <= atol:
+        return
+    raise OracleFailure(SEED, f"step {step} (before any update) logged rewards/chosen {chosen:.6g} and rewards/rejected "
+                              f"{rejected:.6g}, expected 0 (|r| <= {atol:g}): the reference model is not the policy the "
+                              f"run starts from ({start}: {candidates[start]})"
+                              + _diagnosis(log, beta, candidates, start, Path(dataset_dir)))
+
+
+def assert_reference_survives_resume(resumed_dir: Path, uninterrupted_dir: Path, *, resumed_from: int,
+                                     rtol: float = DPO_RESUME_RTOL, atol: float = DPO_REWARD_ATOL) -> None:
+    """After a resume from checkpoint-``resumed_from`` the reference is still the original starting policy: every
+    later step's logged rewards equal the uninterrupted run's within ``rtol`` (``atol`` near 0)."""
+    resumed = dpo_rewards_by_step(run_log_history(Path(resumed_dir)))
+    expected = dpo_rewards_by_step(run_log_history(Path(uninterrupted_dir)))
+    later = sorted(s for s in expected if s > resumed_from)
+    if not later:
+        raise OracleFailure(SEED, f"the uninterrupted run logged no DPO rewards after step {resumed_from}")
+    missing = [s for s in later if s not in resumed]
+    if missing:
+        raise OracleFailure(SEED, f"the run resumed from checkpoint-{resumed_from} logged no DPO rewards for steps "
+                                  f"{missing} (logged: {sorted(resumed)})")
+    for step in later:
+        for key in ("rewards/chosen", "rewards/rejected"):
+            got, want = resumed[step][key], expected[step][key]
+            if math.isclose(got, want, rel_tol=rtol, abs_tol=atol):
+                continue
+            first = resumed[later[0]]
+            retaken = abs(first["rewards/chosen"]) <= atol and abs(first["rewards/rejected"]) <= atol
+            why = (f"the resumed run's rewards are 0 at step {later[0]}: its reference is the resumed policy "
+                   f"(checkpoint-{resumed_from}'s weights), not the policy the run started from" if retaken else
+                   "the resumed run's reference is not the uninterrupted run's (the policy the run started from)")
+            raise OracleFailure(SEED, f"after resuming from checkpoint-{resumed_from}, {key} at step {step} is "
+                                      f"{got:.6g}, expected {want:.6g} as in the uninterrupted run: {why}")

@@ -1,0 +1,129 @@
+"""Reference model — preference training measures its reward against the policy the run starts from (DPO).
+
+The story: a DPO run whose reference model is not the policy it starts from trains without an error, its margins
+grow, and its KL anchor is the wrong model. Upstream: hiyouga/LlamaFactory #8459 (DPO on ``adapter_name_or_path``
+without ``ref_model`` calls ``disable_adapter()``: the reference is the base, not the SFT model); huggingface/trl PR
+#4723 (GRPO/RLOO: "the reference model was obtained by just disabling the adapter, which is only correct when the
+adapter is newly initialized"); huggingface/trl #5222 / PR #6043 (LoRA ``target_parameters``: the ``ref`` adapter is
+skipped, reference log-probs come from the base); modelscope/ms-swift PR #9934 (Megatron LoRA RLHF: "DPO/KTO/GRPO used
+the freshly initialized adapter instead of the requested checkpoint without raising an error").
+
+Arrange: the tiny model's LoRA SFT output and full SFT output (2 steps each, LR 1e-2, so they differ visibly from the
+base); ``preferences.jsonl``'s 8 rows in one batch per step (the logged means do not depend on the data order),
+dropout 0, float32. Act: DPO for 4 steps (LR 1e-2, a checkpoint every 2) from each start — a fresh LoRA on the base,
+LoRA continued on the LoRA SFT output (a pre-trained adapter), full training on the full SFT output, full training on
+the LoRA SFT output (merged) — and the LoRA-on-LoRA run killed after checkpoint-2 and resumed.
+Assert:
+
+* before any update the reference is the starting policy: the first step's ``rewards/chosen`` and ``rewards/rejected``
+  are 0 (:data:`~harness.oracles.DPO_REWARD_ATOL`); the message recomputes which model the reference was;
+* after the resume it still is: the resumed steps' rewards equal the uninterrupted run's;
+* a full DPO run's saves are the whole, trained model (seed 001's oracle).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.faults import KillInTraining, require_killed, run_killed
+from harness.oracles import (assert_full_model_saved, assert_reference_is_start, assert_reference_survives_resume,
+                             start_weights)
+from harness.spec import TASK_DEFAULTS
+
+from ._support import spec
+
+pytestmark = [pytest.mark.ft_seed("ref"), pytest.mark.ft_requires("dpo", "sft")]
+
+#: (start id, train_type of the DPO run, the SFT output it starts from: None = the base)
+STARTS = {
+    "fresh-lora": ("lora", None),
+    "lora-on-lora-sft": ("lora", "lora"),
+    "full-on-full-sft": ("full", "full"),
+    "full-on-lora-sft": ("full", "lora"),
+}
+STEPS, SAVE_EVERY, RESUME_AT = 4, 2, 2
+
+
+class PreferenceRuns:
+    """The module's runs, each made once and shared by every assertion that reads it."""
+
+    def __init__(self, adapter, assets, tmp_path_factory, device):
+        self.adapter, self.assets, self.tmp, self.device = adapter, assets, tmp_path_factory, device
+        self._sft: dict[str, object] = {}
+        self._dpo: dict[str, object] = {}
+
+    def require(self, *caps: str) -> None:
+        lacking = [c for c in caps if c not in self.adapter.capabilities]
+        if lacking:
+            pytest.skip(f"adapter {self.adapter.name!r} lacks capability {lacking[0]!r}")
+
+    def sft(self, train_type: str):
+        """The SFT output a start continues (its final directory)."""
+        if train_type not in self._sft:
+            self.require(train_type)
+            out = self.tmp.mktemp(f"sft-{train_type}")
+            self._sft[train_type] = self.adapter.train(spec(self.assets, out, method="sft", train_type=train_type,
+                                                            max_steps=2, learning_rate=1e-2, device=self.device))
+        return self._sft[train_type].final_dir
+
+    def start_dir(self, start: str):
+        source = STARTS[start][1]
+        return self.assets.model_dir if source is None else self.sft(source)
+
+    def dpo_spec(self, start: str, out, **fields):
+        train_type = STARTS[start][0]
+        self.require(train_type)
+        return spec(self.assets, out, model_dir=self.start_dir(start), method="dpo", train_type=train_type,
+                    max_steps=STEPS, save_steps=SAVE_EVERY, learning_rate=1e-2,
+                    per_device_train_batch_size=8, device=self.device, **fields)
+
+    def dpo(self, start: str):
+        """The uninterrupted DPO run from ``start``."""
+        if start not in self._dpo:
+            out = self.tmp.mktemp(f"dpo-{start}")
+            self._dpo[start] = self.adapter.train(self.dpo_spec(start, out))
+        return self._dpo[start]
+
+    def candidates(self, start: str) -> dict:
+        """What the reference could be, for the message: the starting policy and the bare base."""
+        found = {"the starting policy": self.start_dir(start)}
+        if STARTS[start][1] is not None:
+            found["the bare base"] = self.assets.model_dir
+        return found
+
+
+@pytest.fixture(scope="module")
+def runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
+    return PreferenceRuns(ft_adapter, tiny_assets, tmp_path_factory, ft_device)
+
+
+@pytest.mark.parametrize("start", list(STARTS))
+def test_reference_is_the_starting_policy(runs, start):
+    """Before the first update, DPO's rewards are 0: the reference is the policy the run starts from."""
+    result = runs.dpo(start)
+    assert_reference_is_start(result.output_dir, start="the starting policy", candidates=runs.candidates(start),
+                              dataset_dir=runs.assets.dataset_dir, beta=float(TASK_DEFAULTS["beta"]))
+
+
+@pytest.mark.ft_requires("lora", "resume", "in-process")
+def test_resumed_reference_is_still_the_starting_policy(runs, tmp_path):
+    """Killed after checkpoint-2 and resumed: the reference is still the pre-trained adapter's policy, not the resumed
+    weights and not the bare base, so the resumed steps' rewards are the uninterrupted run's."""
+    start = "lora-on-lora-sft"
+    uninterrupted = runs.dpo(start)
+    out = tmp_path / "killed"
+    point = KillInTraining(RESUME_AT)
+    require_killed(run_killed(runs.adapter, runs.dpo_spec(start, out), point), point)
+    resumed = runs.adapter.train(runs.dpo_spec(start, out, resume_from="latest"))
+    assert_reference_survives_resume(resumed.output_dir, uninterrupted.output_dir, resumed_from=RESUME_AT)
+
+
+@pytest.mark.ft_requires("full")
+@pytest.mark.parametrize("start", ["full-on-full-sft", "full-on-lora-sft"])
+def test_full_dpo_saves_whole_model(runs, start):
+    """A full-parameter DPO run's checkpoints and final output are the whole, trained model."""
+    result = runs.dpo(start)
+    before = start_weights(runs.start_dir(start))
+    assert result.checkpoints, f"save_steps={SAVE_EVERY} must leave checkpoints on disk"
+    for directory in (*result.checkpoints, result.final_dir):
+        assert_full_model_saved(directory, runs.assets.model_dir, before)
