@@ -112,9 +112,10 @@ DATASET_FORMATS: dict[str, tuple[Any, Any]] = {
 
 
 def convert_datasets(dataset_dir: Path, out_dir: Path, fmt: str, *, eval_file: str = "eval.jsonl") -> dict[str, Path]:
-    """The tiny datasets in a framework's format (:data:`DATASET_FORMATS`); returns ``{"train", "eval", "prompts"}
-    -> file`` (``prompts`` only when ``prompts.jsonl`` exists). ``"alpaca"`` also writes a LLaMA-Factory
-    ``dataset_info.json`` naming the files ``ft_train`` / ``ft_eval``."""
+    """The tiny datasets in a framework's format (:data:`DATASET_FORMATS`); returns ``{"train", "eval", "prompts",
+    "preferences"} -> file`` (``prompts`` / ``preferences`` only when ``prompts.jsonl`` / ``preferences.jsonl`` exist;
+    preference rows are copied as they are, validated). ``"alpaca"`` also writes a LLaMA-Factory ``dataset_info.json``
+    naming the files ``ft_train`` / ``ft_eval`` (and ``ft_preferences``, a ``ranking`` dataset)."""
     from .models import read_jsonl, read_texts, write_jsonl
 
     if fmt not in DATASET_FORMATS:
@@ -126,9 +127,16 @@ def convert_datasets(dataset_dir: Path, out_dir: Path, fmt: str, *, eval_file: s
     if (src / "prompts.jsonl").is_file():
         files["prompts"] = write_jsonl(out_dir / "prompts.jsonl",
                                        [prompt_row(r["prompt"]) for r in read_jsonl(src / "prompts.jsonl")])
+    if (src / "preferences.jsonl").is_file():  # DPO rows, as they are (prompt / chosen / rejected strings)
+        from .task import preferences
+
+        files["preferences"] = write_jsonl(out_dir / "preferences.jsonl", preferences(src))
     if fmt == "alpaca":
         info = {f"ft_{name}": {"file_name": path.name, "columns": {"prompt": "instruction", "response": "output"}}
-                for name, path in files.items() if name != "prompts"}
+                for name, path in files.items() if name not in ("prompts", "preferences")}
+        if "preferences" in files:  # LLaMA-Factory's alpaca preference format
+            info["ft_preferences"] = {"file_name": files["preferences"].name, "ranking": True,
+                                      "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}}
         (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return files
 

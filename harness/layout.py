@@ -232,8 +232,12 @@ LOG_SCHEMA: Mapping[str, str] = {
     "epoch": "fractional epoch (a number)",
     "eval_*": "an evaluation at that step: eval_loss, eval_accuracy, ... (numbers)",
     "reward": "GRPO: mean reward of the step (a number)",
+    "rewards/chosen": "DPO: mean implicit reward beta * (log p_policy - log p_reference) of the chosen completions",
+    "rewards/rejected": "DPO: the same for the rejected completions",
+    "logps/chosen": "DPO: mean summed log-probability of the chosen completions under the policy (TRL's key)",
 }
-_NUMERIC = ("loss", "learning_rate", "grad_norm", "epoch", "reward")
+_NUMERIC = ("loss", "learning_rate", "grad_norm", "epoch", "reward", "rewards/chosen", "rewards/rejected",
+            "logps/chosen")
 
 
 class RunLayout(Protocol):

@@ -121,3 +121,10 @@ def test_unknown_cli_key_is_an_error(tmp_path):
 def test_invalid_cli_value_names_command_line(tmp_path):
     with pytest.raises(ConfigError, match="<command line>: key 'train_type'"):
         resolve({"train_type": "partial"}, tmp_path)
+
+
+@pytest.mark.parametrize("beta", [0, -0.1, float("nan"), "0.1"])
+def test_dpo_beta_must_be_positive(tmp_path, beta):
+    """DPO's beta <= 0 (or not a number) is refused naming the key, never passed on to a trainer."""
+    with pytest.raises(ConfigError, match="'beta': expected a finite positive number"):
+        resolve({"method": "dpo", "beta": beta}, tmp_path)

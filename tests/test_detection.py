@@ -104,7 +104,7 @@ def _heavy_imports_once():
     import peft  # noqa: F401
     import torch  # noqa: F401
     import trl  # noqa: F401
-    from trl import GRPOTrainer  # noqa: F401
+    from trl import DPOConfig, DPOTrainer, GRPOTrainer  # noqa: F401
 
     import harness.reference.trainer  # noqa: F401
 
@@ -333,12 +333,16 @@ def test_matrix_names_real_scenarios():
 def test_every_mutant_class_is_in_the_matrix():
     """A mutant class in any module of harness.mutants is registered, and says itself what it fails (``fails`` in its
     own body, not inherited from the mutant it refines)."""
+    import importlib
     import inspect
+    import pkgutil
 
     import harness.mutants as mutants
     from harness.reference import ReferenceAdapter
 
-    classes = {name: cls for module in (mutants.args, mutants.saves, mutants.resume, mutants.best, mutants.data)
+    modules = [importlib.import_module(f"harness.mutants.{info.name}") for info in pkgutil.iter_modules(mutants.__path__)
+               if not info.name.startswith("_")]
+    classes = {name: cls for module in modules
                for name, cls in vars(module).items()
                if inspect.isclass(cls) and issubclass(cls, ReferenceAdapter) and cls.__module__ == module.__name__}
     assert sorted(classes) == sorted(MUTANTS), f"not registered in harness.mutants: {sorted(set(classes) - set(MUTANTS))}"

@@ -110,6 +110,24 @@ def test_llamafactory_config(tmp_path):
         build_config(_spec(tmp_path), {**values, "quantization": "quanto-int8"}, tmp_path / "d")
 
 
+def test_llamafactory_dpo_config_and_preference_dataset(tmp_path):
+    """DPO is stage dpo on the ranking dataset with the run's beta and loss, and no ref_model key (LLaMA-Factory's
+    example configs); the converted preference rows keep prompt / chosen / rejected."""
+    from harness.models import preference_rows, write_datasets
+
+    src = write_datasets(tmp_path / "src")
+    files = kit.convert_datasets(src, tmp_path / "d", "alpaca")
+    info = json.loads((tmp_path / "d" / "dataset_info.json").read_text())
+    assert info["ft_preferences"]["ranking"] is True
+    assert info["ft_preferences"]["columns"] == {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+    assert [json.loads(line) for line in files["preferences"].read_text().splitlines()] == preference_rows()
+    values = {**DEFAULTS, "method": "dpo", "beta": 0.25, "loss_type": "hinge"}
+    cfg = build_config(_spec(tmp_path), values, tmp_path / "d")
+    assert (cfg["stage"], cfg["dataset"], cfg["pref_beta"], cfg["pref_loss"]) == ("dpo", "ft_preferences", 0.25, "hinge")
+    assert "ref_model" not in cfg
+    assert build_config(_spec(tmp_path), DEFAULTS, tmp_path / "d")["stage"] == "sft"
+
+
 def test_transformers_training_arguments():
     values = {**DEFAULTS, "eval_steps": 5, "save_steps": 20, "save_total_limit": 1, "metric": "eval_accuracy",
               "greater_is_better": True}

@@ -51,3 +51,23 @@ def test_datasets_equal_length_and_split(assets):
 def test_unknown_arch(tmp_path):
     with pytest.raises(ValueError, match="unknown tiny architecture"):
         build_assets(tmp_path, arch="gpt9")
+
+
+def test_preferences_teach_the_count_and_bad_rows_name_line_and_key(assets, tmp_path):
+    """Each DPO row's chosen completion continues the prompt's count (what train.jsonl teaches), the rejected one
+    counts down: a preference the model can learn. A row without ``chosen`` is a ConfigError naming file, line, key."""
+    from harness.errors import ConfigError, MissingFileError
+    from harness.models import write_jsonl
+    from harness.task import preferences
+
+    rows = preferences(assets.dataset_dir)
+    assert len(rows) == 8
+    for row in rows:
+        last = int(row["prompt"].split()[-1][1:])
+        assert row["chosen"].split()[0] == f"w{(last + 1) % 24}"
+        assert row["rejected"].split()[0] == f"w{(last - 1) % 24}"
+    write_jsonl(tmp_path / "preferences.jsonl", [rows[0], {"prompt": "w1", "rejected": "w0"}])
+    with pytest.raises(ConfigError, match=r"preferences.jsonl: key 'line 2.chosen': expected a non-empty string"):
+        preferences(tmp_path)
+    with pytest.raises(MissingFileError, match="preferences.jsonl"):
+        preferences(tmp_path / "nowhere")

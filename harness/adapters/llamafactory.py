@@ -3,7 +3,8 @@ dict a user writes as ``llamafactory-cli train cfg.yaml``, run in a forked child
 run, as with the CLI).
 
 The tiny datasets become alpaca rows (``instruction`` = first word, ``output`` = the rest) with a
-``dataset_info.json``; ``stage: sft``, ``template: empty``. Every Hugging Face TrainingArguments key
+``dataset_info.json``; ``stage: sft``, ``template: empty``. DPO (``method="dpo"``) is ``stage: dpo`` on the preference
+rows (a ``ranking`` dataset) with ``pref_beta`` / ``pref_loss``, and no ``ref_model`` (as its example configs). Every Hugging Face TrainingArguments key
 passes through LLaMA-Factory unchanged, so the cadence keys are the transformers ones.
 ``resume_from="latest"`` is LLaMA-Factory's own behaviour: an existing ``output_dir`` with
 checkpoints and no ``resume_from_checkpoint`` resumes from the last one.
@@ -56,7 +57,8 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
                  load_best_model_at_end: bool = False, special_tokens_key: str = "add_special_tokens") -> dict[str, Any]:
     """The ``llamafactory-cli train`` config for one RunSpec (``values``: CLI over defaults)."""
     model_dir = Path(spec.model_dir)
-    cfg: dict[str, Any] = {"stage": "sft", "do_train": True, "template": template, "finetuning_type":
+    dpo = values["method"] == "dpo"
+    cfg: dict[str, Any] = {"stage": "dpo" if dpo else "sft", "do_train": True, "template": template, "finetuning_type":
                            values["train_type"]}  # trust_remote_code: default False; 0.9.0/0.9.1 reject the key
     if is_adapter_dir(model_dir):
         cfg.update(model_name_or_path=str(adapter_base(model_dir)), adapter_name_or_path=str(model_dir))
@@ -72,6 +74,8 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     cfg.update(hf.training_arguments(values, spec.output_dir, spec.device))  # LLaMA-Factory passes them to Trainer
     cfg.update(dataset="ft_train", dataset_dir=str(dataset_dir), cutoff_len=64, packing=False, overwrite_cache=True,
                preprocessing_num_workers=None, warmup_ratio=0.0, plot_loss=False, bf16=False, fp16=False)
+    if dpo:  # examples/train_lora/*_dpo.yaml: no ref_model key (LLaMA-Factory chooses the reference itself)
+        cfg.update(dataset="ft_preferences", pref_beta=values["beta"], pref_loss=values["loss_type"])
     if values.get("save_total_limit"):
         cfg["save_total_limit"] = values["save_total_limit"]
     if eval_steps:
@@ -119,8 +123,8 @@ class LlamaFactoryAdapter(Adapter):
     """LLaMA-Factory ``run_exp`` with the config a user would write."""
 
     name = "llamafactory"
-    capabilities = frozenset({"sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint", "merge",
-                              "packing", "data", "new-tokens", "gpu"})
+    capabilities = frozenset({"sft", "dpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint",
+                              "merge", "packing", "data", "new-tokens", "gpu"})
 
     def __init__(self, **options: str):
         check_options("llamafactory", options, OPTIONS)

@@ -6,8 +6,6 @@ reference from disk instead of copying the policy.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 from ..reference import ReferenceAdapter
 from ..reference.adapter import RunContext
 
@@ -59,12 +57,9 @@ class ReferenceIsResumedPolicy(ReferenceAdapter):
     name = "mutant:reference-is-resumed-policy"
     fails = ("test_reference_model",)
 
-    def load_checkpoint_weights(self, ctx: RunContext, trainer, checkpoint: Path, model) -> None:
-        super().load_checkpoint_weights(ctx, trainer, checkpoint, model)
-        ref = getattr(trainer, "ref_model", None)
-        if ref is not None:
-            policy = model.get_base_model() if hasattr(model, "get_base_model") else model
-            ref.load_state_dict(policy.state_dict())
+    def resumed_reference(self, ctx: RunContext, trainer, model) -> None:
+        policy = model.get_base_model() if hasattr(model, "get_base_model") else model
+        trainer.ref_model.load_state_dict(policy.state_dict())
 
 
 class ReferenceInBfloat16(ReferenceAdapter):

@@ -21,10 +21,10 @@ from typing import Any
 from ..layout import run_log_history
 from .failure import OracleFailure
 
-__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "dpo_rewards_by_step", "completion_logps",
+__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "dpo_rewards_by_step", "completion_logps", "reference_logps",
            "assert_reference_is_start", "assert_reference_survives_resume"]
 
-SEED = "ref"
+_SEED = "ref"
 
 #: |rewards/chosen|, |rewards/rejected| at the first logged step. Measured: the reference logs exactly 0.0 for both in
 #: every start case on CPU (the policy and its frozen copy run the same float32 kernels, and a reference reloaded from
@@ -32,9 +32,11 @@ SEED = "ref"
 #: ReferenceInBfloat16), logs max(|rewards/chosen|, |rewards/rejected|) of 1.2e-5 (LoRA on the LoRA SFT output) to
 #: 3.7e-4 (full on the full SFT output); a reference that is the bare base under a pre-trained adapter 0.040.
 DPO_REWARD_ATOL = 1e-6
-#: relative bound on the resumed steps' rewards against the uninterrupted run's. Measured: the reference's resumed rewards
-#: equal the uninterrupted ones exactly on CPU; a reference re-taken at the resume logs 0 (a relative difference of 1).
-DPO_RESUME_RTOL = 1e-4
+#: relative bound on the reference log-probs a resumed step used against those of the run's first step. Measured on the
+#: reference, every start, steps 2-4 against step 1, resumed or not: at most 1.2e-7 (float32 rounding of
+#: ``logps - rewards / beta``); a reference re-taken from the resumed weights (mutant ReferenceIsResumedPolicy) is off by
+#: 4e-2 at step 3.
+DPO_RESUME_RTOL = 1e-5
 #: |logps/chosen - the harness's recomputation| (relative) under which the run tokenised the preference rows as the tiny
 #: chat template does, so the reference log-prob the run used can be recomputed and named in a failure message
 _SAME_TOKENISATION_RTOL = 1e-4
@@ -44,12 +46,12 @@ _SAME_MODEL_RTOL = 2e-6
 
 
 def dpo_rewards_by_step(history: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
-    """Training steps' logged ``rewards/chosen``, ``rewards/rejected`` (and ``logps/chosen`` where logged), by step."""
+    """Training steps' logged ``rewards/chosen``, ``rewards/rejected`` (and ``logps/*`` where logged), by step."""
     out: dict[int, dict[str, float]] = {}
     for entry in history:
         if "rewards/chosen" in entry and "rewards/rejected" in entry and "step" in entry:
-            out[int(entry["step"])] = {k: float(entry[k]) for k in ("rewards/chosen", "rewards/rejected", "logps/chosen")
-                                       if k in entry}
+            out[int(entry["step"])] = {k: float(entry[k]) for k in ("rewards/chosen", "rewards/rejected", "logps/chosen",
+                                                                     "logps/rejected") if k in entry}
     return out
 
 
@@ -106,41 +108,65 @@ def assert_reference_is_start(output_dir: Path, *, start: str, candidates: Mappi
     starting policy under the name ``start``, the bare base, ...), for the message."""
     rewards = dpo_rewards_by_step(run_log_history(Path(output_dir)))
     if not rewards:
-        raise OracleFailure(SEED, f"{Path(output_dir).name} logged no DPO rewards: expected 'rewards/chosen' and "
+        raise OracleFailure(_SEED, f"{Path(output_dir).name} logged no DPO rewards: expected 'rewards/chosen' and "
                                   f"'rewards/rejected' at every training step (TRL's keys)")
     step = min(rewards)
     log = rewards[step]
     chosen, rejected = log["rewards/chosen"], log["rewards/rejected"]
     if abs(chosen) <= atol and abs(rejected) <= atol:
         return
-    raise OracleFailure(SEED, f"step {step} (before any update) logged rewards/chosen {chosen:.6g} and rewards/rejected "
+    raise OracleFailure(_SEED, f"step {step} (before any update) logged rewards/chosen {chosen:.6g} and rewards/rejected "
                               f"{rejected:.6g}, expected 0 (|r| <= {atol:g}): the reference model is not the policy the "
                               f"run starts from ({start}: {candidates[start]})"
                               + _diagnosis(log, beta, candidates, start, Path(dataset_dir)))
 
 
-def assert_reference_survives_resume(resumed_dir: Path, uninterrupted_dir: Path, *, resumed_from: int,
+def reference_logps(log: Mapping[str, float], beta: float) -> tuple[float, float] | None:
+    """The reference's mean log-probs of the chosen and rejected completions a logged step used:
+    ``logps/<x> - rewards/<x> / beta`` (None when the step logged no policy log-probs)."""
+    if "logps/chosen" not in log or "logps/rejected" not in log:
+        return None
+    return (log["logps/chosen"] - log["rewards/chosen"] / beta, log["logps/rejected"] - log["rewards/rejected"] / beta)
+
+
+def assert_reference_survives_resume(resumed_dir: Path, uninterrupted_dir: Path, *, resumed_from: int, beta: float,
                                      rtol: float = DPO_RESUME_RTOL, atol: float = DPO_REWARD_ATOL) -> None:
-    """After a resume from checkpoint-``resumed_from`` the reference is still the original starting policy: every
-    later step's logged rewards equal the uninterrupted run's within ``rtol`` (``atol`` near 0)."""
+    """After a resume from checkpoint-``resumed_from`` the reference is still the original starting policy. Every step
+    trains on the same batch (all the rows), so the reference's log-probs each step used (:func:`reference_logps`)
+    are one constant: those of the uninterrupted run's first step, within ``rtol``, at every resumed step. This
+    judges the reference alone (a resume that lost the optimizer state moves the policy, not the reference). A
+    framework that logs no policy log-probs is judged by its rewards against the uninterrupted run's instead."""
     resumed = dpo_rewards_by_step(run_log_history(Path(resumed_dir)))
     expected = dpo_rewards_by_step(run_log_history(Path(uninterrupted_dir)))
     later = sorted(s for s in expected if s > resumed_from)
     if not later:
-        raise OracleFailure(SEED, f"the uninterrupted run logged no DPO rewards after step {resumed_from}")
+        raise OracleFailure(_SEED, f"the uninterrupted run logged no DPO rewards after step {resumed_from}")
     missing = [s for s in later if s not in resumed]
     if missing:
-        raise OracleFailure(SEED, f"the run resumed from checkpoint-{resumed_from} logged no DPO rewards for steps "
-                                  f"{missing} (logged: {sorted(resumed)})")
+        raise OracleFailure(_SEED, f"the run resumed from checkpoint-{resumed_from} logged no DPO rewards for steps "
+                                   f"{missing} (logged: {sorted(resumed)})")
+    first = resumed[later[0]]
+    retaken = abs(first["rewards/chosen"]) <= atol and abs(first["rewards/rejected"]) <= atol
+    start = reference_logps(expected[min(expected)], beta)
     for step in later:
-        for key in ("rewards/chosen", "rewards/rejected"):
+        used = reference_logps(resumed[step], beta)
+        if start is not None and used is not None:
+            for which, got, want in (("chosen", used[0], start[0]), ("rejected", used[1], start[1])):
+                if math.isclose(got, want, rel_tol=rtol):
+                    continue
+                why = (f"its rewards are 0 at step {later[0]}: the reference is the resumed policy (checkpoint-"
+                       f"{resumed_from}'s weights)" if retaken else "the reference changed at the resume")
+                raise OracleFailure(_SEED, f"after resuming from checkpoint-{resumed_from}, the reference's mean log-prob "
+                                           f"of the {which} completions at step {step} is {got:.8g} (logps/{which} - "
+                                           f"rewards/{which} / beta), expected {want:.8g}, the starting policy's (step "
+                                           f"{min(expected)} of the uninterrupted run): {why}, not the policy the run "
+                                           f"started from")
+            continue
+        for key in ("rewards/chosen", "rewards/rejected"):  # no logps logged: the rewards must be the uninterrupted run's
             got, want = resumed[step][key], expected[step][key]
-            if math.isclose(got, want, rel_tol=rtol, abs_tol=atol):
-                continue
-            first = resumed[later[0]]
-            retaken = abs(first["rewards/chosen"]) <= atol and abs(first["rewards/rejected"]) <= atol
-            why = (f"the resumed run's rewards are 0 at step {later[0]}: its reference is the resumed policy "
-                   f"(checkpoint-{resumed_from}'s weights), not the policy the run started from" if retaken else
-                   "the resumed run's reference is not the uninterrupted run's (the policy the run started from)")
-            raise OracleFailure(SEED, f"after resuming from checkpoint-{resumed_from}, {key} at step {step} is "
-                                      f"{got:.6g}, expected {want:.6g} as in the uninterrupted run: {why}")
+            if not math.isclose(got, want, rel_tol=rtol, abs_tol=atol):
+                why = (f"its rewards are 0 at step {later[0]}: the reference is the resumed policy" if retaken else
+                       "the reference, or the resumed policy, is not the uninterrupted run's (the run logs no "
+                       "logps/* to tell them apart)")
+                raise OracleFailure(_SEED, f"after resuming from checkpoint-{resumed_from}, {key} at step {step} is "
+                                           f"{got:.6g}, expected {want:.6g} as in the uninterrupted run: {why}")

@@ -328,6 +328,13 @@ class ReferenceAdapter(Adapter):
             log.info("resumed %d LoRA tensors from %s", n, checkpoint)
         else:
             trainer._load_from_checkpoint_default(str(checkpoint), model)
+        if getattr(trainer, "ref_model", None) is not None:  # DPO
+            self.resumed_reference(ctx, trainer, model)
+
+    def resumed_reference(self, ctx: RunContext, trainer, model) -> None:
+        """A resumed DPO run's reference, after the checkpoint's weights went into the policy: left as it is, the copy
+        of the starting policy :meth:`reference_model` made before (a resume never re-takes it). (Its own seam keeps
+        a mutant of it off every other resume in the detection matrix.)"""
 
     def load_lora_on_quantized_base(self, ctx: RunContext, model, checkpoint: Path) -> int:
         """Resume on a quantised base (only quantised LoRA resumes reach this: seed 002's failure point): the LoRA
