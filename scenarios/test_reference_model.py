@@ -101,16 +101,18 @@ def runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
 
 @pytest.mark.ft_smoke("lora-on-lora-sft")
 @pytest.mark.parametrize("start", list(STARTS))
-def test_reference_is_the_starting_policy(runs, start):
-    """Before the first update, DPO's rewards are 0: the reference is the policy the run starts from."""
+def test_reference_matches_the_policy_before_training(runs, start):
+    """Before the first update, DPO's rewards are 0: the reference is the policy the run trains, and both are the model
+    the run was given (the message says which side is off when one is)."""
     result = runs.dpo(start)
     assert_reference_is_start(result.output_dir, start="the starting policy", candidates=runs.candidates(start),
                               dataset_dir=runs.assets.dataset_dir, beta=float(TASK_DEFAULTS["beta"]))
 
 
 @pytest.mark.ft_requires("lora", "resume", "in-process")
-def test_resumed_reference_is_still_the_starting_policy(runs, tmp_path):
-    """Killed after checkpoint-2 and resumed: the reference is still the pre-trained adapter's policy, not the resumed
+def test_resume_keeps_the_reference(runs, tmp_path):
+    """Killed after checkpoint-2 and resumed: the reference is what the run started with (the pre-trained adapter's policy on
+    a correct framework), not the resumed
     weights and not the bare base, so the resumed steps' rewards are the uninterrupted run's."""
     start = "lora-on-lora-sft"
     uninterrupted = runs.dpo(start)

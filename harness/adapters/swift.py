@@ -1,6 +1,6 @@
 """ms-swift (``pip install ft-harness[swift]``), 3.x and 4.x, driven the way its users drive it.
 
-A RunSpec becomes the argument list of ``swift sft`` (or ``swift rlhf --rlhf_type grpo``), run
+A RunSpec becomes the argument list of ``swift sft`` (or ``swift rlhf --rlhf_type grpo|dpo``), run
 through swift's own entry point (``sft_main(argv)`` / ``rlhf_main(argv)``: the same parsing,
 ``load_args`` and training as the CLI) in a forked child: one process per run as with the CLI,
 without re-importing torch per run. Version
@@ -24,6 +24,10 @@ Options (``--ft-adapter-option KEY=VALUE``):
 ``template``    swift template name (default ``qwen`` for text data; for chat data ``ft_tiny``, the tiny chat format
                 registered with ms-swift's ``register_template``, as its docs describe for a custom model).
 
+DPO (``method="dpo"``) is ``swift rlhf --rlhf_type dpo`` on ``messages`` + ``rejected_response`` rows (the tiny chat
+template), ``--beta`` / ``--loss_type`` as resolved, and no ``--ref_model`` / ``--ref_adapters``: ms-swift chooses
+the reference, as for a user who continues from ``--adapters``.
+
 Chat data (``messages`` / ``prompt``+``completion`` rows) is passed as ``messages`` rows; ``training_batches`` runs
 ``swift sft`` and stops at ``Trainer.train()`` to read one epoch of its dataloader.
 """
@@ -42,6 +46,7 @@ from ..layout import adapter_base, is_adapter_dir
 from ..runtime import cpu_threads, library_versions, run_in_fork
 from ..kit import (check_options, checkpoints_in, collect_result, convert_chat_datasets, convert_datasets,
                    parse_bool)
+from ..spec import TASK_DEFAULTS
 from ..task import is_chat_dataset
 
 __all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
@@ -145,6 +150,11 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
                     use_vllm=False)  # 3.10.0/3.10.1 default to vLLM, which needs CUDA
         if plugin is not None:
             args["external_plugins"] = str(plugin)
+    elif method == "dpo":  # docs: swift rlhf --rlhf_type dpo, messages + rejected_response rows, no --ref_model
+        entry = "rlhf"
+        args.update(rlhf_type="dpo", dataset=str(data["preferences"]), eval_strategy="no")
+        args.setdefault("beta", TASK_DEFAULTS["beta"])
+        args.setdefault("loss_type", TASK_DEFAULTS["loss_type"])
     elif method == "sft":
         entry = "sft"
         args.update(dataset=str(data["train"]), val_dataset=str(data["eval"]),
@@ -152,7 +162,7 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
         if not eval_steps:
             args.pop("eval_steps", None)
     else:
-        raise ConfigError(None, "method", "sft or grpo", method)
+        raise ConfigError(None, "method", "sft, grpo or dpo", method)
     args.setdefault("lr_scheduler_type", "constant")
     args.setdefault("save_strategy", "steps")
     if not cli.get("save_steps"):
@@ -181,6 +191,16 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
         else:
             argv.append(_fmt(value))
     return entry, argv
+
+
+def swift_preferences(rows_file: Path, out: Path) -> Path:
+    """Preference rows (prompt / chosen / rejected) as ms-swift's DPO format: the chosen exchange as ``messages`` and
+    the rejected answer as ``rejected_response``."""
+    from ..models import read_jsonl, write_jsonl
+
+    return write_jsonl(out, [{"messages": [{"role": "user", "content": r["prompt"]},
+                                           {"role": "assistant", "content": r["chosen"]}],
+                              "rejected_response": r["rejected"]} for r in read_jsonl(rows_file)])
 
 
 _PLUGIN = '''\
@@ -248,6 +268,8 @@ class SwiftAdapter(Adapter):
                 "best-checkpoint", "merge", "data", "gpu"}  # no "packing": swift packs only with flash attention (CUDA)
         if self._has_grpo():
             caps.add("grpo")
+        if self._has_rlhf("dpo"):
+            caps.add("dpo")
         if "new_special_tokens" in self._fields():  # --new_special_tokens: swift adds them and resizes
             caps.add("new-tokens")
         if not _transformers_drives_bnb_here():
@@ -280,8 +302,12 @@ class SwiftAdapter(Adapter):
         return RLHFArguments
 
     def _has_grpo(self) -> bool:
+        return self._has_rlhf("grpo")
+
+    def _has_rlhf(self, kind: str) -> bool:
+        """Whether this ms-swift's ``rlhf_type`` offers ``kind`` (its dataclass field's Literal type names it)."""
         cls = self._rlhf_class()
-        return cls is not None and any("grpo" in str(f.type) for f in dataclasses.fields(cls) if f.name == "rlhf_type")
+        return cls is not None and any(kind in str(f.type) for f in dataclasses.fields(cls) if f.name == "rlhf_type")
 
     def _fields(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self._sft_class())}
@@ -338,8 +364,11 @@ class SwiftAdapter(Adapter):
 
     # ------------------------------------------------------------------ training
     def _template_for(self, spec: RunSpec) -> str:
-        """The ``template`` option when given; else the tiny chat template for chat data, ``qwen`` for text."""
-        if self.template_given or not is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
+        """The ``template`` option when given; else the tiny chat template for chat data and DPO's conversational rows,
+        ``qwen`` for text."""
+        if self.template_given:
+            return self.template
+        if spec.method != "dpo" and not is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
             return self.template
         return TINY_TEMPLATE
 
@@ -388,8 +417,10 @@ class SwiftAdapter(Adapter):
             data = self._data(spec, Path(tmp))
             plugin = Path(tmp) / "ft_swift_plugin.py"
             plugin.write_text(_PLUGIN, encoding="utf-8")
-            if spec.method == "grpo":
+            if spec.method in ("grpo", "dpo"):
                 fields = fields | self._rlhf_fields()
+            if spec.method == "dpo":
+                data["preferences"] = swift_preferences(data["preferences"], Path(tmp) / "data" / "dpo.jsonl")
             entry, argv = build_argv(spec, fields, data, template=self._template_for(spec), load_args=self.load_args,
                                      plugin=plugin)
             with cpu_threads(spec.device):

@@ -45,7 +45,7 @@ from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_check
                         logged_metrics)
 from .chat import assert_batches_teach_assistant, assert_saved_format, training_sample_of
 from .embeddings import assert_embeddings_saved, batches_loss
-from .preference import (DPO_RESUME_RTOL, DPO_REWARD_ATOL, assert_reference_is_start, assert_reference_survives_resume,
+from .preference import (DPO_RESUME_RTOL, DPO_REWARD_ATOL, RENDERINGS, assert_reference_is_start, assert_reference_survives_resume,
                          completion_logps, dpo_rewards_by_step, reference_logps)
 
 __all__ = [
@@ -115,6 +115,7 @@ __all__ = [
     "assert_embeddings_saved",
     "DPO_REWARD_ATOL",
     "DPO_RESUME_RTOL",
+    "RENDERINGS",
     "dpo_rewards_by_step",
     "completion_logps",
     "reference_logps",

@@ -7,8 +7,8 @@ a freshly initialised adapter, another dtype) makes them non-zero. After a resum
 start: the resumed steps' rewards equal the uninterrupted run's (a reference re-taken from the resumed weights logs 0
 right after the resume). The oracles read the run's logged history in its own layout (TRL's ``rewards/chosen`` /
 ``rewards/rejected`` keys, which every TRL-based framework logs); for the message, when the run also logs
-``logps/chosen`` and its tokenisation is the tiny chat template's, the harness recomputes what the run's reference
-was and names it.
+``logps/chosen``, the harness finds the run's rendering of a row (:data:`RENDERINGS`), recomputes what the run's
+reference was and names it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 from ..layout import run_log_history
 from .failure import OracleFailure
 
-__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "dpo_rewards_by_step", "completion_logps", "reference_logps",
+__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "RENDERINGS", "dpo_rewards_by_step", "completion_logps",
+           "reference_logps",
            "assert_reference_is_start", "assert_reference_survives_resume"]
 
 _SEED = "ref"
@@ -37,8 +38,8 @@ DPO_REWARD_ATOL = 1e-6
 #: ``logps - rewards / beta``); a reference re-taken from the resumed weights (mutant ReferenceIsResumedPolicy) is off by
 #: 4e-2 at step 3.
 DPO_RESUME_RTOL = 1e-5
-#: |logps/chosen - the harness's recomputation| (relative) under which the run tokenised the preference rows as the tiny
-#: chat template does, so the reference log-prob the run used can be recomputed and named in a failure message
+#: |logps/chosen - the harness's recomputation| (relative) under which the run rendered the preference rows as one of
+#: :data:`RENDERINGS`, so the reference log-prob the run used can be recomputed and named in a failure message
 _SAME_TOKENISATION_RTOL = 1e-4
 #: |the reference log-prob the run used - a candidate's| (relative) under which the reference is named as that candidate:
 #: float32 sums of about 16 agree to about 1e-7; the bfloat16 reference is off by 6e-5 to 2e-4 relative
@@ -55,50 +56,85 @@ def dpo_rewards_by_step(history: Sequence[Mapping[str, Any]]) -> dict[int, dict[
     return out
 
 
-def completion_logps(directory: Path, dataset_dir: Path, device: str = "cpu") -> float:
-    """The mean over ``preferences.jsonl``'s rows of the summed log-probability of the ``chosen`` completion (through
-    the template's turn end) under the model saved in ``directory`` (an adapter on its base, or a full model),
-    the row rendered by the directory's tokenizer's chat template as a user prompt and an assistant answer."""
+#: the renderings of a preference row the harness recomputes log-probs under: the tokenizer's chat template (TRL's
+#: conversational rows), and the plain prompt + completion text with or without the BOS before it and the EOS after
+#: it (LLaMA-Factory's ``empty`` template renders neither)
+RENDERINGS = ("chat template", "text", "text + EOS", "BOS + text", "BOS + text + EOS")
+
+
+def _encode(tok, row: Mapping[str, str], rendering: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels): the row's prompt and chosen completion under ``rendering``, only the completion labelled."""
+    if rendering == "chat template":
+        from ..task import encode_chat
+
+        enc = encode_chat(tok, [{"role": "user", "content": row["prompt"]},
+                                {"role": "assistant", "content": row["chosen"]}])
+        return enc["input_ids"], enc["labels"]
+    prompt = tok(row["prompt"], add_special_tokens=rendering.startswith("BOS"))["input_ids"]
+    completion = tok(row["chosen"], add_special_tokens=False)["input_ids"]
+    if rendering.endswith("EOS"):
+        completion = completion + [tok.eos_token_id]
+    return prompt + completion, [-100] * len(prompt) + completion
+
+
+def completion_logps(directory: Path, dataset_dir: Path, device: str = "cpu") -> dict[str, float]:
+    """Per :data:`RENDERINGS` entry, the mean over ``preferences.jsonl``'s rows of the summed log-probability of the
+    ``chosen`` completion under the model saved in ``directory`` (an adapter on its base, or a full model; the
+    directory's tokenizer, else its base's)."""
     import torch
     from transformers import AutoTokenizer
 
     from ..hf import load_saved
-    from ..task import encode_chat, preferences
+    from ..task import preferences
 
     model, tok_dir = load_saved(Path(directory), None, device)
     tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     model.eval()
-    total = []
-    for row in preferences(Path(dataset_dir)):
-        enc = encode_chat(tok, [{"role": "user", "content": row["prompt"]},
-                                {"role": "assistant", "content": row["chosen"]}])
-        ids = torch.tensor([enc["input_ids"]], device=model.device)
-        labels = torch.tensor(enc["labels"][1:], device=model.device)
-        with torch.no_grad():
-            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-        keep = labels != -100
-        total.append(logps[keep].gather(-1, labels[keep].unsqueeze(-1)).sum().item())
-    return sum(total) / len(total)
+    rows = preferences(Path(dataset_dir))
+    out = {}
+    for rendering in RENDERINGS:
+        total = []
+        for row in rows:
+            ids, labels = _encode(tok, row, rendering)
+            with torch.no_grad():
+                logps = torch.log_softmax(model(input_ids=torch.tensor([ids], device=model.device)).logits[0, :-1].float(),
+                                          -1)
+            target = torch.tensor(labels[1:], device=model.device)
+            keep = target != -100
+            total.append(logps[keep].gather(-1, target[keep].unsqueeze(-1)).sum().item())
+        out[rendering] = sum(total) / len(total)
+    return out
 
 
 def _diagnosis(step_log: Mapping[str, float], beta: float, candidates: Mapping[str, Path], start: str,
                dataset_dir: Path) -> str:
-    """What the run's reference was, when its logged policy log-prob shows the tiny template's tokenisation."""
+    """What the run's reference was, found from the logged policy log-prob: the rendering under which the starting
+    policy gives the run's ``logps/chosen`` is the run's tokenisation; under it, the reference's log-prob
+    (``logps/chosen - rewards/chosen / beta``) is compared with each candidate's."""
     if "logps/chosen" not in step_log:
         return ""
     found = {name: completion_logps(path, dataset_dir) for name, path in candidates.items()}
     policy = step_log["logps/chosen"]
-    if not math.isclose(policy, found[start], rel_tol=_SAME_TOKENISATION_RTOL):
-        return (f"; the run's logps/chosen {policy:.6g} is not the starting policy's {found[start]:.6g} under the tiny "
-                f"chat template (another tokenisation), so the harness cannot recompute its reference")
+    # the run's rendering: the one under which the starting policy (else another candidate) gives its logps/chosen
+    match = next(((name, r) for name in (start, *(n for n in found if n != start)) for r in RENDERINGS
+                  if math.isclose(policy, found[name][r], rel_tol=_SAME_TOKENISATION_RTOL)), None)
+    if match is None:
+        return (f"; the run's logps/chosen {policy:.6g} is no candidate's ({', '.join(found)}) under any of the "
+                f"renderings {', '.join(RENDERINGS)}, so the harness cannot recompute its reference")
+    trained, rendering = match
+    also = "" if trained == start else f"; the policy the run trains is {trained}, not {start} (its logps/chosen)"
     used = policy - step_log["rewards/chosen"] / beta
-    nearest = min(found, key=lambda name: abs(found[name] - used))
-    off = abs(found[nearest] - used)
-    listed = ", ".join(f"{name} {value:.8g}" for name, value in found.items())
-    verdict = (f"the reference is {nearest}" if off <= _SAME_MODEL_RTOL * abs(used) else
+    by_name = {name: values[rendering] for name, values in found.items()}
+    nearest = min(by_name, key=lambda name: abs(by_name[name] - used))
+    off = abs(by_name[nearest] - used)
+    # the recomputation's own error, seen on the policy (the run's batching and kernels against one row at a time),
+    # bounds its error on the reference
+    noise = max(_SAME_MODEL_RTOL * abs(used), 10 * abs(policy - found[trained][rendering]))
+    listed = ", ".join(f"{name} {value:.8g}" for name, value in by_name.items())
+    verdict = (f"the reference is {nearest}" if off <= noise else
                f"the reference is none of them (nearest: {nearest}, off by {off:.3g}: another dtype or precision?)")
-    return (f"; the reference's mean log-prob of the chosen completions was {used:.8g} (logps/chosen - rewards/chosen / "
-            f"beta); recomputed: {listed}: {verdict}")
+    return (also + f"; the reference's mean log-prob of the chosen completions was {used:.8g} (logps/chosen - "
+            f"rewards/chosen / beta; the run renders a row as {rendering}); recomputed: {listed}: {verdict}")
 
 
 def assert_reference_is_start(output_dir: Path, *, start: str, candidates: Mapping[str, Path], dataset_dir: Path,

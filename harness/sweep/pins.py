@@ -147,6 +147,18 @@ PINS = {
              "note": "below ft-harness's transformers floor: ft-harness --no-deps, era libraries"},
         ],
     },
+    "trl": {
+        "distribution": "trl",
+        "adapter": "transformers",
+        "aliases": ["TRL"],
+        "ranges": [
+            {"versions": ">=1.0.0,<2.0.0", "python": "3.11",
+             "requirements": ["transformers==5.23.0", "peft==0.21.2"],
+             "note": "TRL swept under the plain transformers adapter, transformers and peft held at the default lock's "
+                     "5.23.0 / 0.21.2 (every TRL 1.x declares transformers>=4.56.2), so a verdict that flips between "
+                     "two releases is TRL's doing (its DPOTrainer / GRPOTrainer reference model)"},
+        ],
+    },
     "unsloth": {
         "distribution": "unsloth",
         "adapter": "unsloth",
