@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .spec import QUANTIZATIONS
+from .spec import QUANTIZATIONS, kl_beta
 
 __all__ = ["quantization_config", "lora_config", "dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer",
            "dpo_dataset", "dpo_config_arguments",
@@ -123,16 +123,30 @@ def dpo_dataset(dataset_dir: Path):
 def dpo_config_arguments(values: Mapping[str, Any], targs: Mapping[str, Any]) -> dict[str, Any]:
     """TRL ``DPOConfig`` keywords: the Trainer arguments plus ``beta`` and ``loss_type`` as resolved, reference
     log-probs computed at each step (not precomputed), no evaluation, tokenisation in this process."""
-    return dict(targs, beta=values["beta"], loss_type=values["loss_type"], max_length=64, eval_strategy="no",
+    return dict(targs, beta=kl_beta(values), loss_type=values["loss_type"], max_length=64, eval_strategy="no",
                 precompute_ref_log_probs=False, dataset_num_proc=None)
+
+
+def _grpo_reference(trainer, cfg, ref_model):
+    """``ref_model`` made ready the way ``GRPOTrainer.__init__`` readies the reference it builds itself: its fused LM
+    head (TRL >= 1.x computes log-probs through it; older releases have none), then ``accelerator.prepare_model``."""
+    try:
+        from trl.trainer.utils import add_fused_lm_head
+    except ImportError:  # pragma: no cover - a TRL without the fused head reads the logits
+        add_fused_lm_head = None
+    if add_fused_lm_head is not None:
+        add_fused_lm_head(ref_model, temperature=trainer.temperature,
+                          cast_lm_head_to_fp32=getattr(cfg, "cast_lm_head_to_fp32", False))
+    return trainer.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
 
 def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any], dataset_dir: Path, *,
                   callbacks: Sequence[Any] = (), wrap: Callable[[type], type] | None = None, collator: Any = None,
                   ref_model: Any = None):
     """A ``Trainer`` (SFT on train/eval.jsonl, next-token accuracy when the metric asks for it), a TRL
-    ``GRPOTrainer`` (prompts.jsonl, :func:`harness.task.counting_reward`) or a TRL ``DPOTrainer``
-    (preferences.jsonl; ``ref_model`` as given, None = TRL's own choice) over ``targs``; ``wrap`` may
+    ``GRPOTrainer`` (prompts.jsonl, :func:`harness.task.counting_reward`; a KL term when ``beta`` > 0) or a TRL
+    ``DPOTrainer`` (preferences.jsonl) over ``targs``; ``ref_model``: the reference model of either (None: TRL's own
+    choice; GRPOTrainer takes none, so it replaces the one TRL built); ``wrap`` may
     subclass the trainer class (the reference's atomic saves). The per-step printer is removed: the logs
     stay in ``trainer.state.log_history``."""
     from transformers.trainer_callback import PrinterCallback
@@ -149,10 +163,13 @@ def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any
 
         prompts = read_jsonl(Path(dataset_dir) / "prompts.jsonl")
         cfg = GRPOConfig(**targs, num_generations=values["num_generations"],
-                         max_completion_length=values["max_completion_length"], beta=0.0, eval_strategy="no")
+                         max_completion_length=values["max_completion_length"], beta=kl_beta(values),
+                         eval_strategy="no")
         trainer = wrap(GRPOTrainer)(model=model, reward_funcs=counting_reward, args=cfg, processing_class=tok,
                                     train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in prompts]),
                                     callbacks=list(callbacks))
+        if ref_model is not None and cfg.beta != 0.0:
+            trainer.ref_model = _grpo_reference(trainer, cfg, ref_model)
     elif values["method"] == "dpo":
         from trl import DPOConfig, DPOTrainer
 

@@ -235,9 +235,10 @@ LOG_SCHEMA: Mapping[str, str] = {
     "rewards/chosen": "DPO: mean implicit reward beta * (log p_policy - log p_reference) of the chosen completions",
     "rewards/rejected": "DPO: the same for the rejected completions",
     "logps/chosen": "DPO: mean summed log-probability of the chosen completions under the policy (TRL's key)",
+    "kl": "GRPO with beta > 0: mean per-token KL of the policy to the reference model on the step's completions",
 }
 _NUMERIC = ("loss", "learning_rate", "grad_norm", "epoch", "reward", "rewards/chosen", "rewards/rejected",
-            "logps/chosen")
+            "logps/chosen", "kl")
 
 
 class RunLayout(Protocol):

@@ -23,6 +23,8 @@ __all__ = [
     "QuantKind",
     "QUANTIZATIONS",
     "TASK_DEFAULTS",
+    "DEFAULT_BETA",
+    "kl_beta",
     "SourceKind",
     "SOURCE_PRIORITY",
     "Source",
@@ -97,13 +99,24 @@ TASK_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 0,
     "packing": False,
     "num_generations": 4,
-    "beta": 0.1,  # DPO's KL weight (TRL's default); > 0
+    "beta": None,  # the KL weight to the reference model; None: the method's own default (DEFAULT_BETA)
     "loss_type": "sigmoid",  # DPO's loss (the paper's; TRL's default)
     "max_completion_length": 8,
     "load_args": True,
     "allow_quantization_change": False,
     "new_special_tokens": (),  # tokens added to the tokenizer (and rows to the embeddings) before training
 }
+
+
+#: the KL weight a method uses when the run leaves ``beta`` unset (TRL's defaults: DPO 0.1; GRPO 0.0, no reference
+#: model at all); DPO needs beta > 0
+DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "grpo": 0.0}
+
+
+def kl_beta(values: Mapping[str, Any]) -> float:
+    """The KL weight of a resolved run: its ``beta``, else :data:`DEFAULT_BETA` for its method (0.0 for others)."""
+    beta = values.get("beta")
+    return float(beta) if beta is not None else DEFAULT_BETA.get(str(values.get("method")), 0.0)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Reference model — preference training measures its reward against the policy the run starts from (DPO).
+"""Reference model — preference and RL training measure against the policy the run starts from (DPO, GRPO).
 
 The story: a DPO run whose reference model is not the policy it starts from trains without an error, its margins
 grow, and its KL anchor is the wrong model. Upstream: hiyouga/LlamaFactory #8459 (DPO on ``adapter_name_or_path``
@@ -20,7 +20,9 @@ Assert:
 * after the resume it still is: every step trains on the same batch, so the reference log-probs each step used
   (``logps/* - rewards/* / beta``) are one constant, the first step's (a lost optimizer state moves the policy, not
   the reference; a framework logging no ``logps/*`` is judged by its rewards against the uninterrupted run's);
-* a full DPO run's saves are the whole, trained model (seed 001's oracle).
+* a full DPO run's saves are the whole, trained model (seed 001's oracle);
+* GRPO with a KL term (beta 0.04, 2 steps) from a fresh LoRA, LoRA on the LoRA SFT output and full on the LoRA SFT
+  output logs ``kl`` 0 at its first step.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from __future__ import annotations
 import pytest
 
 from harness.faults import KillInTraining, require_killed, run_killed
-from harness.oracles import (assert_full_model_saved, assert_reference_is_start, assert_reference_survives_resume,
-                             start_weights)
-from harness.spec import TASK_DEFAULTS
+from harness.oracles import (assert_full_model_saved, assert_kl_starts_at_zero, assert_reference_is_start,
+                             assert_reference_survives_resume, start_weights)
+from harness.spec import DEFAULT_BETA
 
 from ._support import spec
 
-pytestmark = [pytest.mark.ft_seed("ref"), pytest.mark.ft_requires("dpo", "sft")]
+pytestmark = [pytest.mark.ft_seed("ref")]
 
 #: (start id, train_type of the DPO run, the SFT output it starts from: None = the base)
 STARTS = {
@@ -44,6 +46,8 @@ STARTS = {
     "full-on-lora-sft": ("full", "lora"),
 }
 STEPS, SAVE_EVERY, RESUME_AT = 4, 2, 2
+#: GRPO's KL weight in the GRPO runs (DeepSeekMath's 0.04; TRL's default 0.0 builds no reference at all)
+GRPO_BETA = 0.04
 
 
 class PreferenceRuns:
@@ -79,6 +83,18 @@ class PreferenceRuns:
                     max_steps=STEPS, save_steps=SAVE_EVERY, learning_rate=1e-2,
                     per_device_train_batch_size=8, device=self.device, **fields)
 
+    def grpo(self, start: str):
+        """GRPO with a KL term (``beta`` = :data:`GRPO_BETA`) from ``start``, 2 steps."""
+        key = f"grpo-{start}"
+        if key not in self._dpo:
+            train_type = STARTS[start][0]
+            self.require(train_type)
+            out = self.tmp.mktemp(key)
+            self._dpo[key] = self.adapter.train(spec(self.assets, out, model_dir=self.start_dir(start), method="grpo",
+                                                     train_type=train_type, max_steps=2, learning_rate=1e-2,
+                                                     device=self.device, cli={"beta": GRPO_BETA}))
+        return self._dpo[key]
+
     def dpo(self, start: str):
         """The uninterrupted DPO run from ``start``."""
         if start not in self._dpo:
@@ -100,16 +116,17 @@ def runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
 
 
 @pytest.mark.ft_smoke("lora-on-lora-sft")
+@pytest.mark.ft_requires("dpo", "sft")
 @pytest.mark.parametrize("start", list(STARTS))
 def test_reference_matches_the_policy_before_training(runs, start):
     """Before the first update, DPO's rewards are 0: the reference is the policy the run trains, and both are the model
     the run was given (the message says which side is off when one is)."""
     result = runs.dpo(start)
     assert_reference_is_start(result.output_dir, start="the starting policy", candidates=runs.candidates(start),
-                              dataset_dir=runs.assets.dataset_dir, beta=float(TASK_DEFAULTS["beta"]))
+                              dataset_dir=runs.assets.dataset_dir, beta=DEFAULT_BETA["dpo"])
 
 
-@pytest.mark.ft_requires("lora", "resume", "in-process")
+@pytest.mark.ft_requires("dpo", "sft", "lora", "resume", "in-process")
 def test_resume_keeps_the_reference(runs, tmp_path):
     """Killed after checkpoint-2 and resumed: the reference is what the run started with (the pre-trained adapter's policy on
     a correct framework), not the resumed
@@ -121,10 +138,10 @@ def test_resume_keeps_the_reference(runs, tmp_path):
     require_killed(run_killed(runs.adapter, runs.dpo_spec(start, out), point), point)
     resumed = runs.adapter.train(runs.dpo_spec(start, out, resume_from="latest"))
     assert_reference_survives_resume(resumed.output_dir, uninterrupted.output_dir, resumed_from=RESUME_AT,
-                                     beta=float(TASK_DEFAULTS["beta"]))
+                                     beta=DEFAULT_BETA["dpo"])
 
 
-@pytest.mark.ft_requires("full")
+@pytest.mark.ft_requires("dpo", "sft", "full")
 @pytest.mark.parametrize("start", ["full-on-full-sft", "full-on-lora-sft"])
 def test_full_dpo_saves_whole_model(runs, start):
     """A full-parameter DPO run's checkpoints and final output are the whole, trained model."""
@@ -133,3 +150,12 @@ def test_full_dpo_saves_whole_model(runs, start):
     assert result.checkpoints, f"save_steps={SAVE_EVERY} must leave checkpoints on disk"
     for directory in (*result.checkpoints, result.final_dir):
         assert_full_model_saved(directory, runs.assets.model_dir, before)
+
+
+@pytest.mark.ft_requires("grpo", "sft")
+@pytest.mark.parametrize("start", ["fresh-lora", "lora-on-lora-sft", "full-on-lora-sft"])
+def test_grpo_kl_starts_at_zero(runs, start):
+    """GRPO with a KL term (beta 0.04): before the first update its logged KL to the reference is 0 (huggingface/trl PR
+    #4723: a disabled adapter is the starting policy only when the adapter is fresh)."""
+    result = runs.grpo(start)
+    assert_kl_starts_at_zero(result.output_dir, start=f"the starting policy: {runs.start_dir(start)}")

@@ -125,6 +125,12 @@ def test_invalid_cli_value_names_command_line(tmp_path):
 
 @pytest.mark.parametrize("beta", [0, -0.1, float("nan"), "0.1"])
 def test_dpo_beta_must_be_positive(tmp_path, beta):
-    """DPO's beta <= 0 (or not a number) is refused naming the key, never passed on to a trainer."""
-    with pytest.raises(ConfigError, match="'beta': expected a finite positive number"):
+    """DPO's beta <= 0 (or not a number) is refused naming the key, never passed on to a trainer; GRPO's may be 0 (no
+    reference model, TRL's default) and an unset beta is the method's default."""
+    with pytest.raises(ConfigError, match="'beta': expected a finite (non-negative|positive) number"):
         resolve({"method": "dpo", "beta": beta}, tmp_path)
+    from harness.spec import kl_beta
+
+    assert kl_beta(resolve({"method": "grpo", "beta": 0}, tmp_path).values) == 0.0
+    assert kl_beta(resolve({"method": "dpo"}, tmp_path).values) == 0.1
+    assert kl_beta(resolve({"method": "grpo"}, tmp_path).values) == 0.0

@@ -795,3 +795,54 @@ def test_served_dtype_ignores_an_adapter_dir(tmp_path):
     save_file({"lora_A": torch.zeros(2, 2)}, str(tmp_path / "adapter_model.safetensors"))
     (tmp_path / "adapter_config.json").write_text("{}")
     assert_served_dtype(tmp_path)
+
+
+# --- the DPO reference-model oracles (issue 33) -------------------------------------------------------------------
+
+def _dpo_log(step: int, chosen: float, rejected: float, logps: tuple[float, float] | None = None) -> dict:
+    entry = {"step": step, "loss": 0.69, "rewards/chosen": chosen, "rewards/rejected": rejected}
+    if logps is not None:
+        entry.update({"logps/chosen": logps[0], "logps/rejected": logps[1]})
+    return entry
+
+
+def test_reference_oracle_passes_zero_rewards_and_names_what_it_lacks(tmp_path):
+    from harness.oracles import assert_reference_is_start
+
+    ok = _state(tmp_path / "ok", [_dpo_log(1, 0.0, 0.0), _dpo_log(2, 0.03, -0.01)])
+    assert_reference_is_start(ok, start="the starting policy", candidates={"the starting policy": tmp_path},
+                              dataset_dir=tmp_path, beta=0.1)
+    with fails("ref", "logged no DPO rewards: expected 'rewards/chosen'"):
+        assert_reference_is_start(_state(tmp_path / "none", [{"step": 1, "loss": 0.69}]), start="s",
+                                  candidates={"s": tmp_path}, dataset_dir=tmp_path, beta=0.1)
+    # a non-zero first step without logps: the verdict, and no diagnosis (nothing to recompute from)
+    with fails("ref", "step 1 (before any update) logged rewards/chosen 0.0398 and rewards/rejected 0.0116, expected 0",
+               "not the policy the run starts from (s: "):
+        assert_reference_is_start(_state(tmp_path / "bad", [_dpo_log(1, 0.0398, 0.0116), _dpo_log(2, 0.0, 0.0)]),
+                                  start="s", candidates={"s": tmp_path}, dataset_dir=tmp_path, beta=0.1)
+
+
+def test_resume_oracle_judges_the_reference_not_the_policy(tmp_path):
+    """The reference log-probs (logps - rewards / beta) must stay the first step's: a resumed policy that moved
+    elsewhere (another optimizer state) passes, a reference re-taken at the resume fails, named as such."""
+    from harness.oracles import assert_reference_survives_resume
+
+    ref = (-15.5, -15.9)
+    def run(name, steps):  # steps: step -> policy logps
+        return _state(tmp_path / name, [_dpo_log(s, 0.1 * (p[0] - ref[0]), 0.1 * (p[1] - ref[1]), p) if r is None else
+                                        _dpo_log(s, r[0], r[1], p) for s, (p, r) in steps.items()])
+
+    uninterrupted = run("a", {1: (ref, None), 2: ((-15.2, -16.0), None), 3: ((-14.9, -16.2), None)})
+    moved = run("b", {3: ((-15.0, -16.1), None)})  # the policy differs after the resume; the reference does not
+    assert_reference_survives_resume(moved, uninterrupted, resumed_from=2, beta=0.1)
+    retaken = run("c", {3: ((-15.2, -16.0), (0.0, 0.0))})
+    with fails("ref", "after resuming from checkpoint-2, the reference's mean log-prob of the chosen completions at step 3 "
+                      "is -15.2", "expected -15.5", "the reference is the resumed policy"):
+        assert_reference_survives_resume(retaken, uninterrupted, resumed_from=2, beta=0.1)
+    no_logps = _state(tmp_path / "d", [_dpo_log(3, 0.05, -0.02)])
+    with fails("ref", "rewards/chosen at step 3 is 0.05", "the reference, or the resumed policy, is not the "
+                      "uninterrupted run's"):
+        assert_reference_survives_resume(no_logps, uninterrupted, resumed_from=2, beta=0.1)
+    with fails("ref", "logged no DPO rewards for steps [3]"):
+        assert_reference_survives_resume(_state(tmp_path / "e", [_dpo_log(2, 0.0, 0.0)]), uninterrupted,
+                                         resumed_from=2, beta=0.1)

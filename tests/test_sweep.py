@@ -311,6 +311,24 @@ def test_env_failure_cell_in_the_merged_matrix(tmp_path, fake_uv, monkeypatch):
     assert 'class="c c-env"' in render_html(data)
 
 
+def test_library_sweep_headers_name_the_swept_library(tmp_path):
+    """A sweep of a library under another framework's adapter (TRL under plain transformers) heads each column with the
+    swept library's version, not the framework's (which is the same in every column)."""
+    from harness.report import AdapterRun, render
+    from harness.report import TestOutcome as Outcome
+
+    results = []
+    for trl in ("1.14.2", "1.15.0"):
+        report = tmp_path / f"trl-{trl}.json"
+        report.write_text(render([AdapterRun("transformers", "transformers", {}, 0, 1.0, [
+            Outcome("a.py::t1", "a.py::t1", "passed", "", 1.0, "ref")],
+            {"transformers": "5.23.0", "trl": trl, "peft": "0.21.2"})], "json"))
+        results.append(sweep.VersionResult(trl, select_pins("trl", trl), "transformers", report=report))
+    data = sweep.write_matrix(results, tmp_path, "trl", extra={"wall_s": 1.0, "timings": {}, "distribution": "trl"})
+    assert "| scenario | seed | 1.14.2 | 1.15.0 |" in (tmp_path / "trl-sweep.md").read_text()
+    assert data["sweep"]["distribution"] == "trl"
+
+
 def test_merge_runs_expands_environment_rows():
     from harness.report import AdapterRun
     from harness.report import TestOutcome as Outcome

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import Adapter, RunResult, RunSpec
-from ..spec import BEST_CHECKPOINT_STORY
+from ..spec import BEST_CHECKPOINT_STORY, kl_beta
 from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
 from .. import hf
@@ -75,7 +75,7 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     cfg.update(dataset="ft_train", dataset_dir=str(dataset_dir), cutoff_len=64, packing=False, overwrite_cache=True,
                preprocessing_num_workers=None, warmup_ratio=0.0, plot_loss=False, bf16=False, fp16=False)
     if dpo:  # examples/train_lora/*_dpo.yaml: no ref_model key (LLaMA-Factory chooses the reference itself)
-        cfg.update(dataset="ft_preferences", pref_beta=values["beta"], pref_loss=values["loss_type"])
+        cfg.update(dataset="ft_preferences", pref_beta=kl_beta(values), pref_loss=values["loss_type"])
     if values.get("save_total_limit"):
         cfg["save_total_limit"] = values["save_total_limit"]
     if eval_steps:

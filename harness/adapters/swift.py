@@ -46,7 +46,7 @@ from ..layout import adapter_base, is_adapter_dir
 from ..runtime import cpu_threads, library_versions, run_in_fork
 from ..kit import (check_options, checkpoints_in, collect_result, convert_chat_datasets, convert_datasets,
                    parse_bool)
-from ..spec import TASK_DEFAULTS
+from ..spec import TASK_DEFAULTS, kl_beta
 from ..task import is_chat_dataset
 
 __all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
@@ -144,7 +144,8 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
     if method == "grpo":
         entry = "rlhf"
         args.setdefault("per_device_train_batch_size", cli.get("num_generations", 4))  # one prompt's group
-        args.update(rlhf_type="grpo", dataset=str(data["prompts"]), beta=0.0, eval_strategy="no",
+        args.update(rlhf_type="grpo", dataset=str(data["prompts"]), beta=kl_beta(cli | {"method": "grpo"}),
+                    eval_strategy="no",
                     reward_funcs="ft_counting", num_generations=cli.get("num_generations", 4),
                     max_completion_length=cli.get("max_completion_length", 8), temperature=1.0,
                     use_vllm=False)  # 3.10.0/3.10.1 default to vLLM, which needs CUDA
@@ -153,7 +154,7 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
     elif method == "dpo":  # docs: swift rlhf --rlhf_type dpo, messages + rejected_response rows, no --ref_model
         entry = "rlhf"
         args.update(rlhf_type="dpo", dataset=str(data["preferences"]), eval_strategy="no")
-        args.setdefault("beta", TASK_DEFAULTS["beta"])
+        args["beta"] = kl_beta(cli | {"method": "dpo"})
         args.setdefault("loss_type", TASK_DEFAULTS["loss_type"])
     elif method == "sft":
         entry = "sft"

@@ -17,7 +17,7 @@ One module per family (the judge of each failure class reads like its bug report
 * :mod:`~harness.oracles.evaluation` - reload and re-evaluate, the best checkpoint (seed 004);
 * :mod:`~harness.oracles.chat` - label masks and the saved chat format;
 * :mod:`~harness.oracles.embeddings` - new tokens' embedding rows on disk;
-* :mod:`~harness.oracles.preference` - DPO's reference model is the policy the run starts from.
+* :mod:`~harness.oracles.preference` - DPO's and GRPO's reference model is the policy the run starts from.
 
 This face re-exports every public name: ``from harness.oracles import X`` is the one import scenarios use.
 """
@@ -45,7 +45,8 @@ from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_check
                         logged_metrics)
 from .chat import assert_batches_teach_assistant, assert_saved_format, training_sample_of
 from .embeddings import assert_embeddings_saved, batches_loss
-from .preference import (DPO_RESUME_RTOL, DPO_REWARD_ATOL, RENDERINGS, assert_reference_is_start, assert_reference_survives_resume,
+from .preference import (DPO_RESUME_RTOL, DPO_REWARD_ATOL, GRPO_KL_ATOL, RENDERINGS, assert_kl_starts_at_zero,
+                         assert_reference_is_start, assert_reference_survives_resume,
                          completion_logps, dpo_rewards_by_step, reference_logps)
 
 __all__ = [
@@ -115,6 +116,8 @@ __all__ = [
     "assert_embeddings_saved",
     "DPO_REWARD_ATOL",
     "DPO_RESUME_RTOL",
+    "GRPO_KL_ATOL",
+    "assert_kl_starts_at_zero",
     "RENDERINGS",
     "dpo_rewards_by_step",
     "completion_logps",

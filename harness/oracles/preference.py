@@ -1,11 +1,13 @@
-"""Preference training's reference model (DPO): the implicit reward is measured against the policy the run starts from.
+"""Preference and RL training's reference model (DPO, GRPO): rewards and KL are measured against the policy the run
+starts from.
 
 DPO's reward of a completion is ``beta * (log p_policy - log p_reference)``. Before the first update the policy *is* the
 starting policy, so when the reference is that same model both logged rewards of the first step are 0, whatever the
 data, the tokenisation or the framework; a reference that is anything else (the bare base under a pre-trained adapter,
 a freshly initialised adapter, another dtype) makes them non-zero. After a resume the reference is still the original
 start: the resumed steps' rewards equal the uninterrupted run's (a reference re-taken from the resumed weights logs 0
-right after the resume). The oracles read the run's logged history in its own layout (TRL's ``rewards/chosen`` /
+right after the resume). GRPO with a KL term (``beta`` > 0) logs ``kl``, the mean per-token KL of the policy to the reference on the sampled
+completions: 0 at the first step by the same argument. The oracles read the run's logged history in its own layout (TRL's ``rewards/chosen`` /
 ``rewards/rejected`` keys, which every TRL-based framework logs); for the message, when the run also logs
 ``logps/chosen``, the harness finds the run's rendering of a row (:data:`RENDERINGS`), recomputes what the run's
 reference was and names it.
@@ -21,7 +23,7 @@ from typing import Any
 from ..layout import run_log_history
 from .failure import OracleFailure
 
-__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "RENDERINGS", "dpo_rewards_by_step", "completion_logps",
+__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "GRPO_KL_ATOL", "assert_kl_starts_at_zero", "RENDERINGS", "dpo_rewards_by_step", "completion_logps",
            "reference_logps",
            "assert_reference_is_start", "assert_reference_survives_resume"]
 
@@ -33,6 +35,10 @@ _SEED = "ref"
 #: ReferenceInBfloat16), logs max(|rewards/chosen|, |rewards/rejected|) of 1.2e-5 (LoRA on the LoRA SFT output) to
 #: 3.7e-4 (full on the full SFT output); a reference that is the bare base under a pre-trained adapter 0.040.
 DPO_REWARD_ATOL = 1e-6
+#: GRPO's logged ``kl`` at the first step. Measured (beta 0.04, 2 steps): the reference logs exactly 0.0 in every start
+#: case on CPU (the policy and its copy run the same float32 forward); a bfloat16 reference (ReferenceInBfloat16) logs
+#: 4.2e-7 to 5.0e-7, the bare base under a pre-trained adapter (ReferenceIsBaseUnderAdapter) 4.9e-3.
+GRPO_KL_ATOL = 1e-7
 #: relative bound on the reference log-probs a resumed step used against those of the run's first step. Measured on the
 #: reference, every start, steps 2-4 against step 1, resumed or not: at most 1.2e-7 (float32 rounding of
 #: ``logps - rewards / beta``); a reference re-taken from the resumed weights (mutant ReferenceIsResumedPolicy) is off by
@@ -206,3 +212,17 @@ def assert_reference_survives_resume(resumed_dir: Path, uninterrupted_dir: Path,
                        "logps/* to tell them apart)")
                 raise OracleFailure(_SEED, f"after resuming from checkpoint-{resumed_from}, {key} at step {step} is "
                                            f"{got:.6g}, expected {want:.6g} as in the uninterrupted run: {why}")
+
+
+def assert_kl_starts_at_zero(output_dir: Path, *, start: str, atol: float = GRPO_KL_ATOL) -> None:
+    """GRPO with a KL term: before any update the reference is the policy the run starts from, so the first logged step's
+    ``kl`` (the policy against the reference on that step's completions) is 0 within ``atol``."""
+    history = run_log_history(Path(output_dir))
+    kls = {int(e["step"]): float(e["kl"]) for e in history if "kl" in e and "step" in e}
+    if not kls:
+        raise OracleFailure(_SEED, f"{Path(output_dir).name} logged no 'kl': a GRPO run with beta > 0 logs its KL to the "
+                                   f"reference model at every step (TRL's key)")
+    step = min(kls)
+    if abs(kls[step]) > atol:
+        raise OracleFailure(_SEED, f"step {step} (before any update) logged kl {kls[step]:.6g}, expected 0 (|kl| <= "
+                                   f"{atol:g}): GRPO's reference model is not the policy the run starts from ({start})")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import CAPABILITIES, Adapter, ResolvedArgs, RunResult, RunSpec
+from ..spec import kl_beta
 from ..errors import ConfigError, MissingFileError, QuantizationMismatchError, UnsafeCheckpointError
 from ..task import is_chat_dataset, template_turn_end
 from . import args as argres
@@ -536,7 +537,8 @@ class ReferenceAdapter(Adapter):
         collator = self.packing_collator(ctx, model) if ctx.values["packing"] else None
         if collator is None and is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
             collator = self.chat_collator(ctx, tok)
-        ref_model = self.reference_model(ctx, model) if ctx.values["method"] == "dpo" else None
+        kl = ctx.values["method"] == "dpo" or (ctx.values["method"] == "grpo" and kl_beta(ctx.values) > 0)
+        ref_model = self.reference_model(ctx, model) if kl else None  # before TRL adds its own "ref" adapter
         trainer = hf.build_trainer(ctx.values, model, tok, targs, ctx.spec.dataset_dir,
                                    callbacks=[PolicyCallback(policy, ctx.values["metric"], self, ctx)],
                                    wrap=trainer_class, collator=collator, ref_model=ref_model)
@@ -551,7 +553,7 @@ class ReferenceAdapter(Adapter):
         return trainer
 
     def reference_model(self, ctx: RunContext, model):
-        """DPO's reference: a frozen copy of the policy the run starts from (the base plus the pre-trained adapter, the
+        """DPO's and GRPO's (``beta`` > 0) reference: a frozen copy of the policy the run starts from (the base plus the pre-trained adapter, the
         full checkpoint, or the base plus the fresh LoRA), in the policy's dtype, taken before a resumed run loads its
         checkpoint's weights into the policy, so the reference stays the original start. Not TRL's default: a merged
         model's reference would be reloaded from the path its config names (the bare base)."""

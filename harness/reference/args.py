@@ -155,8 +155,8 @@ def _check(key: str, value: Any, file: Path | None) -> None:
         raise bad("true or false")
     if key in _OPTIONAL_BOOL and value is not None and type(value) is not bool:
         raise bad("true, false or null")
-    if key == "beta" and (type(value) not in (int, float) or not math.isfinite(value) or value <= 0):
-        raise bad("a finite positive number (DPO's KL weight)")
+    if key == "beta" and value is not None and (type(value) not in (int, float) or not math.isfinite(value) or value < 0):
+        raise bad("a finite non-negative number (the KL weight; DPO needs > 0)")
     if key == "metric" and not (isinstance(value, str) and value):
         raise bad("a metric name such as 'eval_loss'")
     if key == "target_modules" and not (
@@ -166,10 +166,14 @@ def _check(key: str, value: Any, file: Path | None) -> None:
 
 
 def validate(resolved: ResolvedArgs) -> None:
-    """Type-check every known key against its source file (CLI values name ``<command line>``)."""
+    """Type-check every known key against its source file (CLI values name ``<command line>``); DPO's beta must be
+    positive (its loss divides nothing by it, but at 0 the reference drops out and nothing is learned)."""
     for key, value in resolved.values.items():
         src = resolved.sources[key]
         _check(key, value, src.path)
+    beta = resolved.values.get("beta")
+    if resolved.values.get("method") == "dpo" and beta is not None and beta == 0:
+        raise ConfigError(resolved.sources["beta"].path, "beta", "a finite positive number for DPO", beta)
 
 
 def resolve(cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None,

@@ -85,16 +85,22 @@ def _timings_md(results: Sequence[VersionResult], extra: Mapping[str, Any]) -> s
 
 
 def matrix_md(data: Mapping[str, Any]) -> str:
-    """The merged matrix as markdown: rows scenarios, one column per version (framework version in
-    the header), outcome words; env/run failures keep their reason."""
+    """The merged matrix as markdown: rows scenarios, one column per version (the swept distribution's version in the
+    header: the framework's, or a library's such as TRL under the transformers adapter), outcome words; env/run
+    failures keep their reason."""
     from ..html_report import cell_class, columns
 
     cols = columns(data)
+    swept = str((data.get("sweep") or {}).get("distribution") or "")
     heads = []
     for c in cols:
         fw = c["framework"]
         opts = ",".join(f"{k}={v}" for k, v in (c["options"] or {}).items())
-        heads.append((fw[1] if fw else c["target"]) + (f" [{opts}]" if opts else ""))
+        libraries = c["libraries"] or {}
+        # the swept distribution's version: the framework's, or a library's under another adapter (TRL under the plain
+        # transformers adapter)
+        version = libraries[swept] if swept in libraries and not (fw and fw[0] == swept) else (fw[1] if fw else None)
+        heads.append((version or c["target"]) + (f" [{opts}]" if opts else ""))
     lines = ["| scenario | seed | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(cols)]
     for s in data.get("scenarios", []):
         cells = []
