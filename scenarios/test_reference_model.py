@@ -115,13 +115,27 @@ def runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
     return PreferenceRuns(ft_adapter, tiny_assets, tmp_path_factory, ft_device)
 
 
+# The runs are fixtures (parametrised indirectly by start), not only cached objects: a test reading a run another test
+# made still depends on what made it, as pytest (and the detection matrix's hook trace) sees it.
+@pytest.fixture(scope="module")
+def dpo_run(runs, request):
+    """(start, the uninterrupted DPO run from it)."""
+    return request.param, runs.dpo(request.param)
+
+
+@pytest.fixture(scope="module")
+def grpo_run(runs, request):
+    """(start, the GRPO run with a KL term from it)."""
+    return request.param, runs.grpo(request.param)
+
+
 @pytest.mark.ft_smoke("lora-on-lora-sft")
 @pytest.mark.ft_requires("dpo", "sft")
-@pytest.mark.parametrize("start", list(STARTS))
-def test_reference_matches_the_policy_before_training(runs, start):
+@pytest.mark.parametrize("dpo_run", list(STARTS), indirect=True)
+def test_reference_matches_the_policy_before_training(runs, dpo_run):
     """Before the first update, DPO's rewards are 0: the reference is the policy the run trains, and both are the model
     the run was given (the message says which side is off when one is)."""
-    result = runs.dpo(start)
+    start, result = dpo_run
     assert_reference_is_start(result.output_dir, start="the starting policy", candidates=runs.candidates(start),
                               dataset_dir=runs.assets.dataset_dir, beta=DEFAULT_BETA["dpo"])
 
@@ -142,10 +156,10 @@ def test_resume_keeps_the_reference(runs, tmp_path):
 
 
 @pytest.mark.ft_requires("dpo", "sft", "full")
-@pytest.mark.parametrize("start", ["full-on-full-sft", "full-on-lora-sft"])
-def test_full_dpo_saves_whole_model(runs, start):
+@pytest.mark.parametrize("dpo_run", ["full-on-full-sft", "full-on-lora-sft"], indirect=True)
+def test_full_dpo_saves_whole_model(runs, dpo_run):
     """A full-parameter DPO run's checkpoints and final output are the whole, trained model."""
-    result = runs.dpo(start)
+    start, result = dpo_run
     before = start_weights(runs.start_dir(start))
     assert result.checkpoints, f"save_steps={SAVE_EVERY} must leave checkpoints on disk"
     for directory in (*result.checkpoints, result.final_dir):
@@ -153,9 +167,9 @@ def test_full_dpo_saves_whole_model(runs, start):
 
 
 @pytest.mark.ft_requires("grpo", "sft")
-@pytest.mark.parametrize("start", ["fresh-lora", "lora-on-lora-sft", "full-on-lora-sft"])
-def test_grpo_kl_starts_at_zero(runs, start):
+@pytest.mark.parametrize("grpo_run", ["fresh-lora", "lora-on-lora-sft", "full-on-lora-sft"], indirect=True)
+def test_grpo_kl_starts_at_zero(runs, grpo_run):
     """GRPO with a KL term (beta 0.04): before the first update its logged KL to the reference is 0 (huggingface/trl PR
     #4723: a disabled adapter is the starting policy only when the adapter is fresh)."""
-    result = runs.grpo(start)
+    start, result = grpo_run
     assert_kl_starts_at_zero(result.output_dir, start=f"the starting policy: {runs.start_dir(start)}")

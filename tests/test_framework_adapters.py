@@ -151,7 +151,7 @@ def test_convert_datasets_formats(tiny_assets, tmp_path):
     assert " ".join(m["content"] for m in row["messages"]) == first
     files = kit.convert_datasets(tiny_assets.dataset_dir, tmp_path / "a", "alpaca")
     info = json.loads((tmp_path / "a" / "dataset_info.json").read_text())
-    assert set(info) == {"ft_train", "ft_eval"} and info["ft_train"]["file_name"] == "train.jsonl"
+    assert set(info) == {"ft_train", "ft_eval", "ft_preferences"} and info["ft_train"]["file_name"] == "train.jsonl"
     row = json.loads(files["eval"].read_text().splitlines()[0])
     assert set(row) == {"instruction", "output"}
     with pytest.raises(ValueError, match="unknown dataset format"):
