@@ -1,5 +1,5 @@
-"""The tiny task on transformers ``Trainer`` / TRL ``GRPOTrainer`` / ``DPOTrainer``, wired once: the quantisation and LoRA configs,
-model loading, training arguments, trainers, merging and re-evaluation of saved directories.
+"""The tiny task on transformers ``Trainer`` / TRL ``GRPOTrainer`` / ``DPOTrainer``, wired once: the quantisation and
+LoRA configs, model loading, training arguments, trainers, merging and re-evaluation of saved directories.
 
 Ground floor: the reference, the plain transformers adapter and LLaMA-Factory's config building take
 the same training arguments, model loading and trainer construction from here, so "reference minus
@@ -173,8 +173,8 @@ def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any
     elif values["method"] == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        trainer = wrap(DPOTrainer)(model=model, ref_model=ref_model, args=DPOConfig(**dpo_config_arguments(values, targs)),
-                                   processing_class=tok, train_dataset=dpo_dataset(Path(dataset_dir)),
+        cfg = DPOConfig(**dpo_config_arguments(values, targs))
+        trainer = wrap(DPOTrainer)(model=model, ref_model=ref_model, args=cfg, processing_class=tok, train_dataset=dpo_dataset(Path(dataset_dir)),
                                    callbacks=list(callbacks))
     else:
         from transformers import Trainer, TrainingArguments

@@ -3,9 +3,10 @@ dict a user writes as ``llamafactory-cli train cfg.yaml``, run in a forked child
 run, as with the CLI).
 
 The tiny datasets become alpaca rows (``instruction`` = first word, ``output`` = the rest) with a
-``dataset_info.json``; ``stage: sft``, ``template: empty``. DPO (``method="dpo"``) is ``stage: dpo`` on the preference
-rows (a ``ranking`` dataset) with ``pref_beta`` / ``pref_loss``, and no ``ref_model`` (as its example configs). Every Hugging Face TrainingArguments key
-passes through LLaMA-Factory unchanged, so the cadence keys are the transformers ones.
+``dataset_info.json``; ``stage: sft``, ``template: empty``. DPO (``method="dpo"``) is ``stage: dpo`` on the
+preference rows (a ``ranking`` dataset) with ``pref_beta`` / ``pref_loss``, and no ``ref_model`` (as its example
+configs). Every Hugging Face TrainingArguments key passes through LLaMA-Factory unchanged, so the cadence keys are the
+transformers ones.
 ``resume_from="latest"`` is LLaMA-Factory's own behaviour: an existing ``output_dir`` with
 checkpoints and no ``resume_from_checkpoint`` resumes from the last one.
 

@@ -5,7 +5,8 @@ the reference's fixes: what the libraries do by themselves is what the scenarios
   is loaded with ``AutoModelForCausalLM.from_pretrained``; LoRA is ``peft.get_peft_model``;
 * DPO is ``trl.DPOTrainer`` on the model loaded as above with ``ref_model=None``: TRL chooses the reference (a copy
   of a PEFT model's pre-trained adapter as ``ref``, else a model reloaded from the path its config names);
-* ``Trainer`` / ``trl.GRPOTrainer`` / ``trl.DPOTrainer`` with ``save_steps``, ``eval_steps``, ``save_total_limit`` as given, and
+* ``Trainer`` / ``trl.GRPOTrainer`` / ``trl.DPOTrainer`` with ``save_steps``, ``eval_steps``, ``save_total_limit``
+  as given, and
   ``metric_for_best_model`` / ``greater_is_better`` only when the run names them (as a user's config would);
   ``load_best_model_at_end`` is an option;
 * resume is ``trainer.train(resume_from_checkpoint=...)``; the final model is ``trainer.save_model``

@@ -4,13 +4,14 @@ starts from.
 DPO's reward of a completion is ``beta * (log p_policy - log p_reference)``. Before the first update the policy *is* the
 starting policy, so when the reference is that same model both logged rewards of the first step are 0, whatever the
 data, the tokenisation or the framework; a reference that is anything else (the bare base under a pre-trained adapter,
-a freshly initialised adapter, another dtype) makes them non-zero. After a resume the reference is still the original
-start: the resumed steps' rewards equal the uninterrupted run's (a reference re-taken from the resumed weights logs 0
-right after the resume). GRPO with a KL term (``beta`` > 0) logs ``kl``, the mean per-token KL of the policy to the reference on the sampled
-completions: 0 at the first step by the same argument. The oracles read the run's logged history in its own layout (TRL's ``rewards/chosen`` /
-``rewards/rejected`` keys, which every TRL-based framework logs); for the message, when the run also logs
-``logps/chosen``, the harness finds the run's rendering of a row (:data:`RENDERINGS`), recomputes what the run's
-reference was and names it.
+a freshly initialised adapter, another dtype) makes them non-zero. After a resume the reference is still the one the
+run started with: every step trains on the same batch, so the reference log-probs each step used
+(``logps/* - rewards/* / beta``) are one constant (a reference re-taken from the resumed weights logs rewards of 0 right
+after the resume). GRPO with a KL term (``beta`` > 0) logs ``kl``, the mean per-token KL of the policy to the reference
+on the sampled completions: 0 at the first step by the same argument. The oracles read the run's logged history in its
+own layout (TRL's ``rewards/chosen`` / ``rewards/rejected`` / ``kl`` keys, which every TRL-based framework logs); for the
+message, when the run also logs ``logps/chosen``, the harness finds the run's rendering of a row (:data:`RENDERINGS`),
+recomputes what the run's reference was and names it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any
 from ..layout import run_log_history
 from .failure import OracleFailure
 
-__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "GRPO_KL_ATOL", "assert_kl_starts_at_zero", "RENDERINGS", "dpo_rewards_by_step", "completion_logps",
-           "reference_logps",
+__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "GRPO_KL_ATOL", "RENDERINGS", "assert_kl_starts_at_zero",
+           "dpo_rewards_by_step", "completion_logps", "reference_logps",
            "assert_reference_is_start", "assert_reference_survives_resume"]
 
 _SEED = "ref"

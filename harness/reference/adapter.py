@@ -329,11 +329,11 @@ class ReferenceAdapter(Adapter):
             log.info("resumed %d LoRA tensors from %s", n, checkpoint)
         else:
             trainer._load_from_checkpoint_default(str(checkpoint), model)
-        if getattr(trainer, "ref_model", None) is not None:  # DPO
+        if getattr(trainer, "ref_model", None) is not None:  # DPO, GRPO with beta > 0
             self.resumed_reference(ctx, trainer, model)
 
     def resumed_reference(self, ctx: RunContext, trainer, model) -> None:
-        """A resumed DPO run's reference, after the checkpoint's weights went into the policy: left as it is, the copy
+        """A resumed DPO (or GRPO with a KL term) run's reference, after the checkpoint's weights went into the policy: left as it is, the copy
         of the starting policy :meth:`reference_model` made before (a resume never re-takes it). (Its own seam keeps
         a mutant of it off every other resume in the detection matrix.)"""
 
@@ -553,8 +553,8 @@ class ReferenceAdapter(Adapter):
         return trainer
 
     def reference_model(self, ctx: RunContext, model):
-        """DPO's and GRPO's (``beta`` > 0) reference: a frozen copy of the policy the run starts from (the base plus the pre-trained adapter, the
-        full checkpoint, or the base plus the fresh LoRA), in the policy's dtype, taken before a resumed run loads its
+        """DPO's and GRPO's (``beta`` > 0) reference: a frozen copy of the policy the run starts from (the base plus the
+        pre-trained adapter, the full checkpoint, or the base plus the fresh LoRA), in the policy's dtype, taken before a resumed run loads its
         checkpoint's weights into the policy, so the reference stays the original start. Not TRL's default: a merged
         model's reference would be reloaded from the path its config names (the bare base)."""
         import copy
