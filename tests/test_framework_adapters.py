@@ -87,6 +87,36 @@ def test_swift_resume_latest_is_the_newest_checkpoint_path(tmp_path):
         build_argv(_spec(tmp_path / "empty", resume_from="latest"), V4_FIELDS, DATA)
 
 
+def test_swift_dpo_and_grpo_argv_and_ref_adapters(tmp_path):
+    """DPO is ``swift rlhf --rlhf_type dpo`` on the converted rows with the method's beta; GRPO's beta is the run's (0
+    unless typed); ``ref_adapters`` adds ``--ref_adapters`` (the pre-trained adapter as the reference) on a LoRA output
+    only."""
+    from harness.adapters.swift import swift_preferences
+    from harness.models import preference_rows, write_jsonl
+
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "base")}))
+    rows = swift_preferences(write_jsonl(tmp_path / "p.jsonl", preference_rows()), tmp_path / "dpo.jsonl")
+    first = json.loads(rows.read_text().splitlines()[0])
+    assert [m["role"] for m in first["messages"]] == ["user", "assistant"] and first["rejected_response"]
+    fields = V4_FIELDS | {"rlhf_type", "beta", "loss_type", "ref_adapters", "reward_funcs", "num_generations"}
+    data = {**DATA, "preferences": rows}
+    spec = RunSpec(model_dir=adapter, output_dir=tmp_path / "out", dataset_dir=tmp_path / "data", method="dpo",
+                   train_type="lora")
+    entry, argv = build_argv(spec, fields, data)
+    args = _args(argv)
+    assert entry == "rlhf" and args["rlhf_type"] == "dpo" and args["dataset"] == str(rows)
+    assert (args["beta"], args["loss_type"], args["adapters"]) == ("0.1", "sigmoid", str(adapter))
+    assert "ref_adapters" not in args, "by default ms-swift chooses the reference"
+    assert _args(build_argv(spec, fields, data, ref_adapters=True)[1])["ref_adapters"] == str(adapter)
+    fresh = spec.replace(model_dir=tmp_path / "base")
+    assert "ref_adapters" not in _args(build_argv(fresh, fields, data, ref_adapters=True)[1])
+    grpo = spec.replace(method="grpo")
+    assert _args(build_argv(grpo, fields, data)[1])["beta"] == "0.0"
+    assert _args(build_argv(grpo.replace(cli={"beta": 0.04}), fields, data)[1])["beta"] == "0.04"
+
+
 def test_swift_unknown_quantization_is_a_clear_error():
     assert set(QUANT_ARGS) == {"nf4", "int8", "quanto-int8", "quanto-int4"}
     with pytest.raises(ConfigError, match="quantization"):

@@ -21,6 +21,8 @@ Options (``--ft-adapter-option KEY=VALUE``):
 
 ``load_args``   true/false: passed as ``--load_args`` on every run (default: not passed, the
                 installed version's default applies).
+``ref_adapters`` true/false (default false): DPO / GRPO runs on a LoRA output also pass it as ``--ref_adapters``, the
+                ms-swift way to make the reference the pre-trained adapter's policy (the default leaves it to ms-swift).
 ``template``    swift template name (default ``qwen`` for text data; for chat data ``ft_tiny``, the tiny chat format
                 registered with ms-swift's ``register_template``, as its docs describe for a custom model).
 
@@ -54,6 +56,8 @@ __all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
 OPTIONS = {
     "load_args": "true/false: pass --load_args on every run (default: the installed version's default)",
     "template": "swift template (default qwen)",
+    "ref_adapters": "true/false, default false: DPO/GRPO on a LoRA output also pass it as --ref_adapters (the reference "
+                    "then holds the pre-trained adapter, as ms-swift documents)",
 }
 
 #: our quantisation names -> swift's command-line keys
@@ -121,7 +125,8 @@ def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
 
 
 def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, template: str = "qwen",
-               load_args: bool | None = None, plugin: Path | None = None) -> tuple[str, list[str]]:
+               load_args: bool | None = None, plugin: Path | None = None,
+               ref_adapters: bool = False) -> tuple[str, list[str]]:
     """(entry point, argv) for one RunSpec: what the user would type after ``swift``.
 
     A LoRA output directory as ``model_dir`` is passed as ``--adapters DIR --model <its base>``
@@ -164,6 +169,8 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
             args.pop("eval_steps", None)
     else:
         raise ConfigError(None, "method", "sft, grpo or dpo", method)
+    if ref_adapters and entry == "rlhf" and "adapters" in args:  # the reference: base + the pre-trained adapter
+        args["ref_adapters"] = args["adapters"]
     args.setdefault("lr_scheduler_type", "constant")
     args.setdefault("save_strategy", "steps")
     if not cli.get("save_steps"):
@@ -259,12 +266,13 @@ class SwiftAdapter(Adapter):
                           else None)
         self.template = options.get("template", "qwen")
         self.template_given = "template" in options
+        self.ref_adapters = parse_bool("swift", "ref_adapters", options.get("ref_adapters", "false"))
         import swift
 
         self.version = getattr(swift, "__version__", "0")
         self.major = int(str(self.version).split(".")[0] or 0)
         self.name = f"swift {self.version}" + (f"[load_args={_fmt(self.load_args)}]" if self.load_args is not None
-                                               else "")
+                                               else "") + ("[ref_adapters=true]" if self.ref_adapters else "")
         caps = {"args", "sft", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8", "quanto-int4",
                 "best-checkpoint", "merge", "data", "gpu"}  # no "packing": swift packs only with flash attention (CUDA)
         if self._has_grpo():
@@ -423,6 +431,7 @@ class SwiftAdapter(Adapter):
             if spec.method == "dpo":
                 data["preferences"] = swift_preferences(data["preferences"], Path(tmp) / "data" / "dpo.jsonl")
             entry, argv = build_argv(spec, fields, data, template=self._template_for(spec), load_args=self.load_args,
+                                     ref_adapters=self.ref_adapters,
                                      plugin=plugin)
             with cpu_threads(spec.device):
                 run_in_fork(lambda: self._run(entry, argv))
