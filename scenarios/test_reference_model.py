@@ -46,6 +46,14 @@ STARTS = {
     "full-on-lora-sft": ("full", "lora"),
 }
 STEPS, SAVE_EVERY, RESUME_AT = 4, 2, 2
+
+
+def start_params(*names: str) -> list:
+    """``pytest.param`` per start, marked with the training types it needs (its SFT output's and its own), so an
+    adapter without one skips that start as any missing capability skips."""
+    return [pytest.param(name, id=name, marks=[pytest.mark.ft_requires(*sorted({STARTS[name][0]} | (
+        {STARTS[name][1]} if STARTS[name][1] else set())))]) for name in names]
+
 #: GRPO's KL weight in the GRPO runs (DeepSeekMath's 0.04; TRL's default 0.0 builds no reference at all)
 GRPO_BETA = 0.04
 
@@ -56,17 +64,11 @@ class PreferenceRuns:
     def __init__(self, adapter, assets, tmp_path_factory, device):
         self.adapter, self.assets, self.tmp, self.device = adapter, assets, tmp_path_factory, device
         self._sft: dict[str, object] = {}
-        self._dpo: dict[str, object] = {}
-
-    def require(self, *caps: str) -> None:
-        lacking = [c for c in caps if c not in self.adapter.capabilities]
-        if lacking:
-            pytest.skip(f"adapter {self.adapter.name!r} lacks capability {lacking[0]!r}")
+        self._runs: dict[str, object] = {}
 
     def sft(self, train_type: str):
         """The SFT output a start continues (its final directory)."""
         if train_type not in self._sft:
-            self.require(train_type)
             out = self.tmp.mktemp(f"sft-{train_type}")
             self._sft[train_type] = self.adapter.train(spec(self.assets, out, method="sft", train_type=train_type,
                                                             max_steps=2, learning_rate=1e-2, device=self.device))
@@ -77,30 +79,26 @@ class PreferenceRuns:
         return self.assets.model_dir if source is None else self.sft(source)
 
     def dpo_spec(self, start: str, out, **fields):
-        train_type = STARTS[start][0]
-        self.require(train_type)
-        return spec(self.assets, out, model_dir=self.start_dir(start), method="dpo", train_type=train_type,
+        return spec(self.assets, out, model_dir=self.start_dir(start), method="dpo", train_type=STARTS[start][0],
                     max_steps=STEPS, save_steps=SAVE_EVERY, learning_rate=1e-2,
                     per_device_train_batch_size=8, device=self.device, **fields)
 
     def grpo(self, start: str):
         """GRPO with a KL term (``beta`` = :data:`GRPO_BETA`) from ``start``, 2 steps."""
         key = f"grpo-{start}"
-        if key not in self._dpo:
-            train_type = STARTS[start][0]
-            self.require(train_type)
+        if key not in self._runs:
             out = self.tmp.mktemp(key)
-            self._dpo[key] = self.adapter.train(spec(self.assets, out, model_dir=self.start_dir(start), method="grpo",
-                                                     train_type=train_type, max_steps=2, learning_rate=1e-2,
-                                                     device=self.device, cli={"beta": GRPO_BETA}))
-        return self._dpo[key]
+            self._runs[key] = self.adapter.train(spec(self.assets, out, model_dir=self.start_dir(start), method="grpo",
+                                                      train_type=STARTS[start][0], max_steps=2, learning_rate=1e-2,
+                                                      device=self.device, cli={"beta": GRPO_BETA}))
+        return self._runs[key]
 
     def dpo(self, start: str):
         """The uninterrupted DPO run from ``start``."""
-        if start not in self._dpo:
-            out = self.tmp.mktemp(f"dpo-{start}")
-            self._dpo[start] = self.adapter.train(self.dpo_spec(start, out))
-        return self._dpo[start]
+        key = f"dpo-{start}"
+        if key not in self._runs:
+            self._runs[key] = self.adapter.train(self.dpo_spec(start, self.tmp.mktemp(key)))
+        return self._runs[key]
 
     def candidates(self, start: str) -> dict:
         """What the reference could be, for the message: the starting policy and the bare base."""
@@ -131,7 +129,7 @@ def grpo_run(runs, request):
 
 @pytest.mark.ft_smoke("lora-on-lora-sft")
 @pytest.mark.ft_requires("dpo", "sft")
-@pytest.mark.parametrize("dpo_run", list(STARTS), indirect=True)
+@pytest.mark.parametrize("dpo_run", start_params(*STARTS), indirect=True)
 def test_reference_matches_the_policy_before_training(runs, dpo_run):
     """Before the first update, DPO's rewards are 0: the reference is the policy the run trains, and both are the model
     the run was given (the message says which side is off when one is)."""
@@ -142,9 +140,9 @@ def test_reference_matches_the_policy_before_training(runs, dpo_run):
 
 @pytest.mark.ft_requires("dpo", "sft", "lora", "resume", "in-process")
 def test_resume_keeps_the_reference(runs, tmp_path):
-    """Killed after checkpoint-2 and resumed: the reference is what the run started with (the pre-trained adapter's policy on
-    a correct framework), not the resumed
-    weights and not the bare base, so the resumed steps' rewards are the uninterrupted run's."""
+    """Killed after checkpoint-2 and resumed: the reference is the one the run started with (on a correct framework the
+    pre-trained adapter's policy), not re-taken from the resumed weights: the reference log-probs each resumed step used
+    are the first step's."""
     start = "lora-on-lora-sft"
     uninterrupted = runs.dpo(start)
     out = tmp_path / "killed"
@@ -156,7 +154,7 @@ def test_resume_keeps_the_reference(runs, tmp_path):
 
 
 @pytest.mark.ft_requires("dpo", "sft", "full")
-@pytest.mark.parametrize("dpo_run", ["full-on-full-sft", "full-on-lora-sft"], indirect=True)
+@pytest.mark.parametrize("dpo_run", start_params("full-on-full-sft", "full-on-lora-sft"), indirect=True)
 def test_full_dpo_saves_whole_model(runs, dpo_run):
     """A full-parameter DPO run's checkpoints and final output are the whole, trained model."""
     start, result = dpo_run
@@ -167,7 +165,7 @@ def test_full_dpo_saves_whole_model(runs, dpo_run):
 
 
 @pytest.mark.ft_requires("grpo", "sft")
-@pytest.mark.parametrize("grpo_run", ["fresh-lora", "lora-on-lora-sft", "full-on-lora-sft"], indirect=True)
+@pytest.mark.parametrize("grpo_run", start_params("fresh-lora", "lora-on-lora-sft", "full-on-lora-sft"), indirect=True)
 def test_grpo_kl_starts_at_zero(runs, grpo_run):
     """GRPO with a KL term (beta 0.04): before the first update its logged KL to the reference is 0 (huggingface/trl PR
     #4723: a disabled adapter is the starting policy only when the adapter is fresh)."""

@@ -149,7 +149,7 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
     if method == "grpo":
         entry = "rlhf"
         args.setdefault("per_device_train_batch_size", cli.get("num_generations", 4))  # one prompt's group
-        args.update(rlhf_type="grpo", dataset=str(data["prompts"]), beta=kl_beta(cli | {"method": "grpo"}),
+        args.update(rlhf_type="grpo", dataset=str(data["prompts"]), beta=kl_beta({**cli, "method": method}),
                     eval_strategy="no",
                     reward_funcs="ft_counting", num_generations=cli.get("num_generations", 4),
                     max_completion_length=cli.get("max_completion_length", 8), temperature=1.0,
@@ -159,7 +159,7 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
     elif method == "dpo":  # docs: swift rlhf --rlhf_type dpo, messages + rejected_response rows, no --ref_model
         entry = "rlhf"
         args.update(rlhf_type="dpo", dataset=str(data["preferences"]), eval_strategy="no")
-        args["beta"] = kl_beta(cli | {"method": "dpo"})
+        args["beta"] = kl_beta({**cli, "method": method})
         args.setdefault("loss_type", TASK_DEFAULTS["loss_type"])
     elif method == "sft":
         entry = "sft"

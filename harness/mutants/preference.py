@@ -92,7 +92,4 @@ class ReferenceReloadedFromDisk(ReferenceAdapter):
 
             ref = PeftModel.from_pretrained(ref, str(ctx.adapter_dir))
             ref = ref.merge_and_unload() if ctx.values["train_type"] == "full" else ref.get_base_model()
-        ref.eval()
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        return ref
+        return ref.eval().requires_grad_(False)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..layout import run_log_history
 from .failure import OracleFailure
+from .reading import losses_by_step
 
 __all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "GRPO_KL_ATOL", "RENDERINGS", "assert_kl_starts_at_zero",
            "dpo_rewards_by_step", "completion_logps", "reference_logps",
@@ -218,8 +219,7 @@ def assert_reference_survives_resume(resumed_dir: Path, uninterrupted_dir: Path,
 def assert_kl_starts_at_zero(output_dir: Path, *, start: str, atol: float = GRPO_KL_ATOL) -> None:
     """GRPO with a KL term: before any update the reference is the policy the run starts from, so the first logged step's
     ``kl`` (the policy against the reference on that step's completions) is 0 within ``atol``."""
-    history = run_log_history(Path(output_dir))
-    kls = {int(e["step"]): float(e["kl"]) for e in history if "kl" in e and "step" in e}
+    kls = losses_by_step(run_log_history(Path(output_dir)), "kl")
     if not kls:
         raise OracleFailure(_SEED, f"{Path(output_dir).name} logged no 'kl': a GRPO run with beta > 0 logs its KL to the "
                                    f"reference model at every step (TRL's key)")

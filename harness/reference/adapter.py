@@ -333,8 +333,8 @@ class ReferenceAdapter(Adapter):
             self.resumed_reference(ctx, trainer, model)
 
     def resumed_reference(self, ctx: RunContext, trainer, model) -> None:
-        """A resumed DPO (or GRPO with a KL term) run's reference, after the checkpoint's weights went into the policy: left as it is, the copy
-        of the starting policy :meth:`reference_model` made before (a resume never re-takes it). (Its own seam keeps
+        """A resumed DPO (or GRPO with a KL term) run's reference, after the checkpoint's weights went into the policy:
+        left as it is, the copy of the starting policy :meth:`reference_model` made before (a resume never re-takes it). (Its own seam keeps
         a mutant of it off every other resume in the detection matrix.)"""
 
     def load_lora_on_quantized_base(self, ctx: RunContext, model, checkpoint: Path) -> int:
@@ -554,18 +554,15 @@ class ReferenceAdapter(Adapter):
 
     def reference_model(self, ctx: RunContext, model):
         """DPO's and GRPO's (``beta`` > 0) reference: a frozen copy of the policy the run starts from (the base plus the
-        pre-trained adapter, the full checkpoint, or the base plus the fresh LoRA), in the policy's dtype, taken before a resumed run loads its
-        checkpoint's weights into the policy, so the reference stays the original start. Not TRL's default: a merged
+        pre-trained adapter, the full checkpoint, or the base plus the fresh LoRA), in the policy's dtype, taken before a
+        resumed run loads its checkpoint's weights into the policy, so the reference stays the original start. Not TRL's default: a merged
         model's reference would be reloaded from the path its config names (the bare base)."""
         import copy
 
         ref = copy.deepcopy(model)
         if _is_peft(ref):  # the transformers model inside, its LoRA layers in place: TRL's forward patches need it
             ref = ref.get_base_model()
-        ref.eval()
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        return ref
+        return ref.eval().requires_grad_(False)
 
     def evaluation_dataset(self, ctx: RunContext, trainer):
         """What a run's periodic evaluations score (only runs with ``eval_steps`` reach this): eval.jsonl's rows, as
