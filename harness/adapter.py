@@ -27,7 +27,8 @@ from .errors import AdapterLoadError
 from .layout import TRAINER_LAYOUT, trainer_default
 from .spec import *  # noqa: F403 - the vocabulary, re-exported (harness.spec.__all__)
 from .spec import __all__ as _VOCABULARY
-from .spec import CAPABILITIES, TASK_DEFAULTS, KnownFailure, ResolvedArgs, RunResult, RunSpec, Source
+from .spec import (CAPABILITIES, QUANTIZATIONS, TASK_DEFAULTS, KnownFailure, QuantKind, ResolvedArgs, RunResult,
+                   RunSpec, Source)
 
 __all__ = [
     # the contract
@@ -36,6 +37,7 @@ __all__ = [
     "OPTIONAL_MEMBERS",
     "load_adapter",
     "validate_adapter",
+    "quantization_kinds",
     "effective_capabilities",
     "read_known_failures",
     "parse_adapter_options",
@@ -116,6 +118,13 @@ class Adapter:
     #: copied or another run's checkpoint skip, saying so, instead of failing (the hostile-pickle ones poison a copy of
     #: the whole output dir instead)
     resume_points: str = "any"
+    #: the framework's own quantised-base kinds, beyond :data:`QUANTIZATIONS` (name -> :class:`QuantKind`), e.g.
+    #: torchtune's torchao NF4: ``{"torchao-nf4": QuantKind("torchao-nf4", "torchao-nf4", "torchao", "nf4")}``. Each
+    #: kind's capability is declared in ``capabilities`` too; a name may not shadow a harness kind. The scenarios
+    #: marked ``ft_quantizations`` (seed 002's resume: it judges only what the runs log and save) also run every
+    #: one of these as ``RunSpec.quantization``; the ones whose oracles load the quantised base themselves (merge
+    #: parity) cannot, as only the framework can load its own kind, and take the harness kinds only
+    quantizations: Mapping[str, QuantKind] = {}
     #: the framework's names for the log keys the oracles read (:data:`harness.layout.LOG_SCHEMA`), harness key ->
     #: its key, e.g. ``{"learning_rate": "lr"}``; applied to what :meth:`log_history` returns
     log_keys: Mapping[str, str] = {}
@@ -202,7 +211,8 @@ class Adapter:
 #: optional members and their defaults (what load_adapter fills in for a duck-typed adapter)
 OPTIONAL_MEMBERS = ("known_failures", "model_arch", "metric_names", "arg_names", "versions", "metric_name", "arg_name",
                     "resolve_args", "merge", "evaluate", "unavailable_metrics", "launches_subprocess",
-                    "training_batches", "resume_files", "resume_points", "checkpoints", "log_history", "log_keys")
+                    "training_batches", "resume_files", "resume_points", "checkpoints", "log_history", "log_keys",
+                    "quantizations")
 
 
 def _import_target(target: str) -> Any:
@@ -255,6 +265,11 @@ def split_adapter_spec(spec: str) -> tuple[str, dict[str, str]]:
     return target.strip(), parse_adapter_options(pairs, flag=f"--adapter {spec!r}")
 
 
+def quantization_kinds(adapter: Any) -> dict[str, QuantKind]:
+    """Every quantised-base kind a run on ``adapter`` may ask for: :data:`QUANTIZATIONS` and the adapter's own."""
+    return {**QUANTIZATIONS, **dict(getattr(adapter, "quantizations", {}) or {})}
+
+
 def effective_capabilities(adapter: Any) -> frozenset[str]:
     """The declared capabilities plus the implied ``in-process`` (unless the adapter launches a subprocess)."""
     implied = set() if getattr(adapter, "launches_subprocess", False) else {"in-process"}
@@ -292,10 +307,24 @@ def validate_adapter(adapter: Any, target: str = "") -> None:
     label = target or type(adapter).__name__
     if not isinstance(adapter.name, str) or not adapter.name:
         raise AdapterLoadError(f"adapter {label!r}: name must be a non-empty string, got {adapter.name!r}")
-    unknown = set(adapter.capabilities) - CAPABILITIES
+    own_kinds = adapter.quantizations
+    if not isinstance(own_kinds, Mapping):
+        raise AdapterLoadError(f"adapter {label!r}: quantizations must map a name to a QuantKind, got {own_kinds!r}")
+    for key, kind in own_kinds.items():
+        if not isinstance(kind, QuantKind) or kind.name != key:
+            raise AdapterLoadError(f"adapter {label!r}: quantizations[{key!r}] = {kind!r}; expected "
+                                   f"QuantKind(name={key!r}, capability, library, weights)")
+        if key in QUANTIZATIONS:
+            raise AdapterLoadError(f"adapter {label!r}: quantizations[{key!r}] shadows the harness's own kind {key!r} "
+                                   f"(harness.spec.QUANTIZATIONS); give the framework's kind its own name")
+        if kind.capability not in adapter.capabilities:
+            raise AdapterLoadError(f"adapter {label!r}: quantizations[{key!r}] needs capability {kind.capability!r}, "
+                                   f"which capabilities does not declare")
+    known = CAPABILITIES | {kind.capability for kind in own_kinds.values()}
+    unknown = set(adapter.capabilities) - known
     if unknown:
         raise AdapterLoadError(
-            f"adapter {label!r} declares unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}"
+            f"adapter {label!r} declares unknown capabilities {sorted(unknown)}; known: {sorted(known)}"
         )
     for key, entry in dict(adapter.known_failures).items():
         reason, exc = (entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, BaseException))

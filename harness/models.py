@@ -65,7 +65,11 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
 )
 
-ARCHITECTURES = ("llama", "qwen2")
+#: ``llama-wide``: the llama one with every linear weight a multiple of 16384 elements (hidden 128, intermediate 256,
+#: 4 key/value heads), the smallest shape torchao's NF4 quantises (64-element blocks whose scales are quantised in
+#: groups of 256 blocks: torchtune's QLoRA asserts "Number of scalers must be divisible by scaler block size" on the
+#: 64 x 64 weights of the default one)
+ARCHITECTURES = ("llama", "qwen2", "llama-wide")
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,9 @@ def _config(arch: str, vocab_size: int, tok, tie_word_embeddings: bool = False):
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=tie_word_embeddings,
     )
-    if arch == "llama":
+    if arch == "llama-wide":
+        common.update(hidden_size=128, intermediate_size=256, num_key_value_heads=4)
+    if arch in ("llama", "llama-wide"):
         from transformers import LlamaConfig
 
         return LlamaConfig(**common)

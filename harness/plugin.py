@@ -20,6 +20,8 @@ Markers (the unprefixed names ``requires``, ``seed``, ``gpu``, ``slow`` still wo
   ft_seed(id)                  the documented failure a scenario reproduces (for reports)
   ft_gpu                       needs CUDA; skipped with a reason when absent (select with ``-m ft_gpu`` or ``-m gpu``)
   ft_slow                      long-running
+  ft_quantizations(*kinds)     parametrise the test's ``quant`` argument with ``kinds`` (``None``: unquantised) and
+                               the adapter's own kinds (``Adapter.quantizations``), each requiring its capability
   ft_smoke(*variants)          the smoke tier (``-m ft_smoke``): at least one test of every scenario module, the
                                seed stories first; with variants, only those parametrisations
 
@@ -104,6 +106,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", text)
         config.addinivalue_line("markers", f"{alias}: deprecated alias of {name}")
     config.addinivalue_line("markers", "ft_metric(name): skip when the adapter declares it cannot log this metric")
+    config.addinivalue_line("markers", "ft_quantizations(*kinds): parametrise 'quant' with these kinds (None: "
+                                       "unquantised) and the adapter's own, each requiring its capability")
     config.addinivalue_line("markers", "ft_smoke(*variants): in the smoke tier (-m ft_smoke): every variant, or only "
                                        "those whose parameter id (device part aside) is one of variants")
     _configure_marker_aliases(config)
@@ -482,6 +486,23 @@ class StrictGate:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "ft_device" in metafunc.fixturenames:
         metafunc.parametrize("ft_device", ["cpu", pytest.param("cuda", marks=pytest.mark.ft_gpu)], scope="module")
+    kinds = metafunc.definition.get_closest_marker("ft_quantizations")
+    if kinds is not None and "quant" in metafunc.fixturenames:
+        metafunc.parametrize("quant", quantization_params(kinds.args, get_adapter(metafunc.config)))
+
+
+def quantization_params(names, adapter) -> list:
+    """``pytest.param`` per quantisation kind: ``names`` (``None``: unquantised), then the adapter's own kinds
+    (``Adapter.quantizations``); each marked with the capability it needs, its id its name."""
+    from .adapter import quantization_kinds
+
+    table = quantization_kinds(adapter)
+    unknown = [n for n in names if n is not None and n not in table]
+    if unknown:
+        raise pytest.UsageError(f"ft_quantizations names unknown kinds {unknown}; known: {sorted(table)}")
+    chosen = [*names, *(n for n in getattr(adapter, "quantizations", {}) if n not in names)]
+    return [pytest.param(q, id=q or "none", marks=[pytest.mark.ft_requires(table[q].capability)] if q else [])
+            for q in chosen]
 
 
 @pytest.fixture(scope="session")

@@ -199,7 +199,8 @@ class LoraSpec:
 
 Method = Literal["sft", "grpo", "dpo", "diffusion"]
 TrainType = Literal["full", "lora"]
-Quantization = Literal["nf4", "int8", "quanto-int8", "quanto-int4"]
+#: a harness kind (:data:`QUANTIZATIONS`) or one of the adapter's own (``Adapter.quantizations``)
+Quantization = str
 
 # RunSpec fields that are part of the *command line* (None = not typed by the user).
 _CLI_FIELDS = (

@@ -18,7 +18,8 @@ for the module's tests) are one *group*, since whichever of them runs first pays
 whose group never touches a mutant's hooks runs identical code on that mutant, so it passes there as it
 passes on the reference: only the groups that touch a hook run for the mutant, and its expected
 failures must lie among them. A member touched outside any test (collection, the plugin) selects
-everything. ``slow``-marked modules (the 2-process distributed save, whose workers are not traced) run
+everything; reads inside ``validate_adapter`` are not uses (it checks a value and acts on none: a mutant valid there
+behaves the same). ``slow``-marked modules (the 2-process distributed save, whose workers are not traced) run
 whole, for the reference and for the mutants that must fail them.
 """
 
@@ -144,6 +145,7 @@ class HookTrace:
         self.seen: set[tuple[str, str]] = set()
         self.units: list[str] = []
         self.imported: list[str] = []
+        self.validating = False
 
     def pytest_sessionfinish(self, session):
         self.imported = sorted(name for name in sys.modules if name.split(".")[0] in WARM_PACKAGES)
@@ -175,6 +177,8 @@ class HookTrace:
             self.units.pop()
 
     def _touch(self, unit_name: str) -> None:
+        if self.validating:  # validate_adapter checks a value, it does not act on it: a mutant valid there is equal
+            return
         for unit in self.units or [ANYWHERE]:
             if (unit, unit_name) not in self.seen:
                 self.seen.add((unit, unit_name))
@@ -219,12 +223,27 @@ class HookTrace:
             return called
 
         ReferenceAdapter.__getattribute__ = traced
+        import harness.adapter as contract
+
+        self._validate = contract.validate_adapter
+
+        def validate(*args, **kwargs):
+            self.validating = True
+            try:
+                return self._validate(*args, **kwargs)
+            finally:
+                self.validating = False
+
+        contract.validate_adapter = validate
         return self
 
     def __exit__(self, *exc):
         from harness.reference import ReferenceAdapter
 
         del ReferenceAdapter.__getattribute__
+        import harness.adapter as contract
+
+        contract.validate_adapter = self._validate
 
     def dependencies(self) -> dict[str, list[str]]:
         """test key -> the members its group touched (``ANYWHERE``: members touched outside any test)."""

@@ -490,3 +490,22 @@ def test_a_subclass_loads_the_model_its_own_way(tiny_assets, tmp_path):
     spec = RunSpec(model_dir=tiny_assets.model_dir, output_dir=tmp_path / "run", dataset_dir=tiny_assets.dataset_dir,
                    train_type="lora", max_steps=1, cli={"lora_rank": 2})
     assert Loader().training_batches(spec) and calls == [("load", "lora"), ("lora", 2)]
+
+
+def test_torchtune_qlora_option_declares_torchao_nf4_on_the_wide_model(tiny_assets, tmp_path):
+    """issue 37: option qlora=true declares torchtune's own quantised base (torchao NF4: ``quantize_base: true``),
+    on the llama-wide tiny model (the default one's 64 x 64 weights are below NF4's 64 x 256-element grouping)."""
+    from harness.adapter import validate_adapter
+
+    plain, qlora = tt.TorchtuneAdapter(), tt.TorchtuneAdapter(qlora="true")
+    validate_adapter(qlora)
+    assert not plain.quantizations and plain.model_arch == "llama" and "torchao-nf4" not in plain.capabilities
+    assert qlora.quantizations["torchao-nf4"].library == "torchao" and qlora.model_arch == "llama-wide"
+    assert "torchao-nf4" in qlora.capabilities
+    data = {"train": tmp_path / "t.jsonl"}
+    cfg = tt.build_config(_spec(tmp_path), _tt_values(quantization="torchao-nf4"), data, tiny_assets.model_dir)
+    assert cfg["model"]["quantize_base"] is True
+    assert tt.build_config(_spec(tmp_path), _tt_values(), data, tiny_assets.model_dir)["model"]["quantize_base"] is False
+    for values in ({"quantization": "nf4"}, {"quantization": "torchao-nf4", "train_type": "full"}):
+        with pytest.raises(SpecRefused, match="torchtune cannot express quantization="):
+            tt.build_config(_spec(tmp_path), _tt_values(**values), data, tiny_assets.model_dir)

@@ -390,3 +390,59 @@ def test_every_contract_member_is_in_the_adapter_docs():
     table = table[:table.index("\n\n", table.index("| member |"))]
     missing = [m for m in ("name", "capabilities", "train", *OPTIONAL_MEMBERS) if f"`{m}" not in table]
     assert not missing, f"docs/adapters.md's member table lacks {missing}"
+
+
+def test_own_quantization_kinds_are_validated():
+    """issue 37: a framework's own quantised-base kind (torchtune's torchao NF4) is declared in ``quantizations``
+    with its capability; a kind that shadows a harness kind, lacks its declared capability or is not a QuantKind
+    is refused, naming the key."""
+    from harness.adapter import QuantKind, quantization_kinds
+
+    adapter = ToyFramework()
+    kind = QuantKind("myq", "myq-cap", "mylib", "int4")
+    adapter.quantizations = {"myq": kind}
+    with pytest.raises(AdapterLoadError, match=r"quantizations\['myq'\] needs capability 'myq-cap'"):
+        validate_adapter(adapter)
+    adapter.capabilities = adapter.capabilities | {"myq-cap"}
+    validate_adapter(adapter)  # its capability is known through the kind
+    assert quantization_kinds(adapter)["myq"] is kind and "nf4" in quantization_kinds(adapter)
+    adapter.quantizations = {"nf4": QuantKind("nf4", "myq-cap", "mylib", "nf4")}
+    with pytest.raises(AdapterLoadError, match=r"quantizations\['nf4'\] shadows the harness's own kind"):
+        validate_adapter(adapter)
+    adapter.quantizations = {"myq": ("myq-cap", "mylib")}
+    with pytest.raises(AdapterLoadError, match=r"quantizations\['myq'\] = .*expected QuantKind\(name='myq'"):
+        validate_adapter(adapter)
+    adapter.quantizations, adapter.capabilities = {}, frozenset({"sft", "myq-cap"})
+    with pytest.raises(AdapterLoadError, match=r"unknown capabilities \['myq-cap'\]"):
+        validate_adapter(adapter)
+
+
+OWN_KIND_ADAPTER = '''
+from harness.adapter import Adapter, QuantKind
+
+class OwnKind(Adapter):
+    name = "ownkind"
+    capabilities = frozenset({"sft", "lora", "quant-nf4", "myq-cap"})
+    quantizations = {"myq": QuantKind("myq", "myq-cap", "mylib", "int4")}
+
+    def train(self, spec):
+        raise NotImplementedError
+'''
+
+
+def test_ft_quantizations_adds_the_adapters_own_kinds(pytester):
+    """issue 37: ``ft_quantizations`` parametrises ``quant`` with the named kinds and the adapter's own, each needing
+    its capability: the harness kinds keep their ids (known-failure keys do not move), the own kind runs."""
+    pytester.makepyfile(own_kind_adapter=OWN_KIND_ADAPTER, test_q='''
+import pytest
+
+@pytest.mark.ft_quantizations(None, "nf4", "int8")
+def test_q(ft_adapter, quant):
+    assert quant in (None, "nf4", "int8", "myq")
+''')
+    pytester.syspathinsert()
+    result = pytester.runpytest("--ft-adapter", "own_kind_adapter:OwnKind", "-v", "-rs", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*test_q[[]none[]] PASSED*", "*test_q[[]nf4[]] PASSED*", "*test_q[[]int8[]] SKIPPED*",
+                                 "*test_q[[]myq[]] PASSED*", "*lacks capability 'quant-int8'*"])
+    reference = pytester.runpytest("-v", "-p", "no:cacheprovider")  # the reference has no own kind
+    assert "myq" not in reference.stdout.str() and reference.parseoutcomes().get("passed") == 3

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml  # (PyYAML: a dependency of transformers and omegaconf)
 
-from ..adapter import RunSpec
+from ..adapter import QuantKind, RunSpec
 from ..kit import ConfigFileAdapter, refuse
 
 __all__ = ["TorchtuneAdapter", "build_config", "read_log", "epochs", "weight_files", "tokenizer_json"]
@@ -101,10 +101,13 @@ def build_config(spec: RunSpec, values: dict[str, Any], data: dict[str, Path], c
     if schedule not in ("constant", "cosine", "linear") or (schedule == "constant" and warmup):
         refuse("torchtune", "lr_scheduler_type", schedule if not warmup else f"{schedule} with warm-up",
                "its one schedule is get_cosine_schedule_with_warmup (constant: num_cycles 0; cosine: 0.5)")
+    if values.get("quantization") not in (None, *(["torchao-nf4"] if lora else [])):
+        refuse("torchtune", "quantization", values["quantization"], "its quantised base is torchao NF4 under LoRA")
     if lora and values["target_modules"] != "all-linear":
         refuse("torchtune", "target_modules", values["target_modules"], "the adapter writes all-linear only")
     lora_keys = {"lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"], "apply_lora_to_mlp": True,
-                 "apply_lora_to_output": False, **{k: values[k] for k in LORA_KEYS}} if lora else None
+                 "apply_lora_to_output": False, "quantize_base": values.get("quantization") == "torchao-nf4",
+                 **{k: values[k] for k in LORA_KEYS}} if lora else None
     checkpointer = {"_component_": "torchtune.training.FullModelHFCheckpointer", "checkpoint_dir": str(checkpoint_dir),
                     "checkpoint_files": weight_files(checkpoint_dir), "output_dir": str(out), "model_type": "LLAMA3"}
     if spec.resume_from is not None:  # that epoch's adapter (LoRA) or weights (full: then read from output_dir)
@@ -144,6 +147,8 @@ class TorchtuneAdapter(ConfigFileAdapter):
     name = framework = "torchtune"
     libraries = ("torchao", "torch")
     capabilities = frozenset({"sft", "full", "lora", "resume"})
+    options = {"qlora": ("false", "true: also its QLoRA, quantisation kind torchao-nf4 (quantize_base: true in the LoRA "
+                                  "builder), on the llama-wide tiny model, whose weights torchao's NF4 can quantise")}
     unavailable_metrics = dict.fromkeys(("eval_loss", "eval_accuracy"), "its 0.6.1 recipes run no validation")
     resume_files = {"optimizer": "../recipe_state/recipe_state.pt", "weights": "adapter_model.pt"}
     resume_points = "newest"
@@ -152,6 +157,9 @@ class TorchtuneAdapter(ConfigFileAdapter):
 
     def __init__(self, **options: str):
         super().__init__(**options)
+        if self.option_values["qlora"].strip().lower() == "true":  # (the plain tiny model is too small for NF4)
+            self.capabilities, self.model_arch = self.capabilities | {"torchao-nf4"}, "llama-wide"
+            self.quantizations = {"torchao-nf4": QuantKind("torchao-nf4", "torchao-nf4", "torchao", "nf4")}
         self.session_dir = Path(tempfile.mkdtemp(prefix="ft-torchtune-session-"))
         atexit.register(shutil.rmtree, self.session_dir, True)
 

@@ -21,7 +21,7 @@ from .saves import (ConfigDeclaresBf16, CopiesStagedCheckpoint, DeletesOldBefore
                    UnpicklesCheckpoint, WeightsOnlyIntermediateCheckpoints)
 from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, MissingTrainingStateIgnored,
                     QuantizedResumeReinitLora, ResumeDropsOptimizerState, ResumeFromIgnored, ResumeLatestByName,
-                    RngNotRestoredOnResume, ScheduleRestartsOnResume)
+                    ResumesOnlyTheNewest, RngNotRestoredOnResume, ScheduleRestartsOnResume)
 from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit, IgnoresLoadBestAtEnd,
                   PlainTrainerBestCheckpoint, ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
 from .data import (CollatorDropsAttentionMask, DropsIncompleteAccumulationWindow, MeanOfMicroBatchMeans,
@@ -74,6 +74,7 @@ _ALL = (
     MergedEosAsList,
     ConfigDeclaresBf16,
     ResumeLatestByName,
+    ResumesOnlyTheNewest,
     DeletesOldBeforeRename,
     CopiesStagedCheckpoint,
     IgnoresLoadBestAtEnd,

@@ -171,3 +171,14 @@ class ResumeLatestByName(ReferenceAdapter):
 
         by_name = sorted(list_checkpoints(output_dir), key=lambda c: c.name)
         return by_name[-1] if by_name else None
+
+
+class ResumesOnlyTheNewest(ReferenceAdapter):
+    """A *correct control*: the reference declaring ``resume_points = "newest"``, as a framework with one resume point
+    per output dir does (torchtune's single recipe state). The scenarios then resume in place after a kill, and skip
+    (saying so) the resumes from a copied or another run's checkpoint; what they do instead must pass on a correct
+    framework: an in-place arm that only knows Trainer's layout or cadence would be a false red (issue 37)."""
+
+    name = "control:resumes-only-the-newest"
+    fails = ()
+    resume_points = "newest"
