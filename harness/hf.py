@@ -66,15 +66,19 @@ def dtype_kwargs(dtype: Any = None) -> dict[str, Any]:
 def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str) -> dict[str, Any]:
     """``TrainingArguments`` keywords every Trainer-based run of the task shares: the resolved
     hyper-parameters, the save cadence, a loss logged at every step, seeds for the model and the data
-    order, CPU or bf16-on-CUDA, no reporting integrations and no progress bars."""
+    order, CPU or bf16-on-CUDA, no reporting integrations and no progress bars; gradient checkpointing (reentrant
+    or not) only when the run asks for it."""
     save_steps = values.get("save_steps") or 0
     bf16 = False
     if device == "cuda":
         import torch
 
         bf16 = torch.cuda.is_bf16_supported()
+    checkpointing = values.get("gradient_checkpointing") or False
+    gc = dict(gradient_checkpointing=True,
+              gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"}) if checkpointing else {}
     return dict(
-        output_dir=str(output_dir), max_steps=values["max_steps"], learning_rate=values["learning_rate"],
+        **gc, output_dir=str(output_dir), max_steps=values["max_steps"], learning_rate=values["learning_rate"],
         per_device_train_batch_size=values["per_device_train_batch_size"],
         gradient_accumulation_steps=values["gradient_accumulation_steps"],
         lr_scheduler_type=values["lr_scheduler_type"], warmup_steps=values.get("warmup_steps") or 0,

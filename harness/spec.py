@@ -56,6 +56,7 @@ CAPABILITIES = frozenset(
         "best-checkpoint",  # eval/save cadence, save_total_limit, metric for best
         "distributed",  # world_size > 1
         "packing",  # packing=True: samples packed into rows without attending across their boundaries
+        "gradient-checkpointing",  # cli gradient_checkpointing "reentrant" / "non-reentrant": activations recomputed
         "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
         "data",  # training_batches(spec): the tokenised, collated batches the framework would train on
         "new-tokens",  # cli new_special_tokens: the framework adds the tokens and resizes the embeddings before training
@@ -105,6 +106,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "load_args": True,
     "allow_quantization_change": False,
     "new_special_tokens": (),  # tokens added to the tokenizer (and rows to the embeddings) before training
+    "gradient_checkpointing": False,  # False, "reentrant" or "non-reentrant" (torch.utils.checkpoint's use_reentrant)
 }
 
 

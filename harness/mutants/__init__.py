@@ -24,8 +24,9 @@ from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, Miss
                     ResumesOnlyTheNewest, RngNotRestoredOnResume, ScheduleRestartsOnResume)
 from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit, IgnoresLoadBestAtEnd,
                   PlainTrainerBestCheckpoint, ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
-from .data import (CollatorDropsAttentionMask, DropsIncompleteAccumulationWindow, MeanOfMicroBatchMeans,
-                  MergeWithoutLoraScale, PackingWithoutBoundaries, PadIsEosInCollator, SavedTokenizerWithoutTemplate,
+from .data import (CheckpointingWithoutInputGrads, CheckpointRecomputeWithoutRng, CollatorDropsAttentionMask,
+                  DropsIncompleteAccumulationWindow, MeanOfMicroBatchMeans, MergeWithoutLoraScale,
+                  PackingWithoutBoundaries, PadIsEosInCollator, SavedTokenizerWithoutTemplate,
                   SchedulerSteppedPerMicroBatch, TemplateWithoutGenerationPrompt)
 from .preference import (FreshReferenceAdapter, ReferenceInBfloat16, ReferenceIsBaseUnderAdapter,
                          ReferenceIsResumedPolicy, ReferenceReloadedFromDisk)
@@ -78,6 +79,8 @@ _ALL = (
     DeletesOldBeforeRename,
     CopiesStagedCheckpoint,
     IgnoresLoadBestAtEnd,
+    CheckpointingWithoutInputGrads,
+    CheckpointRecomputeWithoutRng,
     ReferenceIsBaseUnderAdapter,
     FreshReferenceAdapter,
     ReferenceIsResumedPolicy,

@@ -211,3 +211,34 @@ class CollatorDropsAttentionMask(ReferenceAdapter):
             return batch
 
         return ones
+
+
+class CheckpointingWithoutInputGrads(ReferenceAdapter):
+    """Gradient checkpointing — reentrant activation checkpointing under LoRA without making the embeddings' output
+    require grad (locuslab/open-unlearning #178: LoRA layers not trained with ``gradient_checkpointing=True``;
+    huggingface/peft #2826: "no errors are thrown, just the computed gradients are zero"): the checkpointed layers'
+    adapters get no gradient. On the tiny model every adapter sits inside a checkpointed layer, so the loss has no
+    gradient at all and the run fails loudly; with a trainable module outside the layers it trains silently."""
+
+    name = "mutant:checkpointing-without-input-grads"
+    fails = ("test_gradient_checkpointing",)
+
+    def gradient_checkpointing(self, ctx: RunContext, model, reentrant: bool) -> None:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        if reentrant:
+            model.disable_input_require_grads()
+
+
+class CheckpointRecomputeWithoutRng(ReferenceAdapter):
+    """Gradient checkpointing — the recompute does not replay the forward's random state
+    (``torch.utils.checkpoint(..., preserve_rng_state=False)``): with dropout, the backward recomputes activations
+    under other masks, so the gradients belong to a forward that never ran. Silent: the loss still falls."""
+
+    name = "mutant:checkpoint-recompute-without-rng"
+    fails = ("test_gradient_checkpointing",)
+
+    def gradient_checkpointing(self, ctx: RunContext, model, reentrant: bool) -> None:
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": reentrant, "preserve_rng_state": False})
+        if reentrant:
+            model.enable_input_require_grads()

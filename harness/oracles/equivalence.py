@@ -44,6 +44,22 @@ def assert_runs_agree(expected: Path, actual: Path, *, keys: tuple[str, ...], rt
             raise OracleFailure(seed, f"{what}: {label}: {worst} differs by {diff:.3g} (> {weight_atol:g})")
 
 
+def assert_every_lora_b_moved(checkpoint: Path, *, seed: str) -> None:
+    """Every LoRA ``B`` matrix in ``checkpoint`` has left its zero initialisation (PEFT's default): one still all zero
+    got no gradient, i.e. its layer did not train (a reentrant activation checkpoint whose inputs do not require
+    grad passes none to the adapters inside it)."""
+    weights = checkpoint_weights(Path(checkpoint), seed=seed)
+    b = sorted(name for name in weights if "lora_B" in name)
+    if not b:
+        raise OracleFailure(seed, f"{Path(checkpoint).name} holds no lora_B tensor: nothing to judge (found "
+                                  f"{sorted(weights)[:3]})")
+    still = [name for name in b if not bool(weights[name].any())]
+    if still:
+        raise OracleFailure(seed, f"{Path(checkpoint).name}: {len(still)} of {len(b)} lora_B matrices are still all "
+                                  f"zero, as initialised, e.g. {still[0]}: expected every adapter to have trained "
+                                  f"(a layer whose adapter gets no gradient)")
+
+
 def assert_merged_is_trained_model(merged: Path, adapter_dir: Path, dataset_dir: Path, *, quantization: str | None,
                                    atol: float, output: str = "", seed: str = "merge") -> None:
     """A merged LoRA export is the trained model: a self-contained full model (no adapter files, no

@@ -22,6 +22,7 @@ SEEDS = {
     "template": "saved-template: every saved tokenizer must encode a chat exactly as training did, and stop where it ends",
     "layout": "checkpoint-layout: a run leaves checkpoint-N directories at its save cadence, each with its state and weights",
     "ref": "reference-model: preference training must measure its reward against the policy the run starts from",
+    "checkpointing": "gradient-checkpointing: recomputing activations must not change what trains",
     "embeddings": "embeddings-saved: tied and resized embeddings must be saved as trained and reload to the logged eval",
 }
 

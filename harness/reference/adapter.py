@@ -532,6 +532,8 @@ class ReferenceAdapter(Adapter):
             log.warning(msg)
             warnings.warn(msg, UserWarning, stacklevel=3)
         targs = hf.training_arguments(ctx.values, ctx.output_dir, ctx.spec.device)
+        if targs.pop("gradient_checkpointing", False):  # (enabled here, where the reference says how)
+            self.gradient_checkpointing(ctx, model, targs.pop("gradient_checkpointing_kwargs")["use_reentrant"])
         if distributed.is_worker():
             targs.update(distributed.fsdp_arguments())
         collator = self.packing_collator(ctx, model) if ctx.values["packing"] else None
@@ -551,6 +553,16 @@ class ReferenceAdapter(Adapter):
             if micro_batches % ctx.values["gradient_accumulation_steps"]:
                 self.incomplete_window(ctx, trainer)
         return trainer
+
+    def gradient_checkpointing(self, ctx: RunContext, model, reentrant: bool) -> None:
+        """Activation checkpointing of every decoder layer (``gradient_checkpointing``: "reentrant" or "non-reentrant",
+        torch.utils.checkpoint's ``use_reentrant``). A reentrant checkpoint passes gradients only to inputs that require
+        them, so under LoRA (frozen embeddings) the embeddings' output is made to require grad
+        (``enable_input_require_grads``, what PEFT's ``prepare_model_for_kbit_training`` and transformers' own
+        checkpointing of a PEFT model do); else no layer's adapter would get a gradient."""
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        if reentrant:
+            model.enable_input_require_grads()
 
     def reference_model(self, ctx: RunContext, model):
         """DPO's and GRPO's (``beta`` > 0) reference: a frozen copy of the policy the run starts from (the base plus the

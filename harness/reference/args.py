@@ -56,6 +56,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "train_type": ("full", "lora"),
     "quantization": (None, *QUANTIZATIONS),
     "lr_scheduler_type": ("constant", "linear", "cosine"),
+    "gradient_checkpointing": (False, "reentrant", "non-reentrant"),
 }
 _NON_NEGATIVE_INT = ("max_steps", "eval_steps", "save_steps", "save_total_limit", "seed", "warmup_steps")
 _POSITIVE_INT = ("per_device_train_batch_size", "gradient_accumulation_steps", "lora_rank",
