@@ -558,8 +558,8 @@ class ReferenceAdapter(Adapter):
         """Activation checkpointing of every decoder layer (``gradient_checkpointing``: "reentrant" or "non-reentrant",
         torch.utils.checkpoint's ``use_reentrant``). A reentrant checkpoint passes gradients only to inputs that require
         them, so under LoRA (frozen embeddings) the embeddings' output is made to require grad
-        (``enable_input_require_grads``, what PEFT's ``prepare_model_for_kbit_training`` and transformers' own
-        checkpointing of a PEFT model do); else no layer's adapter would get a gradient."""
+        (``enable_input_require_grads``, as PEFT's ``prepare_model_for_kbit_training`` does); else no layer's adapter
+        would get a gradient."""
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         if reentrant:
             model.enable_input_require_grads()
