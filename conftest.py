@@ -32,9 +32,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The detection matrix's reference run first, its mutants last: under ``pytest -n 2`` the worker that computes
-    the shared reference run (about 30 s) is not joined by the other one waiting on it — that one works through the
-    rest of the suite meanwhile."""
+    """The detection matrix's reference shards first, its mutants last: under ``pytest -n 2`` xdist hands the first
+    tests out one per worker, so each worker traces one shard of the shared reference run (about 60 s each) at the
+    start, and neither waits on the other's when the mutants, which read both, come at the end."""
     detection = "tests/test_detection.py::"
     reference = [i for i in items if i.nodeid.startswith(detection + "test_detection_reference")]
     mutants = [i for i in items if i.nodeid.startswith(detection + "test_detection[")]

@@ -314,27 +314,67 @@ def run_scenarios(pytester, target: str, modules: list[str], marks: str, plugins
     return failing, result.parseoutcomes(), details
 
 
-@pytest.fixture
-def reference_run(pytester, tmp_path_factory):
-    """The reference over every module with the hook trace; run once per test session (the xdist workers
-    share it through a locked file) and read by every mutant's test."""
+#: the reference's scenario run is split into this many shards (whole modules), so that under ``pytest -n 2`` both
+#: workers trace one at the start instead of one tracing everything while the other waits on it (measured: the
+#: waiting worker idled 41 s of a 369 s self-test)
+SHARDS = 2
+#: seconds per module of an untraced serial reference run (``--durations=0``, 2-core machine, 2026-12-05): only the
+#: shards' balance depends on them; a module not listed counts 1 s
+REFERENCE_SECONDS = {"test_resume_equivalence": 11.0, "test_distributed_save": 10.7, "test_args_precedence": 8.1,
+                     "test_best_checkpoint": 6.7, "test_diffusion_lora_resume": 5.6, "test_quantized_lora_resume": 3.8,
+                     "test_crash_during_save": 3.6, "test_reference_model": 3.2, "test_grad_accumulation": 2.1}
+
+
+def reference_shards() -> list[list[str]]:
+    """SCENARIO_MODULES in SHARDS parts of about equal reference time (longest first, each to the lightest part).
+    A module is never split: the tests sharing its module fixtures are one group of the trace."""
+    parts: list[list[str]] = [[] for _ in range(SHARDS)]
+    load = [0.0] * SHARDS
+    for module in sorted(SCENARIO_MODULES, key=lambda m: (-REFERENCE_SECONDS.get(m, 1.0), m)):
+        lightest = load.index(min(load))
+        parts[lightest].append(module)
+        load[lightest] += REFERENCE_SECONDS.get(module, 1.0)
+    return [sorted(part) for part in parts]
+
+
+def reference_shard(pytester, tmp_path_factory, index: int) -> dict:
+    """One shard of the reference over the scenario modules with the hook trace; computed once per test session (the
+    xdist workers share it through a locked file)."""
     run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     shared = tmp_path_factory.getbasetemp().parent if run_id else tmp_path_factory.getbasetemp()
-    result_file = shared / f"ft-reference-trace-{run_id or 'serial'}.json"
-    with open(shared / f"ft-reference-trace-{run_id or 'serial'}.lock", "w") as lock:
+    stem = shared / f"ft-reference-trace-{run_id or 'serial'}-{index}"
+    result_file = Path(f"{stem}.json")
+    with open(f"{stem}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not result_file.is_file():
-            trace_file = shared / f"ft-reference-trace-{run_id or 'serial'}.jsonl"
+            trace_file = Path(f"{stem}.jsonl")
             trace_file.write_text("", encoding="utf-8")
             with HookTrace(trace_file) as trace:
-                failing, outcomes, details = run_scenarios(pytester, "reference", SCENARIO_MODULES, "not ft_gpu",
-                                                           plugins=[trace])
+                failing, outcomes, details = run_scenarios(pytester, "reference", reference_shards()[index],
+                                                           "not ft_gpu", plugins=[trace])
             result_file.write_text(json.dumps({"failing": sorted(failing), "outcomes": outcomes, "details": details,
                                                "deps": trace.dependencies(), "imported": trace.imported}),
                                    encoding="utf-8")
     result = json.loads(result_file.read_text(encoding="utf-8"))
     warm_imports(result["imported"])
     return result
+
+
+@pytest.fixture
+def reference_run(pytester, tmp_path_factory):
+    """The reference over every module with the hook trace (every shard, merged), read by every mutant's test."""
+    shards = [reference_shard(pytester, tmp_path_factory, i) for i in range(SHARDS)]
+    deps: dict[str, list[str]] = {}
+    for shard in shards:
+        deps.update({t: names for t, names in shard["deps"].items() if t != ANYWHERE})
+    deps[ANYWHERE] = sorted(set().union(*(shard["deps"].get(ANYWHERE, ()) for shard in shards)))
+    outcomes: dict[str, int] = {}
+    for shard in shards:
+        for key, count in shard["outcomes"].items():
+            outcomes[key] = outcomes.get(key, 0) + count
+    return {"failing": sorted(set().union(*(shard["failing"] for shard in shards))), "outcomes": outcomes,
+            "details": "\n".join(shard["details"] for shard in shards if shard["details"]), "deps": deps,
+            "imported": sorted(set().union(*(shard["imported"] for shard in shards)))}
 
 
 def test_matrix_names_real_scenarios():
@@ -369,12 +409,20 @@ def test_every_mutant_class_is_in_the_matrix():
     assert not inherited, f"mutants without their own 'fails': {inherited}"
 
 
-def test_detection_reference(reference_run):
-    """The reference passes every scenario (and the trace it left names a test of every non-slow module)."""
-    assert reference_run["outcomes"].get("passed", 0) > 0, f"reference: nothing passed ({reference_run['outcomes']})"
-    assert not reference_run["failing"], f"reference fails {reference_run['failing']}\n{reference_run['details']}"
-    traced = {t.split("::")[0] for t, names in reference_run["deps"].items() if names and t != ANYWHERE}
-    untraced = set(SCENARIO_MODULES) - set(SLOW_MODULES) - traced
+def test_reference_shards_cover_every_module_once():
+    shards = reference_shards()
+    assert sorted(m for shard in shards for m in shard) == SCENARIO_MODULES and all(shards), shards
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_detection_reference(pytester, tmp_path_factory, shard):
+    """The reference passes every scenario of its shard (and the trace it left names a test of every non-slow module
+    there). Under xdist the shards are the first tests, one per worker (see conftest.py)."""
+    run = reference_shard(pytester, tmp_path_factory, shard)
+    assert run["outcomes"].get("passed", 0) > 0, f"reference: nothing passed ({run['outcomes']})"
+    assert not run["failing"], f"reference fails {run['failing']}\n{run['details']}"
+    traced = {t.split("::")[0] for t, names in run["deps"].items() if names and t != ANYWHERE}
+    untraced = set(reference_shards()[shard]) - set(SLOW_MODULES) - traced
     assert not untraced, f"the hook trace saw no adapter access in {sorted(untraced)}"
 
 
