@@ -13,7 +13,7 @@ Ground floor of the ground floor: plain dataclasses and tables, importing nothin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -25,6 +25,7 @@ __all__ = [
     "TASK_DEFAULTS",
     "DEFAULT_BETA",
     "kl_beta",
+    "in_trainable_set",
     "SourceKind",
     "SOURCE_PRIORITY",
     "Source",
@@ -57,6 +58,7 @@ CAPABILITIES = frozenset(
         "distributed",  # world_size > 1
         "packing",  # packing=True: samples packed into rows without attending across their boundaries
         "gradient-checkpointing",  # cli gradient_checkpointing "reentrant" / "non-reentrant": activations recomputed
+        "trainable-set",  # cli trainable_parameters (full runs): only the parameters those patterns name train
         "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
         "data",  # training_batches(spec): the tokenised, collated batches the framework would train on
         "new-tokens",  # cli new_special_tokens: the framework adds the tokens and resizes the embeddings before training
@@ -107,7 +109,20 @@ TASK_DEFAULTS: dict[str, Any] = {
     "allow_quantization_change": False,
     "new_special_tokens": (),  # tokens added to the tokenizer (and rows to the embeddings) before training
     "gradient_checkpointing": False,  # False, "reentrant" or "non-reentrant" (torch.utils.checkpoint's use_reentrant)
+    #: full runs: regular expressions over parameter names (:func:`in_trainable_set`); () means every parameter trains
+    "trainable_parameters": (),
 }
+
+
+def in_trainable_set(name: str, patterns: Sequence[str]) -> bool:
+    """Whether parameter ``name`` (as the base model's ``named_parameters()`` / its ``model.safetensors`` name it,
+    e.g. ``model.layers.1.mlp.up_proj.weight``) trains in a full run with ``trainable_parameters=patterns``: some
+    pattern matches the *whole* name (``re.fullmatch``); an empty set of patterns means every parameter trains. The
+    frameworks say it their own ways (axolotl ``unfrozen_parameters`` regexes, ms-swift ``--trainable_parameters``
+    prefixes, LLaMA-Factory ``finetuning_type: freeze`` layer counts and module names): an adapter translates."""
+    import re
+
+    return not patterns or any(re.fullmatch(p, name) for p in patterns)
 
 
 #: the KL weight a method uses when the run leaves ``beta`` unset (TRL's defaults: DPO 0.1; GRPO 0.0, no reference

@@ -101,6 +101,8 @@ def test_load_args_false_and_never_inherited(tmp_path):
     ('{"save_on_best": "yes"}', "save_on_best", "true or false"),
     ('{"target_modules": []}', "target_modules", "'all-linear' or a non-empty list"),
     ('{"quantization": "int3"}', "quantization", "one of None"),
+    ('{"trainable_parameters": "model.layers.1"}', "trainable_parameters", "a list of regular expressions"),
+    ('{"trainable_parameters": ["model\\\\.layers\\\\.(1"]}', "trainable_parameters", "does not compile"),
 ])
 def test_bad_args_file_names_file_key_and_expectation(tmp_path, content, key, expected):
     (tmp_path / "args.json").write_text(content)
@@ -134,3 +136,21 @@ def test_dpo_beta_must_be_positive(tmp_path, beta):
     assert kl_beta(resolve({"method": "grpo", "beta": 0}, tmp_path).values) == 0.0
     assert kl_beta(resolve({"method": "dpo"}, tmp_path).values) == 0.1
     assert kl_beta(resolve({"method": "grpo"}, tmp_path).values) == 0.0
+
+
+def test_trainable_set_needs_a_full_run_and_patterns_that_name_parameters(tiny_assets, tmp_path):
+    """The reference refuses trainable_parameters on a LoRA run and a pattern that matches no whole parameter name
+    (a typo would freeze everything but what it meant), naming the key, before anything trains."""
+    from harness.adapter import RunSpec
+    from harness.reference import ReferenceAdapter
+
+    def run(**fields):
+        return ReferenceAdapter().train(RunSpec(model_dir=tiny_assets.model_dir, output_dir=tmp_path / "out",
+                                                dataset_dir=tiny_assets.dataset_dir, max_steps=1, **fields))
+
+    with pytest.raises(ConfigError, match="'trainable_parameters': expected train_type 'full'"):
+        run(cli={"trainable_parameters": [r"model\.layers\.1\..*"]})
+    with pytest.raises(ConfigError, match=r"'trainable_parameters': expected patterns that each match a whole "
+                                          r"parameter name \(e\.g\. 'model\.embed_tokens\.weight'\), found \["):
+        run(train_type="full", cli={"trainable_parameters": [r"model\.layers\.1"]})  # a prefix, not a whole name
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("checkpoint-*"))

@@ -117,6 +117,27 @@ def test_swift_dpo_and_grpo_argv_and_ref_adapters(tmp_path):
     assert _args(build_argv(grpo.replace(cli={"beta": 0.04}), fields, data)[1])["beta"] == "0.04"
 
 
+def test_swift_trainable_set_is_a_frozen_model_with_one_anchored_regex(tiny_assets):
+    """trainable_parameters (whole-name regexes) is not swift's --trainable_parameters (name prefixes): everything is
+    frozen (--freeze_parameters_ratio 1) and one anchored --trainable_parameters_regex unfreezes exactly the set."""
+    import re
+
+    from harness.adapters.swift import trainable_regex
+    from harness.layout import read_safetensors_header
+    from harness.spec import in_trainable_set
+    from scenarios.test_trainable_set import TRAINABLE_SETS
+
+    fields = V4_FIELDS | {"freeze_parameters_ratio", "trainable_parameters_regex", "trainable_parameters"}
+    names = sorted(read_safetensors_header(tiny_assets.model_dir / "model.safetensors"))
+    for patterns in TRAINABLE_SETS.values():
+        out = swift_cli({"train_type": "full", "trainable_parameters": patterns}, fields)
+        assert out["freeze_parameters_ratio"] == 1.0 and "trainable_parameters" not in out
+        regex = out["trainable_parameters_regex"]
+        assert {n for n in names if re.search(regex, n)} == {n for n in names if in_trainable_set(n, patterns)}
+    assert trainable_regex([r"model\.norm\.weight"]) == r"^(?:(?:model\.norm\.weight))$"
+    assert "freeze_parameters_ratio" not in swift_cli({"trainable_parameters": []}, fields)
+
+
 def test_swift_unknown_quantization_is_a_clear_error():
     assert set(QUANT_ARGS) == {"nf4", "int8", "quanto-int8", "quanto-int4"}
     with pytest.raises(ConfigError, match="quantization"):
@@ -305,6 +326,40 @@ def test_llamafactory_new_tokens_and_template(tmp_path):
     old = build_config(_spec(tmp_path), values, tmp_path / "d", special_tokens_key="new_special_tokens")
     assert old["new_special_tokens"] == "<|tool|>,<|/tool|>" and "add_special_tokens" not in old
     assert "resize_vocab" not in build_config(_spec(tmp_path), DEFAULTS, tmp_path / "d")
+
+
+def test_llamafactory_trainable_set_becomes_freeze_keys(tiny_assets, tmp_path):
+    """trainable_parameters becomes finetuning_type freeze with the keys whose trained set (LLaMA-Factory's substring
+    rule, simulated on the base's names) is exactly the asked one; a set no keys give is refused, never approximated."""
+    from harness.adapters.llamafactory import freeze_trainable
+    from harness.errors import SpecRefused
+    from harness.layout import read_safetensors_header
+    from harness.spec import in_trainable_set
+    from scenarios.test_trainable_set import TRAINABLE_SETS
+
+    spec = RunSpec(model_dir=tiny_assets.model_dir, output_dir=tmp_path / "out", dataset_dir=tmp_path / "data")
+    names = sorted(read_safetensors_header(tiny_assets.model_dir / "model.safetensors"))
+
+    def config(patterns, **values):
+        return build_config(spec, {**DEFAULTS, "train_type": "full", "trainable_parameters": patterns, **values},
+                            tmp_path / "d")
+
+    last, attention = config(TRAINABLE_SETS["last-layer"]), config(TRAINABLE_SETS["attention-and-head"])
+    assert (last["finetuning_type"], last["freeze_trainable_layers"], last["freeze_trainable_modules"],
+            last["freeze_extra_modules"]) == ("freeze", 1, "all", None)
+    assert (attention["freeze_trainable_layers"], attention["freeze_trainable_modules"],
+            attention["freeze_extra_modules"]) == (2, "self_attn", "lm_head")
+    for patterns in TRAINABLE_SETS.values():
+        cfg = config(patterns)
+        trained = freeze_trainable(names, 2, cfg["freeze_trainable_layers"], cfg["freeze_trainable_modules"].split(","),
+                                   (cfg["freeze_extra_modules"] or "").split(",") if cfg["freeze_extra_modules"] else [])
+        assert trained == {n for n in names if in_trainable_set(n, patterns)}
+    # "norm" as an extra module is a substring of every layer's norms too: the final norm alone cannot be said
+    with pytest.raises(SpecRefused, match="trainable_parameters"):
+        config([r"model\.norm\.weight"])
+    with pytest.raises(SpecRefused, match="full-parameter"):
+        config(TRAINABLE_SETS["last-layer"], train_type="lora")
+    assert build_config(spec, {**DEFAULTS, "train_type": "full"}, tmp_path / "d")["finetuning_type"] == "full"
 
 
 def test_transformers_sft_config_trains_assistant_turns_only():

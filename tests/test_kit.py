@@ -295,6 +295,29 @@ def test_axolotl_config_variants(tmp_path):
         build_config(spec, _values(quantization="quanto-int8"), DATA, tmp_path)
 
 
+def test_axolotl_trainable_set_lists_each_trainable_name(tiny_assets, tmp_path):
+    """trainable_parameters becomes unfrozen_parameters, one anchored name per trainable parameter: run through
+    axolotl's own rule (every "." escaped, re.match), they unfreeze exactly the asked set."""
+    import re
+
+    from harness.errors import SpecRefused
+    from harness.layout import read_safetensors_header
+    from harness.spec import in_trainable_set
+    from scenarios.test_trainable_set import TRAINABLE_SETS
+
+    spec = RunSpec(model_dir=tiny_assets.model_dir, output_dir=tmp_path / "o", dataset_dir=tmp_path / "d")
+    names = sorted(read_safetensors_header(tiny_assets.model_dir / "model.safetensors"))
+    for patterns in TRAINABLE_SETS.values():
+        unfrozen = build_config(spec, _values(train_type="full", trainable_parameters=patterns), DATA,
+                                tmp_path)["unfrozen_parameters"]
+        axolotl_rule = [re.compile(p.replace(".", "\\.")) for p in unfrozen]  # axolotl's LayerNamePattern
+        assert {n for n in names if any(r.match(n) for r in axolotl_rule)} == {
+            n for n in names if in_trainable_set(n, patterns)}
+    assert "unfrozen_parameters" not in build_config(spec, _values(train_type="full"), DATA, tmp_path)
+    with pytest.raises(SpecRefused, match="full-parameter"):
+        build_config(spec, _values(trainable_parameters=TRAINABLE_SETS["last-layer"]), DATA, tmp_path)
+
+
 def test_axolotl_adapter_loads_without_axolotl(tmp_path):
     adapter = load_adapter("axolotl[load_best_model_at_end=true]")
     assert isinstance(adapter, AxolotlAdapter) and adapter.name.endswith("[load_best_model_at_end=true]")

@@ -6,6 +6,7 @@ The tiny texts are ``type: completion`` datasets (``{"text": ...}``, trained on 
 accuracy metric, and keeps its own defaults where a user would (e.g. its step-0 evaluation). CPU settings a user on
 CPU must write: the four ``lora_*_kernel`` flags off (axolotl's Triton LoRA kernels are on by default and need CUDA),
 no bf16/tf32, ``attn_implementation: sdpa`` (what axolotl's packing warning asks for), ``dataset_num_proc: 1``. ``save_on_best`` has no axolotl key and is not passed.
+``trainable_parameters`` becomes ``unfrozen_parameters`` (:func:`unfrozen_parameters`).
 Options (``--ft-adapter-option KEY=VALUE``): see :data:`OPTIONS`.
 
 Like a user training often on the same data, a session keeps one ``dataset_prepared_path`` per preparation (named by
@@ -29,10 +30,10 @@ from typing import Any
 from ..adapter import RunSpec
 from ..spec import BEST_CHECKPOINT_STORY
 from ..errors import ConfigError
-from ..kit import ConfigFileAdapter, cpu_threads, quantization_keys, run_in_fork, write_config_file
-from ..layout import adapter_base, is_adapter_dir
+from ..kit import ConfigFileAdapter, cpu_threads, quantization_keys, refuse, run_in_fork, write_config_file
+from ..layout import adapter_base, is_adapter_dir, read_safetensors_header
 
-__all__ = ["AxolotlAdapter", "OPTIONS", "build_config"]
+__all__ = ["AxolotlAdapter", "OPTIONS", "build_config", "unfrozen_parameters"]
 
 OPTIONS = {"load_best_model_at_end": ("false", "true/false: axolotl's load_best_model_at_end (best-checkpoint story "
                                                 "runs only)")}
@@ -96,11 +97,33 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
         # packed, micro_batch_size counts rows of sequence_len tokens: the batch's token budget becomes one row
         cfg.update(sample_packing=True, eval_sample_packing=False, micro_batch_size=1,
                    sequence_len=64 * values["per_device_train_batch_size"])
+    if values.get("trainable_parameters"):
+        cfg["unfrozen_parameters"] = unfrozen_parameters(spec, values)
     if spec.resume_from == "latest":
         cfg["auto_resume_from_checkpoints"] = True
     elif spec.resume_from is not None:
         cfg["resume_from_checkpoint"] = str(spec.resume_from)
     return cfg
+
+
+def unfrozen_parameters(spec: RunSpec, values: Mapping[str, Any]) -> list[str]:
+    """``trainable_parameters`` as axolotl's ``unfrozen_parameters``: axolotl escapes every ``.`` of a pattern (a dot is
+    never a wildcard there) and matches from the start of the name (``re.match``), so a harness pattern (``\\.`` and
+    ``.*``) cannot be passed as written; the set it names on the base (its ``model.safetensors`` names) is listed one
+    anchored name per parameter (``^model.layers.1.mlp.up_proj.weight$``), which matches exactly that name."""
+    import re
+
+    from ..spec import in_trainable_set
+
+    patterns = list(values["trainable_parameters"])
+    if values["train_type"] != "full":
+        refuse("axolotl", "trainable_parameters", patterns, "unfrozen_parameters applies to a full-parameter run")
+    names = sorted(read_safetensors_header(Path(spec.model_dir) / "model.safetensors"))
+    odd = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.]+", n)]
+    if odd:
+        refuse("axolotl", "trainable_parameters", patterns, f"parameter names such as {odd[0]!r} cannot be written as "
+                                                             f"an unfrozen_parameters pattern")
+    return [f"^{n}$" for n in names if in_trainable_set(n, patterns)]
 
 
 def _run(command: str, config_path: Path, **kwargs: Any) -> None:
@@ -126,7 +149,7 @@ class AxolotlAdapter(ConfigFileAdapter):
     libraries = ("transformers", "peft", "trl", "torch")
     options = OPTIONS
     capabilities = frozenset({"sft", "full", "lora", "resume", "best-checkpoint", "packing", "merge", "quant-nf4",
-                              "quant-int8", "gpu"})
+                              "quant-int8", "trainable-set", "gpu"})
     unavailable_metrics = {"eval_accuracy": "axolotl logs no next-token accuracy (eval_causal_lm_metrics are "
                                             "generation metrics: sacrebleu, comet, ter, chrf, perplexity)"}
 

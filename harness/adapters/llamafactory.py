@@ -23,6 +23,8 @@ with bitsandbytes, HQQ or EETQ only (no optimum-quanto). ``packing=True`` become
 Chat data (``messages`` / ``prompt``+``completion`` rows) becomes sharegpt ``messages`` rows; ``training_batches``
 runs the training config and stops at ``Trainer.train()`` to read one epoch of its dataloader;
 ``new_special_tokens`` becomes ``add_special_tokens`` (0.9.5; ``new_special_tokens`` before) + ``resize_vocab: true``.
+``trainable_parameters`` becomes ``finetuning_type: freeze`` with the freeze keys that train exactly that set
+(:func:`freeze_keys`; a set they cannot give is refused).
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ from typing import Any
 from ..adapter import Adapter, RunResult, RunSpec
 from ..spec import BEST_CHECKPOINT_STORY, kl_beta
 from ..errors import ConfigError
-from ..layout import adapter_base, is_adapter_dir
+from ..layout import adapter_base, is_adapter_dir, read_json, read_safetensors_header
 from .. import hf
 from ..runtime import cpu_threads, library_versions, run_in_fork
 from ..task import is_chat_dataset
 from ..kit import (check_options, collect_result, convert_chat_datasets, convert_datasets, parse_bool,
-                   quantization_keys)
+                   quantization_keys, refuse)
 
-__all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "build_eval_config", "QUANT_KEYS"]
+__all__ = ["LlamaFactoryAdapter", "OPTIONS", "build_config", "build_eval_config", "QUANT_KEYS", "freeze_keys",
+           "freeze_trainable"]
 
 OPTIONS = {
     "load_best_model_at_end": "true/false, default false: TrainingArguments.load_best_model_at_end",
@@ -52,6 +55,43 @@ QUANT_KEYS: dict[str, dict[str, Any]] = {
     "nf4": {"quantization_bit": 4, "quantization_method": "bnb", "quantization_type": "nf4"},
     "int8": {"quantization_bit": 8, "quantization_method": "bnb"},
 }
+
+
+def freeze_trainable(names: list[str], n_layers: int, layers: int, modules: list[str], extra: list[str]) -> set[str]:
+    """The parameters LLaMA-Factory's ``finetuning_type: freeze`` trains (``_setup_freeze_tuning``, 0.9.x): layers
+    ``freeze_trainable_layers`` (> 0: the last n, < 0: the first n), ``freeze_trainable_modules`` (``all`` or module
+    names under a layer) and ``freeze_extra_modules``, each matched as a *substring* of the parameter name
+    (``".1.self_attn"``, ``".1."`` for ``all``, ``"lm_head"``) as LLaMA-Factory matches them."""
+    ids = range(max(0, n_layers - layers), n_layers) if layers > 0 else range(min(-layers, n_layers))
+    keys = [f".{i}.{'' if m == 'all' else m}" for m in modules for i in ids] + list(extra)
+    return {n for n in names if any(k in n for k in keys)}
+
+
+def freeze_keys(names: list[str], n_layers: int, patterns: list[str]) -> dict[str, Any]:
+    """``trainable_parameters`` as LLaMA-Factory's freeze keys: the smallest ``freeze_trainable_layers`` /
+    ``freeze_trainable_modules`` / ``freeze_extra_modules`` whose trained set (:func:`freeze_trainable`, simulated on
+    the base's parameter ``names``) is exactly the set the patterns name; a set no such keys give is refused (never
+    mapped to a near one)."""
+    import itertools
+    import re
+
+    from ..spec import in_trainable_set
+
+    want = {n for n in names if in_trainable_set(n, patterns)}
+    hidden = sorted({n.split(".0.")[-1].split(".")[0] for n in names if ".0." in n})
+    outside = sorted({n.split(".")[-2] for n in names if re.search(r"\.\d+\.", n) is None and "." in n})
+    module_sets = [["all"]] + [list(c) for r in range(1, len(hidden) + 1) for c in itertools.combinations(hidden, r)]
+    extra_sets = [list(c) for r in range(len(outside) + 1) for c in itertools.combinations(outside, r)]
+    for layers in [*range(1, n_layers + 1), *range(-1, -n_layers, -1)]:
+        for modules in module_sets:
+            for extra in extra_sets:
+                if freeze_trainable(names, n_layers, layers, modules, extra) == want:
+                    return {"finetuning_type": "freeze", "freeze_trainable_layers": layers,
+                            "freeze_trainable_modules": ",".join(modules),
+                            "freeze_extra_modules": ",".join(extra) or None}
+    refuse("llamafactory", "trainable_parameters", patterns,
+           f"no freeze_trainable_layers / freeze_trainable_modules / freeze_extra_modules trains exactly those "
+           f"{len(want)} of {len(names)} parameters")
 
 
 def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *, template: str | None = "empty",
@@ -94,6 +134,14 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     new_tokens = list(values.get("new_special_tokens") or ())
     if new_tokens:  # LLaMA-Factory adds them, resizes, and (LoRA) trains/saves embed + head as additional_target
         cfg.update({special_tokens_key: ",".join(new_tokens), "resize_vocab": True})
+    if values.get("trainable_parameters"):
+        if values["train_type"] != "full":
+            refuse("llamafactory", "trainable_parameters", list(values["trainable_parameters"]),
+                   "the freeze keys apply to finetuning_type freeze, a full-parameter run")
+        base = Path(cfg["model_name_or_path"])
+        names = sorted(read_safetensors_header(base / "model.safetensors"))
+        n_layers = int(read_json(base / "config.json")["num_hidden_layers"])
+        cfg.update(freeze_keys(names, n_layers, list(values["trainable_parameters"])))
     if spec.resume_from is not None and spec.resume_from != "latest":
         cfg["resume_from_checkpoint"] = str(spec.resume_from)
     return cfg
@@ -125,7 +173,7 @@ class LlamaFactoryAdapter(Adapter):
 
     name = "llamafactory"
     capabilities = frozenset({"sft", "dpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint",
-                              "merge", "packing", "data", "new-tokens", "gpu"})
+                              "merge", "packing", "data", "new-tokens", "trainable-set", "gpu"})
 
     def __init__(self, **options: str):
         check_options("llamafactory", options, OPTIONS)

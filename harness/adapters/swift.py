@@ -9,7 +9,9 @@ differences are mapped, not assumed: 3.x calls the training type ``train_type`` 
 version's argument class knows are passed.
 
 ``merge`` is ``swift export --adapters DIR --merge_lora true``. No ``packing`` capability: ms-swift packs only
-with a flash-attention implementation (CUDA).
+with a flash-attention implementation (CUDA). ``trainable_parameters`` (whole-name regexes) is not swift's own
+``--trainable_parameters`` (name prefixes): it becomes ``--freeze_parameters_ratio 1`` and one anchored
+``--trainable_parameters_regex`` (:func:`trainable_regex`; capability ``trainable-set`` where the version has both).
 
 ``resolve_args`` asks swift itself: it builds the argument dataclass with the command-line values,
 skips ``__post_init__`` (which loads the model) and runs swift's own checkpoint discovery and
@@ -51,7 +53,7 @@ from ..kit import (check_options, checkpoints_in, collect_result, convert_chat_d
 from ..spec import TASK_DEFAULTS, kl_beta
 from ..task import is_chat_dataset
 
-__all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS"]
+__all__ = ["SwiftAdapter", "OPTIONS", "build_argv", "type_key", "QUANT_ARGS", "trainable_regex"]
 
 OPTIONS = {
     "load_args": "true/false: pass --load_args on every run (default: the installed version's default)",
@@ -102,6 +104,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def trainable_regex(patterns: Sequence[str]) -> str:
+    """The harness's ``trainable_parameters`` (each pattern matches a whole name) as the one regular expression
+    ms-swift's ``--trainable_parameters_regex`` takes (``re.search`` over ``named_parameters()`` names): anchored."""
+    return "^(?:" + "|".join(f"(?:{p})" for p in patterns) + ")$"
+
+
 def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
     """Our command-line keys -> swift keys: the training type (version dependent), quantisation and
     metric are mapped, every other key has the same name in swift."""
@@ -117,6 +125,9 @@ def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
             out.update(QUANT_ARGS[value])
         elif key == "metric":
             out["metric_for_best_model"] = METRIC_NAMES.get(value, value).removeprefix("eval_")
+        elif key == "trainable_parameters":  # swift's own --trainable_parameters are name prefixes: not the same
+            if value:  # freeze everything, then unfreeze the names one anchored regex matches (re.search)
+                out.update(freeze_parameters_ratio=1.0, trainable_parameters_regex=trainable_regex(value))
         elif key == "lora_alpha" and float(value).is_integer():
             out[key] = int(value)  # swift 3.x parses --lora_alpha as int and refuses "8.0"
         elif key not in ("method", "save_on_best"):  # no swift equivalent: handled by build_argv / not offered
@@ -281,6 +292,8 @@ class SwiftAdapter(Adapter):
             caps.add("dpo")
         if "new_special_tokens" in self._fields():  # --new_special_tokens: swift adds them and resizes
             caps.add("new-tokens")
+        if {"freeze_parameters_ratio", "trainable_parameters_regex"} <= self._fields():
+            caps.add("trainable-set")  # --freeze_parameters_ratio 1 --trainable_parameters_regex (swift_cli)
         if not _transformers_drives_bnb_here():
             caps -= {"quant-nf4", "quant-int8"}
         self.capabilities = frozenset(caps)

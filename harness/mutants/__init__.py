@@ -15,7 +15,8 @@ One module per family: :mod:`~harness.mutants.args`, :mod:`~harness.mutants.save
 from __future__ import annotations
 
 from .args import AdapterNamesAnotherBase, ArgsJsonBeatsCli, SavedAlphaDiffersFromTrained, TrainsWithSavedArgs
-from .saves import (ConfigDeclaresBf16, CopiesStagedCheckpoint, DeletesOldBeforeRename, FullSaveInBf16,
+from .saves import (ConfigDeclaresBf16, CopiesStagedCheckpoint, DeletesOldBeforeRename, FreezeByZeroGradients,
+                   FreezeCoversOnlyLinearLayers, FullSaveInBf16, TrainableSetOfLinearOnly,
                    IndexWithFirstShardOnly, LmHeadRetiedOnSave, MergedEosAsList, NonAtomicSave, RankZeroShardSave,
                    RefusesQuantizedMergeByKind, ResizedRowsNotSaved, RotatesBeforeSaving, ShardedSave,
                    UnpicklesCheckpoint, WeightsOnlyIntermediateCheckpoints)
@@ -86,6 +87,9 @@ _ALL = (
     ReferenceIsResumedPolicy,
     ReferenceInBfloat16,
     ReferenceReloadedFromDisk,
+    FreezeCoversOnlyLinearLayers,
+    TrainableSetOfLinearOnly,
+    FreezeByZeroGradients,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

@@ -1,6 +1,7 @@
 """Mutants of saving: checkpoints without config files, saves in place, pickles loaded, one rank's shard, a partial
 shard set, a rounded dtype, a re-tied head, resized rows left out, rotation before the save, the old checkpoint deleted
-before the new one is renamed into place, a staged checkpoint copied into place file by file; and the correct controls
+before the new one is renamed into place, a staged checkpoint copied into place file by file, a trainable set frozen
+by linear layer, resolved over linear layers or frozen by zeroed gradients; and the correct controls
 of saving and merge exports (a sharded save, a quantised merge refused by kind, a merged stop token written as a list).
 """
 
@@ -121,6 +122,7 @@ class IndexWithFirstShardOnly(ReferenceAdapter):
         "test_args_precedence", "test_best_checkpoint", "test_checkpoint_layout", "test_crash_during_save",
         "test_full_ft_as_lora_base", "test_grad_accumulation", "test_grpo_full_save", "test_packing",
         "test_resume_equivalence", "test_embeddings_saved", "test_reference_model", "test_gradient_checkpointing",
+        "test_trainable_set",
     )
 
     def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
@@ -134,10 +136,11 @@ class FullSaveInBf16(ReferenceAdapter):
 
     name = "mutant:full-save-in-bf16"
     # every scenario that checks a full save's tensors (dtype) or reloads one to re-evaluate it; and, since the
-    # served-dtype check (its float32 config over bf16 files), the self-contained checkpoint of seed 003
+    # served-dtype check (its float32 config over bf16 files), the self-contained checkpoint of seed 003; and the
+    # trainable set's frozen tensors, which must be the base's bytes (float32)
     fails = (
         "test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_full_ft_as_lora_base",
-        "test_grpo_full_save", "test_resume_equivalence", "test_reference_model",
+        "test_grpo_full_save", "test_resume_equivalence", "test_reference_model", "test_trainable_set",
     )
 
     def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
@@ -335,3 +338,64 @@ class ConfigDeclaresBf16(ReferenceAdapter):
             config = json.loads(config_file.read_text(encoding="utf-8"))
             config["dtype"] = "bfloat16"
             config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+class FreezeCoversOnlyLinearLayers(ReferenceAdapter):
+    """Trainable set — the freeze walks the linear layers only (as a search for LoRA targets does): every
+    ``nn.Linear`` outside the set is frozen, but the embeddings and the norms keep ``requires_grad`` and train
+    (hiyouga/LlamaFactory PR #7872 and #9713: frozen modules that still train). Silent: the loss falls, and the
+    trainable-parameter count printed is only a little higher than asked."""
+
+    name = "mutant:freeze-covers-only-linear-layers"
+    fails = ("test_trainable_set",)
+
+    def apply_trainable_set(self, ctx: RunContext, model) -> None:
+        import torch
+
+        from ..spec import in_trainable_set
+
+        patterns = list(ctx.values["trainable_parameters"])
+        for module_name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                for name, param in module.named_parameters(prefix=module_name):
+                    param.requires_grad_(in_trainable_set(name, patterns))
+
+
+class TrainableSetOfLinearOnly(ReferenceAdapter):
+    """Trainable set — the set is resolved over linear layers (the way LoRA's ``target_modules`` are): everything is
+    frozen, then only the ``nn.Linear`` weights the patterns name are unfrozen, so a norm inside a trainable layer never
+    trains (the set trained is not the one asked for: modelscope/ms-swift #7318, ``--freeze_aligner false`` trained as
+    if true). Silent: the loss still falls."""
+
+    name = "mutant:trainable-set-of-linear-only"
+    fails = ("test_trainable_set",)
+
+    def apply_trainable_set(self, ctx: RunContext, model) -> None:
+        import torch
+
+        from ..spec import in_trainable_set
+
+        patterns = list(ctx.values["trainable_parameters"])
+        model.requires_grad_(False)
+        for module_name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                for name, param in module.named_parameters(prefix=module_name):
+                    param.requires_grad_(in_trainable_set(name, patterns))
+
+
+class FreezeByZeroGradients(ReferenceAdapter):
+    """Trainable set — "frozen" parameters keep ``requires_grad`` and get their gradient zeroed instead, so the optimizer
+    holds and saves state for all of them (modelscope/ms-swift #5485: with ``--freeze_llm true`` "the llm's gradients
+    and optimizer state are still loaded"). Without weight decay AdamW leaves them unchanged, so the weights look
+    right: the optimizer state of every frozen tensor (memory, and what a resume restores) gives it away."""
+
+    name = "mutant:freeze-by-zero-gradients"
+    fails = ("test_trainable_set",)
+
+    def apply_trainable_set(self, ctx: RunContext, model) -> None:
+        from ..spec import in_trainable_set
+
+        patterns = list(ctx.values["trainable_parameters"])
+        for name, param in model.named_parameters():
+            if not in_trainable_set(name, patterns):
+                param.register_hook(lambda grad: grad.zero_())

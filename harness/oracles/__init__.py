@@ -31,7 +31,8 @@ from .reading import (checkpoint_weights, checkpoints_fingerprint, dir_fingerpri
 from .saves import (CONFIG_DTYPES, CompletedCheckpoints, FileDigest, REQUIRED_MODEL_FILES, assert_adapter_only_save,
                     assert_checkpoint_layout, assert_checkpoints_complete, assert_crash_state_sound,
                     assert_full_model_saved, assert_lora_base_is, assert_same_weights, assert_self_contained,
-                    assert_served_dtype, checkpoint_digests, completed_checkpoints, generation_config_changes)
+                    assert_served_dtype, assert_trainable_set, checkpoint_digests, completed_checkpoints,
+                    generation_config_changes)
 from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_cli, assert_lora_trained_as_asked,
                   assert_saved_args_match)
 from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, assert_follows_checkpoint,
@@ -53,6 +54,7 @@ from .preference import (DPO_RESUME_RTOL, DPO_REWARD_ATOL, GRPO_KL_ATOL, RENDERI
 __all__ = [
     "SEEDS",
     "OracleFailure",
+    "assert_trainable_set",
     "weights_on_disk",
     "start_weights",
     "losses_by_step",

@@ -1,6 +1,7 @@
 """What a save must hold: the whole model after a full-parameter run (seed 001), only the adapter after a LoRA run, a
 self-contained model in every full fine-tune checkpoint (seed 003), the base an adapter names, every checkpoint
-whole after a killed save (crash), and a sharded save equal to one process's (distributed).
+whole after a killed save (crash), a sharded save equal to one process's (distributed), and a partly frozen model's
+saves that froze exactly what was asked (the trainable set).
 """
 
 from __future__ import annotations
@@ -472,3 +473,83 @@ def assert_checkpoint_layout(output_dir: Path, final_dir: Path, steps: Iterable[
     if not weights(final_dir):
         raise OracleFailure(seed, f"the final output {final_dir} holds no {train_type} weights "
                                   f"(found {sorted(p.name for p in final_dir.iterdir())})")
+
+
+def _saved_optimizer_shapes(checkpoint: Path) -> list[tuple[int, ...]] | None:
+    """The shape of every parameter the checkpoint's ``optimizer.pt`` holds state for (its first moment, or
+    whichever tensor the optimizer keeps per parameter), sorted; None where there is no Trainer optimizer file."""
+    from ..layout import safe_torch_load
+
+    file = Path(checkpoint) / "optimizer.pt"
+    if not uses_trainer_checkpoints() or not file.is_file():
+        return None
+    state = safe_torch_load(file).get("state", {})
+    shapes = []
+    for entry in state.values():
+        tensors = [v for v in entry.values() if hasattr(v, "shape") and v.dim() > 0]
+        if tensors:
+            shapes.append(tuple(tensors[0].shape))
+    return sorted(shapes)
+
+
+def assert_trainable_set(output_dir: Path, base_dir: Path, patterns: Iterable[str], *,
+                         seed: str = "trainable") -> None:
+    """A full run asked to train only the parameters ``patterns`` name (:func:`harness.spec.in_trainable_set`): in
+    every checkpoint and the final save, every tensor outside that set is byte-identical to the base's (same dtype,
+    same values), every tensor inside it has changed, and the optimizer state a checkpoint saved (``optimizer.pt``,
+    the state a resume restores) covers exactly the trainable tensors: one entry per trainable tensor, of its shape.
+    A frozen tensor that moved trained; a trainable one still equal to the base never did; optimizer state for a frozen
+    tensor means it was updated (modelscope/ms-swift #5485: "the llm's gradients and optimizer state are still
+    loaded" under ``freeze_llm``)."""
+    import torch
+
+    from ..spec import in_trainable_set
+
+    patterns = list(patterns)
+    base = weights_on_disk(Path(base_dir), seed=seed)
+    trainable = sorted(n for n in base if in_trainable_set(n, patterns))
+    frozen = sorted(set(base) - set(trainable))
+    if not trainable or not frozen:
+        raise ValueError(f"trainable_parameters {patterns} must split {Path(base_dir).name}'s {len(base)} tensors into "
+                         f"a trainable and a frozen part (trainable: {len(trainable)})")
+    saves = [(c.name, c) for c in run_checkpoints(Path(output_dir))]
+    if weight_files(Path(output_dir)):
+        saves.append(("the final save", Path(output_dir)))
+    if not saves:
+        raise OracleFailure(seed, f"{Path(output_dir).name}: no full-model save to judge (no checkpoint-N and no "
+                                  f"final model.safetensors)")
+    for label, directory in saves:
+        saved = weights_on_disk(directory, seed=seed)
+        missing = [n for n in base if n not in saved]
+        if missing:
+            raise OracleFailure(seed, f"{label}: {len(missing)} of the base's {len(base)} tensors are not saved, e.g. "
+                                      f"{missing[0]}: a full save of a partly frozen model must still hold all of them")
+        moved = []
+        for name in frozen:
+            if saved[name].dtype != base[name].dtype:
+                moved.append(f"{name} ({base[name].dtype} -> {saved[name].dtype})")
+            elif not torch.equal(saved[name], base[name]):
+                diff = (saved[name].float() - base[name].float()).abs().max().item()
+                moved.append(f"{name} (max |change| {diff:.3g})")
+        if moved:
+            raise OracleFailure(seed, f"{label}: {len(moved)} of {len(frozen)} tensors outside trainable_parameters "
+                                      f"{patterns} differ from the base, e.g. {moved[0]}: expected every frozen tensor "
+                                      f"byte-identical to the base (they trained)")
+        still = [n for n in trainable if torch.equal(saved[n], base[n])]
+        if still:
+            raise OracleFailure(seed, f"{label}: {len(still)} of {len(trainable)} tensors named by "
+                                      f"trainable_parameters {patterns} are still the base's, e.g. {still[0]}: "
+                                      f"expected every one to have trained (it was frozen)")
+        shapes = _saved_optimizer_shapes(directory)
+        want = sorted(tuple(base[n].shape) for n in trainable)
+        if shapes is not None and shapes != want:
+            raise OracleFailure(seed, f"{label}/optimizer.pt holds state for {len(shapes)} tensors, the trainable set "
+                                      f"is {len(want)} (shapes {_shape_counts(want)}; saved {_shape_counts(shapes)}): "
+                                      f"expected optimizer state for exactly the trainable tensors, which a resume "
+                                      f"restores")
+
+
+def _shape_counts(shapes: list[tuple[int, ...]]) -> str:
+    from collections import Counter
+
+    return ", ".join(f"{n}x{list(s)}" for s, n in sorted(Counter(shapes).items()))

@@ -11,7 +11,7 @@ reference's policy callback and atomic saves), training, :meth:`save_final`. Eve
 run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resolve_args`,
 :meth:`prepare_resume`, :meth:`check_resume_state`, :meth:`load_checkpoint_weights`, :meth:`load_optimizer_state`,
 :meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`, :meth:`finalize_chat_format`, :meth:`finalize_embeddings`, :meth:`resized_vocab_modules`,
-:meth:`merge_scaling`, :meth:`load_diffusion_lora`,
+:meth:`merge_scaling`, :meth:`load_diffusion_lora`, :meth:`apply_trainable_set`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`, :meth:`effective_args`,
 :meth:`finalize_adapter`, :meth:`restore_best`, :meth:`best_checkpoint_path`, :meth:`removed_before_save`,
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import CAPABILITIES, Adapter, ResolvedArgs, RunResult, RunSpec
-from ..spec import kl_beta
+from ..spec import in_trainable_set, kl_beta
 from ..errors import ConfigError, MissingFileError, QuantizationMismatchError, UnsafeCheckpointError
 from ..task import is_chat_dataset, template_turn_end
 from . import args as argres
@@ -483,6 +483,10 @@ class ReferenceAdapter(Adapter):
         from .trainer import load_model, load_tokenizer
 
         values, spec = ctx.values, ctx.spec
+        if values["trainable_parameters"] and values["train_type"] != "full":
+            raise ConfigError(ctx.resolved.sources["trainable_parameters"].path, "trainable_parameters",
+                              "train_type 'full' (a LoRA run trains its adapters; its target_modules choose them)",
+                              list(values["trainable_parameters"]))
         if values["quantization"] is not None and values["train_type"] == "full":
             raise ConfigError(None, "train_type", "'lora' on a quantised base (full training needs an unquantised base)",
                               "full")
@@ -513,10 +517,29 @@ class ReferenceAdapter(Adapter):
         elif values["train_type"] == "full":
             for p in model.parameters():
                 p.requires_grad_(True)
+            if values["trainable_parameters"]:
+                self.apply_trainable_set(ctx, model)
         if _is_peft(model):
             # the README model card PEFT renders on every save (a jinja compile) is not part of a checkpoint
             model.create_or_update_model_card = lambda output_dir: None
         return model, tok
+
+    def apply_trainable_set(self, ctx: RunContext, model) -> None:
+        """Full runs with ``trainable_parameters`` only: every parameter whose name a pattern matches whole
+        (:func:`harness.spec.in_trainable_set`) keeps ``requires_grad``, every other one is frozen: it gets no gradient,
+        Trainer's optimizer leaves it out (it builds its groups from the parameters that require grad), every save
+        writes it as the base had it, and a resume freezes the same set before the optimizer state is loaded into it.
+        A pattern that names no parameter is refused: a typo would otherwise freeze the whole model but what it meant."""
+        names = [name for name, _ in model.named_parameters()]
+        patterns = list(ctx.values["trainable_parameters"])
+        unused = [p for p in patterns if not any(in_trainable_set(n, [p]) for n in names)]
+        if unused:
+            raise ConfigError(ctx.resolved.sources["trainable_parameters"].path, "trainable_parameters",
+                              f"patterns that each match a whole parameter name (e.g. {names[0]!r})", unused)
+        for name, param in model.named_parameters():
+            param.requires_grad_(in_trainable_set(name, patterns))
+        log.info("trainable set: %d of %d parameters (%s)", sum(p.requires_grad for p in model.parameters()),
+                 len(names), ", ".join(patterns))
 
     def build_trainer(self, ctx: RunContext, model, tok):
         """The shared HF wiring (:func:`harness.hf.build_trainer`) with the reference's fixes: its checkpoint

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,15 @@ def _check(key: str, value: Any, file: Path | None) -> None:
         value == "all-linear" or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
     ):
         raise bad("'all-linear' or a non-empty list of module names")
+    if key == "trainable_parameters":
+        if not (isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value)):
+            raise bad("a list of regular expressions over parameter names (empty: every parameter trains)")
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(file, key, "valid regular expressions", pattern,
+                                  detail=f"{pattern!r} does not compile: {exc}") from None
 
 
 def validate(resolved: ResolvedArgs) -> None:
