@@ -68,8 +68,12 @@ CHAT_TEMPLATE = (
 #: ``llama-wide``: the llama one with every linear weight a multiple of 16384 elements (hidden 128, intermediate 256,
 #: 4 key/value heads), the smallest shape torchao's NF4 quantises (64-element blocks whose scales are quantised in
 #: groups of 256 blocks: torchtune's QLoRA asserts "Number of scalers must be divisible by scaler block size" on the
-#: 64 x 64 weights of the default one)
-ARCHITECTURES = ("llama", "qwen2", "llama-wide")
+#: 64 x 64 weights of the default one);
+#: ``qwen3_moe``: a mixture of experts as transformers 5 stores it (``Qwen3MoeForCausalLM``: every layer's experts are
+#: one 3-D parameter per projection, ``mlp.experts.gate_up_proj`` / ``down_proj``, routed by ``mlp.gate``), 4 experts, 2
+#: per token; saved as Qwen3-MoE checkpoints ship (``output_router_logits: false``, ``router_aux_loss_coef`` 0.001): the
+#: router's load-balancing loss is in the loss only where a run turns it on
+ARCHITECTURES = ("llama", "qwen2", "llama-wide", "qwen3_moe")
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,12 @@ def _config(arch: str, vocab_size: int, tok, tie_word_embeddings: bool = False):
         from transformers import Qwen2Config
 
         return Qwen2Config(**common)
+    if arch == "qwen3_moe":
+        from transformers import Qwen3MoeConfig
+
+        return Qwen3MoeConfig(**common, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                              decoder_sparse_step=1, mlp_only_layers=[], output_router_logits=False,
+                              router_aux_loss_coef=0.001)
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHITECTURES}")
 
 

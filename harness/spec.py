@@ -59,6 +59,7 @@ CAPABILITIES = frozenset(
         "packing",  # packing=True: samples packed into rows without attending across their boundaries
         "gradient-checkpointing",  # cli gradient_checkpointing "reentrant" / "non-reentrant": activations recomputed
         "trainable-set",  # cli trainable_parameters (full runs): only the parameters those patterns name train
+        "moe",  # trains a harness.models "qwen3_moe" model_dir (fused 3-D experts, a router) as it trains the tiny model
         "merge",  # merge(adapter_dir, output_dir): the framework's own LoRA merge/export into a full model
         "data",  # training_batches(spec): the tokenised, collated batches the framework would train on
         "new-tokens",  # cli new_special_tokens: the framework adds the tokens and resizes the embeddings before training

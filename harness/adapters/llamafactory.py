@@ -173,7 +173,7 @@ class LlamaFactoryAdapter(Adapter):
 
     name = "llamafactory"
     capabilities = frozenset({"sft", "dpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint",
-                              "merge", "packing", "data", "new-tokens", "trainable-set", "gpu"})
+                              "merge", "packing", "data", "new-tokens", "trainable-set", "moe", "gpu"})
 
     def __init__(self, **options: str):
         check_options("llamafactory", options, OPTIONS)

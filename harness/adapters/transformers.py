@@ -96,7 +96,7 @@ class TransformersAdapter(Adapter):
 
     name = "transformers"
     capabilities = frozenset({"sft", "grpo", "dpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8",
-                              "quanto-int4", "best-checkpoint", "packing", "merge", "data", "gradient-checkpointing", "gpu"})
+                              "quanto-int4", "best-checkpoint", "packing", "merge", "data", "gradient-checkpointing", "moe", "gpu"})
 
     def __init__(self, **options: str):
         check_options("transformers", options, OPTIONS)

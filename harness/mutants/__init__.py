@@ -14,7 +14,8 @@ One module per family: :mod:`~harness.mutants.args`, :mod:`~harness.mutants.save
 
 from __future__ import annotations
 
-from .args import AdapterNamesAnotherBase, ArgsJsonBeatsCli, SavedAlphaDiffersFromTrained, TrainsWithSavedArgs
+from .args import (AdapterNamesAnotherBase, ArgsJsonBeatsCli, LoraSkipsFusedExperts, SavedAlphaDiffersFromTrained,
+                   TrainsWithSavedArgs)
 from .saves import (ConfigDeclaresBf16, CopiesStagedCheckpoint, DeletesOldBeforeRename, FreezeByZeroGradients,
                    FreezeCoversOnlyLinearLayers, FullSaveInBf16, TrainableSetOfLinearOnly,
                    IndexWithFirstShardOnly, LmHeadRetiedOnSave, MergedEosAsList, NonAtomicSave, RankZeroShardSave,
@@ -90,6 +91,7 @@ _ALL = (
     FreezeCoversOnlyLinearLayers,
     TrainableSetOfLinearOnly,
     FreezeByZeroGradients,
+    LoraSkipsFusedExperts,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

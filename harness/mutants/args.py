@@ -1,5 +1,6 @@
 """Mutants of argument handling: saved argument files that beat the command line, a run that trains with other values
-than it reports, an adapter config that names another base or records another alpha.
+than it reports, an adapter config that names another base or records another alpha, a LoRA that misses the fused
+experts of a mixture of experts.
 """
 
 from __future__ import annotations
@@ -110,3 +111,24 @@ class SavedAlphaDiffersFromTrained(ReferenceAdapter):
         if config.get("lora_alpha") != config.get("r"):
             config["lora_alpha"] = config.get("r")
             config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+class LoraSkipsFusedExperts(ReferenceAdapter):
+    """LoRA on a mixture of experts (huggingface/peft #3009, unslothai/unsloth PR #6936) — ``all-linear`` resolved as a
+    search for ``nn.Linear`` modules, as PEFT did before it knew transformers 5's fused experts: the 3-D expert
+    parameters and the router are no ``nn.Linear``, so the adapter trains attention only while the run reports LoRA on
+    ``all-linear``. Silent: the loss falls, every save reloads to its logged evaluation."""
+
+    name = "mutant:lora-skips-fused-experts"
+    fails = ("test_moe_lora",)
+
+    def expert_lora(self, ctx: RunContext, model, config):
+        import copy
+
+        import torch
+
+        config = copy.deepcopy(config)
+        config.target_modules = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                                        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")})
+        config.target_parameters = None
+        return config

@@ -33,8 +33,8 @@ from .saves import (CONFIG_DTYPES, CompletedCheckpoints, FileDigest, REQUIRED_MO
                     assert_full_model_saved, assert_lora_base_is, assert_same_weights, assert_self_contained,
                     assert_served_dtype, assert_trainable_set, checkpoint_digests, completed_checkpoints,
                     generation_config_changes)
-from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_cli, assert_lora_trained_as_asked,
-                  assert_saved_args_match)
+from .args import (FIRST_STEP_RTOL, assert_first_step_size, assert_log_matches_cli, assert_lora_reaches_experts,
+                  assert_lora_trained_as_asked, assert_saved_args_match)
 from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, assert_follows_checkpoint,
                     assert_missing_state_reported, assert_resume_equivalent, assert_resumed_into_new_dir,
                     assert_resumed_not_restarted)
@@ -55,6 +55,7 @@ __all__ = [
     "SEEDS",
     "OracleFailure",
     "assert_trainable_set",
+    "assert_lora_reaches_experts",
     "weights_on_disk",
     "start_weights",
     "losses_by_step",

@@ -108,3 +108,50 @@ def assert_saved_args_match(directory: Path, expected: Mapping[str, Any], *, see
         raise OracleFailure(seed, f"{path}: " + "; ".join(f"{k} recorded as {got!r}, the run used {want!r}"
                                                          for k, (want, got) in wrong.items())
                             + ": the saved record is not the run (a later run that inherits it trains differently)")
+
+
+def assert_lora_reaches_experts(adapter_dir: Path, *, seed: str = "moe") -> None:
+    """A LoRA trained on a mixture of experts reached every expert and the router: merged into its base as a user serving
+    it merges (PEFT ``merge_and_unload`` of the saved adapter, compared with the base as transformers loads it, experts
+    fused), every expert's slice of each fused 3-D expert parameter
+    and every router (``mlp.gate.weight``) differs from the base's, and ``adapter_config.json`` (what a reload uses)
+    names each of them among its ``target_modules`` / ``target_parameters``. An adapter that adapted attention only
+    leaves the experts the base's while the run reports LoRA on them (huggingface/peft #3009, unslothai/unsloth PR
+    #6936: "LoRA attached to attention only and left every expert frozen")."""
+    import torch
+
+    from ..layout import adapter_base
+    from .reading import start_weights
+
+    from transformers import AutoModelForCausalLM
+
+    from ..hf import dtype_kwargs
+
+    adapter_dir = Path(adapter_dir)
+    # both as loaded (transformers 5 fuses the experts it saves per expert, ``experts.<i>.down_proj.weight``)
+    base = AutoModelForCausalLM.from_pretrained(str(adapter_base(adapter_dir)), **dtype_kwargs(),
+                                                local_files_only=True).state_dict()
+    experts = sorted(n for n, t in base.items() if ".experts." in n and t.dim() == 3)
+    routers = sorted(n for n in base if n.endswith("mlp.gate.weight"))
+    if not experts:
+        raise ValueError(f"{adapter_base(adapter_dir)} holds no fused 3-D expert parameter: not a mixture of experts")
+    merged = start_weights(adapter_dir, seed=seed)
+    untouched = [f"{n} expert {e}" for n in experts for e in range(base[n].shape[0])
+                 if torch.equal(merged[n][e].to(base[n].dtype), base[n][e])]
+    untouched += [n for n in routers if torch.equal(merged[n].to(base[n].dtype), base[n])]
+    total = sum(base[n].shape[0] for n in experts) + len(routers)
+    if untouched:
+        raise OracleFailure(seed, f"{adapter_dir.name}: merged into its base, {len(untouched)} of {total} expert weights "
+                                  f"(one per expert and projection) and routers are still the base's, e.g. "
+                                  f"{untouched[0]}: expected the LoRA to have trained every expert and the router (it "
+                                  f"never reached them)")
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    named = set()
+    for key in ("target_modules", "target_parameters"):
+        value = config.get(key) or ()
+        named |= {value} if isinstance(value, str) else set(value)
+    unnamed = [n for n in experts + routers if not any(n == t or n.endswith("." + t) for t in named)]
+    if unnamed:
+        raise OracleFailure(seed, f"{adapter_dir.name}/adapter_config.json names {sorted(named)} in target_modules / "
+                                  f"target_parameters, not {unnamed[0]} ({len(unnamed)} tensors): a reload of the "
+                                  f"adapter does not put the trained expert LoRA back")

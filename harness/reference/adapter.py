@@ -11,7 +11,7 @@ reference's policy callback and atomic saves), training, :meth:`save_final`. Eve
 run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resolve_args`,
 :meth:`prepare_resume`, :meth:`check_resume_state`, :meth:`load_checkpoint_weights`, :meth:`load_optimizer_state`,
 :meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`, :meth:`finalize_chat_format`, :meth:`finalize_embeddings`, :meth:`resized_vocab_modules`,
-:meth:`merge_scaling`, :meth:`load_diffusion_lora`, :meth:`apply_trainable_set`,
+:meth:`merge_scaling`, :meth:`load_diffusion_lora`, :meth:`apply_trainable_set`, :meth:`expert_lora`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`, :meth:`effective_args`,
 :meth:`finalize_adapter`, :meth:`restore_best`, :meth:`best_checkpoint_path`, :meth:`removed_before_save`,
@@ -513,6 +513,8 @@ class ReferenceAdapter(Adapter):
             config = lora_config(values)
             if new_tokens:
                 config.modules_to_save = self.resized_vocab_modules(ctx, model)
+            if fused_experts(model):
+                config = self.expert_lora(ctx, model, config)
             model = get_peft_model(model, config)
         elif values["train_type"] == "full":
             for p in model.parameters():
@@ -523,6 +525,13 @@ class ReferenceAdapter(Adapter):
             # the README model card PEFT renders on every save (a jinja compile) is not part of a checkpoint
             model.create_or_update_model_card = lambda output_dir: None
         return model, tok
+
+    def expert_lora(self, ctx: RunContext, model, config):
+        """A fresh LoRA on a mixture of experts whose experts are fused 3-D parameters (transformers 5's MoE layout; only
+        such runs reach this): the PEFT config as resolved. On this stack PEFT's ``all-linear`` adds the fused experts
+        and the router as ``target_parameters`` itself (huggingface/peft #3009 is what happens where it does not: the
+        experts, not ``nn.Linear`` modules, get no adapter); an explicit ``target_modules`` list is kept as typed."""
+        return config
 
     def apply_trainable_set(self, ctx: RunContext, model) -> None:
         """Full runs with ``trainable_parameters`` only: every parameter whose name a pattern matches whole
@@ -659,6 +668,12 @@ def known_upstream_failures() -> dict[str, Any]:
             for test in ("test_resume_matches_uninterrupted", "test_resume_reads_the_checkpoint"):
                 out[f"test_diffusion_lora_resume.py::{test}[{device}-quanto-int8"] = (QUANTO_9108, KeyError)
     return out
+
+
+def fused_experts(model) -> list[str]:
+    """The names of ``model``'s fused expert parameters (3-D tensors under an ``experts`` module: transformers 5's
+    mixture-of-experts layout, e.g. ``model.layers.0.mlp.experts.gate_up_proj``); empty for a dense model."""
+    return [name for name, param in model.named_parameters() if ".experts." in name and param.dim() == 3]
 
 
 def _is_peft(model) -> bool:
