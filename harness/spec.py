@@ -112,6 +112,9 @@ TASK_DEFAULTS: dict[str, Any] = {
     "gradient_checkpointing": False,  # False, "reentrant" or "non-reentrant" (torch.utils.checkpoint's use_reentrant)
     #: full runs: regular expressions over parameter names (:func:`in_trainable_set`); () means every parameter trains
     "trainable_parameters": (),
+    #: mixture-of-experts runs: > 0 adds the router's load-balancing loss with this weight (``output_router_logits``
+    #: on; LLaMA-Factory ``moe_aux_loss_coef``, ms-swift ``--router_aux_loss_coef``); 0: as the model's config says
+    "router_aux_loss_coef": 0.0,
 }
 
 

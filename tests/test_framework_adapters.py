@@ -78,6 +78,18 @@ def test_swift_argv_adapter_dir_becomes_adapters_and_base(tmp_path):
     assert args["rlhf_type"] == "grpo" and args["dataset"] == "/d/prompts.jsonl"
 
 
+def test_swift_argv_of_the_tiny_moe(tmp_path):
+    """The tiny MoE (config model_type qwen3_moe) runs as swift's qwen3_moe model type, the dense model as qwen2;
+    router_aux_loss_coef is swift's own key."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
+    fields = V4_FIELDS | {"model_type", "router_aux_loss_coef"}
+    args = _args(build_argv(_spec(tmp_path, cli={"router_aux_loss_coef": 0.01}), fields, DATA)[1])
+    assert args["model_type"] == "qwen3_moe" and args["router_aux_loss_coef"] == "0.01"
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert _args(build_argv(_spec(tmp_path), fields, DATA)[1])["model_type"] == "qwen2"
+
+
 def test_swift_resume_latest_is_the_newest_checkpoint_path(tmp_path):
     for step in (2, 10, 4):
         (tmp_path / "out" / f"checkpoint-{step}").mkdir(parents=True)
@@ -360,6 +372,8 @@ def test_llamafactory_trainable_set_becomes_freeze_keys(tiny_assets, tmp_path):
     with pytest.raises(SpecRefused, match="full-parameter"):
         config(TRAINABLE_SETS["last-layer"], train_type="lora")
     assert build_config(spec, {**DEFAULTS, "train_type": "full"}, tmp_path / "d")["finetuning_type"] == "full"
+    assert "moe_aux_loss_coef" not in last
+    assert build_config(spec, {**DEFAULTS, "router_aux_loss_coef": 0.01}, tmp_path / "d")["moe_aux_loss_coef"] == 0.01
 
 
 def test_transformers_sft_config_trains_assistant_turns_only():

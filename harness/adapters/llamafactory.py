@@ -23,7 +23,7 @@ with bitsandbytes, HQQ or EETQ only (no optimum-quanto). ``packing=True`` become
 Chat data (``messages`` / ``prompt``+``completion`` rows) becomes sharegpt ``messages`` rows; ``training_batches``
 runs the training config and stops at ``Trainer.train()`` to read one epoch of its dataloader;
 ``new_special_tokens`` becomes ``add_special_tokens`` (0.9.5; ``new_special_tokens`` before) + ``resize_vocab: true``.
-``trainable_parameters`` becomes ``finetuning_type: freeze`` with the freeze keys that train exactly that set
+``router_aux_loss_coef`` becomes ``moe_aux_loss_coef``; ``trainable_parameters`` becomes ``finetuning_type: freeze`` with the freeze keys that train exactly that set
 (:func:`freeze_keys`; a set they cannot give is refused).
 """
 
@@ -134,6 +134,8 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     new_tokens = list(values.get("new_special_tokens") or ())
     if new_tokens:  # LLaMA-Factory adds them, resizes, and (LoRA) trains/saves embed + head as additional_target
         cfg.update({special_tokens_key: ",".join(new_tokens), "resize_vocab": True})
+    if values.get("router_aux_loss_coef"):  # configure_moe: output_router_logits + router_aux_loss_coef on MoE configs
+        cfg["moe_aux_loss_coef"] = float(values["router_aux_loss_coef"])
     if values.get("trainable_parameters"):
         if values["train_type"] != "full":
             refuse("llamafactory", "trainable_parameters", list(values["trainable_parameters"]),

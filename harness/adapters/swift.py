@@ -12,6 +12,8 @@ version's argument class knows are passed.
 with a flash-attention implementation (CUDA). ``trainable_parameters`` (whole-name regexes) is not swift's own
 ``--trainable_parameters`` (name prefixes): it becomes ``--freeze_parameters_ratio 1`` and one anchored
 ``--trainable_parameters_regex`` (:func:`trainable_regex`; capability ``trainable-set`` where the version has both).
+The tiny MoE (``qwen3_moe``) runs as ``--model_type qwen3_moe``; ``router_aux_loss_coef`` is swift's own key (capability
+``moe`` where the version has it).
 
 ``resolve_args`` asks swift itself: it builds the argument dataclass with the command-line values,
 skips ``__post_init__`` (which loads the model) and runs swift's own checkpoint discovery and
@@ -104,6 +106,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _model_type(model_dir: Path) -> str | None:
+    config = model_dir / "config.json"
+    return json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+
+
 def trainable_regex(patterns: Sequence[str]) -> str:
     """The harness's ``trainable_parameters`` (each pattern matches a whole name) as the one regular expression
     ms-swift's ``--trainable_parameters_regex`` takes (``re.search`` over ``named_parameters()`` names): anchored."""
@@ -153,6 +160,8 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
     else:
         args["model"] = str(model_dir)
     args["template"] = template
+    if _model_type(Path(args["model"])) == "qwen3_moe":  # the tiny MoE: swift's qwen3_moe group (is_moe_model)
+        args["model_type"] = "qwen3_moe"
     args.update(swift_cli(cli, fields))
     if load_args is not None and "load_args" not in args:
         args["load_args"] = load_args
@@ -292,6 +301,8 @@ class SwiftAdapter(Adapter):
             caps.add("dpo")
         if "new_special_tokens" in self._fields():  # --new_special_tokens: swift adds them and resizes
             caps.add("new-tokens")
+        if "router_aux_loss_coef" in self._fields():
+            caps.add("moe")  # --model_type qwen3_moe for the tiny MoE, --router_aux_loss_coef as typed
         if {"freeze_parameters_ratio", "trainable_parameters_regex"} <= self._fields():
             caps.add("trainable-set")  # --freeze_parameters_ratio 1 --trainable_parameters_regex (swift_cli)
         if not _transformers_drives_bnb_here():

@@ -136,6 +136,10 @@ class TransformersAdapter(Adapter):
         from transformers import AutoTokenizer
 
         model = hf.load_causal_lm(spec.model_dir, values["quantization"], spec.device)
+        if values.get("router_aux_loss_coef"):  # what from_pretrained(..., output_router_logits=True,
+            coef = float(values["router_aux_loss_coef"])  # router_aux_loss_coef=c) gives: the config and the attribute
+            model.config.output_router_logits, model.config.router_aux_loss_coef = True, coef
+            model.router_aux_loss_coef = coef
         return model, AutoTokenizer.from_pretrained(str(spec.model_dir))
 
     def add_lora(self, model: Any, values: Mapping[str, Any]) -> Any:

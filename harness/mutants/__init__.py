@@ -27,6 +27,7 @@ from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, Miss
 from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit, IgnoresLoadBestAtEnd,
                   PlainTrainerBestCheckpoint, ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
 from .data import (CheckpointingWithoutInputGrads, CheckpointRecomputeWithoutRng, CollatorDropsAttentionMask,
+                  RouterAuxLossIgnored, RouterLossPerMicroBatch,
                   DropsIncompleteAccumulationWindow, MeanOfMicroBatchMeans, MergeWithoutLoraScale,
                   PackingWithoutBoundaries, PadIsEosInCollator, SavedTokenizerWithoutTemplate,
                   SchedulerSteppedPerMicroBatch, TemplateWithoutGenerationPrompt)
@@ -92,6 +93,8 @@ _ALL = (
     TrainableSetOfLinearOnly,
     FreezeByZeroGradients,
     LoraSkipsFusedExperts,
+    RouterLossPerMicroBatch,
+    RouterAuxLossIgnored,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

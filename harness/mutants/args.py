@@ -100,7 +100,7 @@ class SavedAlphaDiffersFromTrained(ReferenceAdapter):
     name = "mutant:saved-alpha-differs-from-trained"
     # the saved config (seed 000) and every LoRA reload that re-evaluates (embeddings); merge parity compares the
     # merged model with the same mis-scaled reload, so it cannot see it
-    fails = ("test_args_precedence", "test_embeddings_saved")
+    fails = ("test_args_precedence", "test_embeddings_saved", "test_moe_lora")
 
     def finalize_adapter(self, ctx: RunContext, directory: Path) -> None:
         import json

@@ -18,8 +18,10 @@ class MeanOfMicroBatchMeans(ReferenceAdapter):
     long micro-batch; gradient accumulation no longer equals the large batch."""
 
     name = "mutant:mean-of-micro-batch-means"
-    # the resume scenario accumulates too, but its two runs share the bug, so they still agree
-    fails = ("test_grad_accumulation",)
+    # the resume scenario accumulates too, but its two runs share the bug, so they still agree; the router-loss
+    # scenario's splits are of identical samples (means of means agree), but Trainer's division by k then scales the
+    # load-balancing term too, and the reference's own 1/k on it counts it short
+    fails = ("test_grad_accumulation", "test_moe_router_loss")
 
     def accumulation_loss(self, ctx: RunContext, trainer) -> None:
         trainer.model_accepts_loss_kwargs = False  # Trainer then averages each micro-batch and divides by k
@@ -242,3 +244,27 @@ class CheckpointRecomputeWithoutRng(ReferenceAdapter):
             gradient_checkpointing_kwargs={"use_reentrant": reentrant, "preserve_rng_state": False})
         if reentrant:
             model.enable_input_require_grads()
+
+
+class RouterLossPerMicroBatch(ReferenceAdapter):
+    """Router loss under gradient accumulation (NVIDIA-NeMo/Automodel PR #3359, huggingface/transformers #48690) — the
+    load-balancing term keeps its full weight in every micro-batch's loss while the cross-entropy is a share of the
+    window's (what Trainer does when the model takes ``num_items_in_batch``): accumulation k counts it k times."""
+
+    name = "mutant:router-loss-per-micro-batch"
+    fails = ("test_moe_router_loss",)
+
+    def router_loss_accumulation(self, ctx: RunContext, trainer) -> None:
+        pass
+
+
+class RouterAuxLossIgnored(ReferenceAdapter):
+    """Router loss — ``router_aux_loss_coef`` is accepted and never reaches the model (``output_router_logits`` left off,
+    as the checkpoint's config says): the run trains without the load-balancing term it was given. Silent: every
+    split still agrees, since none of them has the term."""
+
+    name = "mutant:router-aux-loss-ignored"
+    fails = ("test_moe_router_loss",)
+
+    def enable_router_aux_loss(self, ctx: RunContext, model, coef: float) -> None:
+        pass

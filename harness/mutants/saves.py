@@ -122,7 +122,7 @@ class IndexWithFirstShardOnly(ReferenceAdapter):
         "test_args_precedence", "test_best_checkpoint", "test_checkpoint_layout", "test_crash_during_save",
         "test_full_ft_as_lora_base", "test_grad_accumulation", "test_grpo_full_save", "test_packing",
         "test_resume_equivalence", "test_embeddings_saved", "test_reference_model", "test_gradient_checkpointing",
-        "test_trainable_set",
+        "test_trainable_set", "test_moe_router_loss",
     )
 
     def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:
@@ -137,10 +137,12 @@ class FullSaveInBf16(ReferenceAdapter):
     name = "mutant:full-save-in-bf16"
     # every scenario that checks a full save's tensors (dtype) or reloads one to re-evaluate it; and, since the
     # served-dtype check (its float32 config over bf16 files), the self-contained checkpoint of seed 003; and the
-    # trainable set's frozen tensors, which must be the base's bytes (float32)
+    # trainable set's frozen tensors, which must be the base's bytes (float32); and the router-loss splits, whose
+    # 6.5e-6 differences become whole bfloat16 steps where the two runs round a weight to different sides
     fails = (
         "test_args_precedence", "test_best_checkpoint", "test_crash_during_save", "test_full_ft_as_lora_base",
         "test_grpo_full_save", "test_resume_equivalence", "test_reference_model", "test_trainable_set",
+        "test_moe_router_loss",
     )
 
     def finalize_weights(self, ctx: RunContext, directory: Path, final: bool) -> None:

@@ -40,8 +40,8 @@ from .resume import (assert_consumed_in_order, assert_diffusion_lora_reloads, as
                     assert_resumed_not_restarted)
 from .resolution import (assert_cli_beats_saved, assert_layers_respected, assert_not_inherited,
                          assert_nothing_from_files, from_saved_file)
-from .equivalence import (QUANTIZATION_NAMES, assert_every_lora_b_moved, assert_merged_is_trained_model,
-                          assert_runs_agree, names_quantization)
+from .equivalence import (QUANTIZATION_NAMES, assert_every_lora_b_moved, assert_logged_term_present,
+                          assert_merged_is_trained_model, assert_runs_agree, names_quantization)
 from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_checkpoint_kept, assert_evaluated_at,
                         assert_final_is_best, assert_newest_save_kept, assert_saves_reproduce_log, best_logged_step,
                         logged_metrics)
@@ -56,6 +56,7 @@ __all__ = [
     "OracleFailure",
     "assert_trainable_set",
     "assert_lora_reaches_experts",
+    "assert_logged_term_present",
     "weights_on_disk",
     "start_weights",
     "losses_by_step",

@@ -123,3 +123,17 @@ def names_quantization(text: str, kind: str | None) -> bool:
     """Whether ``text`` names the quantisation ``kind`` (or quantisation at all: quant-ised/-ized/-ization)."""
     lowered = text.lower()
     return "quant" in lowered or any(name in lowered for name in QUANTIZATION_NAMES.get(kind or "", ()))
+
+
+def assert_logged_term_present(with_term: Path, without_term: Path, *, key: str = "loss", step: int = 1,
+                               min_rtol: float, what: str, seed: str) -> None:
+    """A run asked for an extra loss term logs another ``key`` at ``step`` than the same run without it (by more than
+    ``min_rtol`` relative): a framework that silently drops the term trains another objective than it was given."""
+    a = losses_by_step(run_log_history(with_term), key)
+    b = losses_by_step(run_log_history(without_term), key)
+    if step not in a or step not in b:
+        raise OracleFailure(seed, f"{what}: no {key} logged at step {step} (logged: {sorted(a)} and {sorted(b)})")
+    if abs(a[step] - b[step]) <= min_rtol * abs(b[step]):
+        raise OracleFailure(seed, f"{what}: {key} at step {step} is {a[step]!r} with the term and {b[step]!r} without "
+                                  f"it (relative difference {abs(a[step] - b[step]) / abs(b[step] or 1):.3g} <= "
+                                  f"{min_rtol:g}): expected the term in the loss (it was not trained)")

@@ -24,6 +24,7 @@ SEEDS = {
     "ref": "reference-model: preference training must measure its reward against the policy the run starts from",
     "checkpointing": "gradient-checkpointing: recomputing activations must not change what trains",
     "moe": "moe-lora: a LoRA on a mixture of experts trains every expert and the router it reports",
+    "router": "router-loss: the router's load-balancing loss counts once per step however the batch is split",
     "trainable": "trainable-set: a partly frozen run trains exactly the parameters asked for, across a resume",
     "embeddings": "embeddings-saved: tied and resized embeddings must be saved as trained and reload to the logged eval",
 }

@@ -12,6 +12,7 @@ run's :class:`RunContext`; the hooks are the seams the mutants use: :meth:`resol
 :meth:`prepare_resume`, :meth:`check_resume_state`, :meth:`load_checkpoint_weights`, :meth:`load_optimizer_state`,
 :meth:`load_rng_state`, :meth:`resume_data`, :meth:`accumulation_loss`, :meth:`packing_collator`, :meth:`chat_collator`, :meth:`finalize_chat_format`, :meth:`finalize_embeddings`, :meth:`resized_vocab_modules`,
 :meth:`merge_scaling`, :meth:`load_diffusion_lora`, :meth:`apply_trainable_set`, :meth:`expert_lora`,
+:meth:`enable_router_aux_loss`, :meth:`router_loss_accumulation`,
 :meth:`finalize_checkpoint`, :meth:`finalize_weights`, :meth:`distributed_weights`, :meth:`checkpoint_policy`,
 :meth:`rotate_checkpoints` (runs with a ``save_total_limit`` only), :attr:`atomic_saves`, :meth:`effective_args`,
 :meth:`finalize_adapter`, :meth:`restore_best`, :meth:`best_checkpoint_path`, :meth:`removed_before_save`,
@@ -496,6 +497,8 @@ class ReferenceAdapter(Adapter):
         model_dir = Path(spec.model_dir)
         tok = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else ctx.base_dir)
         model = load_model(ctx.base_dir, values["quantization"], spec.device)
+        if values["router_aux_loss_coef"]:
+            self.enable_router_aux_loss(ctx, model, float(values["router_aux_loss_coef"]))
         new_tokens = list(values.get("new_special_tokens") or ())
         if new_tokens:  # the vocabulary grows before any adapter: a LoRA output of a resized run needs the rows
             tok.add_tokens(new_tokens, special_tokens=True)
@@ -525,6 +528,35 @@ class ReferenceAdapter(Adapter):
             # the README model card PEFT renders on every save (a jinja compile) is not part of a checkpoint
             model.create_or_update_model_card = lambda output_dir: None
         return model, tok
+
+    def enable_router_aux_loss(self, ctx: RunContext, model, coef: float) -> None:
+        """``router_aux_loss_coef`` > 0 (only such runs reach this): the router's load-balancing loss joins the training
+        loss with that weight, as the model's own forward adds it (``output_router_logits`` on; transformers' MoE
+        models read the weight from ``router_aux_loss_coef``). A model without a router is refused."""
+        if not hasattr(model, "router_aux_loss_coef"):
+            raise ConfigError(ctx.resolved.sources["router_aux_loss_coef"].path, "router_aux_loss_coef",
+                              "a mixture-of-experts model (one whose forward adds a router loss)", coef)
+        model.config.output_router_logits = True
+        model.config.router_aux_loss_coef = model.router_aux_loss_coef = coef
+
+    def router_loss_accumulation(self, ctx: RunContext, trainer) -> None:
+        """Gradient accumulation with the router's load-balancing loss (only such runs reach this): the window's loss
+        is its tokens' cross-entropy (:meth:`accumulation_loss`) plus the load-balancing term *once*, the mean of its
+        micro-batches' terms, as Megatron scales it (1 / micro-batches). Trainer leaves each micro-batch's term at full
+        weight when the model takes ``num_items_in_batch``, so k micro-batches would count it k times
+        (NVIDIA-NeMo/Automodel PR #3359: "not normalised across GA micro-batches"; huggingface/transformers #48690, the
+        same term multiplied by the world size). Each training micro-batch's term is weighted 1 / k here."""
+        k, coef = ctx.values["gradient_accumulation_steps"], float(ctx.values["router_aux_loss_coef"])
+        compute = trainer.compute_loss
+
+        def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = compute(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            aux = getattr(outputs, "aux_loss", None)
+            if model.training and aux is not None:
+                loss = loss - coef * aux.to(loss.device) * (k - 1) / k
+            return (loss, outputs) if return_outputs else loss
+
+        trainer.compute_loss = compute_loss
 
     def expert_lora(self, ctx: RunContext, model, config):
         """A fresh LoRA on a mixture of experts whose experts are fused 3-D parameters (transformers 5's MoE layout; only
@@ -581,6 +613,8 @@ class ReferenceAdapter(Adapter):
             trainer.eval_dataset = self.evaluation_dataset(ctx, trainer)
         if ctx.values["gradient_accumulation_steps"] > 1:
             self.accumulation_loss(ctx, trainer)
+            if ctx.values["router_aux_loss_coef"]:
+                self.router_loss_accumulation(ctx, trainer)
             micro_batches = -(-len(trainer.train_dataset) // ctx.values["per_device_train_batch_size"])
             if micro_batches % ctx.values["gradient_accumulation_steps"]:
                 self.incomplete_window(ctx, trainer)

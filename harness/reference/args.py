@@ -62,7 +62,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 _NON_NEGATIVE_INT = ("max_steps", "eval_steps", "save_steps", "save_total_limit", "seed", "warmup_steps")
 _POSITIVE_INT = ("per_device_train_batch_size", "gradient_accumulation_steps", "lora_rank",
                  "num_generations", "max_completion_length")
-_FLOAT = ("learning_rate", "lora_alpha", "lora_dropout")
+_FLOAT = ("learning_rate", "lora_alpha", "lora_dropout", "router_aux_loss_coef")
 _BOOL = ("save_on_best", "load_best_model_at_end", "load_args", "allow_quantization_change", "packing")
 _OPTIONAL_BOOL = ("greater_is_better",)
 
