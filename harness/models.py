@@ -36,6 +36,10 @@ __all__ = [
     "write_token_datasets",
     "NEW_TOKENS",
     "CHAT_TRAIN",
+    "THINKING_TEMPLATE",
+    "THINK_TOKENS",
+    "THINKING_CHATS",
+    "write_thinking_datasets",
     "VARIED_LENGTHS",
     "write_jsonl",
     "read_jsonl",
@@ -69,6 +73,32 @@ CHAT_TEMPLATE = (
 #: 4 key/value heads), the smallest shape torchao's NF4 quantises (64-element blocks whose scales are quantised in
 #: groups of 256 blocks: torchtune's QLoRA asserts "Number of scalers must be divisible by scaler block size" on the
 #: 64 x 64 weights of the default one);
+#: the reasoning markers of the thinking template (added to the vocabulary as special tokens by ``thinking=True``)
+THINK_TOKENS = ("<think>", "</think>")
+#: a Qwen3-style thinking template on the tiny format: an assistant turn's reasoning is the ``<think> ... </think>``
+#: part of its content; it is rendered only for the turns after the last user turn (the answer being trained or
+#: generated), and stripped from the history turns before it, as Qwen3's official template does; the generation
+#: prompt with ``enable_thinking=False`` writes an empty think block (the model then answers without reasoning). Not
+#: prefix-stable (a turn rendered last keeps its reasoning, rendered as history it loses it), so a chat's assistant
+#: tokens come from the ``{% generation %}`` markers, not from rendering its prefixes
+THINKING_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(last_query=-1) %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{% set ns.last_query = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
+    "{% else %}"
+    "{% set content = m['content'] %}{% set reasoning = '' %}"
+    "{% if '</think>' in content %}{% set reasoning = content.split('</think>')[0].split('<think>')[-1].strip() %}"
+    "{% set content = content.split('</think>')[-1].strip() %}{% endif %}"
+    "<|assistant|> {% generation %}{% if loop.index0 > ns.last_query %}<think> {{ reasoning }} </think> {% endif %}"
+    "{{ content }} </s>{% endgeneration %} "
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> "
+    "{% if enable_thinking is defined and not enable_thinking %}<think> </think> {% endif %}{% endif %}"
+)
+
 #: ``qwen3_moe``: a mixture of experts as transformers 5 stores it (``Qwen3MoeForCausalLM``: every layer's experts are
 #: one 3-D parameter per projection, ``mlp.experts.gate_up_proj`` / ``down_proj``, routed by ``mlp.gate``), 4 experts, 2
 #: per token; saved as Qwen3-MoE checkpoints ship (``output_router_logits: false``, ``router_aux_loss_coef`` 0.001): the
@@ -86,8 +116,9 @@ class TinyAssets:
     seed: int
 
 
-def build_tokenizer():
-    """A WordLevel tokenizer over ``w0..w47`` plus specials, with a chat template."""
+def build_tokenizer(thinking: bool = False):
+    """A WordLevel tokenizer over ``w0..w47`` plus specials, with a chat template; ``thinking``: with
+    :data:`THINK_TOKENS` as two more special tokens and :data:`THINKING_TEMPLATE` as the chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -108,6 +139,9 @@ def build_tokenizer():
         padding_side="left",
     )
     fast.chat_template = CHAT_TEMPLATE
+    if thinking:
+        fast.add_tokens(list(THINK_TOKENS), special_tokens=True)
+        fast.chat_template = THINKING_TEMPLATE
     return fast
 
 
@@ -145,14 +179,14 @@ def _config(arch: str, vocab_size: int, tok, tie_word_embeddings: bool = False):
 
 
 def build_model(model_dir: str | os.PathLike, arch: str = "llama", seed: int = 0, *,
-                tie_word_embeddings: bool = False) -> Path:
+                tie_word_embeddings: bool = False, thinking: bool = False) -> Path:
     """Create and save a tiny causal LM (+ tokenizer + generation config) in ``model_dir``; ``tie_word_embeddings``:
     one matrix for the input embeddings and the output head (Qwen2-0.5B style; saved without ``lm_head.weight``)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     model_dir = Path(model_dir)
-    tok = build_tokenizer()
+    tok = build_tokenizer(thinking)
     config = _config(arch, len(tok), tok, tie_word_embeddings)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
@@ -289,6 +323,30 @@ def write_chat_datasets(dataset_dir: str | os.PathLike) -> Path:
     dataset_dir = write_datasets(dataset_dir, n_train=8, n_eval=4)
     for name in ("train", "eval"):
         write_jsonl(Path(dataset_dir) / f"{name}.jsonl", [dict(r) for r in CHAT_TRAIN])
+    return Path(dataset_dir)
+
+
+#: multi-turn reasoning chats (for :data:`THINKING_TEMPLATE`): every assistant turn reasons in ``<think> ... </think>``
+#: before it answers; in the rows of two exchanges the first turn is history (its reasoning stripped), and one answer
+#: reasons about nothing (an empty think block)
+THINKING_CHATS: tuple[dict, ...] = (
+    {"messages": [{"role": "user", "content": "w1 w2"}, {"role": "assistant", "content": "<think> w3 w4 </think> w5 w6"},
+                  {"role": "user", "content": "w7"}, {"role": "assistant", "content": "<think> w8 </think> w9 w10"}]},
+    {"messages": [{"role": "user", "content": "w11 w12 w13"},
+                  {"role": "assistant", "content": "<think> w14 w15 w16 </think> w17"}]},
+    {"messages": [{"role": "user", "content": "w18"}, {"role": "assistant", "content": "<think> w19 </think> w20 w21"},
+                  {"role": "user", "content": "w22 w23"}, {"role": "assistant", "content": "<think> </think> w24"}]},
+    {"messages": [{"role": "user", "content": "w25 w26"},
+                  {"role": "assistant", "content": "<think> w27 w28 </think> w29 w30 w31"},
+                  {"role": "user", "content": "w32"}, {"role": "assistant", "content": "<think> w33 w34 </think> w35"}]},
+)
+
+
+def write_thinking_datasets(dataset_dir: str | os.PathLike) -> Path:
+    """Like :func:`write_chat_datasets`, with :data:`THINKING_CHATS` as ``train.jsonl`` and ``eval.jsonl``."""
+    dataset_dir = write_datasets(dataset_dir, n_train=8, n_eval=4)
+    for name in ("train", "eval"):
+        write_jsonl(Path(dataset_dir) / f"{name}.jsonl", [dict(r) for r in THINKING_CHATS])
     return Path(dataset_dir)
 
 

@@ -164,7 +164,10 @@ def encode_chat(tok, messages: list[dict[str, str]]) -> dict[str, list[int]]:
     tokens added only when the template does not already start with the BOS: never two BOS), and every assistant
     turn supervised from its first content token through the template's turn end (``</s>``) inclusive; the prompt,
     the user turns and the assistant headers carry label -100. Each turn's span is found by rendering the chat up to
-    that turn (with the generation prompt) and up to its end: the token counts of the two renderings."""
+    that turn (with the generation prompt) and up to its end: the token counts of the two renderings. A template that
+    renders a turn otherwise as history than as the last turn (a thinking template strips the reasoning of history
+    turns: :data:`harness.models.THINKING_TEMPLATE`, Qwen3's) has no such prefixes; its ``{% generation %}`` markers
+    (transformers' ``return_assistant_tokens_mask``) give the assistant tokens of the whole chat instead."""
     def render(part, generation_prompt=False):
         return tok.apply_chat_template(part, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -181,10 +184,24 @@ def encode_chat(tok, messages: list[dict[str, str]]) -> dict[str, list[int]]:
             continue
         start, upto = len(encode(render(messages[:i], True))), encode(render(messages[:i + 1]))
         if ids[:len(upto)] != upto or start > len(upto):
-            raise ConfigError(None, "chat_template", "a template whose rendering of a chat's first turns is a prefix of "
-                                                     "the whole chat's", tok.chat_template)
+            return _encode_by_generation_marks(tok, messages, ids, add_special)
         labels[start:len(upto)] = ids[start:len(upto)]
     return {"input_ids": ids, "labels": labels}
+
+
+def _encode_by_generation_marks(tok, messages: list[dict[str, str]], ids: list[int], add_special: bool
+                                ) -> dict[str, list[int]]:
+    """A chat whose template is not prefix-stable: the tokens its ``{% generation %}`` blocks render are the labels."""
+    if "{% generation %}" not in (tok.chat_template or "") and "{%- generation %}" not in (tok.chat_template or ""):
+        raise ConfigError(None, "chat_template", "a template whose rendering of a chat's first turns is a prefix of the "
+                                                 "whole chat's, or one that marks assistant turns with "
+                                                 "{% generation %}", tok.chat_template)
+    out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                  add_special_tokens=add_special)
+    if list(out["input_ids"]) != ids:
+        raise ConfigError(None, "chat_template", "a template whose tokenised rendering is the text's tokenisation",
+                          tok.chat_template)
+    return {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, out["assistant_masks"])]}
 
 
 def template_turn_end(tok) -> int | None:

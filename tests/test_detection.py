@@ -323,7 +323,8 @@ SHARDS = 2
 REFERENCE_SECONDS = {"test_resume_equivalence": 11.0, "test_distributed_save": 10.7, "test_args_precedence": 8.1,
                      "test_best_checkpoint": 6.7, "test_diffusion_lora_resume": 5.6, "test_quantized_lora_resume": 3.8,
                      "test_crash_during_save": 3.6, "test_reference_model": 3.2, "test_grad_accumulation": 2.1,
-                     "test_trainable_set": 7.0, "test_moe_lora": 5.0, "test_moe_router_loss": 3.5}
+                     "test_trainable_set": 7.0, "test_moe_lora": 5.0, "test_moe_router_loss": 3.5,
+                     "test_thinking_template": 4.0}
 
 
 def reference_shards() -> list[list[str]]:

@@ -27,7 +27,8 @@ from .resume import (DataOrderRestartsOnResume, LaterEpochReplaysEpochZero, Miss
 from .best import (BestCheckpointMislabelled, EndCleanupKeepsOnlyBest, EvaluatesOnTrainSplit, IgnoresLoadBestAtEnd,
                   PlainTrainerBestCheckpoint, ResumeForgetsBest, RotationDeletesBest, RotationSortsByName)
 from .data import (CheckpointingWithoutInputGrads, CheckpointRecomputeWithoutRng, CollatorDropsAttentionMask,
-                  RouterAuxLossIgnored, RouterLossPerMicroBatch,
+                  RouterAuxLossIgnored, RouterLossPerMicroBatch, SavedTemplateWithoutThinkingSwitch,
+                  ThinkSpanNotSupervised,
                   DropsIncompleteAccumulationWindow, MeanOfMicroBatchMeans, MergeWithoutLoraScale,
                   PackingWithoutBoundaries, PadIsEosInCollator, SavedTokenizerWithoutTemplate,
                   SchedulerSteppedPerMicroBatch, TemplateWithoutGenerationPrompt)
@@ -95,6 +96,8 @@ _ALL = (
     LoraSkipsFusedExperts,
     RouterLossPerMicroBatch,
     RouterAuxLossIgnored,
+    ThinkSpanNotSupervised,
+    SavedTemplateWithoutThinkingSwitch,
 )
 
 #: mutant class name -> the scenario modules it must fail (and only those), read off each class's ``fails``

@@ -1,6 +1,7 @@
 """Mutants of what the model is fed and what a merge makes of it: the mean of micro-batch means, a merge without the
 LoRA scale, packing without boundaries, pads masked by value, a saved tokenizer without the template, a saved template
-without its generation prompt, a collator without the attention mask.
+without its generation prompt, a collator without the attention mask, the router loss per micro-batch or ignored, the
+reasoning unsupervised, a saved thinking template without its switch.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class PadIsEosInCollator(ReferenceAdapter):
     the model never learns to stop."""
 
     name = "mutant:pad-is-eos-in-collator"
-    fails = ("test_label_masking",)
+    fails = ("test_label_masking", "test_thinking_template")
 
     def chat_collator(self, ctx: RunContext, tok):
         base = super().chat_collator(ctx, tok)
@@ -152,7 +153,7 @@ class SavedTokenizerWithoutTemplate(ReferenceAdapter):
     a server renders its own default format."""
 
     name = "mutant:saved-tokenizer-without-template"
-    fails = ("test_saved_template",)
+    fails = ("test_saved_template", "test_thinking_template")
 
     def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
         import json
@@ -172,7 +173,7 @@ class TemplateWithoutGenerationPrompt(ReferenceAdapter):
     plus the generation prompt) shows it: the reply is asked for without the assistant header the model learnt."""
 
     name = "mutant:template-without-generation-prompt"
-    fails = ("test_saved_template",)
+    fails = ("test_saved_template", "test_thinking_template")
 
     def finalize_chat_format(self, ctx: RunContext, directory: Path) -> None:
         import json
@@ -202,7 +203,7 @@ class CollatorDropsAttentionMask(ReferenceAdapter):
 
     name = "mutant:collator-drops-attention-mask"
     # also: the attended tokens of a trained sample are no longer what the saved template renders
-    fails = ("test_label_masking", "test_saved_template")
+    fails = ("test_label_masking", "test_saved_template", "test_thinking_template")
 
     def chat_collator(self, ctx: RunContext, tok):
         collate = super().chat_collator(ctx, tok)
@@ -268,3 +269,51 @@ class RouterAuxLossIgnored(ReferenceAdapter):
 
     def enable_router_aux_loss(self, ctx: RunContext, model, coef: float) -> None:
         pass
+
+
+class ThinkSpanNotSupervised(ReferenceAdapter):
+    """Thinking templates — the reasoning of the turn being trained carries no labels (``<think>`` through ``</think>``
+    masked like a prompt): the model learns to answer but never to reason, and is served by a template that opens
+    every reply with a think block (hiyouga/LlamaFactory #9392, modelscope/ms-swift #4939: reasoning masked or dropped
+    by the framework's own template handling). Silent: the loss falls."""
+
+    name = "mutant:think-span-not-supervised"
+    fails = ("test_thinking_template",)
+
+    def chat_collator(self, ctx: RunContext, tok):
+        collate = super().chat_collator(ctx, tok)
+        start, end = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
+
+        def masked(features):
+            batch = collate(features)
+            for ids, labels in zip(batch["input_ids"], batch["labels"]):
+                inside = False
+                for i, token in enumerate(ids.tolist()):
+                    if token == start:
+                        inside = True
+                    if inside:
+                        labels[i] = -100
+                    if token == end:
+                        inside = False
+            return batch
+
+        return masked
+
+
+class SavedTemplateWithoutThinkingSwitch(ReferenceAdapter):
+    """Thinking templates (hiyouga/LlamaFactory #9092: ``qwen3_nothink`` renders exactly as ``qwen3``) — the saved chat
+    template drops the ``enable_thinking`` branch: a server asking for no reasoning gets the thinking prompt, a mode the
+    model was never trained to answer without."""
+
+    name = "mutant:saved-template-without-thinking-switch"
+    fails = ("test_thinking_template",)
+    SWITCH = "{% if enable_thinking is defined and not enable_thinking %}<think> </think> {% endif %}"
+
+    def finalize_chat_format(self, ctx: RunContext, directory) -> None:
+        from transformers import AutoTokenizer
+
+        super().finalize_chat_format(ctx, directory)
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        if tok.chat_template and self.SWITCH in tok.chat_template:
+            tok.chat_template = tok.chat_template.replace(self.SWITCH, "")
+            tok.save_pretrained(str(directory))

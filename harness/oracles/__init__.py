@@ -45,7 +45,8 @@ from .equivalence import (QUANTIZATION_NAMES, assert_every_lora_b_moved, assert_
 from .evaluation import (EVAL_RTOL, EVAL_RTOL_CUDA, Evaluator, assert_best_checkpoint_kept, assert_evaluated_at,
                         assert_final_is_best, assert_newest_save_kept, assert_saves_reproduce_log, best_logged_step,
                         logged_metrics)
-from .chat import assert_batches_teach_assistant, assert_saved_format, training_sample_of
+from .chat import (assert_batches_follow_template, assert_batches_teach_assistant, assert_saved_format,
+                   assert_thinking_modes_kept, training_sample_of)
 from .embeddings import assert_embeddings_saved, batches_loss
 from .preference import (DPO_RESUME_RTOL, DPO_REWARD_ATOL, GRPO_KL_ATOL, RENDERINGS, assert_kl_starts_at_zero,
                          assert_reference_is_start, assert_reference_survives_resume,
@@ -57,6 +58,8 @@ __all__ = [
     "assert_trainable_set",
     "assert_lora_reaches_experts",
     "assert_logged_term_present",
+    "assert_batches_follow_template",
+    "assert_thinking_modes_kept",
     "weights_on_disk",
     "start_weights",
     "losses_by_step",

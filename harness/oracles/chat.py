@@ -153,11 +153,13 @@ def training_sample_of(batches: Iterable[Mapping[str, Any]], conversation: list[
 
 
 def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapping[str, str]],
-                        training_ids: list[int], *, seed: str = "template") -> None:
+                        training_ids: list[int], *, reply_turns: str = "every", seed: str = "template") -> None:
     """A saved directory carries the format its run trained in: its tokenizer is on disk with a chat template,
     ``apply_chat_template(conversation)`` gives exactly ``training_ids`` (the tokens the run trained on), the
     generation config that serves it (the directory's, else — an adapter — its base's) stops at the template's turn
-    end, and every special token of the base tokenizer keeps its id."""
+    end, and every special token of the base tokenizer keeps its id. ``reply_turns="last"``: the generation prompt is
+    checked before the final assistant turn only (a thinking template renders history turns otherwise than the turn
+    being answered, so only the last one is served as it was trained)."""
     from transformers import AutoTokenizer, GenerationConfig
 
     from ..layout import TOKENIZER_FILES, adapter_base, is_adapter_dir
@@ -195,8 +197,9 @@ def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapp
     # template that lost its generation prompt renders the training conversation unchanged, and serves prompts the
     # model never saw)
     trained = list(training_ids)
+    last = max(i for i, m in enumerate(conversation) if m.get("role") == "assistant")
     for i, message in enumerate(conversation):
-        if message.get("role") != "assistant":
+        if message.get("role") != "assistant" or (reply_turns == "last" and i != last):
             continue
         prompt = render(conversation[:i], add_generation_prompt=True)
         reply = tok(message["content"], add_special_tokens=False)["input_ids"]
@@ -232,3 +235,94 @@ def assert_saved_format(directory: Path, base_dir: Path, conversation: list[Mapp
         raise OracleFailure(seed, f"{label}: generation_config.json ({Path(config_dir).name}) has eos_token_id {eos}, "
                                   f"which lacks the template's turn end {tok.convert_ids_to_tokens(end)!r} (id {end}): "
                                   f"served generation never stops at the end of a turn (open-r1 PR #663)")
+
+
+def _template_spans(tok, messages: list[Mapping[str, str]]) -> tuple[tuple[int, ...], ...]:
+    """The assistant token spans a chat template marks with ``{% generation %}`` for ``messages`` (its own rendering)."""
+    out = tok.apply_chat_template(list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    return tuple(tuple(ids[i] for i in span) for span in _spans([i for i, m in enumerate(mask) if m]))
+
+
+def assert_batches_follow_template(batches: Iterable[Mapping[str, Any]], dataset_dir: Path, tokenizer_dir: Path, *,
+                                   seed: str = "thinking") -> int:
+    """Every training sample supervises exactly the assistant tokens the model's own chat template marks
+    (``{% generation %}``) for its conversation: with a thinking template, the history turns' answers without their
+    reasoning and the final turn's reasoning and answer, each through its turn end; nothing else, no label on padding,
+    every ``train.jsonl`` row in one epoch. A framework that re-renders the chat its own way (reasoning kept in the
+    history, or stripped "by fixed message positions": hiyouga/LlamaFactory PR #10773) trains another format than the
+    one the model is served in. Returns the number of samples checked."""
+    from transformers import AutoTokenizer
+
+    from ..models import read_jsonl
+    from ..task import chat_messages
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    path = Path(dataset_dir) / "train.jsonl"
+    rows = [chat_messages(row, path, i) for i, row in enumerate(read_jsonl(path))]
+    expected = [_template_spans(tok, messages) for messages in rows]
+    users = [[t for m in messages if m["role"] == "user" for t in tok(m["content"], add_special_tokens=False)["input_ids"]]
+             for messages in rows]
+
+    def show(ids: Iterable[int]) -> str:
+        return " ".join(tok.convert_ids_to_tokens(list(ids)))
+
+    seen: set[int] = set()
+    checked = 0
+    for b, batch in enumerate(batches):
+        for r, (ids, labels, mask) in enumerate(zip(batch["input_ids"], batch["labels"], batch["attention_mask"])):
+            ids, labels, mask = list(ids), list(labels), list(mask)
+            real = [i for i, m in enumerate(mask) if m]
+            where = f"batch {b} sample {r} ({show(ids[i] for i in real)!r})"
+            _assert_mask_is_the_padding(ids, mask, tok.pad_token_id, where, show, seed)
+            attended = [ids[i] for i in real]
+            row = next((k for k, words in enumerate(users) if _in_order(words, attended)), None)
+            if row is None:
+                raise OracleFailure(seed, f"{where}: holds the user turns of no train.jsonl row")
+            spans = tuple(tuple(ids[i] for i in span) for span in _spans([i for i in range(len(ids))
+                                                                          if labels[i] != -100]))
+            if spans != expected[row]:
+                raise OracleFailure(seed, f"{where}: supervised {[show(s) for s in spans]}, but the model's chat "
+                                          f"template marks {[show(s) for s in expected[row]]} as the assistant turns of "
+                                          f"train.jsonl row {row + 1}: the run trains another rendering of the chat "
+                                          f"(history reasoning kept or dropped, or the final reasoning unsupervised) "
+                                          f"than the template serves")
+            seen.add(row)
+            checked += 1
+    unseen = sorted(set(range(len(rows))) - seen)
+    if unseen:
+        raise OracleFailure(seed, f"one epoch of training batches never holds train.jsonl rows {[u + 1 for u in unseen]} "
+                                  f"(of {len(rows)})")
+    return checked
+
+
+def _in_order(words: list[int], ids: list[int]) -> bool:
+    it = iter(ids)
+    return all(any(t == w for t in it) for w in words)
+
+
+def assert_thinking_modes_kept(directory: Path, base_dir: Path, conversation: list[Mapping[str, str]], *,
+                               seed: str = "thinking") -> None:
+    """The saved tokenizer prompts the final reply of ``conversation`` in both thinking modes exactly as the model's own
+    template does (``add_generation_prompt=True`` with ``enable_thinking`` true and false: Qwen3's template writes an
+    empty think block when thinking is off). A framework that saves its own rendering in place of the model's template
+    serves one mode for both (hiyouga/LlamaFactory #9092: ``qwen3_nothink`` identical to ``qwen3``)."""
+    from transformers import AutoTokenizer
+
+    from ..layout import TOKENIZER_FILES, adapter_base, is_adapter_dir
+
+    directory = Path(directory)
+    tok_dir = directory
+    if is_adapter_dir(directory) and not all((directory / n).is_file() for n in TOKENIZER_FILES):
+        tok_dir = adapter_base(directory)
+    saved = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    base = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    last = max(i for i, m in enumerate(conversation) if m.get("role") == "assistant")
+    for thinking in (True, False):
+        kwargs = dict(tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
+        got = saved.apply_chat_template(list(conversation[:last]), **kwargs)
+        want = base.apply_chat_template(list(conversation[:last]), **kwargs)
+        if got != want:
+            raise OracleFailure(seed, f"{directory.name}: with enable_thinking={thinking} the saved template prompts "
+                                      f"{got!r}, the model's own template {want!r}: the saved model is served in "
+                                      f"another thinking mode than the one asked for")

@@ -25,6 +25,7 @@ SEEDS = {
     "checkpointing": "gradient-checkpointing: recomputing activations must not change what trains",
     "moe": "moe-lora: a LoRA on a mixture of experts trains every expert and the router it reports",
     "router": "router-loss: the router's load-balancing loss counts once per step however the batch is split",
+    "thinking": "thinking-template: a reasoning chat trains and serves as the model's own template renders it",
     "trainable": "trainable-set: a partly frozen run trains exactly the parameters asked for, across a resume",
     "embeddings": "embeddings-saved: tied and resized embeddings must be saved as trained and reload to the logged eval",
 }
