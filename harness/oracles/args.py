@@ -119,13 +119,11 @@ def assert_lora_reaches_experts(adapter_dir: Path, *, seed: str = "moe") -> None
     leaves the experts the base's while the run reports LoRA on them (huggingface/peft #3009, unslothai/unsloth PR
     #6936: "LoRA attached to attention only and left every expert frozen")."""
     import torch
-
-    from ..layout import adapter_base
-    from .reading import start_weights
-
     from transformers import AutoModelForCausalLM
 
     from ..hf import dtype_kwargs
+    from ..layout import adapter_base
+    from .reading import start_weights
 
     adapter_dir = Path(adapter_dir)
     # both as loaded (transformers 5 fuses the experts it saves per expert, ``experts.<i>.down_proj.weight``)

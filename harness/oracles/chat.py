@@ -104,11 +104,16 @@ def assert_batches_teach_assistant(batches: Iterable[Mapping[str, Any]], dataset
                                           f"the EOS)")
             seen.add(row)
             checked += 1
-    unseen = sorted(set(range(len(rows))) - seen)
+    _assert_every_row_seen(seen, len(rows), checked, seed)
+    return checked
+
+
+def _assert_every_row_seen(seen: set[int], n_rows: int, checked: int, seed: str) -> None:
+    """One epoch of training batches holds every ``train.jsonl`` row (``seen``: the rows matched, 0-based)."""
+    unseen = sorted(set(range(n_rows)) - seen)
     if unseen:
         raise OracleFailure(seed, f"one epoch of training batches never holds train.jsonl rows {[u + 1 for u in unseen]} "
-                                  f"(of {len(rows)}; {checked} samples seen): dropped or truncated away")
-    return checked
+                                  f"(of {n_rows}; {checked} samples seen): dropped or truncated away")
 
 
 def _assert_mask_is_the_padding(ids: list[int], mask: list[int], pad_id: int | None, where: str, show, seed: str
@@ -289,10 +294,7 @@ def assert_batches_follow_template(batches: Iterable[Mapping[str, Any]], dataset
                                           f"than the template serves")
             seen.add(row)
             checked += 1
-    unseen = sorted(set(range(len(rows))) - seen)
-    if unseen:
-        raise OracleFailure(seed, f"one epoch of training batches never holds train.jsonl rows {[u + 1 for u in unseen]} "
-                                  f"(of {len(rows)})")
+    _assert_every_row_seen(seen, len(rows), checked, seed)
     return checked
 
 
