@@ -5,6 +5,9 @@ Commands:
   report  run against one or more adapters, or merge JSON reports, and write a scenario x adapter
           matrix (md/json/junit/text/html)
   list    list the scenarios, the seed each reproduces and the capabilities each needs
+  check   read your own training config, run the scenarios its settings reach (mapped onto the tiny task) on
+          the installed framework, and answer per setting
+  sweep   run the scenarios over framework / library releases and bisect where a verdict flips
 
 Exit status: 0 when nothing failed, 1 when a scenario failed or errored (or a known failure
 unexpectedly passed), 2 on usage errors, 3 when a pytest run itself broke (report --allow-failures),
@@ -31,6 +34,7 @@ examples:
   ft-harness report --merge reports/*.json --format html -o matrix.html
   pytest --pyargs scenarios -n auto --ft-adapter swift --ft-report swift.json   # the same JSON from pytest
   ft-harness list
+  ft-harness check --framework llamafactory --config my_lora_sft.yaml   # does my version, with my config, break?
 
 An adapter is 'module:Class' (a subclass of harness.adapter.Adapter, or any class with its members) or an
 entry-point name in the 'ft_harness.adapters' group ('reference' is built in). Options reach the
@@ -41,7 +45,7 @@ adapter's constructor: --adapter-option load_args=true (repeatable; applies to e
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ft-harness", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{run,report,list,sweep}")
+    sub = p.add_subparsers(dest="command", metavar="{run,report,list,check,sweep}")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
@@ -81,6 +85,26 @@ def _parser() -> argparse.ArgumentParser:
     common(rep)
 
     sub.add_parser("list", help="list scenarios, their seeds and required capabilities")
+
+    chk = sub.add_parser("check", help="judge your own config's settings on the installed framework",
+                         description="Read a training config, map the settings the scenarios are sensitive to (eval / "
+                                     "save cadence, save_total_limit, load_best_model_at_end, gradient accumulation, "
+                                     "packing, resume, quantisation, LoRA targets, load_args) onto the tiny task, run "
+                                     "the scenarios they reach on the installed framework and answer per setting. "
+                                     "Exit 0: every answer PASS; 1: a FAIL or ERROR; 2: the config cannot be read; "
+                                     "3: the run itself broke.",
+                         epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    chk.add_argument("--framework", required=True, choices=("llamafactory", "axolotl", "swift", "transformers"),
+                     help="the config's format, and the adapter it is checked on unless --adapter says otherwise")
+    chk.add_argument("--config", required=True, metavar="FILE",
+                     help="LLaMA-Factory / axolotl YAML, a file holding the ms-swift command line, or a "
+                          "TrainingArguments JSON")
+    chk.add_argument("--adapter", default=None, metavar="MODULE:CLASS",
+                     help="check on this adapter instead (default: the framework's own; 'reference' for the "
+                          "harness's correct implementation)")
+    chk.add_argument("--dry-run", action="store_true",
+                     help="print the settings read, the tiny arrangement and the tests it would run; train nothing")
+    common(chk)
     try:
         from .sweep import add_parser as add_sweep
     except ImportError:  # pragma: no cover
@@ -88,6 +112,43 @@ def _parser() -> argparse.ArgumentParser:
     else:
         add_sweep(sub)
     return p
+
+
+CHECK_EPILOG = """\
+examples:
+  ft-harness check --framework llamafactory --config examples/train_lora/llama3_lora_sft.yaml
+  ft-harness check --framework axolotl --config lora.yml --dry-run
+  ft-harness check --framework swift --config train.sh      # the file holds 'swift sft --eval_steps 50 ...'
+  ft-harness check --framework transformers --config training_args.json --adapter reference
+
+Each answer names your settings, the tiny arrangement they were mapped onto (the ratios and flags that make the
+failure possible, not your numbers), the verdict with what the oracle found, and a fix. Keys no scenario is
+sensitive to are listed as not checked. Everything is written in a temporary directory.
+"""
+
+
+def _check(args, extra: list[str]) -> int:
+    from .check import ADAPTERS, answers, plan, read_config, render, run_check
+    from .errors import ConfigError
+
+    try:
+        config = read_config(args.framework, args.config)
+    except ConfigError as exc:
+        print(f"ft-harness check: {exc}", file=sys.stderr)
+        return 2
+    the_plan = plan(config)
+    adapter = args.adapter or ADAPTERS[args.framework]
+    if args.dry_run or not the_plan.questions:
+        print(render(config, the_plan, adapter, None, None), end="")
+        return 0
+    run = run_check(the_plan, None if adapter == "reference" else adapter, _options(args.adapter_option), extra)
+    results = answers(the_plan, run)
+    print(render(config, the_plan, adapter, run, results), end="")
+    if run.broken:
+        print(f"ft-harness check: the scenario run broke: {run.tests[-1].reason if run.tests else run.exit_code}",
+              file=sys.stderr)
+        return 3
+    return 1 if any(a.verdict in ("FAIL", "ERROR") for a in results) else 0
 
 
 def _options(pairs: Sequence[str]) -> dict[str, str]:
@@ -212,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = _options(args.adapter_option)
     extra = unknown + _pytest_args(args.pytest_args)
+    if args.command == "check":
+        return _check(args, extra)
     if args.command == "run":
         run = run_adapter(args.adapter, options, extra)
         if run.exit_code == 5:

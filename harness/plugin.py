@@ -13,6 +13,8 @@ Options:
                                   naming the missing ones; ``gpu`` also turns skips for lack of CUDA into failures
   --ft-marker-alias FT=HOST       add the host suite's marker HOST to every scenario item carrying FT
                                   (``ft_slow=slow``), before ``-m`` selects; repeatable; ini: ``ft_marker_alias``
+  --ft-user-config FILE           the tiny arrangement of a user's own config (JSON, written by ``ft-harness check``):
+                                  the tests marked ``ft_user_config`` run with it; without it they are deselected
 
 Markers (the unprefixed names ``requires``, ``seed``, ``gpu``, ``slow`` still work for one release and warn):
   ft_requires(*capabilities)   skip, naming the capability, when the adapter lacks one
@@ -24,9 +26,12 @@ Markers (the unprefixed names ``requires``, ``seed``, ``gpu``, ``slow`` still wo
                                the adapter's own kinds (``Adapter.quantizations``), each requiring its capability
   ft_smoke(*variants)          the smoke tier (``-m ft_smoke``): at least one test of every scenario module, the
                                seed stories first; with variants, only those parametrisations
+  ft_user_config(section)      runs only with ``--ft-user-config`` holding ``section`` (the ``ft_user_config`` fixture
+                               gives it); otherwise deselected: no user config, nothing to judge
 
 Fixtures: ``ft_adapter`` (session), ``ft_device`` ("cpu", plus an ft_gpu-marked "cuda" variant),
-``tiny_assets`` (session: the adapter's tiny model + tokenizer + datasets, built locally).
+``tiny_assets`` (session: the adapter's tiny model + tokenizer + datasets, built locally), ``ft_user_config``
+(session: the ``--ft-user-config`` mapping).
 
 The plugin acts only on *scenario items* — tests that use the ``ft_adapter`` fixture or carry an
 ``ft_``-marker — so installing ft-harness changes nothing in the rest of a suite. For them it sets the
@@ -56,6 +61,7 @@ from .adapter import (FrameworkAdapter, effective_capabilities, load_adapter, pa
 _ADAPTER_KEY = pytest.StashKey[object]()
 _KNOWN_KEY = pytest.StashKey[dict]()
 _ALIASES_KEY = pytest.StashKey[dict]()  # ft marker -> host markers (--ft-marker-alias / ft_marker_alias)
+_USER_KEY = pytest.StashKey[dict]()  # the --ft-user-config mapping
 _SKIPS_KEY = pytest.StashKey[dict]()  # on an item: reason of a skip the plugin added -> its kind (for --ft-strict)
 
 #: marker name -> its deprecated unprefixed alias
@@ -96,6 +102,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ft-marker-alias", action="append", default=[], metavar="FT_MARKER=HOST_MARKER",
                     help="also mark every scenario test carrying FT_MARKER with the host suite's HOST_MARKER "
                          "(e.g. ft_slow=slow, so -m 'not slow' deselects it); repeatable; ini: ft_marker_alias")
+    group.addoption("--ft-user-config", default=None, metavar="FILE",
+                    help="the tiny arrangement of a user's config (JSON, as 'ft-harness check' writes it): run the "
+                         "tests marked ft_user_config with it (without it they are deselected)")
     parser.addini("ft_marker_alias", type="linelist", default=[],
                   help="ft-harness: FT_MARKER=HOST_MARKER pairs (whitespace- or line-separated), as "
                        "--ft-marker-alias")
@@ -108,6 +117,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ft_metric(name): skip when the adapter declares it cannot log this metric")
     config.addinivalue_line("markers", "ft_quantizations(*kinds): parametrise 'quant' with these kinds (None: "
                                        "unquantised) and the adapter's own, each requiring its capability")
+    config.addinivalue_line("markers", "ft_user_config(section): runs only with --ft-user-config holding section "
+                                       "(ft-harness check); deselected otherwise")
     config.addinivalue_line("markers", "ft_smoke(*variants): in the smoke tier (-m ft_smoke): every variant, or only "
                                        "those whose parameter id (device part aside) is one of variants")
     _configure_marker_aliases(config)
@@ -225,6 +236,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before -m/-k deselection: alias markers must be in place for `-m gpu`
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _select_user_config(config, items)
     scenario_items = [i for i in items if is_scenario_item(i)]
     if not scenario_items:
         return
@@ -261,6 +273,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 used.add(key)
                 break
     _warn_stale(sorted(set(known) - used), items, adapter.name)
+
+
+def user_config(config: pytest.Config) -> dict:
+    """The ``--ft-user-config`` mapping (section -> values), read once; {} without the option."""
+    if _USER_KEY not in config.stash:
+        import json
+
+        path = config.getoption("ft_user_config")
+        data: dict = {}
+        if path:
+            try:
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise pytest.UsageError(f"ft-harness: --ft-user-config {path}: {exc}") from exc
+            if not isinstance(data, dict):
+                raise pytest.UsageError(f"ft-harness: --ft-user-config {path}: expected a JSON object of sections")
+        config.stash[_USER_KEY] = data
+    return config.stash[_USER_KEY]
+
+
+def _select_user_config(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``ft_user_config(section)`` tests whose section the user config lacks (all of them without
+    ``--ft-user-config``): a test of a user's arrangement has nothing to run without one, and is not a skip."""
+    sections = user_config(config)
+    dropped = [i for i in items if any(m.args and m.args[0] not in sections for m in i.iter_markers("ft_user_config"))]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
 
 
 def _mark_gpu_and_seeds(items: list[pytest.Item]) -> None:
@@ -514,6 +554,12 @@ def ft_adapter(request: pytest.FixtureRequest) -> Iterator[FrameworkAdapter]:
     adapter = get_adapter(request.config)
     with use_layout(adapter):
         yield adapter
+
+
+@pytest.fixture(scope="session")
+def ft_user_config(request: pytest.FixtureRequest) -> dict:
+    """The user's config as ``ft-harness check`` mapped it onto the tiny task (``--ft-user-config``): section -> values."""
+    return user_config(request.config)
 
 
 @pytest.fixture(scope="session")

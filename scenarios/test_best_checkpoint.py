@@ -164,12 +164,34 @@ def test_any_cadence_keeps_best(ft_adapter, tiny_assets, ft_device, eval_steps, 
     the last evaluation (eval 2 over 24 steps: the eval loss is lowest at step 24, not a save step) and a metric tie
     (learning rate 0: every evaluation of the unchanged model gives the same value; any tied step may be the one
     kept, it must be on disk and be what ``best_model_checkpoint`` names)."""
+    judge_cadence(ft_adapter, tiny_assets, ft_device, eval_steps=eval_steps, save_steps=save_steps, limit=limit,
+                  max_steps=max_steps, lr=lr)
+
+
+def judge_cadence(ft_adapter, tiny_assets, ft_device, *, eval_steps: int, save_steps: int, limit: int, max_steps: int,
+                  lr: float, load_best_model_at_end: bool = False) -> None:
+    """One full run at this cadence, judged: the newest save survives, every save reproduces its logged eval_loss,
+    the best evaluated step is on disk and named; with ``load_best_model_at_end`` the final model is the best."""
     with tempfile.TemporaryDirectory() as tmp:
         run = spec(tiny_assets, Path(tmp) / "run", train_type="full", max_steps=max_steps, eval_steps=eval_steps,
-                   save_steps=save_steps, save_total_limit=limit, learning_rate=lr, device=ft_device)
+                   save_steps=save_steps, save_total_limit=limit, learning_rate=lr, device=ft_device,
+                   **({"load_best_model_at_end": True} if load_best_model_at_end else {}))
         result = ft_adapter.train(run)
         assert_newest_save_kept(result.output_dir, max_steps)
         judge = evaluator(ft_adapter, run)
         assert_saves_reproduce_log(result.output_dir, judge, rtol=eval_rtol(ft_device))
         assert_best_checkpoint_kept(result.output_dir, judge, save_total_limit=limit, newest_step=max_steps,
                                     rtol=eval_rtol(ft_device))
+        if load_best_model_at_end:
+            assert_final_is_best(result.output_dir, result.final_dir, judge, rtol=eval_rtol(ft_device))
+
+
+@pytest.mark.ft_user_config("cadence")
+def test_your_cadence_keeps_best(ft_adapter, tiny_assets, ft_device, ft_user_config):
+    """``ft-harness check``: the user's own eval / save cadence and save_total_limit, scaled onto the tiny task by
+    ``harness.check.plan`` (the eval:save ratio, whether saves fall on evaluations, and rotation kept), judged as
+    any cadence is; with the user's ``load_best_model_at_end`` the final model must be the best."""
+    c = ft_user_config["cadence"]
+    judge_cadence(ft_adapter, tiny_assets, ft_device, eval_steps=c["eval_steps"], save_steps=c["save_steps"],
+                  limit=c["save_total_limit"], max_steps=c["max_steps"], lr=LR,
+                  load_best_model_at_end=c.get("load_best_model_at_end", False))
