@@ -43,6 +43,9 @@ pytestmark = [pytest.mark.ft_seed("004"), pytest.mark.ft_requires("sft", "full",
               pytest.mark.ft_metric("eval_loss")]
 
 LR = 1.5e-3
+#: ``test_your_cadence_keeps_best`` tries these until the best evaluation falls between two saves (where the user's
+#: cadence allows that): the tiny eval loss's minimum moves later as the learning rate drops
+USER_CADENCE_LRS = (LR, LR / 2, LR * 2)
 STORY = BEST_CHECKPOINT_STORY
 
 
@@ -169,9 +172,10 @@ def test_any_cadence_keeps_best(ft_adapter, tiny_assets, ft_device, eval_steps, 
 
 
 def judge_cadence(ft_adapter, tiny_assets, ft_device, *, eval_steps: int, save_steps: int, limit: int, max_steps: int,
-                  lr: float, load_best_model_at_end: bool = False) -> None:
+                  lr: float, load_best_model_at_end: bool = False) -> int | None:
     """One full run at this cadence, judged: the newest save survives, every save reproduces its logged eval_loss,
-    the best evaluated step is on disk and named; with ``load_best_model_at_end`` the final model is the best."""
+    the best evaluated step is on disk and named; with ``load_best_model_at_end`` the final model is the best.
+    Returns the best evaluated step (None when nothing was evaluated)."""
     with tempfile.TemporaryDirectory() as tmp:
         run = spec(tiny_assets, Path(tmp) / "run", train_type="full", max_steps=max_steps, eval_steps=eval_steps,
                    save_steps=save_steps, save_total_limit=limit, learning_rate=lr, device=ft_device,
@@ -184,14 +188,26 @@ def judge_cadence(ft_adapter, tiny_assets, ft_device, *, eval_steps: int, save_s
                                     rtol=eval_rtol(ft_device))
         if load_best_model_at_end:
             assert_final_is_best(result.output_dir, result.final_dir, judge, rtol=eval_rtol(ft_device))
+        metrics = logged_metrics(result.output_dir, "eval_loss")
+        return best_logged_step(metrics, False) if metrics else None
 
 
 @pytest.mark.ft_user_config("cadence")
 def test_your_cadence_keeps_best(ft_adapter, tiny_assets, ft_device, ft_user_config):
     """``ft-harness check``: the user's own eval / save cadence and save_total_limit, scaled onto the tiny task by
     ``harness.check.plan`` (the eval:save ratio, whether saves fall on evaluations, and rotation kept), judged as
-    any cadence is; with the user's ``load_best_model_at_end`` the final model must be the best."""
+    any cadence is; with the user's ``load_best_model_at_end`` the final model must be the best. Where the cadence
+    lets the best fall between two saves, a run must put it there (up to three learning rates; an ArrangementError
+    otherwise): a PASS on a run whose best happened to be saved would not answer the user's question."""
     c = ft_user_config["cadence"]
-    judge_cadence(ft_adapter, tiny_assets, ft_device, eval_steps=c["eval_steps"], save_steps=c["save_steps"],
-                  limit=c["save_total_limit"], max_steps=c["max_steps"], lr=LR,
-                  load_best_model_at_end=c.get("load_best_model_at_end", False))
+    bests = []
+    for lr in USER_CADENCE_LRS:  # the eval loss's minimum moves with the learning rate: find one off the saves
+        best = judge_cadence(ft_adapter, tiny_assets, ft_device, eval_steps=c["eval_steps"], save_steps=c["save_steps"],
+                             limit=c["save_total_limit"], max_steps=c["max_steps"], lr=lr,
+                             load_best_model_at_end=c.get("load_best_model_at_end", False))
+        bests.append(best)
+        if c["eval_steps"] % c["save_steps"] == 0 or (best is not None and best % c["save_steps"]):
+            return  # every evaluation is a save, or the best fell between two saves: the user's risk was run
+    raise ArrangementError(f"eval every {c['eval_steps']} / save every {c['save_steps']}: the best eval_loss fell on a "
+                           f"save step at every learning rate tried ({dict(zip(USER_CADENCE_LRS, bests))}), so these "
+                           "runs could not show whether a best between two saves is kept")
