@@ -166,6 +166,10 @@ def test_answers_read_the_run_per_question():
     assert verdicts == ["FAIL", "PASS", "NOT RUN"]  # the 2x2 variant is not the user's split
     text = render(read_config("swift", CONFIGS / "swift_sft.sh"), the_plan, "x", run, answers(the_plan, run))
     assert "no checkpoint-2 on disk" in text and "not run: adapter 'x' lacks capability 'moe'" in text
+    assert "to fix: save at every evaluation" in text
+    cadence = the_plan.questions[0]
+    meaning, _ = cadence.advice("no save reproduces the eval_loss the run logged for it (4 of 4 reloaded ...)")
+    assert meaning.startswith("not judged on the cadence")  # an evaluation mismatch is not blamed on the cadence
 
 
 def test_check_on_the_reference_passes_and_on_a_best_losing_framework_fails():

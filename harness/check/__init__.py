@@ -98,11 +98,12 @@ def render(config: UserConfig, the_plan: Plan, adapter: str, run: AdapterRun | N
         elif verdict in ("FAIL", "ERROR"):
             bad = answer.first_bad
             assert bad is not None
-            lines.append(f"        {q.failure}, on {tested}:")
+            meaning, fix = q.advice(bad.reason)
+            lines.append(f"        {meaning}, on {tested}:")
             lines.append(f"        {bad.reason}")
             lines.append(f"        ({bad.nodeid}; {sum(t.outcome in ('failed', 'error') for t in answer.tests)} of "
                          f"{len(answer.tests)} test(s) red)")
-            lines.append(f"        to fix: {q.fix}")
+            lines.append(f"        to fix: {fix}")
         elif verdict == "NOT RUN":
             reasons = sorted({t.reason for t in answer.tests if t.reason}) or ["no test of it was collected"]
             lines.append(f"        not run: {'; '.join(reasons)}")

@@ -41,6 +41,15 @@ class Question:
     failure: str = ""  # what a FAIL means for the user's run
     fix: str = ""
     options: dict[str, str] = field(default_factory=dict)  # adapter options this question's runs need
+    #: (a phrase of the failure, what it means instead): a red answer caused by something other than the setting
+    other_causes: tuple[tuple[str, str], ...] = ()
+
+    def advice(self, reason: str) -> tuple[str, str]:
+        """(what the failure means, what to do) for one failure's head line."""
+        for phrase, meaning in self.other_causes:
+            if phrase in reason:
+                return meaning, "compare the framework's logged value with a re-evaluation by hand before trusting it"
+        return self.failure, self.fix
 
     def owns(self, nodeid: str) -> bool:
         """Whether a test (its node id) answers this question."""
@@ -149,7 +158,10 @@ def _cadence(config: UserConfig, not_checked: list[str]) -> tuple[Question, dict
               + ("; the final model is the best" if load_best else ""),
         cited=cited, mapped=mapped, keyword="test_your_cadence_keeps_best", modules=("test_best_checkpoint.py",),
         functions=("test_your_cadence_keeps_best",),
-        failure="the best model of a run with this cadence is lost or mislabelled", fix=fix)
+        failure="the best model of a run with this cadence is lost or mislabelled", fix=fix,
+        other_causes=(("no save reproduces the eval_loss",
+                       "not judged on the cadence: the framework's logged eval_loss is not what its saves re-evaluate "
+                       "to (an evaluation on other data, or the adapter's evaluate differs from the framework's)"),))
     return question, values
 
 
