@@ -7,6 +7,7 @@ Commands:
   list    list the scenarios, the seed each reproduces and the capabilities each needs
   check   read your own training config, run the scenarios its settings reach (mapped onto the tiny task) on
           the installed framework, and answer per setting
+  status  render one dated status page per framework (release x scenario, flips, red-cell causes) from reports
   sweep   run the scenarios over framework / library releases and bisect where a verdict flips
 
 Exit status: 0 when nothing failed, 1 when a scenario failed or errored (or a known failure
@@ -35,6 +36,7 @@ examples:
   pytest --pyargs scenarios -n auto --ft-adapter swift --ft-report swift.json   # the same JSON from pytest
   ft-harness list
   ft-harness check --framework llamafactory --config my_lora_sft.yaml   # does my version, with my config, break?
+  ft-harness status --merge 'reports/*.json' -o docs/status              # one page per framework x release
 
 An adapter is 'module:Class' (a subclass of harness.adapter.Adapter, or any class with its members) or an
 entry-point name in the 'ft_harness.adapters' group ('reference' is built in). Options reach the
@@ -45,7 +47,7 @@ adapter's constructor: --adapter-option load_args=true (repeatable; applies to e
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ft-harness", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{run,report,list,check,sweep}")
+    sub = p.add_subparsers(dest="command", metavar="{run,report,list,check,status,sweep}")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
@@ -86,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list scenarios, their seeds and required capabilities")
 
+    st = sub.add_parser("status", help="one status page per framework (release x scenario) from JSON reports",
+                        description="Group the runs of ft-harness-report/1 JSONs (--ft-report, 'ft-harness report "
+                                    "--format json', sweeps' <framework>-sweep.json) by framework and write "
+                                    "<framework>.md per framework plus README.md: the release x scenario matrix, "
+                                    "where a verdict flips between consecutive releases, every red cell's cause with "
+                                    "its upstream threads, the library versions behind each column. Runs nothing.")
+    st.add_argument("--merge", action="extend", nargs="+", required=True, metavar="REPORT.json",
+                    help="reports: files or quoted globs, several per flag")
+    st.add_argument("-o", "--output", default="docs/status", metavar="DIR",
+                    help="directory for the pages (default: docs/status)")
+    st.add_argument("--date", default=None, metavar="YYYY-MM-DD", help="the date on the pages (default: today, UTC)")
+
     chk = sub.add_parser("check", help="judge your own config's settings on the installed framework",
                          description="Read a training config, map the settings the scenarios are sensitive to (eval / "
                                      "save cadence, save_total_limit, load_best_model_at_end, gradient accumulation, "
@@ -125,6 +139,29 @@ Each answer names your settings, the tiny arrangement they were mapped onto (the
 failure possible, not your numbers), the verdict with what the oracle found, and a fix. Keys no scenario is
 sensitive to are listed as not checked. Everything is written in a temporary directory.
 """
+
+
+def _status(args) -> int:
+    import datetime
+
+    from .report import load_runs
+    from .report.status import write_status_pages
+
+    runs = []
+    for path in _merge_paths(args.merge):
+        try:
+            runs += load_runs(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"ft-harness: cannot read {path}: {exc}") from exc
+    date = args.date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    written = write_status_pages(runs, Path(args.output), date)
+    if len(written) == 1:
+        print(f"ft-harness status: no run in these reports names a framework version (nothing but {written[0]})",
+              file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
 
 
 def _check(args, extra: list[str]) -> int:
@@ -269,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         return _list()
+    if args.command == "status":
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return _status(args)
     from .report import render, run_adapter
 
     options = _options(args.adapter_option)
