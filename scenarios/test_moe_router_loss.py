@@ -55,7 +55,9 @@ def runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
         if name not in made:
             batch, accumulation = SPLITS[name.removesuffix("-without")]
             cli = {} if name.endswith("-without") else {"router_aux_loss_coef": COEF}
-            run = spec(tiny_assets, root / name, model_dir=model_dir, train_type="full", max_steps=3,
+            # one save at the end: its trainer_state.json holds the log on every framework (axolotl writes none
+            # into an output dir it never checkpointed)
+            run = spec(tiny_assets, root / name, model_dir=model_dir, train_type="full", max_steps=3, save_steps=3,
                        per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, learning_rate=1e-2,
                        device=ft_device, cli=cli).replace(dataset_dir=data)
             made[name] = ft_adapter.train(run).output_dir

@@ -406,6 +406,27 @@ def test_swift_tiny_template_matches_the_tiny_chat_format():
     assert tok(rendered, add_special_tokens=False)["input_ids"] == tok(want, add_special_tokens=False)["input_ids"]
 
 
+def test_swift_reasoning_model_gets_the_thinking_template(tmp_path):
+    """A model whose chat template renders reasoning is trained with the tiny template declared is_thinking (as
+    ms-swift declares qwen3); any other chat model with the plain one; text data keeps the option's template."""
+    from harness.adapters.swift import (TINY_TEMPLATE, TINY_THINKING_TEMPLATE, TINY_THINKING_TEMPLATE_META,
+                                        SwiftAdapter)
+    from harness.models import THINKING_TEMPLATE, write_chat_datasets
+
+    data = write_chat_datasets(tmp_path / "chat")
+    plain, thinking = tmp_path / "plain", tmp_path / "thinking"
+    plain.mkdir()
+    thinking.mkdir()
+    (plain / "chat_template.jinja").write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (thinking / "chat_template.jinja").write_text(THINKING_TEMPLATE)
+    adapter = SwiftAdapter.__new__(SwiftAdapter)
+    adapter.template, adapter.template_given = "qwen", False
+    spec = RunSpec(model_dir=thinking, output_dir=tmp_path / "o", dataset_dir=data)
+    assert adapter._template_for(spec) == TINY_THINKING_TEMPLATE
+    assert adapter._template_for(spec.replace(model_dir=plain)) == TINY_TEMPLATE
+    assert TINY_THINKING_TEMPLATE_META["is_thinking"] is True
+
+
 # ---------------------------------------------------------------------------------------------- torchtune
 from harness.adapters import torchtune as tt  # noqa: E402
 from harness.errors import SpecRefused  # noqa: E402

@@ -293,6 +293,9 @@ def test_axolotl_config_variants(tmp_path):
                                                                                                          "v_proj"]
     with pytest.raises(ConfigError, match="quantization"):
         build_config(spec, _values(quantization="quanto-int8"), DATA, tmp_path)
+    router = build_config(spec, _values(router_aux_loss_coef=0.01), DATA, tmp_path)
+    assert router["model_config"] == {"output_router_logits": True, "router_aux_loss_coef": 0.01}
+    assert "model_config" not in cfg, "no router term asked: the model's own config is left alone"
 
 
 def test_axolotl_trainable_set_lists_each_trainable_name(tiny_assets, tmp_path):

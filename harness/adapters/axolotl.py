@@ -6,7 +6,8 @@ The tiny texts are ``type: completion`` datasets (``{"text": ...}``, trained on 
 accuracy metric, and keeps its own defaults where a user would (e.g. its step-0 evaluation). CPU settings a user on
 CPU must write: the four ``lora_*_kernel`` flags off (axolotl's Triton LoRA kernels are on by default and need CUDA),
 no bf16/tf32, ``attn_implementation: sdpa`` (what axolotl's packing warning asks for), ``dataset_num_proc: 1``. ``save_on_best`` has no axolotl key and is not passed.
-``trainable_parameters`` becomes ``unfrozen_parameters`` (:func:`unfrozen_parameters`).
+``trainable_parameters`` becomes ``unfrozen_parameters`` (:func:`unfrozen_parameters`); ``router_aux_loss_coef`` becomes
+``model_config: {output_router_logits: true, router_aux_loss_coef: c}`` (axolotl's model-config overrides).
 Options (``--ft-adapter-option KEY=VALUE``): see :data:`OPTIONS`.
 
 Like a user training often on the same data, a session keeps one ``dataset_prepared_path`` per preparation (named by
@@ -99,6 +100,9 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
                    sequence_len=64 * values["per_device_train_batch_size"])
     if values.get("trainable_parameters"):
         cfg["unfrozen_parameters"] = unfrozen_parameters(spec, values)
+    if values.get("router_aux_loss_coef"):  # axolotl's `model_config` overrides (loaders/utils.py) set on the config
+        cfg["model_config"] = {"output_router_logits": True,
+                               "router_aux_loss_coef": float(values["router_aux_loss_coef"])}
     if spec.resume_from == "latest":
         cfg["auto_resume_from_checkpoints"] = True
     elif spec.resume_from is not None:
@@ -148,7 +152,7 @@ class AxolotlAdapter(ConfigFileAdapter):
     name = framework = "axolotl"
     libraries = ("transformers", "peft", "trl", "torch")
     options = OPTIONS
-    capabilities = frozenset({"sft", "full", "lora", "resume", "best-checkpoint", "packing", "merge", "quant-nf4",
+    capabilities = frozenset({"sft", "full", "lora", "resume", "best-checkpoint", "packing", "moe", "merge", "quant-nf4",
                               "quant-int8", "trainable-set", "gpu"})
     unavailable_metrics = {"eval_accuracy": "axolotl logs no next-token accuracy (eval_causal_lm_metrics are "
                                             "generation metrics: sacrebleu, comet, ter, chrf, perplexity)"}

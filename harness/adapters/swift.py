@@ -28,7 +28,9 @@ Options (``--ft-adapter-option KEY=VALUE``):
 ``ref_adapters`` true/false (default false): DPO / GRPO runs on a LoRA output also pass it as ``--ref_adapters``, the
                 ms-swift way to make the reference the pre-trained adapter's policy (the default leaves it to ms-swift).
 ``template``    swift template name (default ``qwen`` for text data; for chat data ``ft_tiny``, the tiny chat format
-                registered with ms-swift's ``register_template``, as its docs describe for a custom model).
+                registered with ms-swift's ``register_template``, as its docs describe for a custom model;
+                ``ft_tiny_thinking``, the same declared ``is_thinking`` as ms-swift's qwen3, when the model's chat
+                template renders reasoning).
 
 DPO (``method="dpo"``) is ``swift rlhf --rlhf_type dpo`` on ``messages`` + ``rejected_response`` rows (the tiny chat
 template), ``--beta`` / ``--loss_type`` as resolved, and no ``--ref_model`` / ``--ref_adapters``: ms-swift chooses
@@ -261,13 +263,31 @@ TINY_TEMPLATE_META = {"template_type": TINY_TEMPLATE, "prefix": [["bos_token_id"
                       "suffix": [["eos_token_id"]]}
 
 
-def register_tiny_template() -> None:
-    """Register :data:`TINY_TEMPLATE` with the installed ms-swift (4.x ``swift.template``, 3.x ``swift.llm``)."""
+#: the same for a reasoning model's tokenizer (a chat template with ``</think>``), as ms-swift declares its own hybrid
+#: thinking templates (qwen3): ``is_thinking`` removes the reasoning of every turn before the last user turn
+#: (``_remove_history_thinking``), ``non_thinking_prefix`` gives a final turn without reasoning its empty think block
+TINY_THINKING_TEMPLATE = "ft_tiny_thinking"
+TINY_THINKING_TEMPLATE_META = {**TINY_TEMPLATE_META, "template_type": TINY_THINKING_TEMPLATE, "is_thinking": True,
+                               "non_thinking_prefix": "<think> </think> "}
+
+
+def register_tiny_template(meta: Mapping[str, Any] = TINY_TEMPLATE_META) -> None:
+    """Register :data:`TINY_TEMPLATE` (or another of these metas) with the installed ms-swift (4.x
+    ``swift.template``, 3.x ``swift.llm``)."""
     try:
         from swift.template import TemplateMeta, register_template
     except ImportError:  # ms-swift 3.x
         from swift.llm import TemplateMeta, register_template
-    register_template(TemplateMeta(**TINY_TEMPLATE_META), exist_ok=True)
+    register_template(TemplateMeta(**meta), exist_ok=True)
+
+
+def _is_reasoning_model(model_dir: Path) -> bool:
+    """Whether the model's own chat template renders reasoning (``</think>``), read as a user picks the template."""
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        path = Path(model_dir) / name
+        if path.is_file() and "</think>" in path.read_text(encoding="utf-8", errors="replace"):
+            return True
+    return False
 
 
 class SwiftAdapter(Adapter):
@@ -403,7 +423,7 @@ class SwiftAdapter(Adapter):
             return self.template
         if spec.method != "dpo" and not is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
             return self.template
-        return TINY_TEMPLATE
+        return TINY_THINKING_TEMPLATE if _is_reasoning_model(spec.model_dir) else TINY_TEMPLATE
 
     def _data(self, spec: RunSpec, tmp: Path) -> dict[str, Path]:
         if is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
@@ -506,6 +526,8 @@ class SwiftAdapter(Adapter):
             torch.cpu.max_memory_reserved = lambda device=None: 0  # a CPU machine setting, not a training fix
         if "--template" in argv and TINY_TEMPLATE in argv:
             register_tiny_template()
+        if "--template" in argv and TINY_THINKING_TEMPLATE in argv:
+            register_tiny_template(TINY_THINKING_TEMPLATE_META)
         if self.major >= 4:
             from swift.pipelines import export_main, rlhf_main, sft_main
         else:
