@@ -3,6 +3,7 @@ cells, bisection with a fake runner, the GitHub matrix and the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -114,7 +115,12 @@ def test_pins_errors_and_overrides():
     with pytest.raises(SweepError, match="no pins cover"):
         select_pins("ms-swift", "2.6.1")
     with pytest.raises(SweepError, match="no pins for framework"):
-        select_pins("axolotl", "0.1.0")
+        select_pins("torchtune", "0.6.1")
+    with pytest.raises(SweepError, match="no pins cover"):
+        select_pins("axolotl", "0.5.0")
+    assert select_pins("axolotl", "0.21.0").python == "3.12" and "multiprocess==0.70.18" in select_pins(
+        "axolotl", "0.21.0").requirements
+    assert select_pins("axolotl", "0.19.0").python == "3.11"  # the index offers 0.19.0 and older to 3.11
     assert select_pins("ms-swift", "4.6.0", python="3.12").python == "3.12"
     lf = select_pins("llamafactory", "0.9.5")
     assert "torch==2.14.1" in lf.requirements and "torch==2.13.0" not in lf.requirements  # replaced by name
@@ -506,8 +512,8 @@ def test_cli_help_and_usage_errors():
         assert word in res.stdout, word
     assert "--versions SPEC is required" in _sweep_cli("ms-swift").stderr
     assert "--bisect needs --good" in _sweep_cli("ms-swift", "--bisect", "x").stderr
-    bad = _sweep_cli("axolotl", "--versions", "1.0", "--emit-matrix", "github", "--no-pip-config")
-    assert bad.returncode == 2 and "no pins for framework 'axolotl'" in bad.stderr
+    bad = _sweep_cli("torchtune", "--versions", "1.0", "--emit-matrix", "github", "--no-pip-config")
+    assert bad.returncode == 2 and "no pins for framework 'torchtune'" in bad.stderr
 
 
 def test_add_parser_registers_sweep_on_a_cli():
@@ -528,6 +534,66 @@ def test_show_pins_builds_nothing(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "transformers==4.47.1" in res.stdout and "msgspec" in res.stdout
     assert not (tmp_path / "envs").exists()
+
+
+def _source_tree(root: Path, version: str = "5.25.0.dev0") -> Path:
+    """A framework checkout as far as the sweep reads it: a setup.py declaring its version, a package."""
+    tree = root / "transformers"
+    (tree / "src" / "transformers").mkdir(parents=True)
+    (tree / "setup.py").write_text(f'setup(\n    name="transformers",\n    version="{version}",\n)\n')
+    (tree / "src" / "transformers" / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    return tree
+
+
+def test_source_version_of_trees_and_sdists(tmp_path):
+    from harness.sweep import source_version
+
+    assert source_version(_source_tree(tmp_path)) == "5.25.0.dev0"
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text('[build-system]\nrequires = []\n\n[project]\nname = "x"\nversion = "0.9.6.dev0"\n')
+    assert source_version(proj) == "0.9.6.dev0"
+    sdist = tmp_path / "llamafactory-0.9.6.dev0.tar.gz"
+    sdist.write_bytes(b"")
+    assert source_version(sdist) == "0.9.6.dev0"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SweepError, match="no version in pyproject.toml"):
+        source_version(empty)
+
+
+def test_source_cell_installs_the_tree_and_rebuilds_when_it_changes(tmp_path, fake_uv):
+    """A cell from a local checkout (no git host is needed): the tree is installed instead of the release, the env is
+    its own, and an edit in the tree makes a new one; --with installs a library tree over what resolved."""
+    uv, log = fake_uv
+    tree = _source_tree(tmp_path)
+    release = select_pins("transformers", "5.23.0")
+    src = dataclasses.replace(select_pins("transformers", "5.25.0.dev0"), source=str(tree))
+    assert src.cell == "5.25.0.dev0-src" and env_key(release) != env_key(src)
+    res = _builder(tmp_path, uv).ensure(src)
+    assert res.ok, res.reason
+    calls = log.read_text().splitlines()
+    assert any(str(tree) in c and "transformers==" not in c for c in calls), calls
+    assert "5.25.0.dev0-src" in res.path.name
+    key = env_key(src)
+    (tree / "src" / "transformers" / "trainer.py").write_text("# a new file in the checkout\n")
+    assert env_key(src) != key, "an edited tree keys a new environment"
+    lib = tmp_path / "peft-main"
+    lib.mkdir()
+    over = dataclasses.replace(release, with_sources=(f"peft={lib}",))
+    assert over.cell == "5.23.0-with-peft"
+    assert _builder(tmp_path, uv).ensure(over).ok
+    assert log.read_text().splitlines()[-1].endswith(f"--no-deps --reinstall {lib}")
+
+
+def test_cli_source_cell_show_pins(tmp_path):
+    tree = _source_tree(tmp_path)
+    res = _sweep_cli("transformers", "--source", str(tree), "--show-pins", "--no-pip-config",
+                     "--env-dir", str(tmp_path / "envs"))
+    assert res.returncode == 0, res.stderr
+    assert "transformers 5.25.0.dev0-src:" in res.stdout and f"framework from: {tree}" in res.stdout
+    bad = _sweep_cli("transformers", "--versions", "5.23.0", "--with", "peft", "--show-pins", "--no-pip-config")
+    assert bad.returncode == 2 and "expected NAME=PATH" in bad.stderr
 
 
 def test_github_workflow_example():

@@ -20,7 +20,7 @@ from typing import Any
 from packaging.version import Version
 
 from .bisect import Probe, bisect_releases, format_bisect, verdict_of
-from .envs import _MARKER, EnvBuilder, Pins, env_key, env_name, framework_table, select_pins, stale_envs
+from .envs import _MARKER, EnvBuilder, Pins, env_key, env_name, framework_table, select_pins, source_version, stale_envs
 from .errors import SweepError
 from .github import github_matrix
 from .index import IndexSettings
@@ -84,6 +84,14 @@ def _add_selection_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("framework", metavar="FRAMEWORK", help=f"a framework of harness/sweep/pins.py: {known}")
     sp.add_argument("--versions", metavar="SPEC", default=None,
                     help="versions: '3.1.1,3.2.0', '3.0.0..3.3.0', 'latest' or a comma list of those")
+    sp.add_argument("--source", action="append", default=[], metavar="PATH",
+                    help="also a cell built from this local source tree or sdist of the framework (a main "
+                         "checkout, a PR branch, a commit) instead of a release; its version is read from it "
+                         "(repeatable; with --source, --versions may be left out)")
+    sp.add_argument("--with", dest="with_sources", action="append", default=[], metavar="NAME=PATH",
+                    help="install library NAME from a local source tree or sdist into every cell, over what "
+                         "resolved (e.g. transformers=../transformers for transformers main under a framework "
+                         "release; repeatable)")
     sp.add_argument("--scenario", action="append", default=[], metavar="PATTERN",
                     help="pytest -k expression selecting scenarios (repeatable: or-ed); default: all")
     sp.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
@@ -199,13 +207,22 @@ def _main(args) -> int:
     index = _index_settings(args)
     if args.prune:
         return _prune(args, name, index)
-    if not bisecting and not args.versions:
-        raise SweepError("--versions SPEC is required (e.g. 3.1.1,3.2.0 or 3.0.0..3.3.0 or latest)")
+    sources = [Path(src).expanduser().resolve() for src in getattr(args, "source", [])]
+    if not bisecting and not args.versions and not sources:
+        raise SweepError("--versions SPEC is required (e.g. 3.1.1,3.2.0 or 3.0.0..3.3.0 or latest), or a --source")
     endpoints = [args.good, args.bad] if bisecting else []
-    versions = _versions(args, distribution, index, extra=endpoints)
+    versions = _versions(args, distribution, index, extra=endpoints) if (args.versions or bisecting) else []
     if bisecting:
         versions = sorted({*versions, *endpoints}, key=Version)
-    pins_of = {v: select_pins(name, v, python=args.python) for v in versions}
+    with_sources = _with_sources(getattr(args, "with_sources", []))
+    pins_of = {}
+    for v in versions:
+        pins_of[v] = dataclasses.replace(select_pins(name, v, python=args.python), with_sources=with_sources)
+    for src in sources:  # a cell named by its version and "-src", keyed like the release cells by that name
+        pins = dataclasses.replace(select_pins(name, source_version(src), python=args.python), source=str(src),
+                                   with_sources=with_sources)
+        pins_of[pins.cell] = pins
+    versions = list(pins_of)
     pytest_args = shlex.split(args.pytest_args or "")
 
     if args.emit_matrix == "github":
@@ -226,6 +243,20 @@ def _main(args) -> int:
     if bisecting:
         return _bisect(args, name, versions, pins_of, builder, out, options, pytest_args, log)
     return _sweep(args, name, distribution, versions, pins_of, builder, out, options, pytest_args, env_root, log)
+
+
+def _with_sources(pairs: Sequence[str]) -> tuple[str, ...]:
+    """``NAME=PATH`` pairs, each path made absolute; a :class:`SweepError` naming a malformed pair or a missing path."""
+    out = []
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SweepError(f"--with {pair!r}: expected NAME=PATH (e.g. transformers=../transformers)")
+        where = Path(path).expanduser().resolve()
+        if not where.exists():
+            raise SweepError(f"--with {pair!r}: {where} does not exist")
+        out.append(f"{name}={where}")
+    return tuple(out)
 
 
 def _check_args(args) -> dict[str, str]:
@@ -267,7 +298,9 @@ def _show_pins(name: str, versions: Sequence[str], pins_of: dict[str, Pins], env
               f"\n  requirements: {' '.join(p.requirements) or '-'}  files: {' '.join(p.requirements_files) or '-'}"
               f"  overrides: {' '.join(p.overrides) or '-'}"
               f"\n  harness {'--no-deps' if p.harness_no_deps else 'with deps'}"
-              f"  env: {path}{' (complete)' if (path / _MARKER).is_file() else ''}\n  note: {p.note}")
+              f"  env: {path}{' (complete)' if (path / _MARKER).is_file() else ''}\n  note: {p.note}"
+              + (f"\n  framework from: {p.source}" if p.source else "")
+              + (f"\n  over it: {' '.join(p.with_sources)}" if p.with_sources else ""))
 
 
 def _stderr_log() -> Callable[[str], None]:
@@ -301,7 +334,7 @@ def _sweep(args, name, distribution, versions, pins_of, builder, out, options, p
     wall = time.perf_counter() - start
     extra = {"framework": name, "distribution": distribution, "versions": versions, "scenario_filter": k_expr,
              "adapter_options": options, "jobs": args.jobs, "wall_s": round(wall, 2),
-             "timings": {r.version: r.timings() for r in results}}
+             "timings": {r.pins.cell: r.timings() for r in results}}
     data = write_matrix(results, out, name, extra=extra)
     print((out / f"{name}-sweep.md").read_text(encoding="utf-8"))
     log(f"ft-harness sweep: {len(versions)} version(s) in {wall:.1f}s; wrote {out / (name + '-sweep.md')}, "

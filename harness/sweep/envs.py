@@ -26,7 +26,8 @@ from .failures import first_meaningful_line
 from .index import IndexSettings, _file_digest, find_uv
 from .versions import _version
 
-__all__ = ["Pins", "framework_table", "select_pins", "env_key", "env_name", "harness_fingerprint", "EnvResult",
+__all__ = ["Pins", "framework_table", "select_pins", "env_key", "env_name", "harness_fingerprint", "tree_fingerprint",
+           "source_version", "EnvResult",
            "EnvBuilder", "stale_envs"]
 
 
@@ -47,6 +48,19 @@ class Pins:
     harness_no_deps: bool = False
     adapter_options: Mapping[str, str] = field(default_factory=dict)
     note: str = ""
+    #: a local source tree or sdist of the framework, installed instead of ``distribution==version`` (``--source``)
+    source: str = ""
+    #: ``NAME=PATH``: libraries installed from a local source tree or sdist over what resolved (``--with``)
+    with_sources: tuple[str, ...] = ()
+
+    @property
+    def cell(self) -> str:
+        """The cell's name in file names, logs and the sweep's timings: the version, marked when the cell is not the
+        plain release (``5.25.0.dev0-src``, ``0.9.5-with-transformers``)."""
+        name = self.version + ("-src" if self.source else "")
+        if self.with_sources:
+            name += "-with-" + "-".join(w.split("=", 1)[0] for w in self.with_sources)
+        return name
 
     def adapter_spec(self, options: Mapping[str, str] | None = None) -> str:
         """``swift`` or ``swift[load_args=true,...]``: the pins' default options, then ``options``."""
@@ -119,11 +133,61 @@ def env_key(pins: Pins, index: IndexSettings | None = None, harness_source: Path
         "index": (index or IndexSettings()).key(),
         "harness_deps": (None if pins.harness_no_deps or source is None else _file_digest(source / "pyproject.toml")),
     }
+    if pins.source or pins.with_sources:  # (absent for release cells: their keys are unchanged)
+        material["source"] = [pins.source, tree_fingerprint(Path(pins.source))] if pins.source else None
+        material["with_sources"] = [[w, tree_fingerprint(Path(w.split("=", 1)[1]))] for w in pins.with_sources]
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def env_name(pins: Pins, key: str) -> str:
-    return f"{pins.framework}-{pins.version}-{key[:12]}"
+    return f"{pins.framework}-{pins.cell}-{key[:12]}"
+
+
+_SKIP_PARTS = {".git", "__pycache__", ".tox", ".venv", "build", "dist", ".eggs"}
+
+
+def tree_fingerprint(path: Path) -> str:
+    """What a source cell's environment is keyed on: an sdist's bytes, or a tree's file names, sizes and
+    modification times (``.git``, caches and build outputs aside), so an edited tree rebuilds its env."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_file():
+        h.update(path.read_bytes())
+    elif path.is_dir():
+        for p in sorted(path.rglob("*")):
+            rel = p.relative_to(path)
+            if p.is_file() and not (_SKIP_PARTS & set(rel.parts)) and p.suffix not in (".pyc", ".pyo"):
+                st = p.stat()
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    else:
+        raise SweepError(f"source {path}: no such file or directory")
+    return h.hexdigest()[:16]
+
+
+def source_version(path: Path) -> str:
+    """The version a framework's source tree or sdist declares: an sdist's or wheel's file name
+    (``transformers-5.25.0.dev0.tar.gz``), else ``pyproject.toml``'s ``[project] version``, else ``setup.py``'s
+    ``version=``, else a package's ``__version__``; a :class:`SweepError` when none says."""
+    path = Path(path)
+    if path.is_file():
+        m = re.match(r"^[A-Za-z0-9_.]+?-(\d[^-]*?)(?:\.tar\.gz|\.zip|-py\d.*\.whl)$", path.name)
+        if m:
+            return m.group(1)
+        raise SweepError(f"source {path}: cannot read a version from the file name (NAME-VERSION.tar.gz)")
+    pyproject = path / "pyproject.toml"
+    if pyproject.is_file():
+        m = re.search(r"""(?ms)^\[project\][^\[]*?^version\s*=\s*["']([^"']+)["']""",
+                      pyproject.read_text(encoding="utf-8"))
+        if m:
+            return m.group(1)
+    pattern = re.compile(r"""(?m)^\s*(?:__version__\s*=|version\s*=)\s*["']([0-9][^"']*)["']""")
+    candidates = [path / "setup.py", *sorted(path.glob("src/*/__init__.py")), *sorted(path.glob("*/__init__.py"))]
+    for f in candidates:
+        if f.is_file():
+            m = pattern.search(f.read_text(encoding="utf-8", errors="replace"))
+            if m:
+                return m.group(1)
+    raise SweepError(f"source {path}: no version in pyproject.toml, setup.py or a package's __version__")
 
 
 def harness_fingerprint(source: Path) -> str:
@@ -247,7 +311,7 @@ class EnvBuilder:
             if not f.is_file():
                 raise _BuildFailed(f"requirements file {rel} not found under {self.harness_source}")
             files += ["-r", str(f)]
-        framework = f"{pins.distribution}=={pins.version}"
+        framework = pins.source or f"{pins.distribution}=={pins.version}"
         deps = [*pins.requirements, *files]
         if not pins.harness_no_deps:
             deps.append(str(self.harness_source))
@@ -259,6 +323,9 @@ class EnvBuilder:
             self._run(self._uv_install(path, [framework, *deps], pins, overrides), log, cwd)
         if pins.harness_no_deps:
             self._run(self._uv_install(path, ["--no-deps", str(self.harness_source)], pins, None), log, cwd)
+        if pins.with_sources:  # over whatever resolved, as a user tests a library's main under a released framework
+            self._run(self._uv_install(path, ["--no-deps", "--reinstall",
+                                              *[w.split("=", 1)[1] for w in pins.with_sources]], pins, None), log, cwd)
         (path / _HARNESS_STAMP).write_text(self.source_fingerprint(), encoding="utf-8")
         marker = {"framework": pins.framework, "version": pins.version, "pins": dataclasses.asdict(pins),
                   "built": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -77,16 +77,16 @@ def run_version(builder: EnvBuilder, pins: Pins, out: Path, *, options: Mapping[
     """Build/reuse the env for ``pins`` and run the scenarios in it; never raises for env or run failures."""
     spec = pins.adapter_spec(options)
     res = VersionResult(pins.version, pins, spec)
-    tag = f"[{pins.framework} {pins.version}]"
+    tag = f"[{pins.framework} {pins.cell}]"
     res.env = env = builder.ensure(pins)
     if not env.ok:
         res.error = f"env: {env.reason}"
         log(f"{tag} environment failed after {env.build_s:.1f}s: {env.reason}")
         out.mkdir(parents=True, exist_ok=True)
-        _write_error_report(out / f"{pins.framework}-{pins.version}.json", res)
+        _write_error_report(out / f"{pins.framework}-{pins.cell}.json", res)
         return res
     log(f"{tag} environment {'reused' if env.cached else 'built'} in {env.build_s:.1f}s: {env.path}")
-    out_json = out / f"{pins.framework}-{pins.version}.json"
+    out_json = out / f"{pins.framework}-{pins.cell}.json"
     out_json.unlink(missing_ok=True)
     run_log = _run_scenarios(res, out, out_json, k_expr, pytest_args, timeout)
     if out_json.is_file() and (res.exit_code in (0, 1) or _has_tests(out_json)):
@@ -109,10 +109,10 @@ def _run_scenarios(res: VersionResult, out: Path, out_json: Path, k_expr: str | 
                    timeout: float) -> Path:
     """Run the scenario command in ``res``'s environment (exit code and run time into ``res``); its log's path."""
     pins = res.pins
-    work = out / ".work" / f"{pins.framework}-{pins.version}"
+    work = out / ".work" / f"{pins.framework}-{pins.cell}"
     work.mkdir(parents=True, exist_ok=True)  # neutral cwd: no repo conftest/pyproject, no ./scenarios shadowing
     cmd = scenario_command(res.env.path, res.adapter_spec, out_json.resolve(), k_expr, pytest_args)
-    run_log = out / "logs" / f"{pins.framework}-{pins.version}.run.log"
+    run_log = out / "logs" / f"{pins.framework}-{pins.cell}.run.log"
     run_log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(run_log, "w", encoding="utf-8") as fh:
