@@ -91,6 +91,10 @@ def test_transformers_json_and_what_is_not_checked(tmp_path):
     assert any("save_strategy best" in line for line in ratio_plan.not_checked)
     assert "No setting of this config reaches a scenario" in render(read_config("transformers", ratio), ratio_plan,
                                                                     "reference", None, None)
+    silent = tmp_path / "silent.json"
+    silent.write_text(json.dumps({"eval_steps": 50, "save_steps": 200}))
+    silent_plan = plan(read_config("transformers", silent))
+    assert not silent_plan.questions and "eval_steps 50 without eval_strategy" in silent_plan.not_checked[0]
 
 
 @pytest.mark.parametrize("framework, name, text, message", [

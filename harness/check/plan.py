@@ -27,6 +27,8 @@ EPOCH_STEPS = 12
 #: the longest tiny cadence run (40 full-training steps of the tiny model take about 2 s on the reference)
 MAX_TINY_STEPS = 40
 _MAX_EVAL, _MAX_SAVE, _MAX_LIMIT = 6, 12, 3
+#: formats whose eval_strategy defaults to transformers' "no" (axolotl and ms-swift evaluate when given a cadence)
+_EVAL_OFF_BY_DEFAULT = ("transformers", "llamafactory")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ def _cadence_steps(config: UserConfig, what: str) -> tuple[int | None, str | Non
     steps = config.get(f"{what}_steps")
     if strategy == "no":
         return None, f"{config.cite(f'{what}_strategy')}: no {'evaluation' if what == 'eval' else 'saves'}"
+    if what == "eval" and strategy is None and config.framework in _EVAL_OFF_BY_DEFAULT and config.has("eval_steps"):
+        return None, (f"{config.cite('eval_steps')} without eval_strategy: {config.framework}'s default eval_strategy "
+                      "is 'no' (transformers TrainingArguments), so nothing is evaluated")
     if strategy == "best":
         return None, (f"{config.cite('save_strategy')}: a save at every new best; no adapter maps it yet, so the "
                       "tiny task cannot run it")
