@@ -21,7 +21,7 @@ def _t(scenario: str, outcome: str, reason: str = "", param: str = "cpu") -> Tes
 
 def _run(target: str, version: str, tests: list[TestOutcome], options=None, fw="llamafactory") -> AdapterRun:
     return AdapterRun(target, f"{fw} {version}", options or {}, 1, 10.0, tests,
-                      {fw: version, "transformers": "5.6.0", "peft": "0.18.1"})
+                      {"transformers": "5.6.0", "peft": "0.18.1", fw: version})
 
 
 RUNS = [
@@ -62,6 +62,17 @@ def test_page_has_matrix_flips_causes_and_versions():
     assert "  - 0.9.5 [load_best_model_at_end=true]: final model is checkpoint-20" in page
     assert "  - 0.9.10: no checkpoint-25 on disk" in page
     assert "| 0.9.3 | peft 0.18.1, transformers 5.6.0 | 3 | 1 |" in page
+
+
+def test_runs_of_one_release_merge_into_one_column():
+    """A full column and a later sweep cell of the same release: one column, the sweep's tests replacing the same
+    node ids, the others kept."""
+    full = _run("transformers", "5.23.0", [_t(SEED4, "failed", "old"), _t(MERGE, "passed")], fw="transformers")
+    sweep = _run("transformers", "5.23.0", [_t(SEED4, "passed")], fw="transformers")
+    src = _run("transformers", "5.23.0-src", [_t(SEED4, "failed", "from the tree")], fw="transformers")
+    cols = status_columns([full, sweep, src])["transformers"]
+    assert [c.label for c in cols] == ["5.23.0", "5.23.0-src"]  # a source cell sorts after the releases
+    assert {t.scenario: t.outcome for t in cols[0].run.tests} == {SEED4: "passed", MERGE: "passed"}
 
 
 def test_index_links_every_framework_and_single_release_says_so():

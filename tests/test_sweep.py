@@ -121,6 +121,7 @@ def test_pins_errors_and_overrides():
     assert select_pins("axolotl", "0.21.0").python == "3.12" and "multiprocess==0.70.18" in select_pins(
         "axolotl", "0.21.0").requirements
     assert select_pins("axolotl", "0.19.0").python == "3.11"  # the index offers 0.19.0 and older to 3.11
+    assert "multiprocess==0.70.18" in select_pins("axolotl", "0.19.0").requirements
     assert select_pins("ms-swift", "4.6.0", python="3.12").python == "3.12"
     lf = select_pins("llamafactory", "0.9.5")
     assert "torch==2.14.1" in lf.requirements and "torch==2.13.0" not in lf.requirements  # replaced by name
@@ -584,6 +585,23 @@ def test_source_cell_installs_the_tree_and_rebuilds_when_it_changes(tmp_path, fa
     assert over.cell == "5.23.0-with-peft"
     assert _builder(tmp_path, uv).ensure(over).ok
     assert log.read_text().splitlines()[-1].endswith(f"--no-deps --reinstall {lib}")
+
+
+def test_a_source_cell_names_itself_in_its_report(tmp_path):
+    from harness.sweep.runs import _label_cell
+
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"format": "ft-harness-report/1", "adapters": [
+        {"target": "transformers", "versions": {"transformers": "5.23.0", "peft": "0.21.2"}, "tests": []}]}))
+    src = dataclasses.replace(select_pins("transformers", "5.23.0"), source=str(tmp_path))
+    _label_cell(report, src)
+    assert json.loads(report.read_text())["adapters"][0]["versions"] == {"transformers": "5.23.0-src",
+                                                                        "peft": "0.21.2"}
+    release = tmp_path / "release.json"
+    release.write_text(report.read_text().replace("5.23.0-src", "5.23.0"))
+    before = release.read_text()
+    _label_cell(release, select_pins("transformers", "5.23.0"))
+    assert release.read_text() == before, "a release cell's report is left as pytest wrote it"
 
 
 def test_cli_source_cell_show_pins(tmp_path):

@@ -60,15 +60,25 @@ def _version_key(version: str):
 
 
 def status_columns(runs: Sequence[AdapterRun]) -> dict[str, list[StatusColumn]]:
-    """framework -> its columns in release order (a later duplicate of the same release and options wins)."""
+    """framework -> its columns in release order. Runs of the same release and options are one column: their tests
+    are merged, a later report's test replacing an earlier one's of the same node id (a full column, then a sweep of
+    a few scenarios over releases that include it)."""
+    import dataclasses
+
     by_fw: dict[str, dict[tuple, StatusColumn]] = {}
     for run in runs:
         found = framework(run.target, run.versions)
         if found is None:
             continue
         name, version = found
-        col = StatusColumn(name, version, dict(run.options), run)
-        by_fw.setdefault(name, {})[(version, tuple(sorted(col.options.items())))] = col
+        key = (version, tuple(sorted(dict(run.options).items())))
+        earlier = by_fw.setdefault(name, {}).get(key)
+        if earlier is not None:
+            tests = {t.nodeid: t for t in earlier.run.tests}
+            tests.update({t.nodeid: t for t in run.tests})
+            run = dataclasses.replace(run, tests=list(tests.values()),
+                                      exit_code=max(earlier.run.exit_code, run.exit_code))
+        by_fw[name][key] = StatusColumn(name, version, dict(run.options), run)
     return {fw: sorted(cols.values(), key=lambda c: (_version_key(c.version), c.label))
             for fw, cols in sorted(by_fw.items())}
 

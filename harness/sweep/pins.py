@@ -180,8 +180,10 @@ PINS = {
             {"versions": ">=0.20.0,<1.0.0", "python": "3.12", "requirements": ["multiprocess==0.70.18"],
              "note": "tox -e axolotl's recipe: axolotl >= 0.20 needs Python 3.12; multiprocess 0.70.19 (datasets 5's "
                      "pick) breaks datasets.save_to_disk on Python 3.12.1 (fork_exec's argument list)"},
-            {"versions": ">=0.10.0,<0.20.0", "python": "3.11",
-             "note": "the last releases on Python 3.11 (the index offers 0.19.0 and older to 3.11)"},
+            {"versions": ">=0.10.0,<0.20.0", "python": "3.11", "requirements": ["multiprocess==0.70.18"],
+             "note": "the last releases on Python 3.11 (the index offers 0.19.0 and older to 3.11); the same "
+                     "multiprocess pin: 0.70.19's fork_exec call breaks on this machine's 3.11 too (measured on "
+                     "0.19.0: 'fork_exec() takes exactly 23 arguments (21 given)' in every run)"},
         ],
     },
     "simpletuner": {

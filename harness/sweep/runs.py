@@ -91,6 +91,7 @@ def run_version(builder: EnvBuilder, pins: Pins, out: Path, *, options: Mapping[
     run_log = _run_scenarios(res, out, out_json, k_expr, pytest_args, timeout)
     if out_json.is_file() and (res.exit_code in (0, 1) or _has_tests(out_json)):
         res.report = out_json
+        _label_cell(out_json, pins)
         log(f"{tag} scenarios ran in {res.run_s:.1f}s (exit {res.exit_code}) -> {out_json}")
     else:  # no report, or pytest stopped before any test (an import error in the framework, INTERNALERROR)
         # `ft-harness report` keeps pytest's own output in the report's <session> row, not in the run log: both are read
@@ -145,6 +146,18 @@ def _run_group(cmd: list[str], out, cwd: Path, env: Mapping[str, str], timeout: 
 
 
 _PSEUDO_TESTS = ("<session>", "<environment>")
+
+
+def _label_cell(path: Path, pins: Pins) -> None:
+    """A cell that is not the plain release (``--source``, ``--with``) names itself in its report: the framework's
+    version becomes the cell's name (``5.23.0-src``), so a merged matrix or a status page keeps it beside the release
+    of the same version instead of folding them together."""
+    if pins.cell == pins.version:
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for adapter in data.get("adapters", []):
+        adapter.setdefault("versions", {})[pins.distribution] = pins.cell
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def _report_rows(path: Path) -> list[Mapping]:
