@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUND = ("harness.spec", "harness.adapter", "harness.errors", "harness.layout", "harness.task", "harness.runtime", "harness.kit", "harness.hf",
           "harness.probes", "harness.models", "harness.diffusion", "harness.strategies")
 JUDGED = ("harness.reference", "harness.adapters", "harness.mutants")
-UPPER = ("harness.plugin", "harness.report", "harness.cli", "harness.sweep", "harness.html_report")
+UPPER = ("harness.plugin", "harness.report", "harness.cli", "harness.sweep", "harness.check", "harness.html_report")
 
 #: room (module prefix) -> module prefixes it must never import
 RULES: dict[str, tuple[str, ...]] = {
@@ -34,7 +34,9 @@ RULES: dict[str, tuple[str, ...]] = {
     "harness.reference": ("harness.adapters", "harness.mutants", "harness.oracles") + UPPER,
     "harness.adapters": ("harness.reference", "harness.mutants", "harness.oracles") + UPPER,
     "harness.mutants": ("harness.adapters", "harness.oracles") + UPPER,
-    "harness.plugin": JUDGED + ("harness.oracles", "harness.cli"),
+    "harness.plugin": JUDGED + ("harness.oracles", "harness.cli", "harness.check"),
+    # `ft-harness check` reads configs and runs the scenarios in a subprocess: it judges nothing itself
+    "harness.check": JUDGED + ("harness.oracles", "harness.faults", "scenarios", "harness.cli"),
     **{room: JUDGED + ("harness.oracles", "harness.faults", "scenarios") + UPPER for room in GROUND},
 }
 
