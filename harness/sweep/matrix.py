@@ -74,11 +74,11 @@ def _timings_md(results: Sequence[VersionResult], extra: Mapping[str, Any]) -> s
     for r in results:
         env = r.env
         if env is None:
-            lines.append(f"| {r.version} | — | — | — | {r.error or ''} |")
+            lines.append(f"| {r.pins.cell} | — | — | — | {r.error or ''} |")
             continue
         how = ("reused" if env.cached else "built") if env.ok else "FAILED"
         note = (r.error or "").replace("|", "/")
-        lines.append(f"| {r.version} | {how} | {env.build_s:.1f}s | {r.run_s:.1f}s | {note} |")
+        lines.append(f"| {r.pins.cell} | {how} | {env.build_s:.1f}s | {r.run_s:.1f}s | {note} |")
     if "wall_s" in extra:
         lines.append(f"\nwhole sweep: {extra['wall_s']:.1f}s wall ({extra.get('jobs', 1)} job(s))")
     return "\n".join(lines)
