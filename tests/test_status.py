@@ -30,7 +30,7 @@ RUNS = [
     _run("llamafactory", "0.9.3", [_t(SEED4, "passed"), _t(MERGE, "failed", "logits differ by 0.3", "cpu-nf4"),
                                    _t(MERGE, "passed", "", "cpu-none")]),
     _run("llamafactory", "0.9.5", [_t(SEED4, "failed", "no checkpoint-25 on disk (checkpoints: [20, 40])"),
-                                   _t(MERGE, "passed")]),
+                                   _t(MERGE, "passed", "", "cpu-nf4")]),
     _run("llamafactory", "0.9.5", [_t(SEED4, "failed", "final model is checkpoint-20")],
          options={"load_best_model_at_end": "true"}),
     _run("swift", "4.6.0", [_t(SEED4, "failed", "no checkpoint-5")], fw="ms-swift"),
@@ -73,6 +73,15 @@ def test_runs_of_one_release_merge_into_one_column():
     cols = status_columns([full, sweep, src])["transformers"]
     assert [c.label for c in cols] == ["5.23.0", "5.23.0-src"]  # a source cell sorts after the releases
     assert {t.scenario: t.outcome for t in cols[0].run.tests} == {SEED4: "passed", MERGE: "passed"}
+
+
+def test_flips_compare_only_the_tests_both_releases_ran():
+    """A smoke run of one parametrisation beside a full column of all: not a flip."""
+    smoke = _run("axolotl", "0.20.0", [_t(MERGE, "passed", "", "cpu-none")], fw="axolotl")
+    full = _run("axolotl", "0.21.0", [_t(MERGE, "passed", "", "cpu-none"), _t(MERGE, "failed", "0.00287", "cpu-nf4")],
+                fw="axolotl")
+    page = status_pages([smoke, full], "2026-12-07", {})["axolotl.md"]
+    assert "first bad" not in page and f"| {MERGE} | pass | FAIL |" in page
 
 
 def test_index_links_every_framework_and_single_release_says_so():

@@ -8,8 +8,8 @@ linking them. A page holds:
 * the matrix: one column per release (and adapter option set, e.g. ``load_args=true``), ordered by version; one
   row per scenario test function, its worst outcome over its parametrisations (``pass``, ``FAIL``, ``error``,
   ``skipped``; ``-`` where that release did not run it);
-* where a verdict flips between two consecutive measured releases of the same options: the first bad (a pass that
-  turns red) or first fixed release, with the last release on the other side;
+* where a verdict flips between two consecutive measured releases of the same options, on the tests both ran: the
+  first bad (a pass that turns red) or first fixed release, with the last release on the other side;
 * every red cell's one-line cause (the oracle's head line; consecutive releases with the same cause share a line)
   and the upstream threads the scenario's docstrings cite;
 * the library versions behind each column.
@@ -92,16 +92,23 @@ def _one_line(text: str, limit: int = 240) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _flips(scenario: str, columns: list[StatusColumn], cells: list[Mapping | None]) -> list[str]:
-    """Consecutive measured releases (same options) whose verdict changes between pass and red."""
+def _flips(scenario: str, columns: list[StatusColumn]) -> list[str]:
+    """Consecutive measured releases (same options) whose verdict changes between pass and red, judged on the tests
+    of ``scenario`` both ran (a smoke run's one parametrisation is not compared with a full column's others)."""
     out = []
     groups: dict[tuple, list[int]] = {}
     for i, col in enumerate(columns):
         groups.setdefault(tuple(sorted(col.options.items())), []).append(i)
+    tests = [{t.nodeid: t.outcome for t in c.run.tests if t.scenario == scenario
+              and t.outcome in ("passed",) + _RED} for c in columns]
     for idxs in groups.values():
-        measured = [i for i in idxs if cells[i] is not None and cells[i]["outcome"] in ("passed",) + _RED]
+        measured = [i for i in idxs if tests[i]]
         for a, b in zip(measured, measured[1:]):
-            before, after = cells[a]["outcome"] == "passed", cells[b]["outcome"] == "passed"
+            common = tests[a].keys() & tests[b].keys()
+            if not common:
+                continue
+            before = all(tests[a][n] == "passed" for n in common)
+            after = all(tests[b][n] == "passed" for n in common)
             if before and not after:
                 out.append(f"first bad: {columns[b].label} (last good {columns[a].label})")
             elif after and not before:
@@ -126,7 +133,7 @@ def status_page(name: str, columns: list[StatusColumn], date: str,
              "|---|" + "---|" * len(columns)]
     for s in scenarios:
         lines.append(f"| {s} | " + " | ".join(_cell(agg.get(s)) for agg in aggs) + " |")
-    flips = {s: _flips(s, columns, [agg.get(s) for agg in aggs]) for s in scenarios}
+    flips = {s: _flips(s, columns) for s in scenarios}
     flipped = {s: f for s, f in flips.items() if f}
     lines += ["", "## Where a verdict flips", ""]
     if flipped:
