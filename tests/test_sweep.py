@@ -604,6 +604,40 @@ def test_a_source_cell_names_itself_in_its_report(tmp_path):
     assert release.read_text() == before, "a release cell's report is left as pytest wrote it"
 
 
+def test_min_versions_cell_takes_the_declared_requirements_at_their_floors(tmp_path, fake_uv, monkeypatch):
+    """--min-versions: the framework alone first, its Requires-Dist read from the env, then all of it resolved with
+    uv --resolution lowest-direct; a --no-deps framework has no floors to take (a reason, not a crash)."""
+    import harness.sweep.envs as envs
+
+    uv, log = fake_uv
+    seen = []
+    monkeypatch.setattr(envs, "declared_requirements",
+                        lambda env, dist: seen.append(dist) or ["transformers>=4.45.0,<=5.6.0", "peft>=0.14"])
+    floor = dataclasses.replace(select_pins("llamafactory", "0.9.5"), min_versions=True)
+    assert floor.cell == "0.9.5-min" and env_key(floor) != env_key(select_pins("llamafactory", "0.9.5"))
+    assert _builder(tmp_path, uv).ensure(floor).ok and seen == ["llamafactory"]
+    calls = log.read_text().splitlines()
+    assert any(c.endswith("--no-deps llamafactory==0.9.5") for c in calls)
+    resolve = next(c for c in calls if "lowest-direct" in c)
+    assert "--resolution lowest-direct llamafactory==0.9.5 transformers>=4.45.0,<=5.6.0 peft>=0.14" in resolve
+    no_deps = dataclasses.replace(select_pins("ms-swift", "3.1.1"), min_versions=True)
+    res = _builder(tmp_path, uv).ensure(no_deps)
+    assert not res.ok and "no declared floors" in res.reason
+
+
+def test_declared_requirements_reads_the_installed_metadata(tmp_path):
+    from harness.sweep import declared_requirements
+
+    info = tmp_path / "lib" / "python3.12" / "site-packages" / "LLaMA_Factory-0.9.5.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: llamafactory\nVersion: 0.9.5\n"
+                                   "Requires-Dist: transformers<=5.6.0,>=4.45.0\n"
+                                   "Requires-Dist: torch>=2.0.0; extra == \"torch\"\n"
+                                   "Requires-Dist: tomli; python_version < \"3.11\"\n"
+                                   "Requires-Dist: peft>=0.14.0\n\n")
+    assert declared_requirements(tmp_path, "llama-factory") == ["transformers<=5.6.0,>=4.45.0", "peft>=0.14.0"]
+
+
 def test_cli_source_cell_show_pins(tmp_path):
     tree = _source_tree(tmp_path)
     res = _sweep_cli("transformers", "--source", str(tree), "--show-pins", "--no-pip-config",

@@ -24,7 +24,8 @@ Pure pieces (tested without building anything): :func:`expand_versions`, :func:`
 A cell need not be a release: ``--source PATH`` adds one built from a local source tree or sdist of the framework
 (a main checkout, a PR branch; its version read from it, its environment keyed on the tree's contents), and
 ``--with NAME=PATH`` installs a library under the framework from a tree into every cell (transformers main under a
-LLaMA-Factory release). No git host is needed: the tree is whatever is on disk.
+LLaMA-Factory release). No git host is needed: the tree is whatever is on disk. ``--min-versions`` adds a cell per
+release with the framework's declared requirements at their floors (``<version>-min``).
 
 The package, one module per piece of knowledge (each importable and testable alone):
 :mod:`~harness.sweep.versions` (version specs, the index's release list), :mod:`~harness.sweep.index`
@@ -42,7 +43,8 @@ from __future__ import annotations
 from .bisect import BisectResult, Probe, bisect_releases, format_bisect, verdict_of
 from .cli import EPILOG, add_parser, main  # noqa: F401 - EPILOG: public, outside __all__
 from .envs import (EnvBuilder, EnvResult, Pins, env_key, env_name, framework_table,  # noqa: F401
-                   harness_fingerprint, select_pins, source_version, stale_envs, tree_fingerprint)
+                   declared_requirements, harness_fingerprint, select_pins, source_version, stale_envs,
+                   tree_fingerprint)
 from .errors import SweepError
 from .failures import first_meaningful_line, run_failure_line
 from .github import github_matrix
@@ -53,7 +55,7 @@ from .versions import expand_versions, fetch_releases, filter_releases, needs_re
 
 __all__ = ["SweepError", "Pins", "IndexSettings", "EnvResult", "VersionResult", "BisectResult", "Probe",
            "filter_releases", "expand_versions", "needs_release_list", "fetch_releases", "framework_table",
-           "select_pins", "source_version", "tree_fingerprint", "env_key", "env_name", "stale_envs", "EnvBuilder", "scenario_command", "k_expression",
+           "select_pins", "source_version", "tree_fingerprint", "declared_requirements", "env_key", "env_name", "stale_envs", "EnvBuilder", "scenario_command", "k_expression",
            "run_version", "merge_runs", "verdict_of", "bisect_releases", "format_bisect", "github_matrix",
            "first_meaningful_line", "run_failure_line", "matrix_md", "add_parser", "main"]
 

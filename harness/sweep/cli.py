@@ -92,6 +92,10 @@ def _add_selection_arguments(sp: argparse.ArgumentParser) -> None:
                     help="install library NAME from a local source tree or sdist into every cell, over what "
                          "resolved (e.g. transformers=../transformers for transformers main under a framework "
                          "release; repeatable)")
+    sp.add_argument("--min-versions", action="store_true",
+                    help="also a cell per release resolved to the lowest versions the framework declares (its "
+                         "Requires-Dist taken as direct requirements, uv --resolution lowest-direct; within the "
+                         "pins and ft-harness's own floors); named <version>-min")
     sp.add_argument("--scenario", action="append", default=[], metavar="PATTERN",
                     help="pytest -k expression selecting scenarios (repeatable: or-ed); default: all")
     sp.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
@@ -218,6 +222,9 @@ def _main(args) -> int:
     pins_of = {}
     for v in versions:
         pins_of[v] = dataclasses.replace(select_pins(name, v, python=args.python), with_sources=with_sources)
+        if getattr(args, "min_versions", False) and not bisecting:
+            floor = dataclasses.replace(pins_of[v], min_versions=True)
+            pins_of[floor.cell] = floor
     for src in sources:  # a cell named by its version and "-src", keyed like the release cells by that name
         pins = dataclasses.replace(select_pins(name, source_version(src), python=args.python), source=str(src),
                                    with_sources=with_sources)

@@ -27,7 +27,7 @@ from .index import IndexSettings, _file_digest, find_uv
 from .versions import _version
 
 __all__ = ["Pins", "framework_table", "select_pins", "env_key", "env_name", "harness_fingerprint", "tree_fingerprint",
-           "source_version", "EnvResult",
+           "source_version", "declared_requirements", "EnvResult",
            "EnvBuilder", "stale_envs"]
 
 
@@ -52,12 +52,14 @@ class Pins:
     source: str = ""
     #: ``NAME=PATH``: libraries installed from a local source tree or sdist over what resolved (``--with``)
     with_sources: tuple[str, ...] = ()
+    #: resolve the framework's own requirements to the lowest versions they allow (``--min-versions``)
+    min_versions: bool = False
 
     @property
     def cell(self) -> str:
         """The cell's name in file names, logs and the sweep's timings: the version, marked when the cell is not the
-        plain release (``5.25.0.dev0-src``, ``0.9.5-with-transformers``)."""
-        name = self.version + ("-src" if self.source else "")
+        plain release (``5.25.0.dev0-src``, ``0.9.5-min``, ``0.9.5-with-transformers``)."""
+        name = self.version + ("-src" if self.source else "") + ("-min" if self.min_versions else "")
         if self.with_sources:
             name += "-with-" + "-".join(w.split("=", 1)[0] for w in self.with_sources)
         return name
@@ -133,6 +135,8 @@ def env_key(pins: Pins, index: IndexSettings | None = None, harness_source: Path
         "index": (index or IndexSettings()).key(),
         "harness_deps": (None if pins.harness_no_deps or source is None else _file_digest(source / "pyproject.toml")),
     }
+    if pins.min_versions:
+        material["min_versions"] = True
     if pins.source or pins.with_sources:  # (absent for release cells: their keys are unchanged)
         material["source"] = [pins.source, tree_fingerprint(Path(pins.source))] if pins.source else None
         material["with_sources"] = [[w, tree_fingerprint(Path(w.split("=", 1)[1]))] for w in pins.with_sources]
@@ -188,6 +192,35 @@ def source_version(path: Path) -> str:
             if m:
                 return m.group(1)
     raise SweepError(f"source {path}: no version in pyproject.toml, setup.py or a package's __version__")
+
+
+def declared_requirements(env: Path, distribution: str) -> list[str]:
+    """The requirements ``distribution`` declares (``Requires-Dist`` of its installed metadata in ``env``) that apply
+    without extras on the env's Python, for a ``--min-versions`` cell: passed to uv as direct requirements, so that
+    ``--resolution lowest-direct`` takes each at the lowest version the framework allows (within the other pins and
+    ft-harness's own floors)."""
+    from email.parser import Parser
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    want = canonicalize_name(distribution)
+    found = [m for m in Path(env).glob("lib/python*/site-packages/*.dist-info/METADATA")
+             if canonicalize_name(m.parent.name[: -len(".dist-info")].rsplit("-", 1)[0]) == want]
+    if not found:
+        raise _BuildFailed(f"--min-versions: no installed metadata of {distribution} in {env}")
+    meta = found[0]
+    python = meta.parents[2].name.removeprefix("python")  # lib/python3.12/site-packages/...
+    marker_env = {"extra": "", "python_version": python, "python_full_version": f"{python}.0"}
+    out = []
+    for line in Parser().parsestr(meta.read_text(encoding="utf-8")).get_all("Requires-Dist") or []:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or req.marker.evaluate(marker_env):
+            req.marker = None
+            out.append(str(req))
+    return out
 
 
 def harness_fingerprint(source: Path) -> str:
@@ -315,7 +348,16 @@ class EnvBuilder:
         deps = [*pins.requirements, *files]
         if not pins.harness_no_deps:
             deps.append(str(self.harness_source))
-        if pins.no_deps:
+        if pins.min_versions and pins.no_deps:
+            raise _BuildFailed(f"--min-versions: the pins install {pins.distribution} {pins.version} with --no-deps "
+                               "(its own metadata does not resolve), so there are no declared floors to take")
+        if pins.min_versions:  # the framework first, alone, to read what it declares; then those at their floors
+            self._run(self._uv_install(path, ["--no-deps", framework], pins, overrides), log, cwd)
+            declared = declared_requirements(path, pins.distribution)
+            log.write(f"# --min-versions: {pins.distribution} declares {' '.join(declared) or 'nothing'}\n")
+            self._run(self._uv_install(path, ["--resolution", "lowest-direct", framework, *declared, *deps], pins,
+                                       overrides), log, cwd)
+        elif pins.no_deps:
             self._run(self._uv_install(path, ["--no-deps", framework], pins, overrides), log, cwd)
             if deps:
                 self._run(self._uv_install(path, deps, pins, overrides), log, cwd)
