@@ -307,7 +307,9 @@ def _show_pins(name: str, versions: Sequence[str], pins_of: dict[str, Pins], env
               f"\n  harness {'--no-deps' if p.harness_no_deps else 'with deps'}"
               f"  env: {path}{' (complete)' if (path / _MARKER).is_file() else ''}\n  note: {p.note}"
               + (f"\n  framework from: {p.source}" if p.source else "")
-              + (f"\n  over it: {' '.join(p.with_sources)}" if p.with_sources else ""))
+              + (f"\n  over it: {' '.join(p.with_sources)}" if p.with_sources else "")
+              + ("\n  its declared requirements at their floors (uv --resolution lowest-direct)" if p.min_versions
+                 else ""))
 
 
 def _stderr_log() -> Callable[[str], None]:
