@@ -201,3 +201,28 @@ def test_user_config_tests_are_deselected_without_a_user_config(tmp_path):
     with_config = subprocess.run(args + ["--ft-user-config", str(user)], capture_output=True, text=True,
                                  cwd=tmp_path, timeout=300)
     assert with_config.returncode == 0 and "test_your_cadence_keeps_best[cpu]" in with_config.stdout
+
+
+def test_framework_options_go_only_to_that_framework(tmp_path, monkeypatch):
+    """ms-swift's load_args from the config reaches the swift adapter, not the reference a user checks against; the
+    run gets the user config, the plan's -k expression and no CUDA variants."""
+    import harness.report.runner as runner
+    from harness.check import run_check
+
+    calls = []
+
+    def fake(target, options, pytest_args, progress=True):
+        user = pytest_args[pytest_args.index("--ft-user-config") + 1]
+        calls.append((target, dict(options), list(pytest_args), json.loads(Path(user).read_text())))
+        return AdapterRun(target or "reference", "x", options, 0, 0.0, [])
+
+    monkeypatch.setattr(runner, "run_adapter", fake)
+    argv = tmp_path / "resume.sh"
+    argv.write_text("swift sft --load_args true --eval_steps 5 --save_steps 10\n")
+    the_plan = plan(read_config("swift", argv))
+    run_check(the_plan, "swift", {})
+    run_check(the_plan, None, {"x": "1"})
+    (swift_target, swift_opts, args, user), (ref_target, ref_opts, _, _) = calls
+    assert swift_opts == {"load_args": "true"} and ref_opts == {"x": "1"}
+    assert args[args.index("-k") + 1] == the_plan.keyword and args[args.index("-m") + 1] == "not ft_gpu"
+    assert user["cadence"]["save_steps"] == 2 and user["cadence"]["eval_steps"] == 1

@@ -39,7 +39,8 @@ class Answer:
 
 def run_check(the_plan: Plan, adapter: str, options: Mapping[str, str] | None = None,
               pytest_args: Sequence[str] = (), progress: bool = True) -> AdapterRun:
-    """One scenario run of the plan's tests on ``adapter`` (its user config in a temporary directory)."""
+    """One scenario run of the plan's tests on ``adapter`` (its user config in a temporary directory). The plan's
+    adapter options are the framework's own (ms-swift's ``load_args``): they go only to that framework's adapter."""
     from ..report.runner import run_adapter
 
     with tempfile.TemporaryDirectory(prefix="ft-harness-check-") as tmp:
@@ -47,8 +48,8 @@ def run_check(the_plan: Plan, adapter: str, options: Mapping[str, str] | None = 
         path.write_text(json.dumps(the_plan.user_config, indent=1), encoding="utf-8")
         args = ["--ft-user-config", str(path), "-k", the_plan.keyword, "-m", "not ft_gpu",
                 "--basetemp", str(Path(tmp) / "pytest")]
-        return run_adapter(adapter, {**the_plan.options, **dict(options or {})}, args + list(pytest_args),
-                           progress=progress)
+        own = the_plan.options if (adapter or "reference").split("[")[0] == the_plan.framework else {}
+        return run_adapter(adapter, {**own, **dict(options or {})}, args + list(pytest_args), progress=progress)
 
 
 def answers(the_plan: Plan, run: AdapterRun) -> list[Answer]:

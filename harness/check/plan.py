@@ -70,6 +70,7 @@ class Plan:
     user_config: dict  # section -> values, for --ft-user-config
     not_checked: list[str]  # one line each: a recognised setting the tiny task cannot reproduce, and why
     unchecked_keys: list[str]  # keys no scenario is sensitive to (as written)
+    framework: str = ""  # the config's framework: the adapter its questions' options belong to
 
     @property
     def keyword(self) -> str:
@@ -239,4 +240,4 @@ def plan(config: UserConfig) -> Plan:
             keyword="test_moe_lora", modules=("test_moe_lora.py",),
             failure="an MoE model's experts are never trained (only the attention's linears are)",
             fix="name the expert parameters explicitly (target_parameters), or upgrade; dense models are unaffected"))
-    return Plan(questions, user, not_checked, list(config.unchecked))
+    return Plan(questions, user, not_checked, list(config.unchecked), config.framework)
