@@ -144,15 +144,9 @@ sensitive to are listed as not checked. Everything is written in a temporary dir
 def _status(args) -> int:
     import datetime
 
-    from .report import load_runs
     from .report.status import write_status_pages
 
-    runs = []
-    for path in _merge_paths(args.merge):
-        try:
-            runs += load_runs(path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"ft-harness: cannot read {path}: {exc}") from exc
+    runs = _load_reports(args.merge)
     date = args.date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     written = write_status_pages(runs, Path(args.output), date)
     if len(written) == 1:
@@ -263,6 +257,19 @@ def _merge_paths(patterns: Sequence[str]) -> list[str]:
     return paths
 
 
+def _load_reports(patterns: Sequence[str]) -> list:
+    """The runs of every JSON report the files and globs name, in order; a clear exit naming an unreadable one."""
+    from .report import load_runs
+
+    runs = []
+    for path in _merge_paths(patterns):
+        try:
+            runs += load_runs(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"ft-harness: cannot read report {path}: {exc}") from exc
+    return runs
+
+
 def _print_failures(runs) -> None:
     for run in runs:
         for t in run.tests:
@@ -327,14 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif run.failed:
             print("ft-harness: failure messages are cut in the table; --tb prints them in full", file=sys.stderr)
         return 3 if run.broken else 1 if run.failed else 0
-    from .report import load_runs
-
-    merged = []
-    for path in _merge_paths(args.merge):
-        try:
-            merged += load_runs(path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"ft-harness: cannot merge {path}: {exc}") from exc
+    merged = _load_reports(args.merge)
     targets = args.adapter or ([] if merged else ["reference"])
     runs = [run_adapter(None if t == "reference" else t, options, extra) for t in targets] + merged
     text = render(runs, args.format, reasons=not args.brief)
