@@ -189,10 +189,10 @@ def _has_tests(path: Path) -> bool:
 def _error_run(res: VersionResult):
     from ..report import AdapterRun, TestOutcome
 
-    return AdapterRun(target=res.adapter_spec, name=f"{res.pins.adapter} {res.version}",
+    return AdapterRun(target=res.adapter_spec, name=f"{res.pins.adapter} {res.pins.cell}",
                       options=dict(res.pins.adapter_options), exit_code=3, duration_s=0.0,
                       tests=[TestOutcome("<environment>", "<environment>", "error", res.error or "", 0.0, None)],
-                      versions={res.pins.distribution: res.version})
+                      versions={res.pins.distribution: res.pins.cell})
 
 
 def _write_error_report(path: Path, res: VersionResult) -> None:
