@@ -159,7 +159,11 @@ def safe_torch_load(path: Path) -> Any:
     import pickle
 
     import torch
-    from transformers.trainer_pt_utils import safe_globals  # numpy RNG state types only
+
+    try:  # numpy RNG state types only; transformers 5 keeps it in trainer_pt_utils, 4.x in trainer
+        from transformers.trainer_pt_utils import safe_globals
+    except ImportError:
+        from transformers.trainer import safe_globals
 
     path = Path(path)
     try:
