@@ -406,11 +406,15 @@ def test_swift_tiny_template_matches_the_tiny_chat_format():
     assert tok(rendered, add_special_tokens=False)["input_ids"] == tok(want, add_special_tokens=False)["input_ids"]
 
 
-def test_swift_reasoning_model_gets_the_thinking_template(tmp_path):
+def test_swift_reasoning_model_gets_the_thinking_template(tmp_path, monkeypatch):
     """A model whose chat template renders reasoning is trained with the tiny template declared is_thinking (as
-    ms-swift declares qwen3); any other chat model with the plain one; text data keeps the option's template."""
+    ms-swift declares qwen3); any other chat model with the plain one; a release whose TemplateMeta has no
+    is_thinking (3.1.1) refuses the reasoning model up front."""
+    import harness.adapters.swift as swift_adapter
     from harness.adapters.swift import (TINY_TEMPLATE, TINY_THINKING_TEMPLATE, TINY_THINKING_TEMPLATE_META,
                                         SwiftAdapter)
+
+    monkeypatch.setattr(swift_adapter, "_template_meta_has", lambda name: True)
     from harness.models import THINKING_TEMPLATE, write_chat_datasets
 
     data = write_chat_datasets(tmp_path / "chat")
@@ -425,6 +429,10 @@ def test_swift_reasoning_model_gets_the_thinking_template(tmp_path):
     assert adapter._template_for(spec) == TINY_THINKING_TEMPLATE
     assert adapter._template_for(spec.replace(model_dir=plain)) == TINY_TEMPLATE
     assert TINY_THINKING_TEMPLATE_META["is_thinking"] is True
+    monkeypatch.setattr(swift_adapter, "_template_meta_has", lambda name: False)
+    with pytest.raises(SpecRefused, match="no is_thinking"):
+        adapter._template_for(spec)
+    assert adapter._template_for(spec.replace(model_dir=plain)) == TINY_TEMPLATE
 
 
 # ---------------------------------------------------------------------------------------------- torchtune

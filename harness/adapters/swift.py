@@ -53,7 +53,7 @@ from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
 from ..runtime import cpu_threads, library_versions, run_in_fork
 from ..kit import (check_options, checkpoints_in, collect_result, convert_chat_datasets, convert_datasets,
-                   parse_bool)
+                   parse_bool, refuse)
 from ..spec import TASK_DEFAULTS, kl_beta
 from ..task import is_chat_dataset
 
@@ -281,6 +281,15 @@ def register_tiny_template(meta: Mapping[str, Any] = TINY_TEMPLATE_META) -> None
     register_template(TemplateMeta(**meta), exist_ok=True)
 
 
+def _template_meta_has(field_name: str) -> bool:
+    """Whether the installed ms-swift's ``TemplateMeta`` has this field (``is_thinking`` is in 4.x, not in 3.1.1)."""
+    try:
+        from swift.template import TemplateMeta
+    except ImportError:  # ms-swift 3.x
+        from swift.llm import TemplateMeta
+    return field_name in {f.name for f in dataclasses.fields(TemplateMeta)}
+
+
 def _is_reasoning_model(model_dir: Path) -> bool:
     """Whether the model's own chat template renders reasoning (``</think>``), read as a user picks the template."""
     for name in ("chat_template.jinja", "tokenizer_config.json"):
@@ -423,7 +432,13 @@ class SwiftAdapter(Adapter):
             return self.template
         if spec.method != "dpo" and not is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
             return self.template
-        return TINY_THINKING_TEMPLATE if _is_reasoning_model(spec.model_dir) else TINY_TEMPLATE
+        if not _is_reasoning_model(spec.model_dir):
+            return TINY_TEMPLATE
+        if not _template_meta_has("is_thinking"):
+            refuse("ms-swift", "template", TINY_THINKING_TEMPLATE,
+                   "this release's TemplateMeta has no is_thinking (no thinking templates): it cannot render a "
+                   "reasoning model's template")
+        return TINY_THINKING_TEMPLATE
 
     def _data(self, spec: RunSpec, tmp: Path) -> dict[str, Path]:
         if is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
