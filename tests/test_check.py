@@ -91,6 +91,11 @@ def test_transformers_json_and_what_is_not_checked(tmp_path):
     assert any("save_strategy best" in line for line in ratio_plan.not_checked)
     assert "No setting of this config reaches a scenario" in render(read_config("transformers", ratio), ratio_plan,
                                                                     "reference", None, None)
+    default_save = tmp_path / "default-save.json"
+    default_save.write_text(json.dumps({"eval_strategy": "steps", "eval_steps": 50}))
+    (question,) = plan(read_config("transformers", default_save)).questions
+    assert question.cited == "eval_strategy steps / eval_steps 50 / save_steps 500 (the default)"
+    assert plan(read_config("transformers", default_save)).user_config["cadence"]["save_steps"] == 10  # 50:500
     silent = tmp_path / "silent.json"
     silent.write_text(json.dumps({"eval_steps": 50, "save_steps": 200}))
     silent_plan = plan(read_config("transformers", silent))

@@ -29,6 +29,8 @@ MAX_TINY_STEPS = 40
 _MAX_EVAL, _MAX_SAVE, _MAX_LIMIT = 6, 12, 3
 #: formats whose eval_strategy defaults to transformers' "no" (axolotl and ms-swift evaluate when given a cadence)
 _EVAL_OFF_BY_DEFAULT = ("transformers", "llamafactory")
+#: what those formats save at when the config names no save cadence (transformers' TrainingArguments default)
+HF_DEFAULT_SAVE_STEPS = 500
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ def _cadence_steps(config: UserConfig, what: str) -> tuple[int | None, str | Non
         return None, f"{config.cite(f'{what}_steps')}: a ratio of the total steps, which the config does not fix"
     if isinstance(steps, int) and steps > 0:
         return steps, None
+    if what == "save" and steps is None and config.framework in _EVAL_OFF_BY_DEFAULT:
+        return HF_DEFAULT_SAVE_STEPS, None  # TrainingArguments' save_strategy "steps", save_steps 500
     return None, None
 
 
@@ -149,6 +153,8 @@ def _cadence(config: UserConfig, not_checked: list[str]) -> tuple[Question, dict
               "load_best_model_at_end": load_best}
     cited = config.cite("eval_strategy", "eval_steps", "evals_per_epoch", "save_strategy", "save_steps",
                         "saves_per_epoch", "save_total_limit", "load_best_model_at_end")
+    if not (config.has("save_steps") or config.has("save_strategy") or config.has("saves_per_epoch")):
+        cited += f" / save_steps {save_steps} (the default)"
     mapped = (f"eval every {e} step(s), save every {s}, save_total_limit {tiny_limit or 'none'}, {steps} steps"
               + (", load_best_model_at_end" if load_best else "") + " (full fine-tune of the tiny model)")
     metric = config.get("metric_for_best_model")
