@@ -173,6 +173,23 @@ def test_llamafactory_config(tmp_path):
         build_config(_spec(tmp_path), {**values, "quantization": "quanto-int8"}, tmp_path / "d")
 
 
+def test_llamafactory_gradient_checkpointing_uses_its_own_switch(tmp_path):
+    """LLaMA-Factory checkpoints by default (disable_gradient_checkpointing false, use_reentrant_gc true): a run that
+    says off is written disable_gradient_checkpointing true; a kind sets use_reentrant_gc; a run that says nothing
+    keeps LLaMA-Factory's default, as its users get it."""
+    def cfg(value=None):
+        cli = {} if value is None else {"gradient_checkpointing": value}
+        return build_config(_spec(tmp_path, cli=cli), {**DEFAULTS, "gradient_checkpointing": value or False},
+                            tmp_path / "d")
+
+    assert "disable_gradient_checkpointing" not in cfg() and "gradient_checkpointing" not in cfg()
+    assert cfg(False)["disable_gradient_checkpointing"] is True and "use_reentrant_gc" not in cfg(False)
+    on = cfg("non-reentrant")
+    assert (on["disable_gradient_checkpointing"], on["use_reentrant_gc"]) == (False, False)
+    assert "gradient_checkpointing" not in on and "gradient_checkpointing_kwargs" not in on  # one switch, LF's own
+    assert cfg("reentrant")["use_reentrant_gc"] is True
+
+
 def test_llamafactory_dpo_config_and_preference_dataset(tmp_path):
     """DPO is stage dpo on the ranking dataset with the run's beta and loss, and no ref_model key (LLaMA-Factory's
     example configs); the converted preference rows keep prompt / chosen / rejected."""

@@ -134,6 +134,12 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     new_tokens = list(values.get("new_special_tokens") or ())
     if new_tokens:  # LLaMA-Factory adds them, resizes, and (LoRA) trains/saves embed + head as additional_target
         cfg.update({special_tokens_key: ",".join(new_tokens), "resize_vocab": True})
+    if "gradient_checkpointing" in spec.cli_args():  # LLaMA-Factory's own switch (it checkpoints by default)
+        checkpointing = values["gradient_checkpointing"]
+        cfg.pop("gradient_checkpointing", None)
+        cfg.pop("gradient_checkpointing_kwargs", None)
+        cfg.update(disable_gradient_checkpointing=not checkpointing,
+                   **({"use_reentrant_gc": checkpointing == "reentrant"} if checkpointing else {}))
     if values.get("router_aux_loss_coef"):  # configure_moe: output_router_logits + router_aux_loss_coef on MoE configs
         cfg["moe_aux_loss_coef"] = float(values["router_aux_loss_coef"])
     if values.get("trainable_parameters"):
@@ -175,7 +181,8 @@ class LlamaFactoryAdapter(Adapter):
 
     name = "llamafactory"
     capabilities = frozenset({"sft", "dpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint",
-                              "merge", "packing", "data", "new-tokens", "trainable-set", "moe", "gpu"})
+                              "merge", "packing", "data", "new-tokens", "trainable-set", "moe", "gradient-checkpointing",
+                              "gpu"})
 
     def __init__(self, **options: str):
         check_options("llamafactory", options, OPTIONS)
