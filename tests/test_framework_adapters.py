@@ -150,6 +150,17 @@ def test_swift_trainable_set_is_a_frozen_model_with_one_anchored_regex(tiny_asse
     assert "freeze_parameters_ratio" not in swift_cli({"trainable_parameters": []}, fields)
 
 
+def test_swift_gradient_checkpointing_is_trainingarguments_own_keys():
+    import json as _json
+
+    assert swift_cli({"gradient_checkpointing": False}, V4_FIELDS) == {"gradient_checkpointing": False}
+    on = swift_cli({"gradient_checkpointing": "non-reentrant"}, V4_FIELDS)
+    assert on["gradient_checkpointing"] is True
+    assert _json.loads(on["gradient_checkpointing_kwargs"]) == {"use_reentrant": False}
+    assert _json.loads(swift_cli({"gradient_checkpointing": "reentrant"}, V4_FIELDS)["gradient_checkpointing_kwargs"]) \
+        == {"use_reentrant": True}
+
+
 def test_swift_unknown_quantization_is_a_clear_error():
     assert set(QUANT_ARGS) == {"nf4", "int8", "quanto-int8", "quanto-int4"}
     with pytest.raises(ConfigError, match="quantization"):

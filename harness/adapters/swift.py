@@ -137,6 +137,10 @@ def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
         elif key == "trainable_parameters":  # swift's own --trainable_parameters are name prefixes: not the same
             if value:  # freeze everything, then unfreeze the names one anchored regex matches (re.search)
                 out.update(freeze_parameters_ratio=1.0, trainable_parameters_regex=trainable_regex(value))
+        elif key == "gradient_checkpointing":  # False, "reentrant" or "non-reentrant" (TrainingArguments' own keys)
+            out[key] = bool(value)
+            if value:
+                out["gradient_checkpointing_kwargs"] = json.dumps({"use_reentrant": value == "reentrant"})
         elif key == "lora_alpha" and float(value).is_integer():
             out[key] = int(value)  # swift 3.x parses --lora_alpha as int and refuses "8.0"
         elif key not in ("method", "save_on_best"):  # no swift equivalent: handled by build_argv / not offered
@@ -334,6 +338,8 @@ class SwiftAdapter(Adapter):
             caps.add("moe")  # --model_type qwen3_moe for the tiny MoE, --router_aux_loss_coef as typed
         if {"freeze_parameters_ratio", "trainable_parameters_regex"} <= self._fields():
             caps.add("trainable-set")  # --freeze_parameters_ratio 1 --trainable_parameters_regex (swift_cli)
+        if {"gradient_checkpointing", "gradient_checkpointing_kwargs"} <= self._fields():
+            caps.add("gradient-checkpointing")  # TrainingArguments' own keys (swift_cli)
         if not _transformers_drives_bnb_here():
             caps -= {"quant-nf4", "quant-int8"}
         self.capabilities = frozenset(caps)
