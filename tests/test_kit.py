@@ -293,6 +293,9 @@ def test_axolotl_config_variants(tmp_path):
                                                                                                          "v_proj"]
     with pytest.raises(ConfigError, match="quantization"):
         build_config(spec, _values(quantization="quanto-int8"), DATA, tmp_path)
+    gc = build_config(spec, _values(gradient_checkpointing="non-reentrant"), DATA, tmp_path)
+    assert gc["gradient_checkpointing"] is True and gc["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
+    assert cfg["gradient_checkpointing"] is False, "off unless a run asks for it (CPU_KEYS)"
     router = build_config(spec, _values(router_aux_loss_coef=0.01), DATA, tmp_path)
     assert router["model_config"] == {"output_router_logits": True, "router_aux_loss_coef": 0.01}
     assert "model_config" not in cfg, "no router term asked: the model's own config is left alone"

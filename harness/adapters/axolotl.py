@@ -80,6 +80,9 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
         cfg.update(CPU_KEYS)
     else:
         cfg.update(bf16="auto")
+    if values.get("gradient_checkpointing"):  # over CPU_KEYS' off: axolotl's own keys
+        cfg.update(gradient_checkpointing=True,
+                   gradient_checkpointing_kwargs={"use_reentrant": values["gradient_checkpointing"] == "reentrant"})
     cfg.update(quantization_keys(values.get("quantization"), QUANT_KEYS, "axolotl quantises with bitsandbytes"))
     cfg.update(save_strategy="steps", save_steps=values["save_steps"]) if values.get("save_steps") else cfg.update(
         save_strategy="no")
@@ -153,7 +156,7 @@ class AxolotlAdapter(ConfigFileAdapter):
     libraries = ("transformers", "peft", "trl", "torch")
     options = OPTIONS
     capabilities = frozenset({"sft", "full", "lora", "resume", "best-checkpoint", "packing", "moe", "merge", "quant-nf4",
-                              "quant-int8", "trainable-set", "gpu"})
+                              "quant-int8", "trainable-set", "gradient-checkpointing", "gpu"})
     unavailable_metrics = {"eval_accuracy": "axolotl logs no next-token accuracy (eval_causal_lm_metrics are "
                                             "generation metrics: sacrebleu, comet, ter, chrf, perplexity)"}
 
