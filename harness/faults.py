@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KillPoint", "KillInTraining", "run_killed", "require_killed", "perturb_weights", "KILLED", "FINISHED",
+__all__ = ["KillPoint", "KillInTraining", "run_killed", "require_killed", "kill_after_checkpoint", "perturb_weights",
+           "KILLED", "FINISHED",
            "RAISED", "Mutation", "CrashState", "SaveCrashStates", "crash_states", "run_killed_at_step", "restore_tree",
            "MUTATION_OPS"]
 
@@ -136,6 +137,22 @@ def require_killed(status: int, point: KillPoint | KillInTraining | str) -> None
     what = {FINISHED: "finished without reaching it", RAISED: "raised (traceback in the captured stderr)"}.get(
         status, f"exited with status {status}")
     raise ArrangementError(f"the run was to be killed at {point}, but it {what}")
+
+
+def kill_after_checkpoint(adapter: Any, spec: Any, k: int) -> Path:
+    """Arrange step shared by the resume scenarios: train ``spec`` and SIGKILL it at its first training step after
+    checkpoint-``k``; its output dir, whose newest checkpoint is ``k`` (an
+    :class:`~harness.errors.ArrangementError` otherwise: a run killed anywhere else cannot show a resume bug)."""
+    from .errors import ArrangementError
+    from .layout import run_checkpoint_map
+
+    point = KillInTraining(k)
+    require_killed(run_killed(adapter, spec, point), point)
+    newest = sorted(run_checkpoint_map(spec.output_dir))
+    if not newest or newest[-1] != k:
+        raise ArrangementError(f"the run was to be killed right after checkpoint-{k}, but the newest checkpoints on "
+                               f"disk are {newest}")
+    return Path(spec.output_dir)
 
 
 def _saved(output_dir: Path, step: int) -> bool:

@@ -31,9 +31,8 @@ from pathlib import Path
 import pytest
 
 from harness.adapter import effective_capabilities
-from harness.errors import ArrangementError
-from harness.faults import KillInTraining, perturb_weights, require_killed, run_killed
-from harness.layout import run_checkpoint, run_checkpoint_map
+from harness.faults import kill_after_checkpoint, perturb_weights
+from harness.layout import run_checkpoint
 from harness.oracles import (assert_adapter_only_save, assert_follows_checkpoint, assert_resume_equivalent,
                              assert_resumed_into_new_dir, assert_resumed_not_restarted, checkpoints_fingerprint,
                              dir_fingerprint)
@@ -92,13 +91,7 @@ def killed(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
     def get(quant, k) -> Path:
         if (quant, k) not in runs:
             out = tmp_path_factory.mktemp(f"killed-{quant or 'none'}-k{k}") / "out"
-            point = KillInTraining(k)
-            require_killed(run_killed(ft_adapter, resume_spec(tiny_assets, out, quant, None, ft_device), point), point)
-            newest = sorted(run_checkpoint_map(out))
-            if not newest or newest[-1] != k:
-                raise ArrangementError(f"the run was to be killed right after checkpoint-{k}, but the newest "
-                                       f"checkpoints on disk are {newest}")
-            runs[quant, k] = out
+            runs[quant, k] = kill_after_checkpoint(ft_adapter, resume_spec(tiny_assets, out, quant, None, ft_device), k)
         return runs[quant, k]
 
     return get

@@ -46,8 +46,8 @@ import pytest
 
 from harness.adapter import LoraSpec
 from harness.errors import ArrangementError
-from harness.faults import KillInTraining, perturb_weights, require_killed, run_killed
-from harness.layout import run_checkpoint, run_checkpoint_map
+from harness.faults import kill_after_checkpoint, perturb_weights
+from harness.layout import run_checkpoint
 from harness.models import read_texts, write_datasets
 from harness.oracles import (assert_consumed_in_order, assert_follows_checkpoint, assert_missing_state_reported,
                              assert_resume_equivalent, assert_resumed_not_restarted, assert_runs_agree,
@@ -123,14 +123,7 @@ class ResumeRuns:
         """A run killed at its first training step after checkpoint-k (never resumed itself: copies are)."""
         key = ("killed", kind, k)
         if key not in self._cache:
-            out = self.root / f"killed-{kind}-k{k}"
-            point = KillInTraining(k)
-            require_killed(run_killed(self.adapter, self.spec(out, kind), point), point)
-            newest = sorted(run_checkpoint_map(out))
-            if not newest or newest[-1] != k:
-                raise ArrangementError(f"the run was to be killed right after checkpoint-{k}, but the newest "
-                                       f"checkpoints on disk are {newest}")
-            self._cache[key] = out
+            self._cache[key] = kill_after_checkpoint(self.adapter, self.spec(self.root / f"killed-{kind}-k{k}", kind), k)
         return self._cache[key]
 
     def copy_of_interrupted(self, kind: str, k: int, name: str) -> Path:
