@@ -271,9 +271,11 @@ def _load_reports(patterns: Sequence[str]) -> list:
 
 
 def _print_failures(runs) -> None:
+    from .report.model import RED_OUTCOMES
+
     for run in runs:
         for t in run.tests:
-            if t.outcome in ("failed", "error", "xpassed"):
+            if t.outcome in RED_OUTCOMES:
                 print(f"\n{'=' * 20} [{run.target}] {t.outcome.upper()} {t.nodeid} {'=' * 20}")
                 print(t.message or t.reason)
 

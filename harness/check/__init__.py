@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..report.model import AdapterRun, TestOutcome, framework
+from ..report.model import AdapterRun, TestOutcome, split_versions
 from .configs import FRAMEWORKS, UserConfig, read_config
 from .plan import Plan, Question, plan
 
@@ -73,9 +73,9 @@ def answers(the_plan: Plan, run: AdapterRun) -> list[Answer]:
 
 def _tested(run: AdapterRun) -> str:
     """'llamafactory 0.9.5 (peft 0.18.1, torch 2.14.1, transformers 5.6.0)': the framework and what is under it."""
-    found = framework(run.target, run.versions)
+    found, libs = split_versions(run.target, run.versions)
     name, version = found if found else (run.name, "")
-    rest = ", ".join(f"{k} {v}" for k, v in run.versions.items() if k != name)
+    rest = ", ".join(f"{k} {v}" for k, v in sorted(libs.items()))
     return f"{name} {version}".strip() + (f" ({rest})" if rest else "")
 
 

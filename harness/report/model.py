@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FORMAT", "OUTCOMES", "SEVERITY", "LIBRARIES", "TestOutcome", "AdapterRun", "head_line", "aggregate",
+__all__ = ["FORMAT", "OUTCOMES", "SEVERITY", "RED_OUTCOMES", "LIBRARIES", "split_versions", "TestOutcome", "AdapterRun", "head_line", "aggregate",
            "framework", "column_keys", "Matrix", "matrix", "document", "runs_of", "Column", "Row", "Report",
            "columns"]
 
@@ -40,6 +40,8 @@ FORMAT = "ft-harness-report/1"
 #: outcome -> how bad it is: a scenario's cell shows its worst test
 SEVERITY = {"error": 5, "failed": 4, "xpassed": 3, "passed": 1, "xfailed": 2, "skipped": 0}
 OUTCOMES = tuple(SEVERITY)
+#: the outcomes that make a run red (a known failure that passed included: its fix must drop the entry)
+RED_OUTCOMES = ("failed", "error", "xpassed")
 #: the libraries an adapter's ``versions`` may list besides its framework (the framework is the first other entry)
 LIBRARIES = ("transformers", "peft", "trl", "torch", "bitsandbytes", "optimum-quanto", "diffusers", "torchao")
 
@@ -69,7 +71,7 @@ class AdapterRun:
 
     @property
     def failed(self) -> bool:
-        return any(t.outcome in ("failed", "error", "xpassed") for t in self.tests) or self.exit_code != 0
+        return any(t.outcome in RED_OUTCOMES for t in self.tests) or self.exit_code != 0
 
     @property
     def broken(self) -> bool:
@@ -118,6 +120,16 @@ def framework(target: str, versions: Mapping[str, str], *, plain_transformers: b
     if plain_transformers and target.startswith("transformers") and "transformers" in versions:
         return "transformers", versions["transformers"]
     return None
+
+
+def split_versions(target: str, versions: Mapping[str, str]) -> tuple[tuple[str, str] | None, dict[str, str]]:
+    """(the framework a run of ``target`` tested, see :func:`framework`; every other version, :data:`LIBRARIES`
+    first in that order, then by name): how a column's header, a status page and ``ft-harness check`` name a run."""
+    fw = framework(target, versions)
+    order = {name: i for i, name in enumerate(LIBRARIES)}
+    libs = dict(sorted(((k, v) for k, v in versions.items() if fw is None or k != fw[0]),
+                       key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return fw, libs
 
 
 def _keys(targets: Sequence[str], versions: Sequence[Mapping[str, str]]) -> list[str]:
@@ -250,13 +262,9 @@ def _columns(report: Mapping[str, Any]) -> list[Column]:
     if used and not used <= set(keys):  # a report from another ft-harness version: show what is there
         keys = keys + sorted(used - set(keys))
         adapters = adapters + [{"target": k} for k in keys[len(adapters):]]
-    order = {name: i for i, name in enumerate(LIBRARIES)}
     out = []
     for key, a in zip(keys, adapters):
-        versions = a.get("versions") or {}
-        fw = framework(str(a.get("target", "")), versions)
-        libs = dict(sorted(((k, v) for k, v in versions.items() if fw is None or k != fw[0]),
-                           key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+        fw, libs = split_versions(str(a.get("target", "")), a.get("versions") or {})
         out.append(Column(key=key, target=a.get("target", key), framework=fw, libraries=libs,
                           options=a.get("options") or {}, duration_s=a.get("duration_s"),
                           exit_code=a.get("exit_code"), tests=list(a.get("tests") or [])))

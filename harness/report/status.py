@@ -24,11 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import AdapterRun, aggregate, framework
+from .model import RED_OUTCOMES, AdapterRun, aggregate, framework, split_versions
 
 __all__ = ["StatusColumn", "status_columns", "status_page", "status_pages", "write_status_pages"]
 
-_RED = ("failed", "error", "xpassed")
 _WORD = {"passed": "pass", "failed": "FAIL", "error": "error", "skipped": "skipped", "xfailed": "xfail (known)",
          "xpassed": "XPASS"}
 
@@ -47,7 +46,8 @@ class StatusColumn:
 
     @property
     def libraries(self) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(self.run.versions.items()) if k != self.framework) or "-"
+        _, libs = split_versions(self.run.target, self.run.versions)
+        return ", ".join(f"{k} {v}" for k, v in sorted(libs.items())) or "-"
 
 
 def _version_key(version: str):
@@ -100,7 +100,7 @@ def _flips(scenario: str, columns: list[StatusColumn]) -> list[str]:
     for i, col in enumerate(columns):
         groups.setdefault(tuple(sorted(col.options.items())), []).append(i)
     tests = [{t.nodeid: t.outcome for t in c.run.tests if t.scenario == scenario
-              and t.outcome in ("passed",) + _RED} for c in columns]
+              and t.outcome in ("passed",) + RED_OUTCOMES} for c in columns]
     for idxs in groups.values():
         measured = [i for i in idxs if tests[i]]
         for a, b in zip(measured, measured[1:]):
@@ -147,7 +147,7 @@ def status_page(name: str, columns: list[StatusColumn], date: str,
         cells = [agg.get(s) for agg in aggs]
         spans: list[tuple[list[str], str]] = []
         for col, cell in zip(columns, cells):
-            if cell is None or cell["outcome"] not in _RED:
+            if cell is None or cell["outcome"] not in RED_OUTCOMES:
                 continue
             cause = _one_line(cell["reason"] or cell["outcome"])
             if spans and spans[-1][1] == cause:
@@ -180,7 +180,7 @@ def status_pages(runs: Sequence[AdapterRun], date: str, refs: Mapping[str, list]
     for name, columns in status_columns(runs).items():
         file = re.sub(r"[^\w.-]+", "-", name) + ".md"
         pages[file] = status_page(name, columns, date, refs)
-        red = {s for c in columns for s, cell in aggregate(c.run).items() if cell["outcome"] in _RED}
+        red = {s for c in columns for s, cell in aggregate(c.run).items() if cell["outcome"] in RED_OUTCOMES}
         index.append(f"| [{name}]({file}) | {', '.join(c.label for c in columns)} | {len(red)} |")
     pages["README.md"] = "\n".join(index) + "\n"
     return pages

@@ -19,6 +19,7 @@ from typing import Any
 
 from packaging.version import Version
 
+from ..report.model import RED_OUTCOMES
 from .bisect import Probe, bisect_releases, format_bisect, verdict_of
 from .envs import _MARKER, EnvBuilder, Pins, env_key, env_name, framework_table, select_pins, source_version, stale_envs
 from .errors import SweepError
@@ -348,7 +349,7 @@ def _sweep(args, name, distribution, versions, pins_of, builder, out, options, p
     print((out / f"{name}-sweep.md").read_text(encoding="utf-8"))
     log(f"ft-harness sweep: {len(versions)} version(s) in {wall:.1f}s; wrote {out / (name + '-sweep.md')}, "
         f".json, .html")
-    bad = any(c["outcome"] in ("failed", "error", "xpassed") for s in data["scenarios"] for c in s["results"].values())
+    bad = any(c["outcome"] in RED_OUTCOMES for s in data["scenarios"] for c in s["results"].values())
     return 1 if bad else 0
 
 
