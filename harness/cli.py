@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="directory for the pages (default: docs/status)")
     st.add_argument("--date", default=None, metavar="YYYY-MM-DD", help="the date on the pages (default: today, UTC)")
 
+    from .check.configs import FRAMEWORKS as CHECK_FORMATS  # no ML imports: the readers only
+
     chk = sub.add_parser("check", help="judge your own config's settings on the installed framework",
                          description="Read a training config, map the settings the scenarios are sensitive to (eval / "
                                      "save cadence, save_total_limit, load_best_model_at_end, gradient accumulation, "
@@ -108,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "Exit 0: every answer PASS; 1: a FAIL or ERROR; 2: the config cannot be read; "
                                      "3: the run itself broke.",
                          epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    chk.add_argument("--framework", required=True, choices=("llamafactory", "axolotl", "swift", "transformers"),
+    chk.add_argument("--framework", required=True, choices=CHECK_FORMATS,
                      help="the config's format, and the adapter it is checked on unless --adapter says otherwise")
     chk.add_argument("--config", required=True, metavar="FILE",
                      help="LLaMA-Factory / axolotl YAML, a file holding the ms-swift command line, or a "
@@ -159,7 +161,7 @@ def _status(args) -> int:
 
 
 def _check(args, extra: list[str]) -> int:
-    from .check import ADAPTERS, answers, plan, read_config, render, run_check
+    from .check import answers, plan, read_config, render, run_check
     from .errors import ConfigError
 
     try:
@@ -168,7 +170,7 @@ def _check(args, extra: list[str]) -> int:
         print(f"ft-harness check: {exc}", file=sys.stderr)
         return 2
     the_plan = plan(config)
-    adapter = args.adapter or ADAPTERS[args.framework]
+    adapter = args.adapter or args.framework  # each config format's own adapter has the framework's name
     if args.dry_run or not the_plan.questions:
         print(render(config, the_plan, adapter, None, None), end="")
         return 0

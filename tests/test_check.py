@@ -9,6 +9,7 @@ the best checkpoint (FAIL), so the answer is shown to be able to go red.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -179,6 +180,24 @@ def test_answers_read_the_run_per_question():
     cadence = the_plan.questions[0]
     meaning, _ = cadence.advice("no save reproduces the eval_loss the run logged for it (4 of 4 reloaded ...)")
     assert meaning.startswith("not judged on the cadence")  # an evaluation mismatch is not blamed on the cadence
+
+
+def test_known_failures_are_answered_as_the_framework_behaves():
+    """An adapter's known failure that still fails is a FAIL naming its test (not a crash of the report); one that
+    passes is a PASS that says the bug is gone."""
+    the_plan = plan(read_config("transformers", CONFIGS / "transformers_args.json"))
+    node = "scenarios/test_best_checkpoint.py::test_your_cadence_keeps_best[cpu]"
+    still = AdapterRun("x", "x", {}, 0, 1.0, [TestOutcome(node, "test_best_checkpoint.py::test_your_cadence_keeps_best",
+                                                          "xfailed", "known failure of x: upstream #1", 1.0, "004")])
+    (answer,) = answers(the_plan, still)
+    assert answer.verdict == "FAIL" and answer.first_bad.outcome == "xfailed"
+    text = render(read_config("transformers", CONFIGS / "transformers_args.json"), the_plan, "x", still, [answer])
+    assert "known failure of x: upstream #1" in text and "1 of 1 test(s) red" in text
+    gone = AdapterRun("x", "x", {}, 1, 1.0, [dataclasses.replace(still.tests[0], outcome="xpassed", reason="")])
+    (answer,) = answers(the_plan, gone)
+    assert answer.verdict == "PASS"
+    assert "the bug is gone" in render(read_config("transformers", CONFIGS / "transformers_args.json"), the_plan,
+                                       "x", gone, [answer])
 
 
 def test_check_on_the_reference_passes_and_on_a_best_losing_framework_fails():
