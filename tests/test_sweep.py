@@ -581,7 +581,7 @@ def test_source_cell_installs_the_tree_and_rebuilds_when_it_changes(tmp_path, fa
     assert env_key(src) != key, "an edited tree keys a new environment"
     lib = tmp_path / "peft-main"
     lib.mkdir()
-    over = dataclasses.replace(release, with_sources=(f"peft={lib}",))
+    over = dataclasses.replace(release, with_sources=(("peft", str(lib)),))
     assert over.cell == "5.23.0-with-peft"
     assert _builder(tmp_path, uv).ensure(over).ok
     assert log.read_text().splitlines()[-1].endswith(f"--no-deps --reinstall {lib}")

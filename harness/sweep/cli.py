@@ -212,18 +212,18 @@ def _main(args) -> int:
     index = _index_settings(args)
     if args.prune:
         return _prune(args, name, index)
-    sources = [Path(src).expanduser().resolve() for src in getattr(args, "source", [])]
+    sources = [Path(src).expanduser().resolve() for src in args.source]
     if not bisecting and not args.versions and not sources:
         raise SweepError("--versions SPEC is required (e.g. 3.1.1,3.2.0 or 3.0.0..3.3.0 or latest), or a --source")
     endpoints = [args.good, args.bad] if bisecting else []
     versions = _versions(args, distribution, index, extra=endpoints) if (args.versions or bisecting) else []
     if bisecting:
         versions = sorted({*versions, *endpoints}, key=Version)
-    with_sources = _with_sources(getattr(args, "with_sources", []))
+    with_sources = _with_sources(args.with_sources)
     pins_of = {}
     for v in versions:
         pins_of[v] = dataclasses.replace(select_pins(name, v, python=args.python), with_sources=with_sources)
-        if getattr(args, "min_versions", False) and not bisecting:
+        if args.min_versions and not bisecting:
             floor = dataclasses.replace(pins_of[v], min_versions=True)
             pins_of[floor.cell] = floor
     for src in sources:  # a cell named by its version and "-src", keyed like the release cells by that name
@@ -253,8 +253,8 @@ def _main(args) -> int:
     return _sweep(args, name, distribution, versions, pins_of, builder, out, options, pytest_args, env_root, log)
 
 
-def _with_sources(pairs: Sequence[str]) -> tuple[str, ...]:
-    """``NAME=PATH`` pairs, each path made absolute; a :class:`SweepError` naming a malformed pair or a missing path."""
+def _with_sources(pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``NAME=PATH`` pairs as (name, absolute path); a :class:`SweepError` naming a malformed pair or a missing path."""
     out = []
     for pair in pairs:
         name, sep, path = pair.partition("=")
@@ -263,7 +263,7 @@ def _with_sources(pairs: Sequence[str]) -> tuple[str, ...]:
         where = Path(path).expanduser().resolve()
         if not where.exists():
             raise SweepError(f"--with {pair!r}: {where} does not exist")
-        out.append(f"{name}={where}")
+        out.append((name, str(where)))
     return tuple(out)
 
 
@@ -308,7 +308,8 @@ def _show_pins(name: str, versions: Sequence[str], pins_of: dict[str, Pins], env
               f"\n  harness {'--no-deps' if p.harness_no_deps else 'with deps'}"
               f"  env: {path}{' (complete)' if (path / _MARKER).is_file() else ''}\n  note: {p.note}"
               + (f"\n  framework from: {p.source}" if p.source else "")
-              + (f"\n  over it: {' '.join(p.with_sources)}" if p.with_sources else "")
+              + (f"\n  over it: {' '.join(f'{lib}={where}' for lib, where in p.with_sources)}" if p.with_sources
+                 else "")
               + ("\n  its declared requirements at their floors (uv --resolution lowest-direct)" if p.min_versions
                  else ""))
 

@@ -50,8 +50,8 @@ class Pins:
     note: str = ""
     #: a local source tree or sdist of the framework, installed instead of ``distribution==version`` (``--source``)
     source: str = ""
-    #: ``NAME=PATH``: libraries installed from a local source tree or sdist over what resolved (``--with``)
-    with_sources: tuple[str, ...] = ()
+    #: (name, path) of each library installed from a local source tree or sdist over what resolved (``--with``)
+    with_sources: tuple[tuple[str, str], ...] = ()
     #: resolve the framework's own requirements to the lowest versions they allow (``--min-versions``)
     min_versions: bool = False
 
@@ -61,7 +61,7 @@ class Pins:
         plain release (``5.25.0.dev0-src``, ``0.9.5-min``, ``0.9.5-with-transformers``)."""
         name = self.version + ("-src" if self.source else "") + ("-min" if self.min_versions else "")
         if self.with_sources:
-            name += "-with-" + "-".join(w.split("=", 1)[0] for w in self.with_sources)
+            name += "-with-" + "-".join(lib for lib, _ in self.with_sources)
         return name
 
     def adapter_spec(self, options: Mapping[str, str] | None = None) -> str:
@@ -139,7 +139,7 @@ def env_key(pins: Pins, index: IndexSettings | None = None, harness_source: Path
         material["min_versions"] = True
     if pins.source or pins.with_sources:  # (absent for release cells: their keys are unchanged)
         material["source"] = [pins.source, tree_fingerprint(Path(pins.source))] if pins.source else None
-        material["with_sources"] = [[w, tree_fingerprint(Path(w.split("=", 1)[1]))] for w in pins.with_sources]
+        material["with_sources"] = [[lib, where, tree_fingerprint(Path(where))] for lib, where in pins.with_sources]
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -367,7 +367,7 @@ class EnvBuilder:
             self._run(self._uv_install(path, ["--no-deps", str(self.harness_source)], pins, None), log, cwd)
         if pins.with_sources:  # over whatever resolved, as a user tests a library's main under a released framework
             self._run(self._uv_install(path, ["--no-deps", "--reinstall",
-                                              *[w.split("=", 1)[1] for w in pins.with_sources]], pins, None), log, cwd)
+                                              *[where for _, where in pins.with_sources]], pins, None), log, cwd)
         (path / _HARNESS_STAMP).write_text(self.source_fingerprint(), encoding="utf-8")
         marker = {"framework": pins.framework, "version": pins.version, "pins": dataclasses.asdict(pins),
                   "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
