@@ -63,6 +63,14 @@ def dtype_kwargs(dtype: Any = None) -> dict[str, Any]:
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype or torch.float32}
 
 
+def gradient_checkpointing_arguments(kind: Any) -> dict[str, Any]:
+    """``TrainingArguments``' gradient checkpointing keys for ``TASK_DEFAULTS["gradient_checkpointing"]``: none for
+    False (off, as by default), else on with ``use_reentrant`` for "reentrant" and not for "non-reentrant"."""
+    if not kind:
+        return {}
+    return {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": kind == "reentrant"}}
+
+
 def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str) -> dict[str, Any]:
     """``TrainingArguments`` keywords every Trainer-based run of the task shares: the resolved
     hyper-parameters, the save cadence, a loss logged at every step, seeds for the model and the data
@@ -74,11 +82,8 @@ def training_arguments(values: Mapping[str, Any], output_dir: Path, device: str)
         import torch
 
         bf16 = torch.cuda.is_bf16_supported()
-    checkpointing = values.get("gradient_checkpointing") or False
-    gc = dict(gradient_checkpointing=True,
-              gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"}) if checkpointing else {}
     return dict(
-        **gc, output_dir=str(output_dir), max_steps=values["max_steps"], learning_rate=values["learning_rate"],
+        **gradient_checkpointing_arguments(values.get("gradient_checkpointing")), output_dir=str(output_dir), max_steps=values["max_steps"], learning_rate=values["learning_rate"],
         per_device_train_batch_size=values["per_device_train_batch_size"],
         gradient_accumulation_steps=values["gradient_accumulation_steps"],
         lr_scheduler_type=values["lr_scheduler_type"], warmup_steps=values.get("warmup_steps") or 0,

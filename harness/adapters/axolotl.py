@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import hf
 from ..adapter import RunSpec
 from ..spec import BEST_CHECKPOINT_STORY
 from ..errors import ConfigError
@@ -80,9 +81,7 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
         cfg.update(CPU_KEYS)
     else:
         cfg.update(bf16="auto")
-    if values.get("gradient_checkpointing"):  # over CPU_KEYS' off: axolotl's own keys
-        cfg.update(gradient_checkpointing=True,
-                   gradient_checkpointing_kwargs={"use_reentrant": values["gradient_checkpointing"] == "reentrant"})
+    cfg.update(hf.gradient_checkpointing_arguments(values.get("gradient_checkpointing")))  # over CPU_KEYS' off
     cfg.update(quantization_keys(values.get("quantization"), QUANT_KEYS, "axolotl quantises with bitsandbytes"))
     cfg.update(save_strategy="steps", save_steps=values["save_steps"]) if values.get("save_steps") else cfg.update(
         save_strategy="no")

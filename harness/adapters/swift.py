@@ -48,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import hf
 from ..adapter import Adapter, ResolvedArgs, RunResult, RunSpec, Source
 from ..errors import ConfigError
 from ..layout import adapter_base, is_adapter_dir
@@ -139,8 +140,9 @@ def swift_cli(cli: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
                 out.update(freeze_parameters_ratio=1.0, trainable_parameters_regex=trainable_regex(value))
         elif key == "gradient_checkpointing":  # False, "reentrant" or "non-reentrant" (TrainingArguments' own keys)
             out[key] = bool(value)
-            if value:
-                out["gradient_checkpointing_kwargs"] = json.dumps({"use_reentrant": value == "reentrant"})
+            gc = hf.gradient_checkpointing_arguments(value)
+            if gc:  # the kwargs as the JSON swift's argument parser reads
+                out["gradient_checkpointing_kwargs"] = json.dumps(gc["gradient_checkpointing_kwargs"])
         elif key == "lora_alpha" and float(value).is_integer():
             out[key] = int(value)  # swift 3.x parses --lora_alpha as int and refuses "8.0"
         elif key not in ("method", "save_on_best"):  # no swift equivalent: handled by build_argv / not offered
@@ -458,8 +460,6 @@ class SwiftAdapter(Adapter):
         import json
         import os
         import tempfile
-
-        from .. import hf
 
         with tempfile.TemporaryDirectory(prefix="ft-swift-") as tmp:
             data = self._data(spec, Path(tmp))

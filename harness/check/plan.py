@@ -146,7 +146,8 @@ def _cadence(config: UserConfig, not_checked: list[str]) -> tuple[Question, dict
     load_best = bool(config.get("load_best_model_at_end", False))
     saves = (tiny_limit or 1) + 2
     steps = min(MAX_TINY_STEPS, max(4 * e, s * saves, 12))
-    steps -= steps % e if steps % e and steps - steps % e >= 2 * e else 0
+    if steps % e and steps - steps % e >= 2 * e:  # end on an evaluation where that keeps two of them
+        steps -= steps % e
     if tiny_limit and steps // s <= tiny_limit:  # a slow save cadence: lower the limit so that rotation still happens
         tiny_limit = max(1, steps // s - 1)
     values = {"eval_steps": e, "save_steps": s, "save_total_limit": tiny_limit, "max_steps": steps,
