@@ -27,32 +27,49 @@ Assert:
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import NamedTuple
+
 import pytest
 
 from harness.faults import KillInTraining, require_killed, run_killed
 from harness.oracles import (assert_full_model_saved, assert_kl_starts_at_zero, assert_reference_is_start,
                              assert_reference_survives_resume, start_weights)
+from harness.models import build_model
 from harness.spec import DEFAULT_BETA
 
 from ._support import spec
 
 pytestmark = [pytest.mark.ft_seed("ref")]
 
-#: (start id, train_type of the DPO run, the SFT output it starts from: None = the base)
+class Start(NamedTuple):
+    """Where a preference or RL run starts."""
+
+    train_type: str  #: the run's own: "lora" or "full"
+    sft: str | None  #: the train_type of the SFT output it continues; None = the base itself
+    arch: str = "llama"  #: the base's :data:`harness.models.ARCHITECTURES` entry
+
+    def capabilities(self) -> set[str]:
+        return {self.train_type} | ({self.sft} if self.sft else set()) | ({"moe"} if self.arch == "qwen3_moe" else set())
+
+
 STARTS = {
-    "fresh-lora": ("lora", None),
-    "lora-on-lora-sft": ("lora", "lora"),
-    "full-on-full-sft": ("full", "full"),
-    "full-on-lora-sft": ("full", "lora"),
+    "fresh-lora": Start("lora", None),
+    "lora-on-lora-sft": Start("lora", "lora"),
+    "full-on-full-sft": Start("full", "full"),
+    "full-on-lora-sft": Start("full", "lora"),
+    # the tiny qwen3_moe: LoRA ``all-linear`` reaches its fused experts as ``target_parameters`` (PEFT >= 0.17), the
+    # case huggingface/trl #5222 / PR #6043 is about (TRL skipped the "ref" adapter and used the bare base)
+    "moe-lora-on-lora-sft": Start("lora", "lora", arch="qwen3_moe"),
 }
 STEPS, SAVE_EVERY, RESUME_AT = 4, 2, 2
 
 
 def start_params(*names: str) -> list:
-    """``pytest.param`` per start, marked with the training types it needs (its SFT output's and its own), so an
-    adapter without one skips that start as any missing capability skips."""
-    return [pytest.param(name, id=name, marks=[pytest.mark.ft_requires(*sorted({STARTS[name][0]} | (
-        {STARTS[name][1]} if STARTS[name][1] else set())))]) for name in names]
+    """``pytest.param`` per start, marked with the capabilities it needs (its SFT output's training type and its own,
+    ``moe`` on the MoE base), so an adapter without one skips that start as any missing capability skips."""
+    return [pytest.param(name, id=name, marks=[pytest.mark.ft_requires(*sorted(STARTS[name].capabilities()))])
+            for name in names]
 
 #: GRPO's KL weight in the GRPO runs (DeepSeekMath's 0.04; TRL's default 0.0 builds no reference at all)
 GRPO_BETA = 0.04
@@ -63,23 +80,31 @@ class PreferenceRuns:
 
     def __init__(self, adapter, assets, tmp_path_factory, device):
         self.adapter, self.assets, self.tmp, self.device = adapter, assets, tmp_path_factory, device
-        self._sft: dict[str, object] = {}
+        self._bases: dict[str, Path] = {"llama": assets.model_dir}
+        self._sft: dict[tuple[str, str], object] = {}
         self._runs: dict[str, object] = {}
 
-    def sft(self, train_type: str):
+    def base(self, arch: str) -> Path:
+        """The bare base of ``arch``: the tiny task's model, or one built like it (same tokenizer, seed 0)."""
+        if arch not in self._bases:
+            self._bases[arch] = build_model(self.tmp.mktemp(f"base-{arch}") / "model", arch=arch, seed=0)
+        return self._bases[arch]
+
+    def sft(self, train_type: str, arch: str = "llama"):
         """The SFT output a start continues (its final directory)."""
-        if train_type not in self._sft:
-            out = self.tmp.mktemp(f"sft-{train_type}")
-            self._sft[train_type] = self.adapter.train(spec(self.assets, out, method="sft", train_type=train_type,
-                                                            max_steps=2, learning_rate=1e-2, device=self.device))
-        return self._sft[train_type].final_dir
+        if (train_type, arch) not in self._sft:
+            out = self.tmp.mktemp(f"sft-{train_type}-{arch}")
+            self._sft[train_type, arch] = self.adapter.train(spec(
+                self.assets, out, model_dir=self.base(arch), method="sft", train_type=train_type, max_steps=2,
+                learning_rate=1e-2, device=self.device))
+        return self._sft[train_type, arch].final_dir
 
     def start_dir(self, start: str):
-        source = STARTS[start][1]
-        return self.assets.model_dir if source is None else self.sft(source)
+        source = STARTS[start]
+        return self.base(source.arch) if source.sft is None else self.sft(source.sft, source.arch)
 
     def dpo_spec(self, start: str, out, **fields):
-        return spec(self.assets, out, model_dir=self.start_dir(start), method="dpo", train_type=STARTS[start][0],
+        return spec(self.assets, out, model_dir=self.start_dir(start), method="dpo", train_type=STARTS[start].train_type,
                     max_steps=STEPS, save_steps=SAVE_EVERY, learning_rate=1e-2,
                     per_device_train_batch_size=8, device=self.device, **fields)
 
@@ -89,7 +114,7 @@ class PreferenceRuns:
         if key not in self._runs:
             out = self.tmp.mktemp(key)
             self._runs[key] = self.adapter.train(spec(self.assets, out, model_dir=self.start_dir(start), method="grpo",
-                                                      train_type=STARTS[start][0], max_steps=2, learning_rate=1e-2,
+                                                      train_type=STARTS[start].train_type, max_steps=2, learning_rate=1e-2,
                                                       device=self.device, cli={"beta": GRPO_BETA}))
         return self._runs[key]
 
@@ -103,8 +128,8 @@ class PreferenceRuns:
     def candidates(self, start: str) -> dict:
         """What the reference could be, for the message: the starting policy and the bare base."""
         found = {"the starting policy": self.start_dir(start)}
-        if STARTS[start][1] is not None:
-            found["the bare base"] = self.assets.model_dir
+        if STARTS[start].sft is not None:
+            found["the bare base"] = self.base(STARTS[start].arch)
         return found
 
 

@@ -135,7 +135,19 @@ class TransformersAdapter(Adapter):
         overrides this and :meth:`add_lora`; the trainer, resume and saves stay this class's."""
         from transformers import AutoTokenizer
 
-        model = hf.load_causal_lm(spec.model_dir, values["quantization"], spec.device)
+        from ..layout import adapter_base, is_adapter_dir
+
+        if values["train_type"] == "lora" and is_adapter_dir(spec.model_dir):
+            # LoRA continued from a LoRA output: the adapter loaded trainable on its base, as PEFT documents
+            # (``PeftModel.from_pretrained(..., is_trainable=True)``). Not ``from_pretrained(adapter_dir)`` and then
+            # ``get_peft_model``: PEFT 0.21.2 re-initialises the loaded "default" adapter there without a word (B = 0,
+            # the policy is the bare base), and on fused MoE experts it raises "target the same nn.Parameter twice".
+            from peft import PeftModel
+
+            base = hf.load_causal_lm(adapter_base(spec.model_dir), values["quantization"], spec.device)
+            model = PeftModel.from_pretrained(base, str(spec.model_dir), is_trainable=True)
+        else:
+            model = hf.load_causal_lm(spec.model_dir, values["quantization"], spec.device)
         if values.get("router_aux_loss_coef"):  # what from_pretrained(..., output_router_logits=True,
             coef = float(values["router_aux_loss_coef"])  # router_aux_loss_coef=c) gives: the config and the attribute
             model.config.output_router_logits, model.config.router_aux_loss_coef = True, coef
@@ -165,8 +177,9 @@ class TransformersAdapter(Adapter):
         set_seed(values["seed"])
         model, tok = self.load_model(spec, values)
         if values["train_type"] == "lora":
-            torch.manual_seed(values["seed"])
-            model = self.add_lora(model, values)
+            if not _is_peft_model(model):  # (a PeftModel here is a pre-trained adapter, continued)
+                torch.manual_seed(values["seed"])
+                model = self.add_lora(model, values)
         else:
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -184,3 +197,10 @@ class TransformersAdapter(Adapter):
         trainer.save_model(str(spec.output_dir))
         trainer.save_state()
         return collect_result(spec, Path(spec.output_dir), resolved)
+
+
+def _is_peft_model(model: Any) -> bool:
+    """Whether ``model`` is a ``peft.PeftModel`` (its adapter already in place)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)

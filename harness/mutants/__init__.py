@@ -32,8 +32,9 @@ from .data import (CheckpointingWithoutInputGrads, CheckpointRecomputeWithoutRng
                   DropsIncompleteAccumulationWindow, MeanOfMicroBatchMeans, MergeWithoutLoraScale,
                   PackingWithoutBoundaries, PadIsEosInCollator, SavedTokenizerWithoutTemplate,
                   SchedulerSteppedPerMicroBatch, TemplateWithoutGenerationPrompt)
-from .preference import (FreshReferenceAdapter, ReferenceInBfloat16, ReferenceIsBaseUnderAdapter,
-                         ReferenceIsResumedPolicy, ReferenceReloadedFromDisk)
+from .preference import (FreshReferenceAdapter, PretrainedAdapterReinitialised, ReferenceInBfloat16,
+                         ReferenceIsBaseUnderAdapter, ReferenceIsResumedPolicy, ReferenceReloadedFromDisk,
+                         ReferenceSkipsParameterAdapters)
 
 #: every mutant, in the detection matrix's order
 _ALL = (
@@ -90,6 +91,8 @@ _ALL = (
     ReferenceIsResumedPolicy,
     ReferenceInBfloat16,
     ReferenceReloadedFromDisk,
+    ReferenceSkipsParameterAdapters,
+    PretrainedAdapterReinitialised,
     FreezeCoversOnlyLinearLayers,
     TrainableSetOfLinearOnly,
     FreezeByZeroGradients,

@@ -1,6 +1,7 @@
-"""Mutants of preference training's reference model (DPO): the bare base under a pre-trained adapter, the resumed
-policy, a freshly initialised reference adapter, a bfloat16 reference; and a correct control that reloads the
-reference from disk instead of copying the policy.
+"""Mutants of preference training's reference model (DPO): the bare base under a pre-trained adapter, the bare base only
+under an adapter on parameters (fused MoE experts), the resumed policy, a freshly initialised reference adapter, a
+bfloat16 reference, a pre-trained adapter re-initialised at load (policy and reference both the bare base); and a
+correct control that reloads the reference from disk instead of copying the policy.
 """
 
 from __future__ import annotations
@@ -30,6 +31,42 @@ class ReferenceIsBaseUnderAdapter(ReferenceAdapter):
         for layer in _lora_layers(ref):  # what PeftModel.disable_adapter() does for the reference forward
             layer.enable_adapters(False)
         return ref
+
+
+class ReferenceSkipsParameterAdapters(ReferenceAdapter):
+    """huggingface/trl #5222 (fixed by PR #6043): when the LoRA config adapts parameters (``target_parameters``: a
+    mixture of experts' fused expert tensors), TRL skipped the "ref" adapter copy and computed the reference with the
+    adapters disabled, the bare base, even under a pre-trained adapter. Module-level adapters (every dense start) keep
+    the right reference, so only the MoE start can see it."""
+
+    name = "mutant:reference-skips-parameter-adapters"
+    fails = ("test_reference_model",)
+
+    def reference_model(self, ctx: RunContext, model):
+        ref = super().reference_model(ctx, model)
+        configs = getattr(model, "peft_config", {}).values()
+        if any(getattr(config, "target_parameters", None) for config in configs):
+            for layer in _lora_layers(ref):
+                layer.enable_adapters(False)
+        return ref
+
+
+class PretrainedAdapterReinitialised(ReferenceAdapter):
+    """The pre-trained adapter a LoRA run continues is loaded and then initialised afresh (B = 0): what
+    ``AutoModelForCausalLM.from_pretrained(<LoRA output>)`` followed by ``get_peft_model`` does with PEFT 0.21.2, silently.
+    The reference is taken from that policy, so the first step's rewards are 0: only the recomputation of which model
+    the run trains from sees that it is the bare base, not the SFT output it was given."""
+
+    name = "mutant:pretrained-adapter-reinitialised"
+    fails = ("test_reference_model",)
+
+    def continue_adapter(self, ctx: RunContext, model) -> None:
+        import torch
+
+        torch.manual_seed(ctx.values["seed"])
+        for layer in _lora_layers(model):
+            for name in list(getattr(layer, "lora_A", {})):
+                layer.reset_lora_parameters(name, init_lora_weights=True)
 
 
 class FreshReferenceAdapter(ReferenceAdapter):

@@ -145,11 +145,37 @@ def _diagnosis(step_log: Mapping[str, float], beta: float, candidates: Mapping[s
             f"rewards/chosen / beta; the run renders a row as {rendering}); recomputed: {listed}: {verdict}")
 
 
+def _assert_policy_is_start(step_log: Mapping[str, float], step: int, *, start: str, candidates: Mapping[str, Path],
+                            dataset_dir: Path) -> None:
+    """Rewards of 0 say the reference is the policy; this says the policy is the model the run was given. When the run
+    logs ``logps/chosen``, the starting policy, recomputed, gives it under one of :data:`RENDERINGS`; a run whose
+    logged log-prob is instead another candidate's (the bare base: a pre-trained adapter dropped or re-initialised at
+    load, the reference then dropped with it) trains from the wrong model. A run whose log-prob is no candidate's under
+    any rendering (a framework's own template) cannot be recomputed, so only its rewards are judged."""
+    if "logps/chosen" not in step_log:
+        return
+    policy = step_log["logps/chosen"]
+
+    def gives(path: Path) -> bool:
+        return any(math.isclose(policy, value, rel_tol=_SAME_TOKENISATION_RTOL)
+                   for value in completion_logps(path, dataset_dir).values())
+
+    if gives(candidates[start]):
+        return
+    trained = next((name for name, path in candidates.items() if name != start and gives(path)), None)
+    if trained is not None:
+        raise OracleFailure(_SEED, f"step {step} (before any update) logged rewards of 0 and logps/chosen {policy:.8g}, "
+                                   f"which is {trained}'s ({candidates[trained]}), not {start}'s ({candidates[start]}): "
+                                   f"the run trains from {trained}, and its reference is that same model, not the "
+                                   f"policy it was given (a pre-trained adapter dropped or re-initialised at load?)")
+
+
 def assert_reference_is_start(output_dir: Path, *, start: str, candidates: Mapping[str, Path], dataset_dir: Path,
                               beta: float, atol: float = DPO_REWARD_ATOL) -> None:
     """Before any update the reference is the policy the run starts from: the first logged step's ``rewards/chosen``
-    and ``rewards/rejected`` are 0 within ``atol``. ``candidates`` names saved models the reference could be (the
-    starting policy under the name ``start``, the bare base, ...), for the message."""
+    and ``rewards/rejected`` are 0 within ``atol``, and (where the run logs ``logps/chosen`` under a rendering the
+    harness can recompute) that policy is the start itself, not another candidate. ``candidates`` names saved models
+    the reference could be (the starting policy under the name ``start``, the bare base, ...)."""
     rewards = dpo_rewards_by_step(run_log_history(Path(output_dir)))
     if not rewards:
         raise OracleFailure(_SEED, f"{Path(output_dir).name} logged no DPO rewards: expected 'rewards/chosen' and "
@@ -158,6 +184,7 @@ def assert_reference_is_start(output_dir: Path, *, start: str, candidates: Mappi
     log = rewards[step]
     chosen, rejected = log["rewards/chosen"], log["rewards/rejected"]
     if abs(chosen) <= atol and abs(rejected) <= atol:
+        _assert_policy_is_start(log, step, start=start, candidates=candidates, dataset_dir=Path(dataset_dir))
         return
     raise OracleFailure(_SEED, f"step {step} (before any update) logged rewards/chosen {chosen:.6g} and rewards/rejected "
                               f"{rejected:.6g}, expected 0 (|r| <= {atol:g}): the reference model is not the policy the "

@@ -509,6 +509,8 @@ class ReferenceAdapter(Adapter):
             model = PeftModel.from_pretrained(model, str(ctx.adapter_dir), is_trainable=values["train_type"] == "lora")
             if values["train_type"] == "full":
                 model = model.merge_and_unload()
+            else:
+                self.continue_adapter(ctx, model)
         if values["train_type"] == "lora" and not _is_peft(model):
             from peft import get_peft_model
 
@@ -528,6 +530,10 @@ class ReferenceAdapter(Adapter):
             # the README model card PEFT renders on every save (a jinja compile) is not part of a checkpoint
             model.create_or_update_model_card = lambda output_dir: None
         return model, tok
+
+    def continue_adapter(self, ctx: RunContext, model) -> None:
+        """A LoRA run on a LoRA output continues that adapter as loaded (trainable, its weights the output's): nothing
+        to do; the seam where a framework re-initialises it."""
 
     def enable_router_aux_loss(self, ctx: RunContext, model, coef: float) -> None:
         """``router_aux_loss_coef`` > 0 (only such runs reach this): the router's load-balancing loss joins the training
