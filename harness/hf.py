@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .spec import QUANTIZATIONS, kl_beta
 
 __all__ = ["quantization_config", "lora_config", "dtype_kwargs", "training_arguments", "load_causal_lm", "build_trainer",
-           "dpo_dataset", "dpo_config_arguments",
+           "dpo_dataset", "dpo_config_arguments", "kto_config_arguments",
            "merge_lora", "packing_collator", "load_saved", "eval_logits", "evaluate_saved", "chat_collator", "epoch_batches"]
 
 
@@ -136,6 +136,14 @@ def dpo_config_arguments(values: Mapping[str, Any], targs: Mapping[str, Any]) ->
                 precompute_ref_log_probs=False, dataset_num_proc=None)
 
 
+def kto_config_arguments(values: Mapping[str, Any], targs: Mapping[str, Any]) -> dict[str, Any]:
+    """TRL ``KTOConfig`` keywords: the Trainer arguments plus ``beta`` as resolved and KTO's own loss (``"kto"``, TRL's
+    default), the paired rows unpaired by TRL itself (each chosen completion desirable, each rejected one not),
+    reference log-probs computed at each step, no evaluation, tokenisation in this process."""
+    return dict(targs, beta=kl_beta(values), max_length=64, eval_strategy="no", precompute_ref_log_probs=False,
+                dataset_num_proc=None)
+
+
 def _grpo_reference(trainer, cfg, ref_model):
     """``ref_model`` made ready the way ``GRPOTrainer.__init__`` readies the reference it builds itself: its fused LM
     head (TRL >= 1.x computes log-probs through it; older releases have none), then ``accelerator.prepare_model``."""
@@ -185,6 +193,12 @@ def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any
         cfg = DPOConfig(**dpo_config_arguments(values, targs))
         trainer = wrap(DPOTrainer)(model=model, ref_model=ref_model, args=cfg, processing_class=tok, train_dataset=dpo_dataset(Path(dataset_dir)),
                                    callbacks=list(callbacks))
+    elif values["method"] == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        cfg = KTOConfig(**kto_config_arguments(values, targs))
+        trainer = wrap(KTOTrainer)(model=model, ref_model=ref_model, args=cfg, processing_class=tok,
+                                   train_dataset=dpo_dataset(Path(dataset_dir)), callbacks=list(callbacks))
     else:
         from transformers import Trainer, TrainingArguments
 

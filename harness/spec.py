@@ -46,6 +46,7 @@ CAPABILITIES = frozenset(
         "sft",  # supervised fine-tuning
         "grpo",  # GRPO reinforcement learning
         "dpo",  # DPO preference training (method="dpo"; preferences.jsonl; logs TRL's rewards/* keys every step)
+        "kto",  # KTO preference training (method="kto"; preferences.jsonl unpaired; logs rewards/*, logps/*, kl)
         "diffusion",  # LoRA on a diffusion denoiser (method="diffusion"; model_dir holds unet/ and scheduler/)
         "full",  # full-parameter training
         "lora",  # LoRA training
@@ -104,7 +105,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "packing": False,
     "num_generations": 4,
     "beta": None,  # the KL weight to the reference model; None: the method's own default (DEFAULT_BETA)
-    "loss_type": "sigmoid",  # DPO's loss (the paper's; TRL's default)
+    "loss_type": "sigmoid",  # DPO's loss (the paper's; TRL's default); KTO runs its own loss (TRL's "kto")
     "max_completion_length": 8,
     "load_args": True,
     "allow_quantization_change": False,
@@ -129,9 +130,9 @@ def in_trainable_set(name: str, patterns: Sequence[str]) -> bool:
     return not patterns or any(re.fullmatch(p, name) for p in patterns)
 
 
-#: the KL weight a method uses when the run leaves ``beta`` unset (TRL's defaults: DPO 0.1; GRPO 0.0, no reference
-#: model at all); DPO needs beta > 0
-DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "grpo": 0.0}
+#: the KL weight a method uses when the run leaves ``beta`` unset (TRL's defaults: DPO and KTO 0.1; GRPO 0.0, no
+#: reference model at all); DPO and KTO need beta > 0
+DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "kto": 0.1, "grpo": 0.0}
 
 
 def kl_beta(values: Mapping[str, Any]) -> float:
@@ -218,7 +219,7 @@ class LoraSpec:
     target_modules: str | tuple[str, ...] = "all-linear"
 
 
-Method = Literal["sft", "grpo", "dpo", "diffusion"]
+Method = Literal["sft", "grpo", "dpo", "kto", "diffusion"]
 TrainType = Literal["full", "lora"]
 #: a harness kind (:data:`QUANTIZATIONS`) or one of the adapter's own (``Adapter.quantizations``)
 Quantization = str

@@ -1,4 +1,4 @@
-"""Reference model — preference and RL training measure against the policy the run starts from (DPO, GRPO).
+"""Reference model — preference and RL training measure against the policy the run starts from (DPO, KTO, GRPO).
 
 The story: a DPO run whose reference model is not the policy it starts from trains without an error, its margins
 grow, and its KL anchor is the wrong model. Upstream: hiyouga/LlamaFactory #8459 (DPO on ``adapter_name_or_path``
@@ -6,21 +6,28 @@ without ``ref_model`` calls ``disable_adapter()``: the reference is the base, no
 #4723 (GRPO/RLOO: "the reference model was obtained by just disabling the adapter, which is only correct when the
 adapter is newly initialized"); huggingface/trl #5222 / PR #6043 (LoRA ``target_parameters``: the ``ref`` adapter is
 skipped, reference log-probs come from the base); modelscope/ms-swift PR #9934 (Megatron LoRA RLHF: "DPO/KTO/GRPO used
-the freshly initialized adapter instead of the requested checkpoint without raising an error").
+the freshly initialized adapter instead of the requested checkpoint without raising an error"); huggingface/trl PR
+#6043 (merged 2026-06-13: with ``target_parameters`` the "ref" adapter is skipped, the reference is the bare base, with a
+warning) and PR #6591 (merged 2026-07-30: the copy again on PEFT >= 0.20).
 
 Arrange: the tiny model's LoRA SFT output and full SFT output (2 steps each, LR 1e-2, so they differ visibly from the
 base); ``preferences.jsonl``'s 8 rows in one batch per step (the logged means do not depend on the data order),
 dropout 0, float32. Act: DPO for 4 steps (LR 1e-2, a checkpoint every 2) from each start — a fresh LoRA on the base,
 LoRA continued on the LoRA SFT output (a pre-trained adapter), full training on the full SFT output, full training on
-the LoRA SFT output (merged) — and the LoRA-on-LoRA run killed after checkpoint-2 and resumed.
+the LoRA SFT output (merged), LoRA continued on a LoRA SFT output of the tiny ``qwen3_moe`` (its fused experts adapted
+as ``target_parameters``) — and the LoRA-on-LoRA run killed after checkpoint-2 and resumed.
 Assert:
 
 * before any update the reference is the starting policy: the first step's ``rewards/chosen`` and ``rewards/rejected``
-  are 0 (:data:`~harness.oracles.DPO_REWARD_ATOL`); the message recomputes which model the reference was;
+  are 0 (:data:`~harness.oracles.DPO_REWARD_ATOL`), and the logged policy log-prob is the start's, recomputed (a
+  pre-trained adapter re-initialised at load logs rewards of 0 from the bare base); the message recomputes which model
+  the reference was;
 * after the resume it still is: every step trains on the same batch, so the reference log-probs each step used
   (``logps/* - rewards/* / beta``) are one constant, the first step's (a lost optimizer state moves the policy, not
   the reference; a framework logging no ``logps/*`` is judged by its rewards against the uninterrupted run's);
 * a full DPO run's saves are the whole, trained model (seed 001's oracle);
+* KTO (the rows unpaired, 16 in one batch, 2 steps) from a fresh LoRA, LoRA on the LoRA SFT output and full on the
+  full SFT output: the same first-step rewards, and its ``kl`` estimate 0;
 * GRPO with a KL term (beta 0.04, 2 steps) from a fresh LoRA, LoRA on the LoRA SFT output and full on the LoRA SFT
   output logs ``kl`` 0 at its first step.
 """
@@ -108,6 +115,18 @@ class PreferenceRuns:
                     max_steps=STEPS, save_steps=SAVE_EVERY, learning_rate=1e-2,
                     per_device_train_batch_size=8, device=self.device, **fields)
 
+    def kto(self, start: str):
+        """KTO from ``start``: the 8 preference rows unpaired into 16 (chosen desirable, rejected not), all in one batch,
+        2 steps (only the first is judged)."""
+        key = f"kto-{start}"
+        if key not in self._runs:
+            out = self.tmp.mktemp(key)
+            self._runs[key] = self.adapter.train(spec(self.assets, out, model_dir=self.start_dir(start), method="kto",
+                                                      train_type=STARTS[start].train_type, max_steps=2,
+                                                      learning_rate=1e-2, per_device_train_batch_size=16,
+                                                      device=self.device))
+        return self._runs[key]
+
     def grpo(self, start: str):
         """GRPO with a KL term (``beta`` = :data:`GRPO_BETA`) from ``start``, 2 steps."""
         key = f"grpo-{start}"
@@ -144,6 +163,12 @@ def runs(ft_adapter, tiny_assets, tmp_path_factory, ft_device):
 def dpo_run(runs, request):
     """(start, the uninterrupted DPO run from it)."""
     return request.param, runs.dpo(request.param)
+
+
+@pytest.fixture(scope="module")
+def kto_run(runs, request):
+    """(start, the KTO run from it)."""
+    return request.param, runs.kto(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +214,22 @@ def test_full_dpo_saves_whole_model(runs, dpo_run):
         assert_full_model_saved(directory, runs.assets.model_dir, before)
 
 
+@pytest.mark.ft_requires("kto", "sft")
+@pytest.mark.parametrize("kto_run", start_params("fresh-lora", "lora-on-lora-sft", "full-on-full-sft"), indirect=True)
+def test_kto_reference_matches_the_policy_before_training(runs, kto_run):
+    """KTO (unpaired: each chosen completion desirable, each rejected one not): before the first update its rewards
+    and its KL estimate are 0, measured against the policy the run was given (modelscope/ms-swift PR #9934 names KTO
+    among the methods that trained against a freshly initialised reference adapter)."""
+    start, result = kto_run
+    assert_reference_is_start(result.output_dir, start="the starting policy", candidates=runs.candidates(start),
+                              dataset_dir=runs.assets.dataset_dir, beta=DEFAULT_BETA["kto"], method="KTO")
+    assert_kl_starts_at_zero(result.output_dir, start=f"the starting policy: {runs.start_dir(start)}", method="KTO")
+
+
 @pytest.mark.ft_requires("grpo", "sft")
 @pytest.mark.parametrize("grpo_run", start_params("fresh-lora", "lora-on-lora-sft", "full-on-lora-sft"), indirect=True)
 def test_grpo_kl_starts_at_zero(runs, grpo_run):
     """GRPO with a KL term (beta 0.04): before the first update its logged KL to the reference is 0 (huggingface/trl PR
     #4723: a disabled adapter is the starting policy only when the adapter is fresh)."""
     start, result = grpo_run
-    assert_kl_starts_at_zero(result.output_dir, start=f"the starting policy: {runs.start_dir(start)}")
+    assert_kl_starts_at_zero(result.output_dir, start=f"the starting policy: {runs.start_dir(start)}", method="GRPO")

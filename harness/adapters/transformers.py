@@ -95,7 +95,7 @@ class TransformersAdapter(Adapter):
     """transformers Trainer + PEFT + TRL used plainly (no harness fixes)."""
 
     name = "transformers"
-    capabilities = frozenset({"sft", "grpo", "dpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8",
+    capabilities = frozenset({"sft", "grpo", "dpo", "kto", "full", "lora", "resume", "quant-nf4", "quant-int8", "quanto-int8",
                               "quanto-int4", "best-checkpoint", "packing", "merge", "data", "gradient-checkpointing", "moe", "gpu"})
 
     def __init__(self, **options: str):

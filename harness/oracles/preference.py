@@ -171,14 +171,14 @@ def _assert_policy_is_start(step_log: Mapping[str, float], step: int, *, start: 
 
 
 def assert_reference_is_start(output_dir: Path, *, start: str, candidates: Mapping[str, Path], dataset_dir: Path,
-                              beta: float, atol: float = DPO_REWARD_ATOL) -> None:
+                              beta: float, method: str = "DPO", atol: float = DPO_REWARD_ATOL) -> None:
     """Before any update the reference is the policy the run starts from: the first logged step's ``rewards/chosen``
     and ``rewards/rejected`` are 0 within ``atol``, and (where the run logs ``logps/chosen`` under a rendering the
     harness can recompute) that policy is the start itself, not another candidate. ``candidates`` names saved models
     the reference could be (the starting policy under the name ``start``, the bare base, ...)."""
     rewards = dpo_rewards_by_step(run_log_history(Path(output_dir)))
     if not rewards:
-        raise OracleFailure(_SEED, f"{Path(output_dir).name} logged no DPO rewards: expected 'rewards/chosen' and "
+        raise OracleFailure(_SEED, f"{Path(output_dir).name} logged no {method} rewards: expected 'rewards/chosen' and "
                                   f"'rewards/rejected' at every training step (TRL's keys)")
     step = min(rewards)
     log = rewards[step]
@@ -243,14 +243,15 @@ def assert_reference_survives_resume(resumed_dir: Path, uninterrupted_dir: Path,
                                            f"{got:.6g}, expected {want:.6g} as in the uninterrupted run: {why}")
 
 
-def assert_kl_starts_at_zero(output_dir: Path, *, start: str, atol: float = GRPO_KL_ATOL) -> None:
-    """GRPO with a KL term: before any update the reference is the policy the run starts from, so the first logged step's
-    ``kl`` (the policy against the reference on that step's completions) is 0 within ``atol``."""
+def assert_kl_starts_at_zero(output_dir: Path, *, start: str, method: str = "GRPO", atol: float = GRPO_KL_ATOL) -> None:
+    """GRPO with a KL term, or KTO: before any update the reference is the policy the run starts from, so the first
+    logged step's ``kl`` (the policy against the reference: on GRPO's sampled completions, on KTO's mismatched
+    prompt-completion pairs) is 0 within ``atol``."""
     kls = losses_by_step(run_log_history(Path(output_dir)), "kl")
     if not kls:
-        raise OracleFailure(_SEED, f"{Path(output_dir).name} logged no 'kl': a GRPO run with beta > 0 logs its KL to the "
-                                   f"reference model at every step (TRL's key)")
+        raise OracleFailure(_SEED, f"{Path(output_dir).name} logged no 'kl': a {method} run (GRPO with beta > 0) logs its "
+                                   f"KL to the reference model at every step (TRL's key)")
     step = min(kls)
     if abs(kls[step]) > atol:
         raise OracleFailure(_SEED, f"step {step} (before any update) logged kl {kls[step]:.6g}, expected 0 (|kl| <= "
-                                   f"{atol:g}): GRPO's reference model is not the policy the run starts from ({start})")
+                                   f"{atol:g}): {method}'s reference model is not the policy the run starts from ({start})")

@@ -609,7 +609,7 @@ class ReferenceAdapter(Adapter):
         collator = self.packing_collator(ctx, model) if ctx.values["packing"] else None
         if collator is None and is_chat_dataset(Path(ctx.spec.dataset_dir) / "train.jsonl"):
             collator = self.chat_collator(ctx, tok)
-        kl = ctx.values["method"] == "dpo" or (ctx.values["method"] == "grpo" and kl_beta(ctx.values) > 0)
+        kl = ctx.values["method"] in ("dpo", "kto") or (ctx.values["method"] == "grpo" and kl_beta(ctx.values) > 0)
         ref_model = self.reference_model(ctx, model) if kl else None  # before TRL adds its own "ref" adapter
         trainer = hf.build_trainer(ctx.values, model, tok, targs, ctx.spec.dataset_dir,
                                    callbacks=[PolicyCallback(policy, ctx.values["metric"], self, ctx)],

@@ -52,7 +52,7 @@ NEVER_INHERITED = frozenset(
 )
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "method": ("sft", "grpo", "dpo", "diffusion"),
+    "method": ("sft", "grpo", "dpo", "kto", "diffusion"),
     "loss_type": ("sigmoid", "ipo", "hinge"),
     "train_type": ("full", "lora"),
     "quantization": (None, *QUANTIZATIONS),
@@ -177,14 +177,15 @@ def _check(key: str, value: Any, file: Path | None) -> None:
 
 
 def validate(resolved: ResolvedArgs) -> None:
-    """Type-check every known key against its source file (CLI values name ``<command line>``); DPO's beta must be
-    positive (its loss divides nothing by it, but at 0 the reference drops out and nothing is learned)."""
+    """Type-check every known key against its source file (CLI values name ``<command line>``); DPO's and KTO's beta
+    must be positive (at 0 the reference drops out of the loss and nothing is learned)."""
     for key, value in resolved.values.items():
         src = resolved.sources[key]
         _check(key, value, src.path)
     beta = resolved.values.get("beta")
-    if resolved.values.get("method") == "dpo" and beta is not None and beta == 0:
-        raise ConfigError(resolved.sources["beta"].path, "beta", "a finite positive number for DPO", beta)
+    method = resolved.values.get("method")
+    if method in ("dpo", "kto") and beta is not None and beta == 0:
+        raise ConfigError(resolved.sources["beta"].path, "beta", f"a finite positive number for {method.upper()}", beta)
 
 
 def resolve(cli: Mapping[str, Any], model_dir: Path, resume_dir: Path | None = None,
