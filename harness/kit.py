@@ -111,11 +111,20 @@ DATASET_FORMATS: dict[str, tuple[Any, Any]] = {
 }
 
 
+def unpaired_preferences(rows, make) -> list[dict[str, Any]]:
+    """Preference rows (prompt / chosen / rejected) unpaired for KTO, as TRL's ``unpair_preference_dataset`` does: every
+    chosen completion a desirable row, then every rejected one an undesirable row; ``make(prompt, completion, label)``
+    builds a row in the framework's format."""
+    return ([make(r["prompt"], r["chosen"], True) for r in rows]
+            + [make(r["prompt"], r["rejected"], False) for r in rows])
+
+
 def convert_datasets(dataset_dir: Path, out_dir: Path, fmt: str, *, eval_file: str = "eval.jsonl") -> dict[str, Path]:
     """The tiny datasets in a framework's format (:data:`DATASET_FORMATS`); returns ``{"train", "eval", "prompts",
     "preferences"} -> file`` (``prompts`` / ``preferences`` only when ``prompts.jsonl`` / ``preferences.jsonl`` exist;
     preference rows are copied as they are, validated). ``"alpaca"`` also writes a LLaMA-Factory ``dataset_info.json``
-    naming the files ``ft_train`` / ``ft_eval`` (and ``ft_preferences``, a ``ranking`` dataset)."""
+    naming the files ``ft_train`` / ``ft_eval`` (and ``ft_preferences``, a ``ranking`` dataset, and ``ft_kto``, the same
+    rows unpaired with a ``kto_tag``: each chosen completion desirable, each rejected one not)."""
     from .models import read_jsonl, read_texts, write_jsonl
 
     if fmt not in DATASET_FORMATS:
@@ -134,9 +143,14 @@ def convert_datasets(dataset_dir: Path, out_dir: Path, fmt: str, *, eval_file: s
     if fmt == "alpaca":
         info = {f"ft_{name}": {"file_name": path.name, "columns": {"prompt": "instruction", "response": "output"}}
                 for name, path in files.items() if name not in ("prompts", "preferences")}
-        if "preferences" in files:  # LLaMA-Factory's alpaca preference format
+        if "preferences" in files:  # LLaMA-Factory's alpaca preference format, and its KTO format
             info["ft_preferences"] = {"file_name": files["preferences"].name, "ranking": True,
                                       "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}}
+            kto = write_jsonl(out_dir / "kto.jsonl", unpaired_preferences(read_jsonl(files["preferences"]),
+                                                                         lambda p, c, tag: {"instruction": p, "output": c,
+                                                                                            "kto_tag": tag}))
+            info["ft_kto"] = {"file_name": kto.name,
+                              "columns": {"prompt": "instruction", "response": "output", "kto_tag": "kto_tag"}}
         (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return files
 

@@ -129,6 +129,31 @@ def test_swift_dpo_and_grpo_argv_and_ref_adapters(tmp_path):
     assert _args(build_argv(grpo.replace(cli={"beta": 0.04}), fields, data)[1])["beta"] == "0.04"
 
 
+def test_swift_kto_argv_and_unpaired_rows(tmp_path):
+    """KTO is ``swift rlhf --rlhf_type kto`` on the rows unpaired (``messages`` + a boolean ``label``: every chosen
+    answer desirable, then every rejected one not), with KTO's beta, no DPO ``--loss_type``, and
+    ``--gradient_accumulation_steps`` always typed (ms-swift 4.6.0's KTO data preparation crashes without it)."""
+    from harness.adapters.swift import swift_kto
+    from harness.models import preference_rows, write_jsonl
+
+    pairs = preference_rows()
+    rows = [json.loads(line) for line in swift_kto(write_jsonl(tmp_path / "p.jsonl", pairs),
+                                                    tmp_path / "kto.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == [True] * len(pairs) + [False] * len(pairs)
+    assert rows[0]["messages"] == [{"role": "user", "content": pairs[0]["prompt"]},
+                                   {"role": "assistant", "content": pairs[0]["chosen"]}]
+    assert rows[len(pairs)]["messages"][1]["content"] == pairs[0]["rejected"]
+    fields = V4_FIELDS | {"rlhf_type", "beta", "loss_type", "ref_adapters", "gradient_accumulation_steps"}
+    spec = RunSpec(model_dir=tmp_path / "base", output_dir=tmp_path / "out", dataset_dir=tmp_path / "data", method="kto",
+                   train_type="lora")
+    entry, argv = build_argv(spec, fields, {**DATA, "preferences": tmp_path / "kto.jsonl"})
+    args = _args(argv)
+    assert (entry, args["rlhf_type"], args["beta"], args["gradient_accumulation_steps"]) == ("rlhf", "kto", "0.1", "1")
+    assert "loss_type" not in args, "KTO runs its own loss, not DPO's sigmoid"
+    with pytest.raises(ConfigError, match="sft, grpo, dpo or kto"):
+        build_argv(spec.replace(method="diffusion"), fields, DATA)
+
+
 def test_swift_trainable_set_is_a_frozen_model_with_one_anchored_regex(tiny_assets):
     """trainable_parameters (whole-name regexes) is not swift's --trainable_parameters (name prefixes): everything is
     frozen (--freeze_parameters_ratio 1) and one anchored --trainable_parameters_regex unfreezes exactly the set."""
@@ -219,6 +244,24 @@ def test_llamafactory_dpo_config_and_preference_dataset(tmp_path):
     assert build_config(_spec(tmp_path), DEFAULTS, tmp_path / "d")["stage"] == "sft"
 
 
+def test_llamafactory_kto_config_and_kto_tag_dataset(tmp_path):
+    """KTO is stage kto on ``ft_kto``, the preference rows unpaired with a ``kto_tag`` (alpaca columns), with the run's
+    beta as ``pref_beta``, no DPO ``pref_loss`` and no ref_model key."""
+    from harness.models import preference_rows, write_datasets
+
+    src = write_datasets(tmp_path / "src")
+    kit.convert_datasets(src, tmp_path / "d", "alpaca")
+    info = json.loads((tmp_path / "d" / "dataset_info.json").read_text())
+    assert info["ft_kto"]["columns"] == {"prompt": "instruction", "response": "output", "kto_tag": "kto_tag"}
+    rows = [json.loads(line) for line in (tmp_path / "d" / info["ft_kto"]["file_name"]).read_text().splitlines()]
+    pairs = preference_rows()
+    assert rows[0] == {"instruction": pairs[0]["prompt"], "output": pairs[0]["chosen"], "kto_tag": True}
+    assert rows[len(pairs)] == {"instruction": pairs[0]["prompt"], "output": pairs[0]["rejected"], "kto_tag": False}
+    cfg = build_config(_spec(tmp_path), {**DEFAULTS, "method": "kto", "beta": 0.2}, tmp_path / "d")
+    assert (cfg["stage"], cfg["dataset"], cfg["pref_beta"]) == ("kto", "ft_kto", 0.2)
+    assert "pref_loss" not in cfg and "ref_model" not in cfg
+
+
 def test_transformers_training_arguments():
     values = {**DEFAULTS, "eval_steps": 5, "save_steps": 20, "save_total_limit": 1, "metric": "eval_accuracy",
               "greater_is_better": True}
@@ -242,7 +285,7 @@ def test_convert_datasets_formats(tiny_assets, tmp_path):
     assert " ".join(m["content"] for m in row["messages"]) == first
     files = kit.convert_datasets(tiny_assets.dataset_dir, tmp_path / "a", "alpaca")
     info = json.loads((tmp_path / "a" / "dataset_info.json").read_text())
-    assert set(info) == {"ft_train", "ft_eval", "ft_preferences"} and info["ft_train"]["file_name"] == "train.jsonl"
+    assert set(info) == {"ft_train", "ft_eval", "ft_preferences", "ft_kto"} and info["ft_train"]["file_name"] == "train.jsonl"
     row = json.loads(files["eval"].read_text().splitlines()[0])
     assert set(row) == {"instruction", "output"}
     with pytest.raises(ValueError, match="unknown dataset format"):

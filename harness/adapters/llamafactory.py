@@ -5,7 +5,7 @@ run, as with the CLI).
 The tiny datasets become alpaca rows (``instruction`` = first word, ``output`` = the rest) with a
 ``dataset_info.json``; ``stage: sft``, ``template: empty``. DPO (``method="dpo"``) is ``stage: dpo`` on the
 preference rows (a ``ranking`` dataset) with ``pref_beta`` / ``pref_loss``, and no ``ref_model`` (as its example
-configs). Every Hugging Face TrainingArguments key passes through LLaMA-Factory unchanged, so the cadence keys are the
+configs); KTO (``method="kto"``) is ``stage: kto`` on the same rows unpaired with a ``kto_tag``, with ``pref_beta``. Every Hugging Face TrainingArguments key passes through LLaMA-Factory unchanged, so the cadence keys are the
 transformers ones.
 ``resume_from="latest"`` is LLaMA-Factory's own behaviour: an existing ``output_dir`` with
 checkpoints and no ``resume_from_checkpoint`` resumes from the last one.
@@ -98,8 +98,8 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
                  load_best_model_at_end: bool = False, special_tokens_key: str = "add_special_tokens") -> dict[str, Any]:
     """The ``llamafactory-cli train`` config for one RunSpec (``values``: CLI over defaults)."""
     model_dir = Path(spec.model_dir)
-    dpo = values["method"] == "dpo"
-    cfg: dict[str, Any] = {"stage": "dpo" if dpo else "sft", "do_train": True, "template": template, "finetuning_type":
+    method = values["method"]
+    cfg: dict[str, Any] = {"stage": method if method in ("dpo", "kto") else "sft", "do_train": True, "template": template, "finetuning_type":
                            values["train_type"]}  # trust_remote_code: default False; 0.9.0/0.9.1 reject the key
     if is_adapter_dir(model_dir):
         cfg.update(model_name_or_path=str(adapter_base(model_dir)), adapter_name_or_path=str(model_dir))
@@ -115,8 +115,10 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], dataset_dir: Path, *,
     cfg.update(hf.training_arguments(values, spec.output_dir, spec.device))  # LLaMA-Factory passes them to Trainer
     cfg.update(dataset="ft_train", dataset_dir=str(dataset_dir), cutoff_len=64, packing=False, overwrite_cache=True,
                preprocessing_num_workers=None, warmup_ratio=0.0, plot_loss=False, bf16=False, fp16=False)
-    if dpo:  # examples/train_lora/*_dpo.yaml: no ref_model key (LLaMA-Factory chooses the reference itself)
+    if method == "dpo":  # examples/train_lora/*_dpo.yaml: no ref_model key (LLaMA-Factory chooses the reference itself)
         cfg.update(dataset="ft_preferences", pref_beta=kl_beta(values), pref_loss=values["loss_type"])
+    elif method == "kto":  # examples/train_lora/*_kto.yaml: stage kto, a kto_tag dataset, pref_beta, no ref_model
+        cfg.update(dataset="ft_kto", pref_beta=kl_beta(values))
     if values.get("save_total_limit"):
         cfg["save_total_limit"] = values["save_total_limit"]
     if eval_steps:
@@ -180,7 +182,7 @@ class LlamaFactoryAdapter(Adapter):
     """LLaMA-Factory ``run_exp`` with the config a user would write."""
 
     name = "llamafactory"
-    capabilities = frozenset({"sft", "dpo", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint",
+    capabilities = frozenset({"sft", "dpo", "kto", "full", "lora", "resume", "quant-nf4", "quant-int8", "best-checkpoint",
                               "merge", "packing", "data", "new-tokens", "trainable-set", "moe", "gradient-checkpointing",
                               "gpu"})
 

@@ -34,7 +34,8 @@ Options (``--ft-adapter-option KEY=VALUE``):
 
 DPO (``method="dpo"``) is ``swift rlhf --rlhf_type dpo`` on ``messages`` + ``rejected_response`` rows (the tiny chat
 template), ``--beta`` / ``--loss_type`` as resolved, and no ``--ref_model`` / ``--ref_adapters``: ms-swift chooses
-the reference, as for a user who continues from ``--adapters``.
+the reference, as for a user who continues from ``--adapters``. KTO (``method="kto"``) is ``--rlhf_type kto`` on the
+same rows unpaired (``messages`` + a boolean ``label``), ``--beta``.
 
 Chat data (``messages`` / ``prompt``+``completion`` rows) is passed as ``messages`` rows; ``training_batches`` runs
 ``swift sft`` and stops at ``Trainer.train()`` to read one epoch of its dataloader.
@@ -189,6 +190,14 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
         args.update(rlhf_type="dpo", dataset=str(data["preferences"]), eval_strategy="no")
         args["beta"] = kl_beta({**cli, "method": method})
         args.setdefault("loss_type", TASK_DEFAULTS["loss_type"])
+    elif method == "kto":  # docs: swift rlhf --rlhf_type kto, messages + label rows (KTO's own loss), no --ref_model
+        entry = "rlhf"
+        args.update(rlhf_type="kto", dataset=str(data["preferences"]), eval_strategy="no")
+        args["beta"] = kl_beta({**cli, "method": method})
+        args.pop("loss_type", None)
+        # 4.6.0's prepare_kto_dataset multiplies by gradient_accumulation_steps before ms-swift has defaulted it
+        # (TypeError: 'int' and 'NoneType' without the flag), so it is always typed
+        args.setdefault("gradient_accumulation_steps", cli.get("gradient_accumulation_steps", 1))
     elif method == "sft":
         entry = "sft"
         args.update(dataset=str(data["train"]), val_dataset=str(data["eval"]),
@@ -196,7 +205,7 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
         if not eval_steps:
             args.pop("eval_steps", None)
     else:
-        raise ConfigError(None, "method", "sft, grpo or dpo", method)
+        raise ConfigError(None, "method", "sft, grpo, dpo or kto", method)
     if ref_adapters and entry == "rlhf" and "adapters" in args:  # the reference: base + the pre-trained adapter
         args["ref_adapters"] = args["adapters"]
     args.setdefault("lr_scheduler_type", "constant")
@@ -227,6 +236,17 @@ def build_argv(spec: RunSpec, fields: set[str], data: Mapping[str, Path], *, tem
         else:
             argv.append(_fmt(value))
     return entry, argv
+
+
+def swift_kto(rows_file: Path, out: Path) -> Path:
+    """Preference rows unpaired as ms-swift's KTO format: each exchange as ``messages`` with a boolean ``label``
+    (the chosen answer desirable, the rejected one not)."""
+    from ..kit import unpaired_preferences
+    from ..models import read_jsonl, write_jsonl
+
+    return write_jsonl(out, unpaired_preferences(read_jsonl(rows_file), lambda prompt, completion, label: {
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+        "label": label}))
 
 
 def swift_preferences(rows_file: Path, out: Path) -> Path:
@@ -334,6 +354,8 @@ class SwiftAdapter(Adapter):
             caps.add("grpo")
         if self._has_rlhf("dpo"):
             caps.add("dpo")
+        if self._has_rlhf("kto"):
+            caps.add("kto")
         if "new_special_tokens" in self._fields():  # --new_special_tokens: swift adds them and resizes
             caps.add("new-tokens")
         if "router_aux_loss_coef" in self._fields():
@@ -438,7 +460,7 @@ class SwiftAdapter(Adapter):
         ``qwen`` for text."""
         if self.template_given:
             return self.template
-        if spec.method != "dpo" and not is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
+        if spec.method not in ("dpo", "kto") and not is_chat_dataset(Path(spec.dataset_dir) / "train.jsonl"):
             return self.template
         if not _is_reasoning_model(spec.model_dir):
             return TINY_TEMPLATE
@@ -491,10 +513,12 @@ class SwiftAdapter(Adapter):
             data = self._data(spec, Path(tmp))
             plugin = Path(tmp) / "ft_swift_plugin.py"
             plugin.write_text(_PLUGIN, encoding="utf-8")
-            if spec.method in ("grpo", "dpo"):
+            if spec.method in ("grpo", "dpo", "kto"):
                 fields = fields | self._rlhf_fields()
             if spec.method == "dpo":
                 data["preferences"] = swift_preferences(data["preferences"], Path(tmp) / "data" / "dpo.jsonl")
+            elif spec.method == "kto":
+                data["preferences"] = swift_kto(data["preferences"], Path(tmp) / "data" / "kto.jsonl")
             entry, argv = build_argv(spec, fields, data, template=self._template_for(spec), load_args=self.load_args,
                                      ref_adapters=self.ref_adapters,
                                      plugin=plugin)
