@@ -105,7 +105,7 @@ def _heavy_imports_once():
     import peft  # noqa: F401
     import torch  # noqa: F401
     import trl  # noqa: F401
-    from trl import DPOConfig, DPOTrainer, GRPOTrainer  # noqa: F401
+    from trl import DPOConfig, DPOTrainer, GRPOTrainer, KTOConfig, KTOTrainer  # noqa: F401
 
     import harness.reference.trainer  # noqa: F401
 

@@ -831,6 +831,22 @@ def test_bisect_command_end_to_end(tmp_path, fake_world, monkeypatch, capsys):
     assert "reversed" in capsys.readouterr().err
 
 
+def test_bisect_scenario_narrows_the_bisected_test(tmp_path, fake_world, monkeypatch, capsys):
+    """``--scenario`` beside ``--bisect`` narrows what each probe runs (one parametrisation of the bisected test): the
+    probes' -k is both, and-ed."""
+    uv, _ = fake_world
+    from harness.sweep import cli as sweep_cli
+
+    monkeypatch.setattr(sweep_cli, "fetch_releases", lambda dist, index=None, **kw: RELEASES)
+    seen = []
+    real = sweep_cli.run_version
+    monkeypatch.setattr(sweep_cli, "run_version", lambda *a, **kw: seen.append(kw["k_expr"]) or real(*a, **kw))
+    _cli_in(tmp_path, uv, "ms-swift", "--bisect", "seed_lora", "--good", "4.6.0", "--bad", "3.0.0",
+            "--scenario", "moe", "--scenario", "fresh")
+    capsys.readouterr()
+    assert seen and set(seen) == {"(seed_lora) and ((moe) or (fresh))"}
+
+
 def test_prune_removes_only_envs_the_pins_no_longer_use(tmp_path, fake_uv, capsys):
     uv, _ = fake_uv
     b = _builder(tmp_path, uv)

@@ -140,8 +140,9 @@ class TransformersAdapter(Adapter):
         if values["train_type"] == "lora" and is_adapter_dir(spec.model_dir):
             # LoRA continued from a LoRA output: the adapter loaded trainable on its base, as PEFT documents
             # (``PeftModel.from_pretrained(..., is_trainable=True)``). Not ``from_pretrained(adapter_dir)`` and then
-            # ``get_peft_model``: PEFT 0.21.2 re-initialises the loaded "default" adapter there without a word (B = 0,
-            # the policy is the bare base), and on fused MoE experts it raises "target the same nn.Parameter twice".
+            # ``get_peft_model``: PEFT 0.21.2 re-initialises the loaded "default" adapter there (B = 0, the policy is the
+            # bare base; it only warns "modify a model with PEFT for a second time"), and on fused MoE experts it
+            # raises "target the same nn.Parameter twice".
             from peft import PeftModel
 
             base = hf.load_causal_lm(adapter_base(spec.model_dir), values["quantization"], spec.device)

@@ -53,7 +53,8 @@ class ReferenceSkipsParameterAdapters(ReferenceAdapter):
 
 class PretrainedAdapterReinitialised(ReferenceAdapter):
     """The pre-trained adapter a LoRA run continues is loaded and then initialised afresh (B = 0): what
-    ``AutoModelForCausalLM.from_pretrained(<LoRA output>)`` followed by ``get_peft_model`` does with PEFT 0.21.2, silently.
+    ``AutoModelForCausalLM.from_pretrained(<LoRA output>)`` followed by ``get_peft_model`` does with PEFT 0.21.2 (behind
+    one warning).
     The reference is taken from that policy, so the first step's rewards are 0: only the recomputation of which model
     the run trains from sees that it is the bare base, not the SFT output it was given."""
 

@@ -98,7 +98,8 @@ def _add_selection_arguments(sp: argparse.ArgumentParser) -> None:
                          "Requires-Dist taken as direct requirements, uv --resolution lowest-direct; within the "
                          "pins and ft-harness's own floors); named <version>-min")
     sp.add_argument("--scenario", action="append", default=[], metavar="PATTERN",
-                    help="pytest -k expression selecting scenarios (repeatable: or-ed); default: all")
+                    help="pytest -k expression selecting scenarios (repeatable: or-ed); default: all; with "
+                         "--bisect, it narrows the bisected scenario (e.g. to one parametrisation)")
     sp.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
                     help="adapter option (repeatable), over the pins' defaults")
     sp.add_argument("--jobs", type=int, default=1, metavar="N", help="versions run in parallel (default 1)")
@@ -357,6 +358,8 @@ def _sweep(args, name, distribution, versions, pins_of, builder, out, options, p
 def _bisect(args, name, versions, pins_of, builder, out, options, pytest_args, log) -> int:
     scenario = args.bisect
     k_expr = scenario.split("::")[-1] if "::" in scenario else scenario
+    if args.scenario:  # --scenario narrows the bisected test (one parametrisation of it, say)
+        k_expr = f"({k_expr}) and (" + " or ".join(f"({k})" for k in args.scenario) + ")"
     start = time.perf_counter()
     timings: dict[str, Any] = {}
 
