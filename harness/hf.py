@@ -187,6 +187,8 @@ def build_trainer(values: Mapping[str, Any], model, tok, targs: Mapping[str, Any
                                     callbacks=list(callbacks))
         if ref_model is not None and cfg.beta != 0.0:
             trainer.ref_model = _grpo_reference(trainer, cfg, ref_model)
+            if "ref" in getattr(model, "peft_config", {}):  # TRL's own copy of a pre-trained adapter, now unused: it
+                model.delete_adapter("ref")  # would be saved beside the policy's and expected again at a resume
     elif values["method"] == "dpo":
         from trl import DPOConfig, DPOTrainer
 

@@ -26,6 +26,8 @@ Assert:
   (``logps/* - rewards/* / beta``) are one constant, the first step's (a lost optimizer state moves the policy, not
   the reference; a framework logging no ``logps/*`` is judged by its rewards against the uninterrupted run's);
 * a full DPO run's saves are the whole, trained model (seed 001's oracle);
+* a GRPO run (LoRA on the LoRA SFT output, beta 0.04, 4 steps) killed after checkpoint-2 and resumed logs the
+  uninterrupted run's ``kl`` at every resumed step (:data:`~harness.oracles.GRPO_RESUME_KL_RTOL`);
 * KTO (the rows unpaired, 16 in one batch, 2 steps) from a fresh LoRA, LoRA on the LoRA SFT output and full on the
   full SFT output: the same first-step rewards, and its ``kl`` estimate 0;
 * GRPO with a KL term (beta 0.04, 2 steps) from a fresh LoRA, LoRA on the LoRA SFT output and full on the LoRA SFT
@@ -40,8 +42,8 @@ from typing import NamedTuple
 import pytest
 
 from harness.faults import KillInTraining, require_killed, run_killed
-from harness.oracles import (assert_full_model_saved, assert_kl_starts_at_zero, assert_reference_is_start,
-                             assert_reference_survives_resume, start_weights)
+from harness.oracles import (assert_full_model_saved, assert_kl_starts_at_zero, assert_kl_survives_resume,
+                             assert_reference_is_start, assert_reference_survives_resume, start_weights)
 from harness.models import build_model
 from harness.spec import DEFAULT_BETA
 
@@ -127,14 +129,18 @@ class PreferenceRuns:
                                                       device=self.device))
         return self._runs[key]
 
-    def grpo(self, start: str):
-        """GRPO with a KL term (``beta`` = :data:`GRPO_BETA`) from ``start``, 2 steps."""
-        key = f"grpo-{start}"
+    def grpo_spec(self, start: str, out, *, max_steps: int = 2, **fields):
+        return spec(self.assets, out, model_dir=self.start_dir(start), method="grpo",
+                    train_type=STARTS[start].train_type, max_steps=max_steps, learning_rate=1e-2, device=self.device,
+                    cli={"beta": GRPO_BETA}, **fields)
+
+    def grpo(self, start: str, steps: int = 2):
+        """GRPO with a KL term (``beta`` = :data:`GRPO_BETA`) from ``start``: 2 steps, or ``steps`` with a checkpoint
+        every :data:`SAVE_EVERY` (the resume test's uninterrupted run)."""
+        key = f"grpo-{start}-{steps}"
         if key not in self._runs:
-            out = self.tmp.mktemp(key)
-            self._runs[key] = self.adapter.train(spec(self.assets, out, model_dir=self.start_dir(start), method="grpo",
-                                                      train_type=STARTS[start].train_type, max_steps=2, learning_rate=1e-2,
-                                                      device=self.device, cli={"beta": GRPO_BETA}))
+            saves = {} if steps == 2 else {"save_steps": SAVE_EVERY}
+            self._runs[key] = self.adapter.train(self.grpo_spec(start, self.tmp.mktemp(key), max_steps=steps, **saves))
         return self._runs[key]
 
     def dpo(self, start: str):
@@ -233,3 +239,19 @@ def test_grpo_kl_starts_at_zero(runs, grpo_run):
     #4723: a disabled adapter is the starting policy only when the adapter is fresh)."""
     start, result = grpo_run
     assert_kl_starts_at_zero(result.output_dir, start=f"the starting policy: {runs.start_dir(start)}", method="GRPO")
+
+
+@pytest.mark.ft_requires("grpo", "sft", "lora", "resume", "in-process")
+def test_grpo_resume_keeps_the_reference(runs, tmp_path):
+    """GRPO with a KL term, LoRA on the LoRA SFT output, killed after checkpoint-2 and resumed: every resumed step's KL
+    is the uninterrupted run's. A reference re-taken from the resumed weights logs a KL of 0 right after the resume
+    (the policy is its own reference again); the bare base, a larger one."""
+    start = "lora-on-lora-sft"
+    uninterrupted = runs.grpo(start, STEPS)
+    out = tmp_path / "killed"
+    point = KillInTraining(RESUME_AT)
+    require_killed(run_killed(runs.adapter, runs.grpo_spec(start, out, max_steps=STEPS, save_steps=SAVE_EVERY), point),
+                   point)
+    resumed = runs.adapter.train(runs.grpo_spec(start, out, max_steps=STEPS, save_steps=SAVE_EVERY,
+                                                resume_from="latest"))
+    assert_kl_survives_resume(resumed.output_dir, uninterrupted.output_dir, resumed_from=RESUME_AT)
