@@ -26,8 +26,10 @@ Assert:
   (``logps/* - rewards/* / beta``) are one constant, the first step's (a lost optimizer state moves the policy, not
   the reference; a framework logging no ``logps/*`` is judged by its rewards against the uninterrupted run's);
 * a full DPO run's saves are the whole, trained model (seed 001's oracle);
-* a GRPO run (LoRA on the LoRA SFT output, beta 0.04, 4 steps) killed after checkpoint-2 and resumed logs the
-  uninterrupted run's ``kl`` at every resumed step (:data:`~harness.oracles.GRPO_RESUME_KL_RTOL`);
+* a GRPO run (LoRA on the LoRA SFT output, beta 0.04, 4 steps) killed after checkpoint-2 and resumed does not log a
+  KL of 0 at step 3 where the uninterrupted run logs one (measured: 0.006666 uninterrupted and resumed, identical; a
+  reference re-taken from the resumed weights logs 0.0) — the KL's vanishing is what says the reference was re-taken,
+  while its value also moves with the policy and the completions, which other scenarios judge;
 * KTO (the rows unpaired, 16 in one batch, 2 steps) from a fresh LoRA, LoRA on the LoRA SFT output and full on the
   full SFT output: the same first-step rewards, and its ``kl`` estimate 0;
 * GRPO with a KL term (beta 0.04, 2 steps) from a fresh LoRA, LoRA on the LoRA SFT output and full on the LoRA SFT
@@ -243,9 +245,9 @@ def test_grpo_kl_starts_at_zero(runs, grpo_run):
 
 @pytest.mark.ft_requires("grpo", "sft", "lora", "resume", "in-process")
 def test_grpo_resume_keeps_the_reference(runs, tmp_path):
-    """GRPO with a KL term, LoRA on the LoRA SFT output, killed after checkpoint-2 and resumed: every resumed step's KL
-    is the uninterrupted run's. A reference re-taken from the resumed weights logs a KL of 0 right after the resume
-    (the policy is its own reference again); the bare base, a larger one."""
+    """GRPO with a KL term, LoRA on the LoRA SFT output, killed after checkpoint-2 and resumed: the reference is not
+    re-taken from the resumed weights, which would make the policy its own reference again (a KL of 0 right after the
+    resume)."""
     start = "lora-on-lora-sft"
     uninterrupted = runs.grpo(start, STEPS)
     out = tmp_path / "killed"

@@ -25,7 +25,7 @@ from ..layout import run_log_history
 from .failure import OracleFailure
 from .reading import losses_by_step
 
-__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "GRPO_KL_ATOL", "GRPO_RESUME_KL_RTOL", "RENDERINGS",
+__all__ = ["DPO_REWARD_ATOL", "DPO_RESUME_RTOL", "GRPO_KL_ATOL", "RENDERINGS",
            "assert_kl_starts_at_zero", "assert_kl_survives_resume",
            "dpo_rewards_by_step", "completion_logps", "reference_logps",
            "assert_reference_is_start", "assert_reference_survives_resume"]
@@ -47,12 +47,6 @@ GRPO_KL_ATOL = 1e-7
 #: ``logps - rewards / beta``); a reference re-taken from the resumed weights (mutant ReferenceIsResumedPolicy) is off by
 #: 4e-2 at step 3.
 DPO_RESUME_RTOL = 1e-5
-#: relative bound on a resumed GRPO step's logged ``kl`` against the uninterrupted run's at the same step (the resume
-#: replays the same completions: the sampling RNG is restored). Measured on the reference (LoRA on the LoRA SFT output,
-#: beta 0.04, killed after checkpoint-2): steps 3 and 4 identical to the uninterrupted run's (kl 0.006666, 0.0036237;
-#: relative difference 0.0); a reference re-taken from the resumed weights (ReferenceIsResumedPolicy) logs 0 at step 3.
-#: The bound is float32 rounding's, as DPO_RESUME_RTOL's.
-GRPO_RESUME_KL_RTOL = 1e-5
 #: |logps/chosen - the harness's recomputation| (relative) under which the run rendered the preference rows as one of
 #: :data:`RENDERINGS`, so the reference log-prob the run used can be recomputed and named in a failure message
 _SAME_TOKENISATION_RTOL = 1e-4
@@ -265,26 +259,23 @@ def assert_kl_starts_at_zero(output_dir: Path, *, start: str, method: str = "GRP
 
 
 def assert_kl_survives_resume(resumed_dir: Path, uninterrupted_dir: Path, *, resumed_from: int,
-                              rtol: float = GRPO_RESUME_KL_RTOL, atol: float = GRPO_KL_ATOL) -> None:
-    """GRPO with a KL term, resumed from checkpoint-``resumed_from``: the reference is still the original starting
-    policy, so every resumed step's ``kl`` is the uninterrupted run's at that step (the resume replays the same
-    completions). A reference re-taken from the resumed weights logs a KL of 0 at the first resumed step."""
+                              atol: float = GRPO_KL_ATOL) -> None:
+    """GRPO with a KL term, resumed from checkpoint-``resumed_from``: the reference is not re-taken from the resumed
+    weights. Such a reference is the policy again, so the first resumed step logs a KL of 0 where the uninterrupted run
+    logs one above ``atol``. Only the KL's vanishing is judged, not its value: GRPO logs no log-probs to separate the
+    reference from the policy, and a resume that changes the sampled completions or the policy (a lost optimizer state,
+    another data order or RNG state: other scenarios' bugs) changes the KL without touching the reference."""
     resumed = losses_by_step(run_log_history(Path(resumed_dir)), "kl")
     expected = losses_by_step(run_log_history(Path(uninterrupted_dir)), "kl")
     later = sorted(s for s in expected if s > resumed_from)
     if not later:
         raise OracleFailure(_SEED, f"the uninterrupted GRPO run logged no 'kl' after step {resumed_from}")
-    missing = [s for s in later if s not in resumed]
-    if missing:
-        raise OracleFailure(_SEED, f"the GRPO run resumed from checkpoint-{resumed_from} logged no 'kl' for steps "
-                                   f"{missing} (logged: {sorted(resumed)})")
-    for step in later:
-        got, want = resumed[step], expected[step]
-        if math.isclose(got, want, rel_tol=rtol, abs_tol=atol):
-            continue
-        why = (f"a KL of 0 right after the resume: the reference is the resumed policy (checkpoint-{resumed_from}'s "
-               f"weights)" if step == later[0] and abs(got) <= atol else
-               "the reference (or the resumed policy's completions) is not the uninterrupted run's")
+    if later[0] not in resumed:
+        raise OracleFailure(_SEED, f"the GRPO run resumed from checkpoint-{resumed_from} logged no 'kl' for step "
+                                   f"{later[0]} (logged: {sorted(resumed)})")
+    step = later[0]
+    if abs(expected[step]) > atol and abs(resumed[step]) <= atol:
         raise OracleFailure(_SEED, f"after resuming GRPO from checkpoint-{resumed_from}, step {step} logged kl "
-                                   f"{got:.6g}, expected {want:.6g} as in the uninterrupted run (rtol {rtol:g}): {why}, "
-                                   f"not the policy the run started from")
+                                   f"{resumed[step]:.6g}, expected {expected[step]:.6g} as in the uninterrupted run (a "
+                                   f"KL above {atol:g}): the reference is the resumed policy (checkpoint-{resumed_from}'s "
+                                   f"weights), not the policy the run started from")
