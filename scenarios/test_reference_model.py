@@ -121,14 +121,15 @@ class PreferenceRuns:
 
     def kto(self, start: str):
         """KTO from ``start``: the 8 preference rows unpaired into 16 (chosen desirable, rejected not), all in one batch,
-        2 steps (only the first is judged)."""
+        2 steps (only the first is judged), saved once at the end (a framework that writes ``trainer_state.json`` only
+        into checkpoints, axolotl, keeps its log there)."""
         key = f"kto-{start}"
         if key not in self._runs:
             out = self.tmp.mktemp(key)
             self._runs[key] = self.adapter.train(spec(self.assets, out, model_dir=self.start_dir(start), method="kto",
                                                       train_type=STARTS[start].train_type, max_steps=2,
                                                       learning_rate=1e-2, per_device_train_batch_size=16,
-                                                      device=self.device))
+                                                      save_steps=2, device=self.device))
         return self._runs[key]
 
     def grpo_spec(self, start: str, out, *, max_steps: int = 2, **fields):

@@ -301,6 +301,31 @@ def test_axolotl_config_variants(tmp_path):
     assert "model_config" not in cfg, "no router term asked: the model's own config is left alone"
 
 
+def test_axolotl_dpo_and_kto_configs(tmp_path):
+    """DPO and KTO are ``rl: dpo|kto`` with ``rl_beta`` on a ``user_defined`` dataset type (a mapping of the rows'
+    fields); KTO reads the rows unpaired (written beside the YAML) and sets ``remove_unused_columns: false``, as
+    axolotl's validation demands."""
+    from harness.models import preference_rows, read_jsonl, write_jsonl
+
+    spec = RunSpec(model_dir=tmp_path / "m", output_dir=tmp_path / "o", dataset_dir=tmp_path / "d", method="dpo")
+    data = {**DATA, "preferences": Path("/d/preferences.jsonl"), "kto": Path("/w/kto.jsonl")}
+    dpo = build_config(spec, _values(method="dpo"), data, tmp_path)
+    assert (dpo["rl"], dpo["rl_beta"]) == ("dpo", 0.1) and "remove_unused_columns" not in dpo
+    assert dpo["datasets"] == [{"path": "/d/preferences.jsonl", "ds_type": "json", "split": "train",
+                                "type": {"field_prompt": "prompt", "field_chosen": "chosen", "field_rejected": "rejected"}}]
+    kto = build_config(spec.replace(method="kto"), _values(method="kto", beta=0.3), data, tmp_path)
+    assert (kto["rl"], kto["rl_beta"], kto["remove_unused_columns"]) == ("kto", 0.3, False)
+    assert kto["datasets"][0]["path"] == "/w/kto.jsonl" and kto["datasets"][0]["type"]["field_label"] == "label"
+    assert "rl" not in build_config(spec.replace(method="sft"), _values(), DATA, tmp_path)
+    adapter = AxolotlAdapter()
+    work = tmp_path / "work"
+    work.mkdir()
+    prefs = write_jsonl(tmp_path / "preferences.jsonl", preference_rows())
+    adapter.write_config(spec.replace(method="kto"), _values(method="kto"), {**DATA, "preferences": prefs}, work)
+    rows = read_jsonl(work / "kto.jsonl")
+    assert [r["label"] for r in rows] == [True] * 8 + [False] * 8 and rows[0]["completion"] == preference_rows()[0]["chosen"]
+
+
 def test_axolotl_trainable_set_lists_each_trainable_name(tiny_assets, tmp_path):
     """trainable_parameters becomes unfrozen_parameters, one anchored name per trainable parameter: run through
     axolotl's own rule (every "." escaped, re.match), they unfreeze exactly the asked set."""

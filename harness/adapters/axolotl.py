@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import hf
 from ..adapter import RunSpec
-from ..spec import BEST_CHECKPOINT_STORY
+from ..spec import BEST_CHECKPOINT_STORY, kl_beta
 from ..errors import ConfigError
 from ..kit import ConfigFileAdapter, cpu_threads, quantization_keys, refuse, run_in_fork, write_config_file
 from ..layout import adapter_base, is_adapter_dir, read_safetensors_header
@@ -39,6 +39,10 @@ __all__ = ["AxolotlAdapter", "OPTIONS", "build_config", "unfrozen_parameters"]
 
 OPTIONS = {"load_best_model_at_end": ("false", "true/false: axolotl's load_best_model_at_end (best-checkpoint story "
                                                 "runs only)")}
+#: the preference rows as axolotl's ``user_defined`` RL dataset types read them (``type`` a mapping of field names:
+#: prompt_strategies/dpo|kto/user_defined.py); KTO's rows are the pairs unpaired (:func:`harness.kit.unpaired_preferences`)
+RL_DATASET_TYPES = {"dpo": {"field_prompt": "prompt", "field_chosen": "chosen", "field_rejected": "rejected"},
+                    "kto": {"field_prompt": "prompt", "field_completion": "completion", "field_label": "label"}}
 QUANT_KEYS = {"nf4": {"load_in_4bit": True, "adapter": "qlora"}, "int8": {"load_in_8bit": True}}
 CPU_KEYS = {"lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False,
             "lora_embedding_kernel": False, "bf16": False, "fp16": False, "tf32": False,
@@ -64,7 +68,10 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
     if lora and is_adapter_dir(model_dir):  # continue a LoRA: its base, the adapter as lora_model_dir
         cfg.update(base_model=str(adapter_base(model_dir)), lora_model_dir=str(model_dir))
     ds = lambda p: [{"path": str(p), "ds_type": "json", "type": "completion", "split": "train"}]  # noqa: E731
-    cfg.update(datasets=ds(data["train"]), dataset_prepared_path=str(workdir / "prepared"), val_set_size=0,
+    method = values.get("method", "sft")
+    cfg.update(datasets=ds(data["train"]) if method not in RL_DATASET_TYPES else [
+        {"path": str(data["kto" if method == "kto" else "preferences"]), "ds_type": "json", "split": "train",
+         "type": dict(RL_DATASET_TYPES[method])}], dataset_prepared_path=str(workdir / "prepared"), val_set_size=0,
                output_dir=str(spec.output_dir), sequence_len=64, max_steps=values["max_steps"],
                micro_batch_size=values["per_device_train_batch_size"],
                gradient_accumulation_steps=values["gradient_accumulation_steps"], learning_rate=values["learning_rate"],
@@ -88,6 +95,10 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
     # unset or 0, axolotl rotates to 4 checkpoints (builders/base.py: `save_total_limit or 4`): "keep them all",
     # what the scenarios assume, must be written as a limit no run reaches
     cfg["save_total_limit"] = values.get("save_total_limit") or values["max_steps"] + 1
+    if method in RL_DATASET_TYPES:  # docs/rlhf.qmd: rl: dpo | kto, a user_defined dataset type, rl_beta
+        cfg.update(rl=method, rl_beta=kl_beta(values))
+        if method == "kto":  # axolotl's validation: "Set `remove_unused_columns: False` when using kto"
+            cfg["remove_unused_columns"] = False
     if values.get("eval_steps"):
         cfg.update(test_datasets=ds(data["eval"]), eval_strategy="steps", eval_steps=values["eval_steps"],
                    eval_batch_size=8, metric_for_best_model=values["metric"],
@@ -154,7 +165,7 @@ class AxolotlAdapter(ConfigFileAdapter):
     name = framework = "axolotl"
     libraries = ("transformers", "peft", "trl", "torch")
     options = OPTIONS
-    capabilities = frozenset({"sft", "full", "lora", "resume", "best-checkpoint", "packing", "moe", "merge", "quant-nf4",
+    capabilities = frozenset({"sft", "dpo", "kto", "full", "lora", "resume", "best-checkpoint", "packing", "moe", "merge", "quant-nf4",
                               "quant-int8", "trainable-set", "gradient-checkpointing", "gpu"})
     unavailable_metrics = {"eval_accuracy": "axolotl logs no next-token accuracy (eval_causal_lm_metrics are "
                                             "generation metrics: sacrebleu, comet, ter, chrf, perplexity)"}
@@ -182,6 +193,12 @@ class AxolotlAdapter(ConfigFileAdapter):
         return self.session_dir / "prepared" / _digest(json.dumps(key, sort_keys=True, default=str).encode())
 
     def write_config(self, spec, values, data, workdir):
+        if values.get("method") == "kto":
+            from ..kit import unpaired_preferences
+            from ..models import read_jsonl, write_jsonl
+
+            data = {**data, "kto": write_jsonl(Path(workdir) / "kto.jsonl", unpaired_preferences(
+                read_jsonl(data["preferences"]), lambda p, c, label: {"prompt": p, "completion": c, "label": label}))}
         data = {name: self._kept(path) for name, path in data.items()}
         loads_best = bool(values.get("load_best_model_at_end")) or (
             self.flag("load_best_model_at_end") and spec.story == BEST_CHECKPOINT_STORY)  # the option: that story only
