@@ -114,10 +114,11 @@ class PreferenceRuns:
         source = STARTS[start]
         return self.base(source.arch) if source.sft is None else self.sft(source.sft, source.arch)
 
-    def dpo_spec(self, start: str, out, **fields):
-        return spec(self.assets, out, model_dir=self.start_dir(start), method="dpo", train_type=STARTS[start].train_type,
-                    max_steps=STEPS, save_steps=SAVE_EVERY, learning_rate=1e-2,
-                    per_device_train_batch_size=8, device=self.device, **fields)
+    def dpo_spec(self, start: str, out, method: str = "dpo", **fields):
+        """DPO (or KTO, its rows unpaired into 16: all in one batch) from ``start``: 4 steps, a checkpoint every 2."""
+        return spec(self.assets, out, model_dir=self.start_dir(start), method=method,
+                    train_type=STARTS[start].train_type, max_steps=STEPS, save_steps=SAVE_EVERY, learning_rate=1e-2,
+                    per_device_train_batch_size=16 if method == "kto" else 8, device=self.device, **fields)
 
     def kto(self, start: str):
         """KTO from ``start``: the 8 preference rows unpaired into 16 (chosen desirable, rejected not), all in one batch,
@@ -146,11 +147,11 @@ class PreferenceRuns:
             self._runs[key] = self.adapter.train(self.grpo_spec(start, self.tmp.mktemp(key), max_steps=steps, **saves))
         return self._runs[key]
 
-    def dpo(self, start: str):
-        """The uninterrupted DPO run from ``start``."""
-        key = f"dpo-{start}"
+    def dpo(self, start: str, method: str = "dpo"):
+        """The uninterrupted DPO (or 4-step KTO) run from ``start``."""
+        key = f"{method}-{start}" if method == "dpo" else f"{method}-{start}-{STEPS}"
         if key not in self._runs:
-            self._runs[key] = self.adapter.train(self.dpo_spec(start, self.tmp.mktemp(key)))
+            self._runs[key] = self.adapter.train(self.dpo_spec(start, self.tmp.mktemp(key), method))
         return self._runs[key]
 
     def candidates(self, start: str) -> dict:
@@ -197,19 +198,22 @@ def test_reference_matches_the_policy_before_training(runs, dpo_run):
                               dataset_dir=runs.assets.dataset_dir, beta=DEFAULT_BETA["dpo"])
 
 
-@pytest.mark.ft_requires("dpo", "sft", "lora", "resume", "in-process")
-def test_resume_keeps_the_reference(runs, tmp_path):
-    """Killed after checkpoint-2 and resumed: the reference is the one the run started with (on a correct framework the
-    pre-trained adapter's policy), not re-taken from the resumed weights: the reference log-probs each resumed step used
-    are the first step's."""
+@pytest.mark.ft_requires("sft", "lora", "resume", "in-process")
+@pytest.mark.parametrize("method", [pytest.param("dpo", marks=pytest.mark.ft_requires("dpo")),
+                                    pytest.param("kto", marks=pytest.mark.ft_requires("kto"))])
+def test_resume_keeps_the_reference(runs, tmp_path, method):
+    """DPO or KTO, killed after checkpoint-2 and resumed: the reference is the one the run started with (on a correct
+    framework the pre-trained adapter's policy), not re-taken from the resumed weights: the reference log-probs each
+    resumed step used are the first step's (KTO logs the same ``rewards/*`` and ``logps/*``, means over its chosen and
+    its rejected rows)."""
     start = "lora-on-lora-sft"
-    uninterrupted = runs.dpo(start)
+    uninterrupted = runs.dpo(start, method)
     out = tmp_path / "killed"
     point = KillInTraining(RESUME_AT)
-    require_killed(run_killed(runs.adapter, runs.dpo_spec(start, out), point), point)
-    resumed = runs.adapter.train(runs.dpo_spec(start, out, resume_from="latest"))
+    require_killed(run_killed(runs.adapter, runs.dpo_spec(start, out, method), point), point)
+    resumed = runs.adapter.train(runs.dpo_spec(start, out, method, resume_from="latest"))
     assert_reference_survives_resume(resumed.output_dir, uninterrupted.output_dir, resumed_from=RESUME_AT,
-                                     beta=DEFAULT_BETA["dpo"])
+                                     beta=DEFAULT_BETA[method])
 
 
 @pytest.mark.ft_requires("dpo", "sft", "full")

@@ -45,7 +45,8 @@ GRPO_KL_ATOL = 1e-7
 #: relative bound on the reference log-probs a resumed step used against those of the run's first step. Measured on the
 #: reference, every start, steps 2-4 against step 1, resumed or not: at most 1.2e-7 (float32 rounding of
 #: ``logps - rewards / beta``); a reference re-taken from the resumed weights (mutant ReferenceIsResumedPolicy) is off by
-#: 4e-2 at step 3.
+#: 4e-2 at step 3. KTO (16 unpaired rows in one batch, LoRA on the LoRA SFT output, resumed): at most 1.6e-7; the
+#: re-taken reference 4.2e-2 (-14.88908 against -15.538725).
 DPO_RESUME_RTOL = 1e-5
 #: |logps/chosen - the harness's recomputation| (relative) under which the run rendered the preference rows as one of
 #: :data:`RENDERINGS`, so the reference log-prob the run used can be recomputed and named in a failure message
