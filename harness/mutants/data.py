@@ -250,7 +250,8 @@ class CheckpointRecomputeWithoutRng(ReferenceAdapter):
 class RouterLossPerMicroBatch(ReferenceAdapter):
     """Router loss under gradient accumulation (NVIDIA-NeMo/Automodel PR #3359, huggingface/transformers #48690) — the
     load-balancing term keeps its full weight in every micro-batch's loss while the cross-entropy is a share of the
-    window's (what Trainer does when the model takes ``num_items_in_batch``): accumulation k counts it k times."""
+    window's (what Trainer does when the model takes ``num_items_in_batch``): accumulation k counts it k times, and W
+    processes under ``average_tokens_across_devices`` W times (Trainer multiplies the whole loss by the world size)."""
 
     name = "mutant:router-loss-per-micro-batch"
     fails = ("test_moe_router_loss",)

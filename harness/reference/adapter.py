@@ -546,12 +546,15 @@ class ReferenceAdapter(Adapter):
         model.config.router_aux_loss_coef = model.router_aux_loss_coef = coef
 
     def router_loss_accumulation(self, ctx: RunContext, trainer) -> None:
-        """Gradient accumulation with the router's load-balancing loss (only such runs reach this): the window's loss
-        is its tokens' cross-entropy (:meth:`accumulation_loss`) plus the load-balancing term *once*, the mean of its
-        micro-batches' terms, as Megatron scales it (1 / micro-batches). Trainer leaves each micro-batch's term at full
-        weight when the model takes ``num_items_in_batch``, so k micro-batches would count it k times
-        (NVIDIA-NeMo/Automodel PR #3359: "not normalised across GA micro-batches"; huggingface/transformers #48690, the
-        same term multiplied by the world size). Each training micro-batch's term is weighted 1 / k here."""
+        """Gradient accumulation or several processes with the router's load-balancing loss (only such runs reach
+        this): the optimizer step's loss is its tokens' cross-entropy (:meth:`accumulation_loss`) plus the
+        load-balancing term *once*, the mean of its micro-batches' and its ranks' terms, as Megatron scales it. Trainer
+        leaves each micro-batch's term at full weight when the model takes ``num_items_in_batch``, so k micro-batches
+        count it k times (NVIDIA-NeMo/Automodel PR #3359: "not normalised across GA micro-batches"); and under
+        ``average_tokens_across_devices`` it multiplies the whole loss by the world size W (right for the cross-entropy,
+        a share of the global token count; wrong for the term: huggingface/transformers #48690, measured here: 2
+        processes log 4.159773 at step 1 against 4.139629, the term twice). Each training micro-batch's term is weighted
+        1 / k after that multiplication here."""
         k, coef = ctx.values["gradient_accumulation_steps"], float(ctx.values["router_aux_loss_coef"])
         compute = trainer.compute_loss
 
@@ -559,7 +562,10 @@ class ReferenceAdapter(Adapter):
             loss, outputs = compute(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
             aux = getattr(outputs, "aux_loss", None)
             if model.training and aux is not None:
-                loss = loss - coef * aux.to(loss.device) * (k - 1) / k
+                scaled = (trainer.args.average_tokens_across_devices and num_items_in_batch is not None
+                          and (trainer.model_accepts_loss_kwargs or trainer.compute_loss_func))
+                world = trainer.accelerator.num_processes if scaled else 1  # Trainer's multiplier (no TP here)
+                loss = loss - coef * aux.to(loss.device) * (world - 1 / k)
             return (loss, outputs) if return_outputs else loss
 
         trainer.compute_loss = compute_loss
@@ -619,11 +625,12 @@ class ReferenceAdapter(Adapter):
             trainer.eval_dataset = self.evaluation_dataset(ctx, trainer)
         if ctx.values["gradient_accumulation_steps"] > 1:
             self.accumulation_loss(ctx, trainer)
-            if ctx.values["router_aux_loss_coef"]:
-                self.router_loss_accumulation(ctx, trainer)
             micro_batches = -(-len(trainer.train_dataset) // ctx.values["per_device_train_batch_size"])
             if micro_batches % ctx.values["gradient_accumulation_steps"]:
                 self.incomplete_window(ctx, trainer)
+        if ctx.values["router_aux_loss_coef"] and (ctx.values["gradient_accumulation_steps"] > 1
+                                                   or distributed.world_size() > 1):
+            self.router_loss_accumulation(ctx, trainer)
         return trainer
 
     def gradient_checkpointing(self, ctx: RunContext, model, reentrant: bool) -> None:
