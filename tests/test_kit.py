@@ -305,7 +305,7 @@ def test_axolotl_dpo_and_kto_configs(tmp_path):
     """DPO and KTO are ``rl: dpo|kto`` with ``rl_beta`` on a ``user_defined`` dataset type (a mapping of the rows'
     fields); KTO reads the rows unpaired (written beside the YAML) and sets ``remove_unused_columns: false``, as
     axolotl's validation demands."""
-    from harness.models import preference_rows, read_jsonl, write_jsonl
+    from harness.models import preference_rows, read_jsonl
 
     spec = RunSpec(model_dir=tmp_path / "m", output_dir=tmp_path / "o", dataset_dir=tmp_path / "d", method="dpo")
     data = {**DATA, "preferences": Path("/d/preferences.jsonl"), "kto": Path("/w/kto.jsonl")}
@@ -317,13 +317,36 @@ def test_axolotl_dpo_and_kto_configs(tmp_path):
     assert (kto["rl"], kto["rl_beta"], kto["remove_unused_columns"]) == ("kto", 0.3, False)
     assert kto["datasets"][0]["path"] == "/w/kto.jsonl" and kto["datasets"][0]["type"]["field_label"] == "label"
     assert "rl" not in build_config(spec.replace(method="sft"), _values(), DATA, tmp_path)
+    from harness.models import write_datasets
+
     adapter = AxolotlAdapter()
     work = tmp_path / "work"
     work.mkdir()
-    prefs = write_jsonl(tmp_path / "preferences.jsonl", preference_rows())
-    adapter.write_config(spec.replace(method="kto"), _values(method="kto"), {**DATA, "preferences": prefs}, work)
+    src = write_datasets(tmp_path / "src")
+    adapter.write_config(spec.replace(method="kto", dataset_dir=src), _values(method="kto"), {}, work)
     rows = read_jsonl(work / "kto.jsonl")
     assert [r["label"] for r in rows] == [True] * 8 + [False] * 8 and rows[0]["completion"] == preference_rows()[0]["chosen"]
+
+
+def test_axolotl_chat_data_is_a_chat_template_dataset(tmp_path):
+    """Chat rows (``messages`` or prompt/completion) become ``messages`` rows of a ``chat_template`` dataset on the
+    tokenizer's own template, assistant turns trained, each turn's EOS too; text rows stay ``completion`` rows."""
+    from harness.models import read_jsonl, write_jsonl
+
+    src = tmp_path / "chat"
+    chat = [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            {"prompt": "c", "completion": "d"}]
+    write_jsonl(src / "train.jsonl", chat)
+    write_jsonl(src / "eval.jsonl", chat[:1])
+    spec = RunSpec(model_dir=tmp_path / "m", output_dir=tmp_path / "o", dataset_dir=src)
+    data = AxolotlAdapter().convert(spec, tmp_path / "w")
+    assert read_jsonl(data["train"])[1] == {"messages": [{"role": "user", "content": "c"},
+                                                         {"role": "assistant", "content": "d"}]}
+    cfg = build_config(spec, _values(), data, tmp_path)
+    assert cfg["chat_template"] == "tokenizer_default"
+    assert cfg["datasets"] == [{"path": str(data["train"]), "ds_type": "json", "type": "chat_template", "split": "train",
+                                "field_messages": "messages", "roles_to_train": ["assistant"], "train_on_eos": "turn"}]
+    assert "chat_template" not in build_config(spec, _values(), DATA, tmp_path)
 
 
 def test_axolotl_trainable_set_lists_each_trainable_name(tiny_assets, tmp_path):

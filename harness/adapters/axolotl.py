@@ -67,7 +67,12 @@ def build_config(spec: RunSpec, values: Mapping[str, Any], data: Mapping[str, Pa
     cfg: dict[str, Any] = {"base_model": str(model_dir)}
     if lora and is_adapter_dir(model_dir):  # continue a LoRA: its base, the adapter as lora_model_dir
         cfg.update(base_model=str(adapter_base(model_dir)), lora_model_dir=str(model_dir))
-    ds = lambda p: [{"path": str(p), "ds_type": "json", "type": "completion", "split": "train"}]  # noqa: E731
+    if data.get("chat"):  # docs/dataset-formats/conversation.qmd: the tokenizer's own template, assistant turns trained
+        ds = lambda p: [{"path": str(p), "ds_type": "json", "type": "chat_template", "split": "train",  # noqa: E731
+                         "field_messages": "messages", "roles_to_train": ["assistant"], "train_on_eos": "turn"}]
+        cfg["chat_template"] = "tokenizer_default"
+    else:
+        ds = lambda p: [{"path": str(p), "ds_type": "json", "type": "completion", "split": "train"}]  # noqa: E731
     method = values.get("method", "sft")
     cfg.update(datasets=ds(data["train"]) if method not in RL_DATASET_TYPES else [
         {"path": str(data["kto" if method == "kto" else "preferences"]), "ds_type": "json", "split": "train",
@@ -165,7 +170,7 @@ class AxolotlAdapter(ConfigFileAdapter):
     name = framework = "axolotl"
     libraries = ("transformers", "peft", "trl", "torch")
     options = OPTIONS
-    capabilities = frozenset({"sft", "dpo", "kto", "full", "lora", "resume", "best-checkpoint", "packing", "moe", "merge", "quant-nf4",
+    capabilities = frozenset({"sft", "dpo", "kto", "data", "full", "lora", "resume", "best-checkpoint", "packing", "moe", "merge", "quant-nf4",
                               "quant-int8", "trainable-set", "gradient-checkpointing", "gpu"})
     unavailable_metrics = {"eval_accuracy": "axolotl logs no next-token accuracy (eval_causal_lm_metrics are "
                                             "generation metrics: sacrebleu, comet, ter, chrf, perplexity)"}
@@ -192,7 +197,10 @@ class AxolotlAdapter(ConfigFileAdapter):
         key = {**{k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}, "base_model_files": files}
         return self.session_dir / "prepared" / _digest(json.dumps(key, sort_keys=True, default=str).encode())
 
+    dataset_format = None  # converted in write_config: text rows as completion rows, chat rows as messages rows
+
     def write_config(self, spec, values, data, workdir):
+        data = dict(data) or self.convert(spec, Path(workdir))  # (the kit passes none: dataset_format is None)
         if values.get("method") == "kto":
             from ..kit import unpaired_preferences
             from ..models import read_jsonl, write_jsonl
@@ -206,6 +214,49 @@ class AxolotlAdapter(ConfigFileAdapter):
         cfg["dataset_prepared_path"] = str(self._prepared_dir(cfg))
         self.trained_with[Path(spec.output_dir)] = cfg  # merge-lora reuses it, as users pass their training YAML
         return write_config_file(workdir / "axolotl.yml", cfg)
+
+    def convert(self, spec: RunSpec, workdir: Path) -> dict[str, Path]:
+        """The tiny datasets as axolotl reads them: text rows as ``completion`` rows (:func:`harness.kit.convert_datasets`),
+        chat rows as ``messages`` rows (``"chat"`` marks them) for a ``chat_template`` dataset."""
+        from ..kit import chat_as_messages, convert_datasets
+        from ..models import write_jsonl
+        from ..task import is_chat_dataset
+
+        src = Path(spec.dataset_dir)
+        if not is_chat_dataset(src / "train.jsonl"):
+            return convert_datasets(src, workdir / "data", "completion", eval_file=spec.eval_file)
+        return {"train": write_jsonl(workdir / "data" / "train.jsonl", chat_as_messages(src / "train.jsonl")),
+                "eval": write_jsonl(workdir / "data" / "eval.jsonl", chat_as_messages(src / spec.eval_file)),
+                "chat": workdir / "data"}
+
+    def training_batches(self, spec: RunSpec) -> list[dict[str, Any]]:
+        """``axolotl train`` on the run's YAML (its dataset preparation, chat template and collator inside its own
+        trainer), stopped at ``Trainer.train()``: the child writes one epoch of the trainer's train dataloader and exits
+        before any step."""
+        resolved, values = self.run_values(spec)
+        workdir = Path(tempfile.mkdtemp(prefix="ft-axolotl-batches-"))
+        try:
+            config = self.write_config(spec, values, {}, workdir)
+            out = workdir / "batches.json"
+            self.preload()
+
+            def dump_batches() -> None:
+                import transformers
+
+                def train(trainer, *args, **kwargs):
+                    out.write_text(json.dumps(hf.epoch_batches(trainer.get_train_dataloader())), encoding="utf-8")
+                    os._exit(0)  # the batches are out; no step, no save
+
+                transformers.Trainer.train = train
+                _run("train", config)
+
+            with cpu_threads(spec.device):
+                run_in_fork(dump_batches)
+            if not out.is_file():
+                raise RuntimeError("axolotl's run ended without reaching Trainer.train(): no batches")
+            return json.loads(out.read_text(encoding="utf-8"))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def launch(self, config: Path, spec: RunSpec) -> None:
         _run("train", config)
