@@ -8,6 +8,11 @@ CPU must write: the four ``lora_*_kernel`` flags off (axolotl's Triton LoRA kern
 no bf16/tf32, ``attn_implementation: sdpa`` (what axolotl's packing warning asks for), ``dataset_num_proc: 1``. ``save_on_best`` has no axolotl key and is not passed.
 ``trainable_parameters`` becomes ``unfrozen_parameters`` (:func:`unfrozen_parameters`); ``router_aux_loss_coef`` becomes
 ``model_config: {output_router_logits: true, router_aux_loss_coef: c}`` (axolotl's model-config overrides).
+Chat data (``messages`` / prompt+completion rows) is a ``type: chat_template`` dataset on the tokenizer's own template
+(``chat_template: tokenizer_default``, ``roles_to_train: [assistant]``, ``train_on_eos: turn``); ``training_batches`` runs
+``axolotl train`` and stops at ``Trainer.train()`` to read one epoch of its dataloader. DPO and KTO are ``rl: dpo`` /
+``rl: kto`` with ``rl_beta`` on a ``user_defined`` dataset type over the preference rows (KTO's unpaired, and
+``remove_unused_columns: false``, which axolotl's validation demands).
 Options (``--ft-adapter-option KEY=VALUE``): see :data:`OPTIONS`.
 
 Like a user training often on the same data, a session keeps one ``dataset_prepared_path`` per preparation (named by
@@ -170,8 +175,9 @@ class AxolotlAdapter(ConfigFileAdapter):
     name = framework = "axolotl"
     libraries = ("transformers", "peft", "trl", "torch")
     options = OPTIONS
-    capabilities = frozenset({"sft", "dpo", "kto", "data", "full", "lora", "resume", "best-checkpoint", "packing", "moe", "merge", "quant-nf4",
-                              "quant-int8", "trainable-set", "gradient-checkpointing", "gpu"})
+    capabilities = frozenset({"sft", "dpo", "kto", "data", "full", "lora", "resume", "best-checkpoint", "packing", "moe",
+                              "merge", "quant-nf4", "quant-int8", "trainable-set", "gradient-checkpointing", "gpu"})
+    dataset_format = None  # converted in write_config: text rows as completion rows, chat rows as messages rows
     unavailable_metrics = {"eval_accuracy": "axolotl logs no next-token accuracy (eval_causal_lm_metrics are "
                                             "generation metrics: sacrebleu, comet, ter, chrf, perplexity)"}
 
@@ -196,8 +202,6 @@ class AxolotlAdapter(ConfigFileAdapter):
                  and p.suffix in (".json", ".txt", ".model", ".jinja")} if model.is_dir() else {}
         key = {**{k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS}, "base_model_files": files}
         return self.session_dir / "prepared" / _digest(json.dumps(key, sort_keys=True, default=str).encode())
-
-    dataset_format = None  # converted in write_config: text rows as completion rows, chat rows as messages rows
 
     def write_config(self, spec, values, data, workdir):
         data = dict(data) or self.convert(spec, Path(workdir))  # (the kit passes none: dataset_format is None)
